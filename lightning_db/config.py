@@ -1,0 +1,127 @@
+"""Every default in one table: the frozen ``Config`` dataclass.
+
+``Config.from_file`` loads YAML or TOML; ``Config.replace`` derives a copy.
+Validation happens here, once, so the engine can trust its settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import InvalidArgument
+
+KiB = 1024
+MiB = 1024 * KiB
+
+SYNC_POLICIES = ("always", "interval", "never")
+COMPRESSIONS = ("none", "zstd")
+CACHE_POLICIES = ("lru",)
+
+
+@dataclass(frozen=True)
+class Config:
+    # --- limits (DESIGN §6) ---
+    max_key_size: int = 64 * KiB
+    max_value_size: int = 64 * MiB
+
+    # --- write-ahead log ---
+    sync: str = "interval"             # always | interval | never
+    sync_interval_ms: int = 100        # for sync="interval": longest time unsynced data waits
+
+    # --- memtable ---
+    memtable_size: int = 32 * MiB      # arena bytes before the memtable becomes immutable
+    max_immutable_memtables: int = 2   # writes stall beyond this many waiting for flush
+
+    # --- tables ---
+    block_size: int = 16 * KiB         # uncompressed target size of a data block
+    bloom_bits_per_key: int = 10       # ~1% false positives
+    compression: str = "none"          # none | zstd
+    zstd_level: int = 3
+    target_file_size: int = 32 * MiB   # compaction output files are cut at this size
+
+    # --- leveled compaction ---
+    num_levels: int = 7
+    l0_compaction_trigger: int = 4     # L0 files that start an L0 -> L1 compaction
+    l0_stop_writes_trigger: int = 12   # L0 files at which writes wait for compaction
+    max_bytes_for_level_base: int = 128 * MiB
+    level_size_multiplier: int = 10
+    write_stall_timeout_s: float = 60.0
+
+    # --- block cache ---
+    block_cache_size: int = 256 * MiB
+    block_cache_policy: str = "lru"
+
+    # --- manifest ---
+    max_manifest_size: int = 4 * MiB   # a new manifest (full snapshot) is written past this
+
+    # --- sharding (shards=0: everything in the calling process) ---
+    shards: int | None = 0
+
+    def __post_init__(self) -> None:
+        def positive(name: str, minimum: int = 1) -> None:
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
+                raise InvalidArgument(f"config {name} must be an integer >= {minimum}, got {v!r}")
+
+        for name in ("max_key_size", "max_value_size", "sync_interval_ms", "block_size",
+                     "target_file_size", "max_bytes_for_level_base", "max_manifest_size",
+                     "max_immutable_memtables"):
+            positive(name)
+        positive("memtable_size", 64 * KiB)
+        positive("num_levels", 2)
+        positive("l0_compaction_trigger", 1)
+        positive("level_size_multiplier", 2)
+        positive("bloom_bits_per_key", 0)
+        positive("block_cache_size", 0)
+        if self.l0_stop_writes_trigger < self.l0_compaction_trigger:
+            raise InvalidArgument("config l0_stop_writes_trigger must be >= l0_compaction_trigger, "
+                                  f"got {self.l0_stop_writes_trigger} < {self.l0_compaction_trigger}")
+        if self.sync not in SYNC_POLICIES:
+            raise InvalidArgument(f"config sync must be one of {SYNC_POLICIES}, got {self.sync!r}")
+        if self.compression not in COMPRESSIONS:
+            raise InvalidArgument(f"config compression must be one of {COMPRESSIONS}, got {self.compression!r}")
+        if self.block_cache_policy not in CACHE_POLICIES:
+            raise InvalidArgument(f"config block_cache_policy must be one of {CACHE_POLICIES}, "
+                                  f"got {self.block_cache_policy!r}")
+        if not (1 <= self.zstd_level <= 22):
+            raise InvalidArgument(f"config zstd_level must be 1..22, got {self.zstd_level!r}")
+        if not isinstance(self.write_stall_timeout_s, (int, float)) or self.write_stall_timeout_s <= 0:
+            raise InvalidArgument(f"config write_stall_timeout_s must be > 0, got {self.write_stall_timeout_s!r}")
+        if self.shards is not None and (not isinstance(self.shards, int) or self.shards < 0):
+            raise InvalidArgument(f"config shards must be None or an integer >= 0, got {self.shards!r}")
+
+    def replace(self, **changes: Any) -> "Config":
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise InvalidArgument(f"unknown config option(s): {', '.join(unknown)}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Config":
+        if not isinstance(data, dict):
+            raise InvalidArgument(f"config must be a mapping, got {type(data).__name__}")
+        return cls().replace(**data)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> "Config":
+        """Load a YAML (.yaml/.yml) or TOML (.toml) file. Only the keys present
+        override the defaults; the ``storage`` section is read when present."""
+        path = os.fspath(path)
+        with open(path, "rb") as f:
+            raw = f.read()
+        if path.endswith(".toml"):
+            import tomllib
+            data = tomllib.loads(raw.decode())
+        else:
+            import yaml
+            data = yaml.safe_load(raw) or {}
+        if isinstance(data, dict) and isinstance(data.get("storage"), dict):
+            data = data["storage"]
+        return cls.from_dict(data)

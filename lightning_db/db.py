@@ -1,0 +1,406 @@
+"""The ``Database`` facade: validation, mapping sugar, batches, snapshots.
+
+With ``shards=0`` everything runs in the calling process: the facade owns one
+storage ``Engine`` and calls it directly. Methods are safe to call from
+several threads.
+
+Validation happens here, before anything reaches the engine, so a bad
+argument raises ``InvalidArgument`` and nothing is written.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable, Iterator, Mapping
+
+from .config import Config
+from .errors import DatabaseClosed, InvalidArgument
+from .storage.engine import Engine
+from .storage.format import Kind
+
+_VALUE = int(Kind.VALUE)
+_DELETE = int(Kind.DELETE)
+_BYTESLIKE = (bytes, bytearray, memoryview)
+
+
+def _type_error(what: str, obj: object) -> InvalidArgument:
+    return InvalidArgument(f"{what} must be bytes-like (bytes, bytearray, memoryview), "
+                           f"got {type(obj).__name__}")
+
+
+class _Limits:
+    __slots__ = ("max_key", "max_value")
+
+    def __init__(self, config: Config) -> None:
+        self.max_key = config.max_key_size
+        self.max_value = config.max_value_size
+
+    def key(self, key: Any, what: str = "key") -> bytes:
+        if type(key) is not bytes:
+            if not isinstance(key, _BYTESLIKE):
+                raise _type_error(what, key)
+            key = bytes(key)
+        n = len(key)
+        if n == 0 or n > self.max_key:
+            raise InvalidArgument(f"{what} must be 1 to {self.max_key} bytes (max_key_size), got {n} bytes")
+        return key
+
+    def value(self, value: Any) -> bytes:
+        if type(value) is not bytes:
+            if not isinstance(value, _BYTESLIKE):
+                raise _type_error("value", value)
+            value = bytes(value)
+        if len(value) > self.max_value:
+            raise InvalidArgument(f"value must be at most {self.max_value} bytes (max_value_size), "
+                                  f"got {len(value)} bytes")
+        return value
+
+    def bound(self, b: Any, what: str) -> bytes | None:
+        if b is None:
+            return None
+        if not isinstance(b, _BYTESLIKE):
+            raise _type_error(what, b)
+        return bytes(b)
+
+
+def _prefix_end(prefix: bytes) -> bytes | None:
+    """The smallest key greater than every key starting with *prefix*."""
+    p = prefix.rstrip(b"\xff")
+    return p[:-1] + bytes([p[-1] + 1]) if p else None
+
+
+def _scan_range(limits: _Limits, start: Any, end: Any, prefix: Any, reverse: Any,
+                limit: Any) -> tuple[bytes | None, bytes | None, int | None]:
+    start = limits.bound(start, "start")
+    end = limits.bound(end, "end")
+    prefix = limits.bound(prefix, "prefix")
+    if not isinstance(reverse, bool):
+        raise InvalidArgument(f"reverse must be a bool, got {type(reverse).__name__}")
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
+        raise InvalidArgument(f"limit must be None or an integer >= 0, got {limit!r}")
+    if prefix:
+        if start is None or start < prefix:
+            start = prefix
+        pend = _prefix_end(prefix)
+        if pend is not None and (end is None or end > pend):
+            end = pend
+    return start, end, limit
+
+
+def _limited(it: Iterator[tuple[bytes, bytes]], limit: int | None) -> Iterator[tuple[bytes, bytes]]:
+    if limit is None:
+        yield from it
+        return
+    if limit <= 0:
+        return
+    n = 0
+    for kv in it:
+        yield kv
+        n += 1
+        if n >= limit:
+            return
+
+
+class Batch:
+    """Writes collected in order and applied atomically on commit: all of
+    them or none. Used as ``with db.batch() as b:``; an exception inside the
+    block discards the batch."""
+
+    __slots__ = ("_db", "_ops", "_sync", "_done")
+
+    def __init__(self, db: "Database", sync: bool | None) -> None:
+        self._db = db
+        self._ops: list[tuple[int, bytes, bytes]] = []
+        self._sync = sync
+        self._done = False
+
+    def put(self, key: Any, value: Any) -> None:
+        self._check()
+        lim = self._db._limits
+        self._ops.append((_VALUE, lim.key(key), lim.value(value)))
+
+    def delete(self, key: Any) -> None:
+        self._check()
+        self._ops.append((_DELETE, self._db._limits.key(key), b""))
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.put(key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        self.delete(key)
+
+    def __len__(self) -> int:
+        return len(self._ops)
+
+    def _check(self) -> None:
+        if self._done:
+            raise InvalidArgument("this batch was already committed or discarded")
+
+    def commit(self) -> None:
+        self._check()
+        self._done = True
+        if self._ops:
+            self._db._write(self._ops, self._sync)
+
+    def discard(self) -> None:
+        self._done = True
+        self._ops = []
+
+    def __enter__(self) -> "Batch":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
+
+
+class Snapshot:
+    """A consistent, read-only view as of the moment it was taken. Release
+    it (``with`` or ``close()``): a live snapshot keeps old versions from
+    being compacted away."""
+
+    __slots__ = ("_db", "_seq", "_closed")
+
+    def __init__(self, db: "Database") -> None:
+        self._db = db
+        self._seq = db._engine.acquire_snapshot()
+        self._closed = False
+
+    @property
+    def sequence(self) -> int:
+        return self._seq
+
+    def _check(self) -> None:
+        if self._closed:
+            raise InvalidArgument("snapshot was released")
+        self._db._check_open()
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        self._check()
+        v = self._db._engine.get(self._db._limits.key(key), self._seq)
+        return default if v is None else v
+
+    def get_many(self, keys: Iterable[Any]) -> list[bytes | None]:
+        self._check()
+        lk = self._db._limits.key
+        return self._db._engine.get_many([lk(k) for k in keys], self._seq)
+
+    def __getitem__(self, key: Any) -> bytes:
+        v = self.get(key)
+        if v is None:
+            raise KeyError(key)
+        return v
+
+    def __contains__(self, key: Any) -> bool:
+        return self.get(key) is not None
+
+    def scan(self, start: Any = None, end: Any = None, prefix: Any = None, reverse: bool = False,
+             limit: int | None = None) -> Iterator[tuple[bytes, bytes]]:
+        self._check()
+        return self._db._scan(start, end, prefix, reverse, limit, self._seq)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._db._engine.release_snapshot(self._seq)
+
+    def __enter__(self) -> "Snapshot":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class Database:
+    """An open Lightning DB. See README for the full contract. Keys are 1 B to
+    ``max_key_size`` (64 KiB), values up to ``max_value_size`` (64 MiB)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._limits = _Limits(engine.config)
+        self._sync_default = engine.config.sync == "always"
+        self._closed = False
+
+    @property
+    def path(self) -> str:
+        return self._engine.path
+
+    @property
+    def config(self) -> Config:
+        return self._engine.config
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise DatabaseClosed(f"database {self._engine.path} is closed")
+
+    def _write(self, ops: list[tuple[int, bytes, bytes]], sync: bool | None) -> None:
+        self._check_open()
+        if sync is not None and not isinstance(sync, bool):
+            raise InvalidArgument(f"sync must be None or a bool, got {type(sync).__name__}")
+        self._engine.write(ops, self._sync_default if sync is None else sync)
+
+    # --- single keys ----------------------------------------------------------------
+    def put(self, key: Any, value: Any, sync: bool | None = None) -> None:
+        """Store *value* under *key*. With ``sync=True`` (or the ``always``
+        policy) the call returns only after the WAL is fsynced."""
+        lim = self._limits
+        self._write([(_VALUE, lim.key(key), lim.value(value))], sync)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        """The value of *key*, or *default* (None) when it is absent."""
+        if self._closed:
+            self._check_open()
+        if type(key) is not bytes or not 0 < len(key) <= self._limits.max_key:
+            key = self._limits.key(key)
+        v = self._engine.get(key)
+        return default if v is None else v
+
+    def delete(self, key: Any, sync: bool | None = None) -> None:
+        """Remove *key*; removing an absent key is not an error."""
+        self._write([(_DELETE, self._limits.key(key), b"")], sync)
+
+    def __getitem__(self, key: Any) -> bytes:
+        v = self.get(key)
+        if v is None:
+            raise KeyError(key)
+        return v
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.put(key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        key = self._limits.key(key)
+        if self.get(key) is None:
+            raise KeyError(key)
+        self.delete(key)
+
+    def __contains__(self, key: Any) -> bool:
+        return self.get(key) is not None
+
+    def __iter__(self) -> Iterator[bytes]:
+        for k, _ in self.scan():
+            yield k
+
+    # --- many keys ---------------------------------------------------------------------
+    def put_many(self, items: Mapping[Any, Any] | Iterable[tuple[Any, Any]], sync: bool | None = None) -> None:
+        """Store every pair atomically (one batch)."""
+        lk, lv = self._limits.key, self._limits.value
+        pairs = items.items() if isinstance(items, Mapping) else items
+        try:
+            ops = [(_VALUE, lk(k), lv(v)) for k, v in pairs]
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, InvalidArgument):
+                raise
+            raise InvalidArgument(f"put_many takes a mapping or an iterable of (key, value) pairs: {exc}") from None
+        if ops:
+            self._write(ops, sync)
+
+    def get_many(self, keys: Iterable[Any]) -> list[bytes | None]:
+        """Values in the order of *keys*, None for absent ones, all read at
+        one sequence number."""
+        self._check_open()
+        lk = self._limits.key
+        return self._engine.get_many([lk(k) for k in keys])
+
+    def batch(self, sync: bool | None = None) -> Batch:
+        return Batch(self, sync)
+
+    # --- ordered reads ----------------------------------------------------------------------
+    def scan(self, start: Any = None, end: Any = None, prefix: Any = None, reverse: bool = False,
+             limit: int | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """(key, value) pairs with start <= key < end (and starting with
+        *prefix*), ascending or descending, at most *limit* of them. The
+        iterator reads a consistent view taken when scan() was called."""
+        self._check_open()
+        return self._scan(start, end, prefix, reverse, limit, None)
+
+    def _scan(self, start: Any, end: Any, prefix: Any, reverse: Any, limit: Any,
+              seq: int | None) -> Iterator[tuple[bytes, bytes]]:
+        start, end, limit = _scan_range(self._limits, start, end, prefix, reverse, limit)
+        if start is not None and end is not None and start >= end:
+            return iter(())
+        return _limited(self._engine.scan(start, end, reverse, seq), limit)
+
+    def snapshot(self) -> Snapshot:
+        self._check_open()
+        return Snapshot(self)
+
+    # --- maintenance ----------------------------------------------------------------------------
+    def flush(self) -> None:
+        """Write the memtable to a table and wait (the WAL already made the
+        data durable per the sync policy; this moves it out of memory)."""
+        self._check_open()
+        self._engine.flush()
+
+    def compact(self) -> None:
+        """Full compaction: one version per key, tombstones gone; waits."""
+        self._check_open()
+        self._engine.compact()
+
+    def checkpoint(self, path: str | os.PathLike[str]) -> dict[str, Any]:
+        """A consistent copy of the database at *path* (must not exist or be
+        empty) that ``open`` accepts. Tables are hard-linked."""
+        self._check_open()
+        if not isinstance(path, (str, os.PathLike)):
+            raise InvalidArgument(f"checkpoint path must be a str or path, got {type(path).__name__}")
+        target = os.path.abspath(os.fspath(path))
+        if target == self._engine.path:
+            raise InvalidArgument("checkpoint path must differ from the database path")
+        return self._engine.checkpoint(target)
+
+    def stats(self) -> dict[str, Any]:
+        self._check_open()
+        s = self._engine.stats()
+        s["shards"] = 0
+        return s
+
+    def verify(self) -> dict[str, int]:
+        """Read every block of every table and check its checksum."""
+        self._check_open()
+        return self._engine.verify()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._engine.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> "Database":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<lightning_db.Database {self._engine.path!r}{' closed' if self._closed else ''}>"
+
+
+def open(path: str | os.PathLike[str], shards: int | None = None, *, config: Config | None = None,
+         **options: Any) -> Database:
+    """Open (creating if needed) the database at *path*.
+
+    ``shards=None`` or ``0`` runs the engine in the calling process (the
+    only mode of this build). *options* override fields of ``Config``.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidArgument(f"path must be a str or os.PathLike, got {type(path).__name__}")
+    if config is not None and not isinstance(config, Config):
+        raise InvalidArgument(f"config must be a lightning_db.Config, got {type(config).__name__}")
+    cfg = (config or Config()).replace(**options) if options else (config or Config())
+    if shards is not None and (not isinstance(shards, int) or isinstance(shards, bool) or shards < 0):
+        raise InvalidArgument(f"shards must be None or an integer >= 0, got {shards!r}")
+    if shards:
+        raise InvalidArgument(f"shards={shards}: worker processes are not available in this build; "
+                              "use shards=0 (in-process)")
+    return Database(Engine(os.fspath(path), cfg))

@@ -1,0 +1,490 @@
+"""The storage engine of one shard: an LSM tree (LevelDB's shape).
+
+Threads (all in the shard process; with ``shards=0`` that is the caller's):
+- callers: ``write`` serialises on the write lock (WAL append + memtable
+  insert), then waits for its fsync outside the lock (group commit); reads
+  take no lock at all.
+- one background thread: flushes immutable memtables to L0 and runs
+  compactions.
+- with ``sync="interval"``, a syncer thread fsyncs the WAL every interval.
+
+Readers see a *super version* ``(mem, imms, version)`` swapped atomically
+under the state mutex. They read the sequence number first and the super
+version second, so everything at or below that sequence is in what they see.
+Table readers are opened before a version that names them is published, and
+files are unlinked only once the current version no longer names them; an
+mmap keeps the bytes of an unlinked file readable for a reader that still
+holds an older super version.
+
+Failure model: an I/O error while writing the WAL or syncing it poisons
+writes (never retried, see wal.py); a background error (flush, compaction)
+does too. Reads keep working from what is in memory and on disk.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from bisect import bisect_left
+from typing import Any, Iterator
+
+from ..config import Config
+from ..errors import DatabaseClosed, LightningError, WriteStalled
+from . import compaction
+from .bloom import key_hash
+from .cache import make_cache
+from .format import LOCK, Kind, manifest_name, segment_name, table_name, wal_name
+from .fs import OSFileSystem
+from .memtable import Memtable
+from .recovery import recover
+from .scan import merge_visible
+from .table import TableReader
+from .version import FileMeta, Version, VersionEdit, VersionSet
+from .wal import Op, Wal, encode_batch
+
+_DELETE = int(Kind.DELETE)
+
+
+class SuperVersion:
+    __slots__ = ("mem", "wal", "imms", "version")
+
+    def __init__(self, mem: Memtable, wal: Wal, imms: tuple[tuple[Memtable, Wal], ...], version: Version):
+        self.mem = mem
+        self.wal = wal
+        self.imms = imms            # newest first: (memtable, its WAL)
+        self.version = version
+
+
+class Engine:
+    """One shard's LSM tree. Thread-safe. Keys and values must already be
+    validated (the Database facade does it); ops are (kind, key, value)."""
+
+    def __init__(self, path: str, config: Config | None = None, fs: OSFileSystem | None = None) -> None:
+        self.path = os.path.abspath(os.fspath(path))
+        self.config = config or Config()
+        self.fs = fs or OSFileSystem()
+        self.cache = make_cache(self.config.block_cache_policy, self.config.block_cache_size)
+        self._write_lock = threading.Lock()
+        self._mutex = threading.Lock()
+        self._bg_cv = threading.Condition(self._mutex)
+        self._compaction_lock = threading.Lock()
+        self._closed = False
+        self._closing = False
+        self._write_error: Exception | None = None
+        self._bg_error: Exception | None = None
+        self._snapshots: dict[int, int] = {}
+        self._manual_compaction = False
+        self._counters = dict(flushes=0, compactions=0, trivial_moves=0, compaction_bytes_read=0,
+                              compaction_bytes_written=0, flush_bytes_written=0, user_bytes_written=0,
+                              wal_bytes_written=0, write_stalls=0, records_dropped=0, wal_syncs_closed=0)
+        self.fs.makedirs(self.path)
+        self._lock = self.fs.lock(os.path.join(self.path, LOCK))
+        try:
+            self.versions = VersionSet(self.fs, self.path, self.config.num_levels)
+            mem, wal, last_seq = recover(self)
+            self._last_seq = last_seq
+            self._sv = SuperVersion(mem, wal, (), self.versions.current)
+        except BaseException:
+            self._lock.release()
+            raise
+        self._sync_always = self.config.sync == "always"
+        self._bg = threading.Thread(target=self._bg_loop, name=f"ldb-bg:{self.path}", daemon=True)
+        self._bg.start()
+        self._syncer: threading.Thread | None = None
+        self._stop_syncer = threading.Event()
+        if self.config.sync == "interval":
+            self._syncer = threading.Thread(target=self._sync_loop, name=f"ldb-sync:{self.path}", daemon=True)
+            self._syncer.start()
+
+    # --- helpers used by recovery ---------------------------------------------------
+    def _file(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    def _open_reader(self, meta: FileMeta) -> FileMeta:
+        if meta.reader is None:
+            meta.reader = TableReader.open(self.fs, self._file(table_name(meta.number)), meta.number, self.cache)
+        return meta
+
+    def _new_memtable(self, number: int, needed: int = 0) -> Memtable:
+        cap = max(self.config.memtable_size, needed + (needed >> 3) + 4096)
+        return Memtable(self.fs, self._file(segment_name(number)), number, cap)
+
+    # --- reads (no lock) -------------------------------------------------------------------
+    @property
+    def last_sequence(self) -> int:
+        return self._last_seq
+
+    def get(self, key: bytes, seq: int | None = None) -> bytes | None:
+        if seq is None:
+            seq = self._last_seq             # the sequence first, then the super version
+        sv = self._sv
+        r = sv.mem.get(key, seq)
+        if r is None:
+            for m, _ in sv.imms:
+                r = m.get(key, seq)
+                if r is not None:
+                    break
+            else:
+                r = self._get_tables(sv.version, key, seq)
+                if r is None:
+                    return None
+        return None if r[0] == _DELETE else r[1]
+
+    def _get_tables(self, version: Version, key: bytes, seq: int) -> tuple[int, bytes] | None:
+        h = None
+        for f in version.levels[0]:
+            if f.smallest <= key <= f.largest:
+                if h is None:
+                    h = key_hash(key)
+                r = f.reader.get(key, seq, h)
+                if r is not None:
+                    return r
+        for files, largest in version.deep:
+            i = bisect_left(largest, key)
+            if i < len(files) and files[i].smallest <= key:
+                if h is None:
+                    h = key_hash(key)
+                r = files[i].reader.get(key, seq, h)
+                if r is not None:
+                    return r
+        return None
+
+    def get_many(self, keys: list[bytes], seq: int | None = None) -> list[bytes | None]:
+        if seq is None:
+            seq = self._last_seq
+        get = self.get
+        return [get(k, seq) for k in keys]
+
+    def scan(self, start: bytes | None, end: bytes | None, reverse: bool = False,
+             seq: int | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """Live (key, value) pairs with start <= key < end, ascending (or
+        descending with *reverse*), as of *seq*."""
+        if seq is None:
+            seq = self._last_seq
+        sv = self._sv
+        sources = []
+        if sv.mem.entries:
+            sources.append(sv.mem.iter_visible(start, end, reverse, seq))
+        for m, _ in sv.imms:
+            if m.entries:
+                sources.append(m.iter_visible(start, end, reverse, seq))
+        version = sv.version
+        for f in version.levels[0]:
+            if (end is None or f.smallest < end) and (start is None or f.largest >= start):
+                sources.append(f.reader.iter_visible(start, end, reverse, seq))
+        for lvl in range(1, len(version.levels)):
+            files = version.overlapping(lvl, start, end)
+            if files:
+                sources.append(_level_iter(files, start, end, reverse, seq))
+        return merge_visible(sources, reverse)
+
+    # --- snapshots --------------------------------------------------------------------------
+    def acquire_snapshot(self) -> int:
+        with self._mutex:
+            seq = self._last_seq
+            self._snapshots[seq] = self._snapshots.get(seq, 0) + 1
+            return seq
+
+    def release_snapshot(self, seq: int) -> None:
+        with self._mutex:
+            n = self._snapshots.get(seq, 0)
+            if n <= 1:
+                self._snapshots.pop(seq, None)
+            else:
+                self._snapshots[seq] = n - 1
+
+    def _smallest_snapshot(self) -> int:
+        with self._mutex:
+            return min(self._snapshots, default=self._last_seq)
+
+    # --- writes -------------------------------------------------------------------------------
+    def write(self, ops: list[Op], sync: bool = False) -> int:
+        """Apply *ops* atomically; return the sequence number of the last one.
+        Returns once the WAL holds them (and has fsynced them when *sync* or
+        the policy is ``always``)."""
+        n = len(ops)
+        if not n:
+            return self._last_seq
+        nbytes = 32 * n
+        for op in ops:
+            nbytes += len(op[1]) + len(op[2])
+        with self._write_lock:
+            if self._write_error is not None or self._bg_error is not None or self._closed:
+                self._raise_write_error()
+            mem = self._sv.mem
+            if not mem.fits(nbytes, n):
+                mem = self._make_room(nbytes, n)
+            wal = self._sv.wal
+            seq = self._last_seq + 1
+            payload = encode_batch(seq, ops)
+            try:
+                target = wal.append(payload)
+            except LightningError as exc:
+                self._write_error = exc       # a partial frame may be on disk: no more appends
+                raise
+            mem.add_batch(seq, ops)
+            self._last_seq = seq + n - 1
+            c = self._counters
+            c["user_bytes_written"] += nbytes - 32 * n
+            c["wal_bytes_written"] += len(payload)
+        if sync or self._sync_always:
+            try:
+                wal.sync_to(target)
+            except LightningError as exc:
+                self._write_error = exc
+                raise
+        return seq + n - 1
+
+    def _raise_write_error(self) -> None:
+        if self._closed:
+            raise DatabaseClosed(f"database {self.path} is closed")
+        err = self._write_error or self._bg_error
+        raise type(err)(f"writes are refused after an earlier failure: {err}") from err
+
+    def _make_room(self, nbytes: int, n: int) -> Memtable:
+        """REQUIRES: write lock. Rotate the memtable, stalling while the
+        background thread is too far behind."""
+        deadline = time.monotonic() + self.config.write_stall_timeout_s
+        with self._mutex:
+            stalled = False
+            while (len(self._sv.imms) >= self.config.max_immutable_memtables
+                   or len(self._sv.version.levels[0]) >= self.config.l0_stop_writes_trigger):
+                if self._bg_error is not None:
+                    self._raise_write_error()
+                stalled = True
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise WriteStalled(
+                        f"writes waited {self.config.write_stall_timeout_s}s (write_stall_timeout_s) for "
+                        f"background flush/compaction: {len(self._sv.imms)} immutable memtables, "
+                        f"{len(self._sv.version.levels[0])} L0 files")
+                self._bg_cv.wait(min(left, 1.0))
+            if stalled:
+                self._counters["write_stalls"] += 1
+            self._rotate(nbytes)
+            return self._sv.mem
+
+    def _rotate(self, needed: int = 0) -> None:
+        """REQUIRES: write lock and mutex. The live memtable becomes immutable;
+        a new WAL (its directory entry durable) and memtable take over."""
+        sv = self._sv
+        number = self.versions.new_file_number()
+        wal = Wal(self.fs, self._file(wal_name(number)), number)
+        try:
+            self.fs.sync_dir(self.path)
+            mem = self._new_memtable(number, needed)
+        except BaseException:
+            wal.close(sync=False)
+            raise
+        sv.mem.freeze()
+        self._sv = SuperVersion(mem, wal, ((sv.mem, sv.wal),) + sv.imms, sv.version)
+        self._bg_cv.notify_all()
+
+    # --- background work -----------------------------------------------------------------
+    def _bg_pending(self) -> bool:
+        if self._sv.imms:
+            return True
+        if self._manual_compaction:
+            return False
+        return compaction.pick(self._sv.version, self.config, self.versions.compact_pointers) is not None
+
+    def _bg_loop(self) -> None:
+        try:
+            while True:
+                with self._mutex:
+                    while not self._closing and (self._bg_error is not None or not self._bg_pending()):
+                        self._bg_cv.wait()
+                    if self._closing:
+                        return
+                    imm = self._sv.imms[-1] if self._sv.imms else None
+                try:
+                    if imm is not None:
+                        self._flush_one(imm)
+                    else:
+                        with self._compaction_lock:
+                            self._compact_once(None)
+                except Exception as exc:
+                    with self._mutex:
+                        self._bg_error = exc
+                        self._bg_cv.notify_all()
+        except BaseException:
+            # A simulated crash (fault-injection tests) or interpreter exit:
+            # the thread ends; the engine is abandoned by whoever crashed it.
+            return
+
+    def _flush_one(self, imm: tuple[Memtable, Wal]) -> None:
+        """Background thread: write the oldest immutable memtable to L0."""
+        mem, wal = imm
+        smallest = self._smallest_snapshot()
+        outputs, counts = compaction.write_tables(
+            self.fs, self.path, self.config, compaction.merge_internal([mem.iter_internal()]),
+            smallest, None, self._new_number, cut=False)
+        for f in outputs:
+            self._open_reader(f)
+        with self._mutex:
+            sv = self._sv
+            assert sv.imms and sv.imms[-1] is imm
+            rest = sv.imms[:-1]
+            next_log = rest[-1][1].number if rest else sv.wal.number
+            edit = VersionEdit(added=[(0, f) for f in outputs], log_number=next_log,
+                               last_seq=self._last_seq)
+            old_manifest = self.versions.log_and_apply(edit, self.config.max_manifest_size)
+            self._sv = SuperVersion(sv.mem, sv.wal, rest, self.versions.current)
+            self._counters["flushes"] += 1
+            self._counters["flush_bytes_written"] += counts["bytes_written"]
+            self._counters["records_dropped"] += counts["dropped"]
+            self._bg_cv.notify_all()
+        wal.close(sync=False)      # its contents are durable in a table now
+        self._counters["wal_syncs_closed"] += wal.syncs
+        self._remove(wal_name(wal.number))
+        self._remove(segment_name(mem.number))
+        if old_manifest:
+            self._remove_manifest(old_manifest)
+
+    def _new_number(self) -> int:
+        with self._mutex:
+            return self.versions.new_file_number()
+
+    def _compact_once(self, c: compaction.Compaction | None) -> bool:
+        """REQUIRES: compaction lock. Run *c* (or the most urgent one)."""
+        if c is None:
+            with self._mutex:
+                c = compaction.pick(self._sv.version, self.config, self.versions.compact_pointers)
+        if c is None:
+            return False
+        smallest = self._smallest_snapshot()
+        edit, outputs, counts = compaction.run(self.fs, self.path, self.config, c, smallest, self._new_number)
+        for f in outputs:
+            self._open_reader(f)
+        with self._mutex:
+            old_manifest = self.versions.log_and_apply(edit, self.config.max_manifest_size)
+            sv = self._sv
+            self._sv = SuperVersion(sv.mem, sv.wal, sv.imms, self.versions.current)
+            cnt = self._counters
+            if c.is_trivial_move():
+                cnt["trivial_moves"] += 1
+            else:
+                cnt["compactions"] += 1
+                cnt["compaction_bytes_read"] += c.input_bytes()
+                cnt["compaction_bytes_written"] += counts["bytes_written"]
+                cnt["records_dropped"] += counts["dropped"]
+            self._bg_cv.notify_all()
+        if not c.is_trivial_move():
+            for _, number in edit.deleted:
+                self.cache.erase_file(number)
+                self._remove(table_name(number))
+        if old_manifest:
+            self._remove_manifest(old_manifest)
+        return True
+
+    def _remove(self, name: str) -> None:
+        try:
+            self.fs.remove(self._file(name))
+        except FileNotFoundError:
+            pass
+
+    def _remove_manifest(self, number: int) -> None:
+        self._remove(manifest_name(number))
+
+    def _sync_loop(self) -> None:
+        interval = self.config.sync_interval_ms / 1000.0
+        try:
+            while not self._stop_syncer.wait(interval):
+                wal = self._sv.wal
+                size = wal.size
+                if wal.synced_size < size and self._write_error is None:
+                    try:
+                        wal.sync_to(size)
+                    except LightningError as exc:
+                        self._write_error = exc
+        except BaseException:
+            return
+
+    # --- maintenance (caller threads) ---------------------------------------------------
+    def flush(self) -> None:
+        """Write the memtable (and any immutable ones) to L0 and wait."""
+        with self._write_lock:
+            if self._write_error is not None or self._bg_error is not None or self._closed:
+                self._raise_write_error()
+            if self._sv.mem.entries:
+                with self._mutex:
+                    self._rotate()
+        self._wait_for(lambda: not self._sv.imms)
+
+    def _wait_for(self, done) -> None:
+        with self._mutex:
+            while not done():
+                if self._bg_error is not None:
+                    self._raise_write_error()
+                if self._closed or self._closing:
+                    raise DatabaseClosed(f"database {self.path} is closed")
+                self._bg_cv.wait(1.0)
+
+    def compact(self) -> None:
+        """Flush, then push everything down into the last non-empty level so
+        that each key has one version and no tombstone is left."""
+        self.flush()
+        with self._compaction_lock:
+            with self._mutex:
+                self._manual_compaction = True
+            try:
+                for level in range(self.config.num_levels - 1):
+                    with self._mutex:
+                        version = self._sv.version
+                        deeper = any(version.levels[n] for n in range(level + 1, self.config.num_levels))
+                        c = compaction.pick_manual(version, self.config, level) if deeper or level == 0 else None
+                    if c is not None:
+                        self._compact_once(c)
+            finally:
+                with self._mutex:
+                    self._manual_compaction = False
+                    self._bg_cv.notify_all()
+        if self._bg_error is not None:
+            self._raise_write_error()
+
+    def checkpoint(self, target: str) -> dict[str, Any]:
+        from .checkpoint import make_checkpoint
+        return make_checkpoint(self, os.path.abspath(os.fspath(target)))
+
+    def verify(self) -> dict[str, int]:
+        """Read every block of every table, checking checksums."""
+        blocks = files = 0
+        for f in self._sv.version.files():
+            blocks += f.reader.verify()
+            files += 1
+        return {"tables": files, "blocks": blocks}
+
+    # --- introspection -------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        from .stats import engine_stats
+        return engine_stats(self)
+
+    # --- shutdown --------------------------------------------------------------------------------
+    def close(self) -> None:
+        if self._closed:
+            return
+        with self._write_lock:
+            self._closed = True
+        with self._mutex:
+            self._closing = True
+            self._bg_cv.notify_all()
+        self._bg.join()
+        if self._syncer is not None:
+            self._stop_syncer.set()
+            self._syncer.join()
+        sv = self._sv
+        try:
+            ok = self._write_error is None
+            sv.wal.close(sync=ok)
+            for _, wal in sv.imms:
+                wal.close(sync=ok)
+            self.versions.close()
+        finally:
+            self._lock.release()
+
+
+def _level_iter(files: list[FileMeta], start: bytes | None, end: bytes | None, reverse: bool,
+                seq: int) -> Iterator[tuple[bytes, int, bytes]]:
+    for f in (reversed(files) if reverse else files):
+        yield from f.reader.iter_visible(start, end, reverse, seq)

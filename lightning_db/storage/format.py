@@ -1,0 +1,135 @@
+"""Frozen on-disk format constants shared by every reader and writer.
+
+Never renumber a value here: files written by older builds must stay readable.
+Retired values stay as comments. Every file begins with (or, for tables, ends
+with) a magic number and a format version.
+"""
+
+from __future__ import annotations
+
+import struct
+from enum import IntEnum
+
+FORMAT_VERSION = 1
+
+
+class Kind(IntEnum):
+    """Kind of an internal record. Part of the file format (WAL, memtable,
+    tables): never renumber."""
+
+    DELETE = 0
+    VALUE = 1
+    # 2, 3 reserved for PREPARE / COMMIT of two-phase commit (process pool).
+
+
+# An internal record's sequence number and kind travel packed in one integer:
+# (seq << 8) | kind. Sequence numbers are per shard and start at 1.
+KIND_BITS = 8
+MAX_SEQUENCE = (1 << 56) - 1
+
+
+def pack_seqkind(seq: int, kind: int) -> int:
+    return (seq << KIND_BITS) | kind
+
+
+# --- log files (WAL and MANIFEST share the framing) --------------------------
+#
+# frame := header_crc:u32 length:u32 payload_crc:u32 payload[length]
+# header_crc covers the length field, so a damaged length is told apart from a
+# torn write (a torn write leaves a correct header and a short file).
+# crc values are masked as in LevelDB so that crc-of-crc does not collide.
+LOG_FRAME = struct.Struct("<III")
+LOG_MAX_RECORD = 1 << 31
+
+WAL_MAGIC = b"LDBWAL01"
+MANIFEST_MAGIC = b"LDBMAN01"
+LOG_FILE_HEADER = struct.Struct("<8sI")   # magic, format version
+
+
+class WalOp(IntEnum):
+    """First element of a WAL record payload. Never renumber."""
+
+    BATCH = 1   # (BATCH, first_seq, [(kind, key, value), ...])
+
+
+# --- memtable segments -------------------------------------------------------
+#
+# A segment is one mmap'd file written by the shard alone and readable by any
+# process without the writer's help.
+#
+#   header (SEGMENT_HEADER, 64 bytes):
+#     magic:8s version:u32 flags:u32 capacity:u64 slots:u64
+#     arena_used:u64 count:u64 generation:u64 pad
+#   slots: u64[slots]    0 = empty, otherwise 1 + arena offset of the newest
+#                        record of the key that hashed there (linear probing)
+#   arena: records, each 8-byte aligned:
+#     record := klen:u32 vlen:u32 seqkind:u64 prev:u64 key[klen] value[vlen]
+#     prev is 1 + arena offset of the previous version of the same key, 0 = none.
+#
+# Publication order (writer): record bytes, then slot, then arena_used/count.
+# A reader that sees a slot therefore sees the complete record it points to.
+SEGMENT_MAGIC = b"LDBSEG01"
+SEGMENT_HEADER = struct.Struct("<8sIIQQQQQ")
+SEGMENT_HEADER_SIZE = 64
+SEGMENT_RECORD = struct.Struct("<IIQQ")
+SEGMENT_FLAG_IMMUTABLE = 1
+
+# --- tables -------------------------------------------------------------------
+#
+# table := data_block* filter_block props_block index_block footer
+# block := payload compression:u8 crc32c(payload + compression):u32
+# data block payload (after decompression): msgpack [keys, seqkinds, values]
+#   sorted by (key asc, seq desc); all versions of one user key are in one block.
+# index payload: msgpack [last_keys, offsets, sizes]
+# filter payload: bloom bit array (see bloom.py), hashes xxh3_64 of user keys
+# props payload: msgpack dict (see table.py)
+# footer := index_off:u64 index_size:u64 filter_off:u64 filter_size:u64
+#           props_off:u64 props_size:u64 version:u32 footer_crc:u32 magic:8s
+TABLE_MAGIC = b"LDBTBL01"
+TABLE_FOOTER = struct.Struct("<QQQQQQII8s")
+BLOCK_TRAILER = struct.Struct("<BI")
+
+
+class Compression(IntEnum):
+    """Block compression codes. Never renumber."""
+
+    NONE = 0
+    ZSTD = 1
+
+
+# --- file names ----------------------------------------------------------------
+CURRENT = "CURRENT"
+LOCK = "LOCK"
+
+
+def wal_name(number: int) -> str:
+    return f"{number:06d}.log"
+
+
+def table_name(number: int) -> str:
+    return f"{number:06d}.ldb"
+
+
+def manifest_name(number: int) -> str:
+    return f"MANIFEST-{number:06d}"
+
+
+def segment_name(number: int) -> str:
+    return f"{number:06d}.seg"
+
+
+def parse_name(name: str) -> tuple[str, int] | None:
+    """('wal'|'table'|'segment'|'manifest', number) for a file of ours, else None."""
+    if name.startswith("MANIFEST-"):
+        digits = name[9:]
+        return ("manifest", int(digits)) if digits.isdigit() else None
+    stem, dot, ext = name.partition(".")
+    if not dot or not stem.isdigit():
+        return None
+    kind = {"log": "wal", "ldb": "table", "seg": "segment"}.get(ext)
+    return (kind, int(stem)) if kind else None
+
+
+def mask_crc(crc: int) -> int:
+    """LevelDB's crc mask: rotate right by 15 bits and add a constant."""
+    return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF

@@ -1,0 +1,443 @@
+"""The memtable: recent writes of one shard, kept in a memory-mapped segment.
+
+Layout (frozen, see ``format.py``): a 64-byte header, an open-addressing hash
+index of u64 slots (linear probing on ``xxh3_64(key) & (slots - 1)``; 0 =
+empty, else 1 + arena offset of the NEWEST record of that key) and an
+append-only arena of 8-byte aligned records
+``klen:u32 vlen:u32 seqkind:u64 prev:u64 key value`` where ``prev`` links to
+the previous version of the same key (1 + offset, 0 = none).
+
+Who runs what:
+
+* ``Memtable`` -- shard process. ``add``/``add_batch``/``freeze`` run on the
+  writer thread under the engine's write lock (one writer, no internal lock).
+  ``get``/``iter_visible``/``iter_internal`` may run on any thread of the
+  shard process concurrently with that writer.
+* ``SegmentReader`` -- any process. It maps the segment read-only and answers
+  ``get`` from the bytes alone, without the writer's help.
+
+Publication order in the writer is record bytes, then slot, then the header
+counters (``arena_used``, ``count``), so a concurrent reader that sees a slot
+sees a complete record. Within the shard process the writer also inserts a
+key into its Python index (key -> slot number) only after the slot is set.
+Records of one key are appended in sequence order, so a ``prev`` chain runs
+from the newest to the oldest version (seq descending).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from bisect import bisect_left
+from typing import Iterator
+
+import xxhash
+
+from ..errors import CorruptionError, InvalidArgument
+from .format import (FORMAT_VERSION, KIND_BITS, SEGMENT_FLAG_IMMUTABLE, SEGMENT_HEADER,
+                     SEGMENT_HEADER_SIZE, SEGMENT_MAGIC, SEGMENT_RECORD)
+from .fs import OSFileSystem, wrap_oserror
+
+__all__ = ["Memtable", "SegmentReader", "segment_slots", "segment_size"]
+
+_key_hash = xxhash.xxh3_64_intdigest   # same function as bloom.key_hash
+_REC_SIZE = SEGMENT_RECORD.size        # 24
+_KIND_MASK = (1 << KIND_BITS) - 1
+_MAX_LOAD_NUM, _MAX_LOAD_DEN = 3, 4    # index load factor limit: 0.75
+_MIN_SLOTS = 1024
+
+# Byte offsets of header fields (magic:8s version:u32 flags:u32 capacity:u64
+# slots:u64 arena_used:u64 count:u64 generation:u64).
+_OFF_FLAGS = 12
+_OFF_USED = 32
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_USED_COUNT = struct.Struct("<QQ")     # arena_used, count (adjacent)
+
+assert SEGMENT_HEADER.size <= SEGMENT_HEADER_SIZE and _REC_SIZE == 24
+
+
+def segment_slots(capacity: int) -> int:
+    """Number of index slots for an arena of *capacity* bytes: the next power
+    of two >= max(1024, capacity // 64)."""
+    n = max(_MIN_SLOTS, capacity // 64)
+    return 1 << (n - 1).bit_length()
+
+
+def segment_size(capacity: int) -> int:
+    """Total file size of a segment with an arena of *capacity* bytes."""
+    return SEGMENT_HEADER_SIZE + 8 * segment_slots(capacity) + capacity
+
+
+class Memtable:
+    """A shard's mutable (later frozen) memtable over a writable segment."""
+
+    def __init__(self, fs: OSFileSystem, path: str, number: int, capacity: int) -> None:
+        if not isinstance(capacity, int) or capacity < 8:
+            raise InvalidArgument(f"memtable capacity must be an integer >= 8, got {capacity!r}")
+        self.number = number
+        self.path = path
+        self.capacity = capacity
+        self._nslots = nslots = segment_slots(capacity)
+        self._mask = nslots - 1
+        self._max_keys = nslots * _MAX_LOAD_NUM // _MAX_LOAD_DEN
+        self._base = SEGMENT_HEADER_SIZE + 8 * nslots       # arena start in the file
+        self._mm = mm = fs.map_segment(path, self._base + capacity)
+        SEGMENT_HEADER.pack_into(mm, 0, SEGMENT_MAGIC, FORMAT_VERSION, 0, capacity,
+                                 nslots, 0, 0, number)
+        self._mv = memoryview(mm)
+        self._slots = self._mv[SEGMENT_HEADER_SIZE:self._base].cast("Q")
+        self._index: dict[bytes, int] = {}                   # key -> slot number
+        self._sorted: list[bytes] | None = None             # sorted keys, built on demand
+        self._used = 0
+        self._count = 0
+        self._first_seq = 0
+        self._last_seq = 0
+        self._frozen = False
+
+    # --- sizing ---------------------------------------------------------------
+    @staticmethod
+    def record_size(klen: int, vlen: int) -> int:
+        """Arena bytes taken by one record: 24-byte header + key + value,
+        rounded up to a multiple of 8."""
+        return (_REC_SIZE + klen + vlen + 7) & ~7
+
+    def fits(self, nbytes: int, nrecords: int = 1) -> bool:
+        """True if *nbytes* more arena bytes fit and the index stays at or
+        below 0.75 load even if all *nrecords* records bring new keys."""
+        return (self._used + nbytes <= self.capacity
+                and len(self._index) + nrecords <= self._max_keys)
+
+    # --- writer (shard process, writer thread under the write lock) -------------
+    def add(self, seq: int, kind: int, key: bytes, value: bytes) -> None:
+        """Append one version of *key*. The caller has checked ``fits``."""
+        self.add_batch(seq, [(kind, key, value)])
+
+    def add_batch(self, first_seq: int, ops: list[tuple[int, bytes, bytes]]) -> None:
+        """Append (kind, key, value) records with seqs first_seq, first_seq+1, ...
+        The caller has checked ``fits``; if it did not and a record does not
+        fit, the records before it stay published and AssertionError is raised."""
+        if self._frozen:
+            raise AssertionError(f"memtable {self.number} is frozen")
+        mm = self._mm
+        mv = self._mv
+        slots = self._slots
+        index = self._index
+        index_get = index.get
+        pack = SEGMENT_RECORD.pack_into
+        khash = _key_hash
+        mask = self._mask
+        base = self._base
+        cap = self.capacity
+        free_keys = self._max_keys - len(index)
+        used = self._used
+        seq = first_seq
+        new_keys = 0
+        try:
+            for kind, key, value in ops:
+                klen = len(key)
+                vlen = len(value)
+                size = (31 + klen + vlen) & -8
+                if used + size > cap:
+                    raise AssertionError(
+                        f"memtable {self.number}: record of {size} bytes does not fit "
+                        f"({used}/{cap} used); caller must check fits()")
+                si = index_get(key)
+                if si is None:
+                    if new_keys >= free_keys:
+                        raise AssertionError(
+                            f"memtable {self.number}: index full ({self._max_keys} keys); "
+                            "caller must check fits()")
+                    si = khash(key) & mask
+                    while slots[si]:
+                        si = (si + 1) & mask
+                    prev = 0
+                else:
+                    prev = slots[si]
+                p = base + used
+                pack(mm, p, klen, vlen, (seq << 8) | kind, prev)
+                p += 24
+                mv[p:p + klen] = key
+                p += klen
+                mv[p:p + vlen] = value
+                slots[si] = used + 1                 # publish: record first, then slot
+                used += size
+                if not prev:                          # new key: Python index last
+                    index[key] = si
+                    new_keys += 1
+                seq += 1
+        finally:
+            n = seq - first_seq
+            if n:
+                self._count += n
+                self._used = used
+                _USED_COUNT.pack_into(mm, _OFF_USED, used, self._count)
+                if not self._first_seq:
+                    self._first_seq = first_seq
+                self._last_seq = seq - 1
+            if new_keys:
+                self._sorted = None                   # never mutate a list an iterator holds
+
+    def freeze(self) -> None:
+        """Mark the segment immutable (header flag); later adds are refused."""
+        self._frozen = True
+        flags = _U32.unpack_from(self._mm, _OFF_FLAGS)[0]
+        _U32.pack_into(self._mm, _OFF_FLAGS, flags | SEGMENT_FLAG_IMMUTABLE)
+
+    # --- readers (any thread of the shard process) --------------------------------
+    def get(self, key: bytes, snapshot_seq: int) -> tuple[int, bytes] | None:
+        """(kind, value) of the newest version of *key* with seq <= snapshot_seq,
+        or None. A tombstone comes back as (Kind.DELETE, b"")."""
+        si = self._index.get(key)
+        if si is None:
+            return None
+        ref = self._slots[si]
+        mm = self._mm
+        base = self._base - 1
+        unpack = SEGMENT_RECORD.unpack_from
+        while ref:
+            off = base + ref
+            klen, vlen, seqkind, prev = unpack(mm, off)
+            if seqkind >> 8 <= snapshot_seq:
+                p = off + 24 + klen
+                return seqkind & 0xFF, mm[p:p + vlen]
+            ref = prev
+        return None
+
+    def _sorted_keys(self) -> list[bytes]:
+        # Keys are only ever added, so a list as long as the index holds
+        # exactly its keys; the length test also covers a writer adding a key
+        # while another thread rebuilds the cache.
+        keys = self._sorted
+        index = self._index
+        if keys is None or len(keys) != len(index):
+            while True:
+                try:
+                    keys = sorted(index)
+                    break
+                except RuntimeError:                  # dict changed size mid-copy
+                    continue
+            self._sorted = keys
+        return keys
+
+    def iter_visible(self, start: bytes | None, end: bytes | None, reverse: bool,
+                     snapshot_seq: int) -> Iterator[tuple[bytes, int, bytes]]:
+        """(key, kind, value) for each key in [start, end) (None = unbounded):
+        the newest version with seq <= snapshot_seq, tombstones included, in
+        ascending (or, with *reverse*, descending) key order. Safe while the
+        writer keeps adding: keys added later are skipped, newer versions are
+        filtered out by *snapshot_seq*."""
+        keys = self._sorted_keys()
+        lo = 0 if start is None else bisect_left(keys, start)
+        hi = len(keys) if end is None else bisect_left(keys, end)
+        return self._iter_range(keys, range(hi - 1, lo - 1, -1) if reverse else range(lo, hi),
+                                snapshot_seq)
+
+    def _iter_range(self, keys: list[bytes], positions: range,
+                    snapshot_seq: int) -> Iterator[tuple[bytes, int, bytes]]:
+        index = self._index
+        slots = self._slots
+        mm = self._mm
+        base = self._base - 1
+        unpack = SEGMENT_RECORD.unpack_from
+        for i in positions:
+            key = keys[i]
+            ref = slots[index[key]]
+            while ref:
+                off = base + ref
+                klen, vlen, seqkind, prev = unpack(mm, off)
+                if seqkind >> 8 <= snapshot_seq:
+                    p = off + 24 + klen
+                    yield key, seqkind & 0xFF, mm[p:p + vlen]
+                    break
+                ref = prev
+
+    def iter_internal(self) -> Iterator[tuple[bytes, int, bytes]]:
+        """Every record as (key, seqkind, value), key ascending, seq descending
+        (all versions). Used by flush, normally after ``freeze``."""
+        keys = self._sorted_keys()
+        index = self._index
+        slots = self._slots
+        mm = self._mm
+        base = self._base - 1
+        unpack = SEGMENT_RECORD.unpack_from
+        for key in keys:
+            ref = slots[index[key]]
+            while ref:
+                off = base + ref
+                klen, vlen, seqkind, prev = unpack(mm, off)
+                p = off + 24 + klen
+                yield key, seqkind, mm[p:p + vlen]
+                ref = prev
+
+    # --- accounting ---------------------------------------------------------------
+    @property
+    def entries(self) -> int:
+        return self._count
+
+    @property
+    def distinct_keys(self) -> int:
+        return len(self._index)
+
+    @property
+    def arena_used(self) -> int:
+        return self._used
+
+    @property
+    def approximate_memory(self) -> int:
+        return self._used
+
+    @property
+    def first_seq(self) -> int:
+        return self._first_seq
+
+    @property
+    def last_seq(self) -> int:
+        return self._last_seq
+
+    @property
+    def is_immutable(self) -> bool:
+        return self._frozen
+
+    def stats(self) -> dict:
+        return {
+            "number": self.number,
+            "path": self.path,
+            "capacity": self.capacity,
+            "arena_used": self._used,
+            "entries": self._count,
+            "distinct_keys": len(self._index),
+            "slots": self._nslots,
+            "load_factor": len(self._index) / self._nslots,
+            "first_seq": self._first_seq,
+            "last_seq": self._last_seq,
+            "immutable": self._frozen,
+        }
+
+    def close(self) -> None:
+        """Release the views and the mapping (the engine removes the file).
+        Call only once no iterator over this memtable is in use."""
+        if self._mm is None:
+            return
+        self._slots.release()
+        self._mv.release()
+        self._sorted = None
+        try:
+            self._mm.close()
+        except BufferError:
+            pass                       # a straggling view keeps the mapping alive
+        self._mm = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (f"Memtable(number={self.number}, entries={self._count}, "
+                f"used={self._used}/{self.capacity}, frozen={self._frozen})")
+
+
+class SegmentReader:
+    """Read-only view of a segment from any process (no writer help needed)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError as exc:
+            raise wrap_oserror(exc, "open", path) from exc
+        try:
+            size = os.fstat(fd).st_size
+            if size < SEGMENT_HEADER_SIZE:
+                raise CorruptionError(f"segment too short ({size} bytes)", path)
+            self._mm = mm = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
+        except OSError as exc:
+            raise wrap_oserror(exc, "mmap", path) from exc
+        finally:
+            os.close(fd)
+        magic, version, _flags, capacity, nslots, _used, _count, gen = \
+            SEGMENT_HEADER.unpack_from(mm, 0)
+        problem = None
+        if magic != SEGMENT_MAGIC:
+            problem = f"bad segment magic {magic!r}"
+        elif version != FORMAT_VERSION:
+            problem = f"unsupported segment format version {version}"
+        elif nslots < 1 or nslots & (nslots - 1):
+            problem = f"segment slot count {nslots} is not a power of two"
+        elif SEGMENT_HEADER_SIZE + 8 * nslots + capacity != size:
+            problem = f"segment size {size} does not match its header"
+        if problem is not None:
+            mm.close()
+            raise CorruptionError(problem, path)
+        self.capacity = capacity
+        self.generation = gen
+        self._mask = nslots - 1
+        self._base = SEGMENT_HEADER_SIZE + 8 * nslots
+        self._mv = memoryview(mm)
+        self._slots = self._mv[SEGMENT_HEADER_SIZE:self._base].cast("Q")
+
+    @property
+    def is_immutable(self) -> bool:
+        return bool(_U32.unpack_from(self._mm, _OFF_FLAGS)[0] & SEGMENT_FLAG_IMMUTABLE)
+
+    @property
+    def arena_used(self) -> int:
+        return _U64.unpack_from(self._mm, _OFF_USED)[0]
+
+    @property
+    def entries(self) -> int:
+        return _USED_COUNT.unpack_from(self._mm, _OFF_USED)[1]
+
+    def get(self, key: bytes, snapshot_seq: int) -> tuple[int, bytes] | None:
+        """Same answer as ``Memtable.get`` on the writer's side."""
+        mm = self._mm
+        slots = self._slots
+        mask = self._mask
+        # Records are only bounded by arena_used once the segment is frozen
+        # (the header counters are published after the slots).
+        if _U32.unpack_from(mm, _OFF_FLAGS)[0] & SEGMENT_FLAG_IMMUTABLE:
+            limit = _U64.unpack_from(mm, _OFF_USED)[0]
+        else:
+            limit = self.capacity
+        klen_want = len(key)
+        si = _key_hash(key) & mask
+        for _ in range(mask + 1):
+            ref = slots[si]
+            if not ref:
+                return None
+            off, (klen, vlen, seqkind, prev) = self._record(ref, limit)
+            p = off + 24
+            if klen == klen_want and mm[p:p + klen] == key:
+                while True:
+                    if seqkind >> 8 <= snapshot_seq:
+                        p = off + 24 + klen
+                        return seqkind & _KIND_MASK, mm[p:p + vlen]
+                    if not prev:
+                        return None
+                    off, (klen, vlen, seqkind, prev) = self._record(prev, limit)
+            si = (si + 1) & mask
+        return None
+
+    def _record(self, ref: int, limit: int) -> tuple[int, tuple[int, int, int, int]]:
+        """(file offset, header fields) of the record *ref* points to, bounds-checked."""
+        if ref & 7 != 1 or ref - 1 + _REC_SIZE > limit:
+            raise CorruptionError(f"segment record reference {ref} out of bounds", self.path)
+        off = self._base - 1 + ref
+        rec = SEGMENT_RECORD.unpack_from(self._mm, off)
+        if ref - 1 + _REC_SIZE + rec[0] + rec[1] > limit:
+            raise CorruptionError(f"segment record at {ref - 1} overruns the arena", self.path)
+        return off, rec
+
+    def close(self) -> None:
+        if self._mm is None:
+            return
+        self._slots.release()
+        self._mv.release()
+        try:
+            self._mm.close()
+        except BufferError:
+            pass
+        self._mm = None  # type: ignore[assignment]
+
+    def __enter__(self) -> "SegmentReader":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,48 @@
+"""Ordered reads across sources: the k-way merge behind ``scan``.
+
+Runs in whichever thread iterates (any process, later, on the shared read
+path). Each source yields (key, kind, value) with at most one entry per key:
+the newest version visible at the scan's sequence number. Sources are given
+newest first, so when several hold the same key the lowest index wins.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Iterator
+
+Source = Iterator[tuple[bytes, int, bytes]]
+
+
+def _tag(src: Source, i: int) -> Iterator[tuple[bytes, int, int, bytes]]:
+    for k, kind, v in src:
+        yield k, i, kind, v
+
+
+def merge_visible(sources: list[Source], reverse: bool) -> Iterator[tuple[bytes, bytes]]:
+    """Live (key, value) pairs in key order (descending with *reverse*)."""
+    if not sources:
+        return iter(())
+    if len(sources) == 1:
+        return _live(sources[0])
+    # Tuples compare in C: key first, then the source rank. Reverse merges
+    # take the largest tuple first, so ranks are negated to keep the newest
+    # source first among equal keys.
+    tagged = [_tag(s, -i if reverse else i) for i, s in enumerate(sources)]
+    return _dedup(heapq.merge(*tagged, reverse=reverse))
+
+
+def _live(src: Source) -> Iterator[tuple[bytes, bytes]]:
+    for k, kind, v in src:
+        if kind:
+            yield k, v
+
+
+def _dedup(merged: Iterator[tuple[bytes, int, int, bytes]]) -> Iterator[tuple[bytes, bytes]]:
+    prev = None
+    for k, _, kind, v in merged:
+        if k == prev:
+            continue
+        prev = k
+        if kind:
+            yield k, v

@@ -1,0 +1,475 @@
+"""SSTables: immutable sorted files of internal records.
+
+``TableWriter`` runs in the shard process (flush and compaction threads, one
+thread per writer). ``TableReader`` runs in the shard process (and any reader
+process that maps the file); once opened, all of its methods are safe from any
+thread. The layout is the one documented in ``format.py``::
+
+    table := data_block* filter_block props_block index_block footer
+    block := payload compression:u8 masked_crc32c(payload + compression):u32
+
+Data block payload (after decompression): msgpack ``[keys, seqkinds, values]``
+sorted by (key asc, seq desc); all versions of one user key share a block.
+Index payload: msgpack ``[last_keys, offsets, sizes]`` (size includes the
+trailer). Filter payload: ``bloom.build_filter`` over ``key_hash`` of each
+distinct user key. Props payload: msgpack dict (``PROPS_FIELDS``).
+All I/O goes through the ``fs`` seam.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from dataclasses import dataclass
+from itertools import repeat
+from operator import and_
+from typing import Any, Iterator
+
+import msgpack
+import zstandard
+from crc32c import crc32c
+
+from ..errors import CorruptionError
+from .bloom import BloomFilter, build_filter, key_hash
+from .cache import CachePolicy
+from .format import (BLOCK_TRAILER, FORMAT_VERSION, TABLE_FOOTER, TABLE_MAGIC, Compression,
+                     Kind, mask_crc)
+
+__all__ = ["TableWriter", "TableReader", "TableMeta", "PROPS_FIELDS"]
+
+PROPS_FIELDS = ("entries", "distinct_keys", "tombstones", "smallest", "largest", "min_seq",
+                "max_seq", "data_size", "index_size", "filter_size", "compression",
+                "format_version", "block_count")
+_TRAILER = BLOCK_TRAILER.size
+_FOOTER = TABLE_FOOTER.size
+_FOOTER_CRC_AT = 6 * 8 + 4           # footer bytes covered by footer_crc
+_ENTRY_OVERHEAD = 12                 # rough msgpack bytes per entry beyond key+value
+_MAX_BLOCK = 1 << 31                 # sanity bound on a decompressed block
+_NONE, _ZSTD = int(Compression.NONE), int(Compression.ZSTD)
+_BYTES, _INT = {bytes}, {int}
+_INT_PROPS = ("entries", "tombstones", "min_seq", "max_seq", "block_count")
+
+
+@dataclass(frozen=True)
+class TableMeta:
+    """What the manifest needs to know about a finished table."""
+
+    path: str
+    file_size: int
+    entries: int
+    tombstones: int
+    smallest: bytes
+    largest: bytes
+    min_seq: int
+    max_seq: int
+
+
+# --- writing -------------------------------------------------------------------
+
+
+class TableWriter:
+    """Builds one table. ``add`` records in internal order, then ``finish``
+    (durable: synced and closed) or ``abandon`` (file removed)."""
+
+    def __init__(self, fs: Any, path: str, config: Any) -> None:
+        self.path = path
+        self._fs = fs
+        self._f = fs.create(path)
+        self._block_size = config.block_size
+        self._bits_per_key = config.bloom_bits_per_key
+        self._compression = config.compression
+        self._zstd = (zstandard.ZstdCompressor(level=config.zstd_level)
+                      if config.compression == "zstd" else None)
+        self._keys: list[bytes] = []          # the pending block: three parallel lists
+        self._sks: list[int] = []
+        self._vals: list[bytes] = []
+        self._pending = 0
+        self._offset = 0
+        self._ix: tuple[list, list, list] = ([], [], [])   # last_keys, offsets, sizes
+        self._hashes: list[int] = []
+        self._flushed = self._tombstones = self._max_seq = 0
+        self._min_seq: int | None = None
+        self._smallest: bytes | None = None
+        self._last_key: bytes | None = None
+        self._last_sk = 0
+        self._done = False
+
+    @property
+    def entries(self) -> int:
+        return self._flushed + len(self._keys)
+
+    @property
+    def estimated_size(self) -> int:
+        """Bytes written so far plus the pending block."""
+        return self._offset + self._pending
+
+    def add(self, key: bytes, seqkind: int, value: bytes) -> None:
+        """Append one record; records must come in internal order
+        (key ascending, then seq descending), else ValueError."""
+        if self._done:
+            raise ValueError(f"table writer for {self.path} is already finished")
+        last = self._last_key
+        if last is not None and key <= last:
+            if key < last:
+                raise ValueError(f"table keys out of order: {key!r} after {last!r}")
+            if seqkind >> 8 >= self._last_sk >> 8:
+                raise ValueError(f"versions of key {key!r} out of order: seq {seqkind >> 8} "
+                                 f"after {self._last_sk >> 8} (must decrease)")
+        else:                                 # a new user key: a block may end here
+            if self._pending >= self._block_size:
+                self._flush()
+            self._last_key = key
+            self._hashes.append(key_hash(key))
+        self._last_sk = seqkind
+        self._keys.append(key)
+        self._sks.append(seqkind)
+        self._vals.append(value)
+        self._pending += len(key) + len(value) + _ENTRY_OVERHEAD
+
+    def _encode(self, payload: bytes, compress: bool) -> bytes:
+        comp = _NONE
+        if compress and self._zstd is not None:
+            packed = self._zstd.compress(payload)
+            if len(packed) < len(payload):
+                payload, comp = packed, _ZSTD
+        crc = crc32c(bytes((comp,)), crc32c(payload))
+        return payload + BLOCK_TRAILER.pack(comp, mask_crc(crc))
+
+    def _write(self, block: bytes) -> int:
+        off = self._offset
+        self._f.write(block)
+        self._offset = off + len(block)
+        return off
+
+    def _flush(self) -> None:
+        keys, sks = self._keys, self._sks
+        block = self._encode(msgpack.packb([keys, sks, self._vals]), True)
+        self._ix[0].append(keys[-1])
+        self._ix[1].append(self._write(block))
+        self._ix[2].append(len(block))
+        if self._smallest is None:
+            self._smallest = keys[0]
+        self._flushed += len(keys)
+        self._tombstones += bytes(map(and_, sks, repeat(0xFF))).count(Kind.DELETE)
+        lo, hi = min(sks) >> 8, max(sks) >> 8
+        self._min_seq = lo if self._min_seq is None else min(lo, self._min_seq)
+        self._max_seq = max(hi, self._max_seq)
+        self._keys, self._sks, self._vals = [], [], []
+        self._pending = 0
+
+    def finish(self) -> TableMeta:
+        """Write filter, props, index and footer; sync and close the file."""
+        if self._done:
+            raise ValueError(f"table writer for {self.path} is already finished")
+        self._done = True
+        if self._keys:
+            self._flush()
+        data_size = self._offset
+        index = self._encode(msgpack.packb(list(self._ix)), True)
+        filt = self._encode(build_filter(self._hashes, self._bits_per_key), False)
+        filter_off = self._write(filt)
+        smallest, largest = self._smallest or b"", self._last_key or b""
+        min_seq = self._min_seq or 0
+        props = {
+            "entries": self._flushed, "distinct_keys": len(self._hashes),
+            "tombstones": self._tombstones, "smallest": smallest, "largest": largest,
+            "min_seq": min_seq, "max_seq": self._max_seq, "data_size": data_size,
+            "index_size": len(index), "filter_size": len(filt),
+            "compression": self._compression, "format_version": FORMAT_VERSION,
+            "block_count": len(self._ix[1]),
+        }
+        props_block = self._encode(msgpack.packb(props), True)
+        props_off = self._write(props_block)
+        fields = (self._write(index), len(index), filter_off, len(filt), props_off,
+                  len(props_block), FORMAT_VERSION)
+        crc = mask_crc(crc32c(TABLE_FOOTER.pack(*fields, 0, TABLE_MAGIC)[:_FOOTER_CRC_AT]))
+        self._write(TABLE_FOOTER.pack(*fields, crc, TABLE_MAGIC))
+        self._f.sync()
+        self._f.close()
+        return TableMeta(self.path, self._offset, self._flushed, self._tombstones,
+                         smallest, largest, min_seq, self._max_seq)
+
+    def abandon(self) -> None:
+        """Close and remove the partial file."""
+        self._done = True
+        try:
+            self._f.close()
+        finally:
+            try:
+                self._fs.remove(self.path)
+            except FileNotFoundError:
+                pass
+
+
+# --- reading -------------------------------------------------------------------
+
+
+def _read_block(view: memoryview, off: int, size: int, path: str, what: str) -> Any:
+    """Verify and decompress the block at [off, off+size): its payload."""
+    if size < _TRAILER or off < 0 or off + size > len(view):
+        raise CorruptionError(f"{what} block at offset {off} size {size} is out of bounds", path)
+    end = off + size
+    comp, stored = BLOCK_TRAILER.unpack_from(view, end - _TRAILER)
+    if mask_crc(crc32c(view[off:end - 4])) != stored:
+        raise CorruptionError(f"{what} block at offset {off}: checksum mismatch", path)
+    payload = view[off:end - _TRAILER]
+    if comp == _NONE:
+        return payload
+    if comp != _ZSTD:
+        raise CorruptionError(f"{what} block at offset {off}: unknown compression {comp}", path)
+    try:
+        n = zstandard.frame_content_size(payload)
+        if not 0 <= n <= _MAX_BLOCK:
+            raise zstandard.ZstdError(f"implausible content size {n}")
+        return zstandard.ZstdDecompressor().decompress(payload)
+    except Exception as exc:          # ZstdError, or anything a damaged frame provokes
+        raise CorruptionError(f"{what} block at offset {off}: bad zstd data ({exc})",
+                              path) from None
+
+
+def _unpack(view: memoryview, off: int, size: int, path: str, what: str) -> Any:
+    """The verified block at *off*, msgpack-decoded."""
+    raw = _read_block(view, off, size, path, what)
+    try:
+        return msgpack.unpackb(raw), len(raw)
+    except Exception as exc:
+        raise CorruptionError(f"{what} block at offset {off}: undecodable ({exc!r})",
+                              path) from None
+
+
+def _decode_data(view: memoryview, off: int, size: int, path: str) -> tuple[tuple, int]:
+    """(keys, seqkinds, values) of the data block at *off*, and its decoded size."""
+    obj, n = _unpack(view, off, size, path, "data")
+    if (type(obj) is not list or len(obj) != 3 or not all(type(x) is list for x in obj)
+            or not len(obj[0]) == len(obj[1]) == len(obj[2]) or not obj[0]
+            or not set(map(type, obj[0])) == _BYTES or not set(map(type, obj[1])) == _INT
+            or not set(map(type, obj[2])) == _BYTES):
+        raise CorruptionError(f"data block at offset {off}: malformed", path)
+    return (obj[0], obj[1], obj[2]), n
+
+
+class TableReader:
+    """A mapped, verified table. ``open`` checks footer, index, filter and
+    props; data blocks are verified when first read. Never returns data from
+    a damaged block: ``CorruptionError`` instead."""
+
+    def __init__(self) -> None:  # use TableReader.open
+        self._rf: Any = None
+
+    @classmethod
+    def open(cls, fs: Any, path: str, number: int, cache: CachePolicy | None) -> "TableReader":
+        rf = fs.open_readable(path)
+        self = cls()
+        self._rf = rf
+        try:
+            self._load(rf.view, rf.size, path, number, cache)
+        except BaseException:
+            rf.close()
+            raise
+        return self
+
+    def _load(self, view: memoryview, size: int, path: str, number: int,
+              cache: CachePolicy | None) -> None:
+        self.number, self.path, self.file_size = number, path, size
+        self._view, self._cache = view, cache
+        self._cache_get = cache.get if cache is not None else None
+        if size < _FOOTER:
+            raise CorruptionError(f"table file too short ({size} bytes) for a footer", path)
+        (index_off, index_size, filter_off, filter_size, props_off, props_size, version,
+         footer_crc, magic) = TABLE_FOOTER.unpack_from(view, size - _FOOTER)
+        if magic != TABLE_MAGIC:
+            raise CorruptionError(f"bad table magic {magic!r}", path)
+        if version != FORMAT_VERSION:
+            raise CorruptionError(f"unknown table format version {version} "
+                                  f"(this build reads {FORMAT_VERSION})", path)
+        if mask_crc(crc32c(view[size - _FOOTER:size - _FOOTER + _FOOTER_CRC_AT])) != footer_crc:
+            raise CorruptionError("table footer checksum mismatch", path)
+        if not (filter_off + filter_size == props_off and props_off + props_size == index_off
+                and index_off + index_size == size - _FOOTER):
+            raise CorruptionError("table footer block layout is inconsistent", path)
+        index = _unpack(view, index_off, index_size, path, "index")[0]
+        try:
+            self.filter = BloomFilter(_read_block(view, filter_off, filter_size, path, "filter"))
+        except ValueError as exc:
+            raise CorruptionError(f"filter block: {exc}", path) from None
+        props = _unpack(view, props_off, props_size, path, "props")[0]
+        if (type(props) is not dict or any(f not in props for f in PROPS_FIELDS)
+                or not all(type(props[f]) is bytes for f in ("smallest", "largest"))
+                or not all(type(props[f]) is int for f in _INT_PROPS)):
+            raise CorruptionError("props block is malformed", path)
+        if (type(index) is not list or len(index) != 3 or not all(type(x) is list for x in index)
+                or not len(index[0]) == len(index[1]) == len(index[2]) == props["block_count"]
+                or not set(map(type, index[0])) <= _BYTES):
+            raise CorruptionError("index block is malformed", path)
+        last_keys, offsets, sizes = index
+        pos = 0
+        for o, s in zip(offsets, sizes):
+            if type(o) is not int or o != pos or type(s) is not int or s < _TRAILER:
+                raise CorruptionError("index block offsets are inconsistent", path)
+            pos += s
+        if pos != filter_off or any(a >= b for a, b in zip(last_keys, last_keys[1:])):
+            raise CorruptionError("index block does not match the data blocks", path)
+        self._last_keys, self._offsets, self._sizes = last_keys, offsets, sizes
+        self._nblocks = len(offsets)
+        self._ckeys = [(number, o) for o in offsets]     # block cache keys, no per-get tuple
+        self._may_contain = self.filter.may_contain
+        self.props: dict[str, Any] = props
+        self.smallest: bytes = props["smallest"]
+        self.largest: bytes = props["largest"]
+        self.min_seq: int = props["min_seq"]
+        self.max_seq: int = props["max_seq"]
+        self.entries: int = props["entries"]
+        self.tombstones: int = props["tombstones"]
+
+    # --- blocks ---
+    def _block(self, i: int, fill: bool = True) -> tuple:
+        """Decoded block *i* from the cache, else read and verified (and
+        cached when *fill*; whole-table scans pass False)."""
+        cache_get = self._cache_get
+        block = cache_get(self._ckeys[i]) if cache_get is not None else None
+        return block if block is not None else self._fill(i, fill)
+
+    def _fill(self, i: int, put: bool = True) -> tuple:
+        if self._rf is None:
+            raise ValueError(f"table reader for {self.path} is closed")
+        block, charge = _decode_data(self._view, self._offsets[i], self._sizes[i], self.path)
+        if put and self._cache is not None:
+            self._cache.put(self._ckeys[i], block, charge)
+        return block
+
+    # --- point reads ---
+    def may_contain(self, key: bytes, h: int | None = None) -> bool:
+        return self._may_contain(key_hash(key) if h is None else h)
+
+    def get(self, key: bytes, snapshot_seq: int,
+            h: int | None = None) -> tuple[int, bytes] | None:
+        """(kind, value) of the newest version of *key* with seq <= snapshot_seq,
+        or None. A tombstone is (Kind.DELETE, b"")."""
+        if not self._may_contain(key_hash(key) if h is None else h):
+            return None
+        i = bisect_left(self._last_keys, key)
+        if i == self._nblocks:
+            return None
+        cache_get = self._cache_get
+        block = cache_get(self._ckeys[i]) if cache_get is not None else None
+        if block is None:
+            block = self._fill(i)
+        keys = block[0]
+        j = bisect_left(keys, key)
+        n = len(keys)
+        limit = (snapshot_seq << 8) | 0xFF
+        seqkinds = block[1]
+        while j < n and keys[j] == key:
+            sk = seqkinds[j]
+            if sk <= limit:
+                return sk & 0xFF, block[2][j]
+            j += 1
+        return None
+
+    # --- scans ---
+    def iter_visible(self, start: bytes | None, end: bytes | None, reverse: bool,
+                     snapshot_seq: int) -> Iterator[tuple[bytes, int, bytes]]:
+        """(key, kind, value) of the newest version with seq <= snapshot_seq of
+        each key in [start, end), tombstones included; blocks read lazily."""
+        if start is not None and end is not None and start >= end:
+            return
+        last_keys, nblocks = self._last_keys, self._nblocks
+        limit = (snapshot_seq << 8) | 0xFF
+        if not reverse:
+            i = bisect_left(last_keys, start) if start is not None else 0
+            while i < nblocks:
+                keys, sks, vals = self._block(i)
+                lo = bisect_left(keys, start) if start is not None else 0
+                last = end is not None and end <= last_keys[i]
+                hi = bisect_left(keys, end) if last else len(keys)
+                yield from _visible(keys, sks, vals, lo, hi, limit, False)
+                if last:
+                    return
+                i += 1
+        else:
+            i = nblocks - 1 if end is None else min(bisect_left(last_keys, end), nblocks - 1)
+            while i >= 0:
+                if start is not None and last_keys[i] < start:
+                    return
+                keys, sks, vals = self._block(i)
+                lo = bisect_left(keys, start) if start is not None else 0
+                hi = bisect_left(keys, end) if end is not None else len(keys)
+                yield from _visible(keys, sks, vals, lo, hi, limit, True)
+                i -= 1
+
+    def iter_internal(self) -> Iterator[tuple[bytes, int, bytes]]:
+        """Every record (key, seqkind, value) in internal order (compaction).
+        Does not fill the block cache."""
+        for i in range(self._nblocks):
+            yield from zip(*self._block(i, False))
+
+    def verify(self) -> int:
+        """Re-read and check every block (data, filter, props, index) without
+        the cache, plus ordering and counts; the number of blocks checked."""
+        if self._rf is None:
+            raise ValueError(f"table reader for {self.path} is closed")
+        view, path, prev, entries, first = self._view, self.path, None, 0, None
+        f = TABLE_FOOTER.unpack_from(view, self.file_size - _FOOTER)
+        for off, sz, what in ((f[0], f[1], "index"), (f[2], f[3], "filter"), (f[4], f[5], "props")):
+            _read_block(view, off, sz, path, what)
+        for i in range(self._nblocks):
+            off = self._offsets[i]
+            (keys, sks, _), _ = _decode_data(view, off, self._sizes[i], path)
+            for k, sk in zip(keys, sks):
+                if prev is not None and (k < prev[0] or (k == prev[0] and sk >> 8 >= prev[1] >> 8)):
+                    raise CorruptionError(f"data block at offset {off}: records out of order", path)
+                prev = (k, sk)
+            if keys[-1] != self._last_keys[i] or (i and keys[0] == self._last_keys[i - 1]):
+                raise CorruptionError(f"data block at offset {off} does not match the index", path)
+            entries += len(keys)
+            first = keys[0] if first is None else first
+        if entries != self.entries:
+            raise CorruptionError(f"table holds {entries} records, props say {self.entries}", path)
+        if self._nblocks and (first != self.smallest or self._last_keys[-1] != self.largest):
+            raise CorruptionError("table smallest/largest keys do not match props", path)
+        return self._nblocks + 3
+
+    def close(self) -> None:
+        if self._rf is not None:
+            self._cache_get = None    # later reads go to _fill, which refuses
+            rf, self._rf = self._rf, None
+            rf.close()
+
+    def __repr__(self) -> str:
+        return f"TableReader({self.path!r}, number={self.number}, entries={self.entries})"
+
+
+def _visible(keys: list, sks: list, vals: list, lo: int, hi: int, limit: int,
+             reverse: bool) -> Iterator[tuple[bytes, int, bytes]]:
+    """Newest version with seqkind <= limit of each key in keys[lo:hi]; lo and
+    hi sit on version-group boundaries (bisect_left results)."""
+    if lo >= hi:
+        return
+    ks, ss, vs = keys[lo:hi], sks[lo:hi], vals[lo:hi]
+    n = len(ks)
+    if max(ss) <= limit and len(set(ks)) == n:       # common case: C-speed zip
+        if reverse:
+            ks.reverse()
+            ss.reverse()
+            vs.reverse()
+        yield from zip(ks, map(and_, ss, repeat(0xFF)), vs)
+        return
+    if not reverse:
+        done = None
+        for j in range(n):
+            k = ks[j]
+            if k != done:
+                sk = ss[j]
+                if sk <= limit:
+                    done = k
+                    yield k, sk & 0xFF, vs[j]
+        return
+    j = n - 1
+    while j >= 0:                 # group by group from the back; newest first within one
+        k = ks[j]
+        g = bisect_left(ks, k, 0, j)
+        for t in range(g, j + 1):
+            sk = ss[t]
+            if sk <= limit:
+                yield k, sk & 0xFF, vs[t]
+                break
+        j = g - 1

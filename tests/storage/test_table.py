@@ -1,0 +1,419 @@
+"""SSTables: round trips, snapshots, scans, format layout, cache use, and
+corruption (every byte of a small table flipped, one at a time)."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import msgpack
+import pytest
+import zstandard
+from crc32c import crc32c
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from lightning_db.config import Config
+from lightning_db.errors import CorruptionError
+from lightning_db.storage.cache import LRUCache
+from lightning_db.storage.format import (BLOCK_TRAILER, FORMAT_VERSION, TABLE_FOOTER, TABLE_MAGIC,
+                                         Kind, mask_crc, pack_seqkind)
+from lightning_db.storage.fs import OSFileSystem
+from lightning_db.storage.table import PROPS_FIELDS, TableReader, TableWriter
+
+FS = OSFileSystem()
+V, D = int(Kind.VALUE), int(Kind.DELETE)
+
+
+def make_records(rng: random.Random, nkeys: int, max_versions: int = 4, vsize: int = 20):
+    """Records in internal order: (key, seqkind, value)."""
+    seqs = rng.sample(range(1, nkeys * max_versions * 4), nkeys * max_versions)
+    out, si = [], 0
+    for i in sorted(rng.sample(range(nkeys * 10), nkeys)):
+        key = b"k%06d" % i
+        n = rng.randint(1, max_versions)
+        for seq in sorted(seqs[si:si + n], reverse=True):
+            kind = D if rng.random() < 0.2 else V
+            val = b"" if kind == D else bytes(rng.getrandbits(8) for _ in range(rng.randint(0, vsize)))
+            out.append((key, pack_seqkind(seq, kind), val))
+        si += n
+    return out
+
+
+def write_table(path, records, **cfg):
+    w = TableWriter(FS, str(path), Config(**cfg))
+    for r in records:
+        w.add(*r)
+    return w.finish()
+
+
+def visible(records, snap, start=None, end=None):
+    """Reference: newest version with seq <= snap of each key in [start, end)."""
+    out, done = [], None
+    for k, sk, v in records:
+        if k == done or (start is not None and k < start) or (end is not None and k >= end):
+            continue
+        if sk >> 8 <= snap:
+            out.append((k, sk & 0xFF, v))
+            done = k
+    return out
+
+
+def check_all(reader, records, snaps):
+    assert list(reader.iter_internal()) == records
+    keys = sorted({r[0] for r in records})
+    for snap in snaps:
+        want = visible(records, snap)
+        assert list(reader.iter_visible(None, None, False, snap)) == want
+        assert list(reader.iter_visible(None, None, True, snap)) == want[::-1]
+        got = {k: (kind, v) for k, kind, v in want}
+        for k in keys:
+            assert reader.get(k, snap) == got.get(k)
+
+
+@pytest.mark.parametrize("compression", ["none", "zstd"])
+@pytest.mark.parametrize("block_size", [64, 1024, 16384])
+def test_round_trip(tmp_path, compression, block_size):
+    rng = random.Random(block_size)
+    records = make_records(rng, 300)
+    path = tmp_path / "000001.ldb"
+    meta = write_table(path, records, block_size=block_size, compression=compression)
+    assert meta.path == str(path) and meta.file_size == os.path.getsize(path)
+    assert meta.entries == len(records)
+    assert meta.tombstones == sum(1 for r in records if r[1] & 0xFF == D)
+    assert meta.smallest == records[0][0] and meta.largest == records[-1][0]
+    seqs = [r[1] >> 8 for r in records]
+    assert (meta.min_seq, meta.max_seq) == (min(seqs), max(seqs))
+    r = TableReader.open(FS, str(path), 1, LRUCache(1 << 20))
+    try:
+        assert (r.entries, r.tombstones, r.smallest, r.largest, r.min_seq, r.max_seq) == (
+            meta.entries, meta.tombstones, meta.smallest, meta.largest, meta.min_seq, meta.max_seq)
+        assert r.props["compression"] == compression and r.props["format_version"] == FORMAT_VERSION
+        assert r.props["distinct_keys"] == len({x[0] for x in records})
+        snaps = sorted(rng.sample(seqs, 5)) + [0, max(seqs), 1 << 50]
+        check_all(r, records, snaps)
+        for k in (b"", b"a", b"k", b"k0000000", b"zzz"):
+            assert r.get(k, 1 << 50) is None
+        assert r.verify() == r.props["block_count"] + 3
+    finally:
+        r.close()
+
+
+def test_bounded_iteration(tmp_path):
+    rng = random.Random(7)
+    records = make_records(rng, 200)
+    write_table(tmp_path / "t.ldb", records, block_size=200)
+    r = TableReader.open(FS, str(tmp_path / "t.ldb"), 1, None)
+    keys = sorted({x[0] for x in records})
+    bounds = [None, b"", b"k", b"zz"] + rng.sample(keys, 8) + [k + b"\x00" for k in rng.sample(keys, 4)]
+    snap = sorted(x[1] >> 8 for x in records)[len(records) // 2]
+    for start in bounds:
+        for end in bounds:
+            for s in (snap, 1 << 40):
+                want = visible(records, s, start, end)
+                assert list(r.iter_visible(start, end, False, s)) == want, (start, end)
+                assert list(r.iter_visible(start, end, True, s)) == want[::-1], (start, end)
+    r.close()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.dictionaries(st.binary(max_size=6), st.lists(st.tuples(st.integers(1, 60), st.booleans(),
+                                                                    st.binary(max_size=8)),
+                                                          min_size=1, max_size=4), max_size=40),
+       st.integers(1, 70), st.sampled_from([1, 40, 4096]), st.sampled_from(["none", "zstd"]))
+def test_hypothesis_round_trip(tmp_path, data, snap, block_size, compression):
+    records = []
+    for k in sorted(data):
+        seen = set()
+        for seq, live, v in sorted(data[k], key=lambda t: -t[0]):
+            if seq not in seen:
+                seen.add(seq)
+                records.append((k, pack_seqkind(seq, V if live else D), v if live else b""))
+    path = str(tmp_path / "h.ldb")
+    write_table(path, records, block_size=block_size, compression=compression)
+    r = TableReader.open(FS, path, 1, LRUCache(4096))
+    check_all(r, records, [snap])
+    lo, hi = (sorted(data)[len(data) // 3], None) if data else (None, None)
+    assert list(r.iter_visible(lo, hi, True, snap)) == visible(records, snap, lo, hi)[::-1]
+    r.verify()
+    r.close()
+
+
+def test_versions_never_split(tmp_path):
+    records = [(b"a", pack_seqkind(s, V), b"x" * 50) for s in range(100, 0, -1)]
+    records += [(b"b", pack_seqkind(5, V), b"y")]
+    write_table(tmp_path / "t.ldb", records, block_size=64)
+    r = TableReader.open(FS, str(tmp_path / "t.ldb"), 1, None)
+    assert r.props["block_count"] == 2
+    assert r.get(b"a", 50) == (V, b"x" * 50) and r.get(b"a", 0) is None
+    r.close()
+
+
+def test_order_violations(tmp_path):
+    w = TableWriter(FS, str(tmp_path / "t.ldb"), Config())
+    w.add(b"b", pack_seqkind(5, V), b"1")
+    with pytest.raises(ValueError):
+        w.add(b"a", pack_seqkind(9, V), b"1")
+    with pytest.raises(ValueError):
+        w.add(b"b", pack_seqkind(5, D), b"")
+    with pytest.raises(ValueError):
+        w.add(b"b", pack_seqkind(6, V), b"1")
+    w.add(b"b", pack_seqkind(4, D), b"")
+    w.add(b"c", pack_seqkind(100, V), b"1")
+    assert w.entries == 3 and w.estimated_size > 0
+    w.finish()
+    with pytest.raises(ValueError):
+        w.add(b"d", pack_seqkind(1, V), b"")
+
+
+def test_abandon_removes_file(tmp_path):
+    path = tmp_path / "t.ldb"
+    w = TableWriter(FS, str(path), Config(block_size=64))
+    for i in range(100):
+        w.add(b"%05d" % i, pack_seqkind(1, V), b"v" * 30)
+    assert path.exists() and w.estimated_size >= os.path.getsize(path) > 0
+    w.abandon()
+    assert not path.exists()
+
+
+def test_empty_table(tmp_path):
+    meta = write_table(tmp_path / "e.ldb", [])
+    assert meta.entries == 0
+    r = TableReader.open(FS, str(tmp_path / "e.ldb"), 3, None)
+    assert r.get(b"a", 10) is None and list(r.iter_visible(None, None, True, 10)) == []
+    assert list(r.iter_internal()) == [] and r.verify() == 3
+    r.close()
+
+
+def test_no_bloom_and_bloom_skips(tmp_path):
+    records = [(b"%05d" % i, pack_seqkind(i + 1, V), b"v") for i in range(0, 1000, 2)]
+    for bits in (0, 10):
+        write_table(tmp_path / "t.ldb", records, bloom_bits_per_key=bits, block_size=256)
+        cache = LRUCache(1 << 20)
+        r = TableReader.open(FS, str(tmp_path / "t.ldb"), 1, cache)
+        assert all(r.may_contain(k) for k, _, _ in records)
+        assert [r.get(b"%05d" % i, 1 << 20) for i in range(1, 1000, 2)] == [None] * 500
+        if bits:   # almost every absent key is answered by the filter alone
+            assert cache.stats()["misses"] < 25
+        r.close()
+
+
+def test_block_cache_hits_and_evictions(tmp_path):
+    records = [(b"%05d" % i, pack_seqkind(i + 1, V), b"v" * 40) for i in range(2000)]
+    write_table(tmp_path / "t.ldb", records, block_size=1024)
+    cache = LRUCache(1 << 20)
+    r = TableReader.open(FS, str(tmp_path / "t.ldb"), 9, cache)
+    nblocks = r.props["block_count"]
+    for k, _, v in records:
+        assert r.get(k, 1 << 30) == (V, v)
+    s = cache.stats()
+    assert s["misses"] == nblocks and s["hits"] == len(records) - nblocks
+    assert s["entries"] == nblocks and s["size"] > 0
+    list(r.iter_internal())                 # scans read cached blocks, add nothing
+    assert cache.stats()["entries"] == nblocks
+    cache.erase_file(9)
+    assert cache.stats()["entries"] == 0
+    r.close()
+    small = LRUCache(3000)                  # about two decoded blocks
+    r = TableReader.open(FS, str(tmp_path / "t.ldb"), 9, small)
+    assert list(r.iter_visible(None, None, False, 1 << 30)) == [(k, V, v) for k, _, v in records]
+    s = small.stats()
+    assert s["evictions"] >= nblocks - 3 and s["size"] <= 3000
+    r.close()
+
+
+def test_zstd_used_only_when_it_shrinks(tmp_path):
+    comp = [(b"%05d" % i, pack_seqkind(1, V), b"abc" * 30) for i in range(500)]
+    rand = [(b"%05d" % i, pack_seqkind(1, V), os.urandom(90)) for i in range(500)]
+    sizes = {}
+    for name, recs in (("comp", comp), ("rand", rand)):
+        for c in ("none", "zstd"):
+            sizes[name, c] = write_table(tmp_path / f"{name}{c}.ldb", recs, compression=c).file_size
+            r = TableReader.open(FS, str(tmp_path / f"{name}{c}.ldb"), 1, None)
+            assert list(r.iter_internal()) == recs
+            r.close()
+    assert sizes["comp", "zstd"] < sizes["comp", "none"] / 3
+    assert sizes["rand", "zstd"] <= sizes["rand", "none"] + 64
+
+
+def test_layout_matches_format(tmp_path):
+    """Parse a table independently, straight from format.py's description."""
+    records = make_records(random.Random(3), 100)
+    raw = open(write_table(tmp_path / "t.ldb", records, block_size=512).path, "rb").read()
+    f = TABLE_FOOTER.unpack_from(raw, len(raw) - TABLE_FOOTER.size)
+    assert f[8] == TABLE_MAGIC and f[6] == FORMAT_VERSION
+    assert f[7] == mask_crc(crc32c(raw[len(raw) - TABLE_FOOTER.size:][:52]))
+
+    def block(off, size):
+        payload, (comp, crc) = raw[off:off + size - 5], BLOCK_TRAILER.unpack_from(raw, off + size - 5)
+        assert comp == 0 and crc == mask_crc(crc32c(payload + bytes([comp])))
+        return payload
+    last_keys, offsets, sizes = msgpack.unpackb(block(f[0], f[1]))
+    props = msgpack.unpackb(block(f[4], f[5]))
+    assert set(PROPS_FIELDS) <= set(props) and props["block_count"] == len(offsets)
+    assert f[2] == props["data_size"] == sum(sizes) and f[2] + f[3] == f[4] and f[4] + f[5] == f[0]
+    got = []
+    for lk, off, size in zip(last_keys, offsets, sizes):
+        keys, sks, vals = msgpack.unpackb(block(off, size))
+        assert keys[-1] == lk
+        got += zip(keys, sks, vals)
+    assert got == records
+
+
+def _build_raw(path, data_payloads, last_keys, props_over=None, version=FORMAT_VERSION,
+               comp=0):
+    """A table assembled by hand (valid checksums, arbitrary content)."""
+    out, offsets, sizes = bytearray(), [], []
+
+    def blk(payload, comp=0):
+        return payload + BLOCK_TRAILER.pack(comp, mask_crc(crc32c(payload + bytes([comp]))))
+    for p in data_payloads:
+        b = blk(p, comp)
+        offsets.append(len(out))
+        sizes.append(len(b))
+        out += b
+    props = dict.fromkeys(PROPS_FIELDS, 0) | {"smallest": b"", "largest": b"",
+                                              "compression": "none",
+                                              "block_count": len(data_payloads)}
+    props |= props_over or {}
+    filt, pr = blk(bytes(9)), blk(msgpack.packb(props))
+    ix = blk(msgpack.packb([last_keys, offsets, sizes]))
+    fo = len(out)
+    out += filt + pr + ix
+    head = [fo + len(filt) + len(pr), len(ix), fo, len(filt), fo + len(filt), len(pr), version]
+    crc = mask_crc(crc32c(TABLE_FOOTER.pack(*head, 0, TABLE_MAGIC)[:52]))
+    out += TABLE_FOOTER.pack(*head, crc, TABLE_MAGIC)
+    path.write_bytes(bytes(out))
+    return str(path)
+
+
+def test_hand_built_table_reads(tmp_path):
+    p = _build_raw(tmp_path / "ok.ldb", [msgpack.packb([[b"a"], [pack_seqkind(1, V)], [b"1"]])],
+                   [b"a"], {"entries": 1, "smallest": b"a", "largest": b"a"})
+    r = TableReader.open(FS, p, 1, None)
+    assert r.get(b"a", 5) == (V, b"1") and r.verify() == 4
+    r.close()
+
+
+@pytest.mark.parametrize("payload", [
+    msgpack.packb([[b"a"], [pack_seqkind(1, V)]]),            # two lists
+    msgpack.packb([[b"a"], [pack_seqkind(1, V)], [b"1", b"2"]]),
+    msgpack.packb([["a"], [pack_seqkind(1, V)], [b"1"]]),       # str key
+    msgpack.packb([[b"a"], [b"x"], [b"1"]]),
+    msgpack.packb({"a": 1}), msgpack.packb(7), msgpack.packb([[], [], []]), b"\xc1",
+    msgpack.packb([[b"a"], [1], [b"1"]]) + b"\x00",            # trailing bytes
+])
+def test_wrong_shape_block(tmp_path, payload):
+    p = _build_raw(tmp_path / "bad.ldb", [payload], [b"a"])
+    r = TableReader.open(FS, p, 1, LRUCache(1 << 20))
+    for op in (lambda: r.get(b"a", 5), lambda: list(r.iter_visible(None, None, False, 5)),
+               lambda: list(r.iter_internal()), r.verify):
+        with pytest.raises(CorruptionError) as ei:
+            op()
+        assert ei.value.path == p
+    r.close()
+
+
+@pytest.mark.parametrize("comp,payload", [
+    (1, b"not zstd at all"), (7, msgpack.packb([[b"a"], [1], [b"1"]])),
+    (1, zstandard.ZstdCompressor().compress(b"\xc1" * 50)),
+    (1, zstandard.ZstdCompressor().compress(msgpack.packb([[b"a"], [1], [b"1"]] * 9))[:-3]),
+])
+def test_bad_compression_with_valid_crc(tmp_path, comp, payload):
+    p = _build_raw(tmp_path / "z.ldb", [payload], [b"a"], comp=comp)
+    r = TableReader.open(FS, p, 1, None)
+    with pytest.raises(CorruptionError):
+        r.get(b"a", 5)
+    with pytest.raises(CorruptionError):
+        r.verify()
+    r.close()
+
+
+def test_unknown_version_and_bad_props(tmp_path):
+    p = _build_raw(tmp_path / "v.ldb", [], [], version=FORMAT_VERSION + 1)
+    with pytest.raises(CorruptionError, match="version"):
+        TableReader.open(FS, p, 1, None)
+    p = _build_raw(tmp_path / "i.ldb", [msgpack.packb([[b"a"], [1], [b"1"]])], [b"a"],
+                   {"block_count": 2})
+    with pytest.raises(CorruptionError, match="index"):
+        TableReader.open(FS, p, 1, None)
+    (tmp_path / "short.ldb").write_bytes(b"x" * 10)
+    with pytest.raises(CorruptionError, match="short"):
+        TableReader.open(FS, str(tmp_path / "short.ldb"), 1, None)
+
+
+def _read_everything(path, records, snaps):
+    r = TableReader.open(FS, path, 1, None)
+    try:
+        check_all(r, records, snaps)
+        r.verify()
+    finally:
+        r.close()
+
+
+@pytest.mark.parametrize("compression", ["none", "zstd"])
+def test_every_byte_flipped(tmp_path, compression):
+    rng = random.Random(11)
+    records = make_records(rng, 25, max_versions=3, vsize=12)
+    good = tmp_path / "good.ldb"
+    write_table(good, records, block_size=200, compression=compression)
+    raw = good.read_bytes()
+    assert len(raw) < 4000
+    snaps = [records[len(records) // 2][1] >> 8, 1 << 40]
+    bad = str(tmp_path / "bad.ldb")
+    detected = 0
+    for pos in range(len(raw)):
+        mutated = bytearray(raw)
+        mutated[pos] ^= 1 << rng.randrange(8) if pos % 2 else 0xFF
+        with open(bad, "wb") as f:
+            f.write(mutated)
+        try:
+            _read_everything(bad, records, snaps)   # asserts the data is exactly right
+        except CorruptionError as exc:
+            assert exc.path == bad
+            detected += 1
+    assert detected == len(raw)     # every byte is covered by a checksum or the magic
+
+
+def test_truncated(tmp_path):
+    records = make_records(random.Random(5), 30)
+    write_table(tmp_path / "t.ldb", records, block_size=256)
+    raw = (tmp_path / "t.ldb").read_bytes()
+    for n in list(range(0, len(raw), 37)) + [len(raw) - 1]:
+        (tmp_path / "c.ldb").write_bytes(raw[:n])
+        with pytest.raises(CorruptionError):
+            TableReader.open(FS, str(tmp_path / "c.ldb"), 1, None)
+
+
+def test_closed_reader_refuses(tmp_path):
+    records = make_records(random.Random(2), 50)
+    write_table(tmp_path / "t.ldb", records, block_size=128)
+    r = TableReader.open(FS, str(tmp_path / "t.ldb"), 1, LRUCache(1 << 20))
+    assert r.get(records[0][0], 1 << 40) is not None
+    r.close()
+    r.close()
+    for op in (lambda: r.get(records[-1][0], 1 << 40), lambda: list(r.iter_internal()),
+               lambda: list(r.iter_visible(None, None, False, 5)), r.verify):
+        with pytest.raises(ValueError, match="closed"):
+            op()
+
+
+def test_precomputed_hash_and_deep_history(tmp_path):
+    """Many versions per key spanning snapshots: slow (non zip) scan paths."""
+    from lightning_db.storage.bloom import key_hash
+    records = []
+    for i in range(40):
+        for seq in range(200, 0, -7 - i % 5):
+            kind = D if seq % 3 == 0 else V
+            records.append((b"key%03d" % i, pack_seqkind(seq, kind), b"" if kind == D else b"%d" % seq))
+    write_table(tmp_path / "t.ldb", records, block_size=300, compression="zstd")
+    r = TableReader.open(FS, str(tmp_path / "t.ldb"), 1, LRUCache(1 << 20))
+    for snap in (0, 1, 50, 101, 199, 10**9):
+        want = visible(records, snap)
+        assert list(r.iter_visible(None, None, False, snap)) == want
+        assert list(r.iter_visible(b"key010", b"key030", True, snap)) == [
+            x for x in want if b"key010" <= x[0] < b"key030"][::-1]
+        got = {k: (kind, v) for k, kind, v in want}
+        for i in range(40):
+            k = b"key%03d" % i
+            assert r.get(k, snap, key_hash(k)) == got.get(k)
+    r.close()
