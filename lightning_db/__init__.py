@@ -6,6 +6,7 @@ The public surface is exactly ``__all__``; everything else is private.
 from .config import Config
 from .db import Batch, Database, Snapshot, open
 from .errors import (
+    BackgroundError,
     CorruptionError,
     CriticalError,
     DatabaseClosed,
@@ -43,5 +44,6 @@ __all__ = [
     "DiskFull",
     "WriteStalled",
     "CorruptionError",
+    "BackgroundError",
     "TransactionConflict",
 ]

@@ -18,7 +18,7 @@ MiB = 1024 * KiB
 
 SYNC_POLICIES = ("always", "interval", "never")
 COMPRESSIONS = ("none", "zstd")
-CACHE_POLICIES = ("lru",)
+CACHE_POLICIES = ("clock", "lru")
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class Config:
 
     # --- block cache ---
     block_cache_size: int = 256 * MiB
-    block_cache_policy: str = "lru"
+    block_cache_policy: str = "clock"  # clock | lru
 
     # --- manifest ---
     max_manifest_size: int = 4 * MiB   # a new manifest (full snapshot) is written past this
@@ -68,7 +68,7 @@ class Config:
 
         for name in ("max_key_size", "max_value_size", "sync_interval_ms", "block_size",
                      "target_file_size", "max_bytes_for_level_base", "max_manifest_size",
-                     "max_immutable_memtables"):
+                     "max_immutable_memtables", "l0_stop_writes_trigger", "zstd_level"):
             positive(name)
         positive("memtable_size", 64 * KiB)
         positive("num_levels", 2)
@@ -88,9 +88,11 @@ class Config:
                                   f"got {self.block_cache_policy!r}")
         if not (1 <= self.zstd_level <= 22):
             raise InvalidArgument(f"config zstd_level must be 1..22, got {self.zstd_level!r}")
-        if not isinstance(self.write_stall_timeout_s, (int, float)) or self.write_stall_timeout_s <= 0:
+        if (not isinstance(self.write_stall_timeout_s, (int, float)) or isinstance(self.write_stall_timeout_s, bool)
+                or self.write_stall_timeout_s <= 0):
             raise InvalidArgument(f"config write_stall_timeout_s must be > 0, got {self.write_stall_timeout_s!r}")
-        if self.shards is not None and (not isinstance(self.shards, int) or self.shards < 0):
+        if self.shards is not None and (not isinstance(self.shards, int) or isinstance(self.shards, bool)
+                                        or self.shards < 0):
             raise InvalidArgument(f"config shards must be None or an integer >= 0, got {self.shards!r}")
 
     def replace(self, **changes: Any) -> "Config":

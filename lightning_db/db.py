@@ -252,7 +252,13 @@ class Database:
         """Store *value* under *key*. With ``sync=True`` (or the ``always``
         policy) the call returns only after the WAL is fsynced."""
         lim = self._limits
-        self._write([(_VALUE, lim.key(key), lim.value(value))], sync)
+        if not (type(key) is bytes and 0 < len(key) <= lim.max_key
+                and type(value) is bytes and len(value) <= lim.max_value):
+            key, value = lim.key(key), lim.value(value)
+        if self._closed or sync is not None:
+            self._write([(_VALUE, key, value)], sync)
+        else:
+            self._engine.write([(_VALUE, key, value)], self._sync_default)
 
     def get(self, key: Any, default: Any = None) -> Any:
         """The value of *key*, or *default* (None) when it is absent."""
@@ -292,10 +298,17 @@ class Database:
     # --- many keys ---------------------------------------------------------------------
     def put_many(self, items: Mapping[Any, Any] | Iterable[tuple[Any, Any]], sync: bool | None = None) -> None:
         """Store every pair atomically (one batch)."""
-        lk, lv = self._limits.key, self._limits.value
+        lim = self._limits
+        lk, lv, maxk, maxv = lim.key, lim.value, lim.max_key, lim.max_value
         pairs = items.items() if isinstance(items, Mapping) else items
+        ops: list[tuple[int, bytes, bytes]] = []
+        append = ops.append
         try:
-            ops = [(_VALUE, lk(k), lv(v)) for k, v in pairs]
+            for k, v in pairs:
+                if type(k) is bytes and 0 < len(k) <= maxk and type(v) is bytes and len(v) <= maxv:
+                    append((_VALUE, k, v))
+                else:
+                    append((_VALUE, lk(k), lv(v)))
         except (TypeError, ValueError) as exc:
             if isinstance(exc, InvalidArgument):
                 raise

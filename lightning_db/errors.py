@@ -30,6 +30,7 @@ __all__ = [
     "DiskFull",
     "WriteStalled",
     "CorruptionError",
+    "BackgroundError",
     "TransactionConflict",
     "classify",
 ]
@@ -117,6 +118,12 @@ class CorruptionError(CriticalError):
     def __init__(self, message: str, path: str | None = None) -> None:
         super().__init__(message if path is None else f"{message} (file {path})")
         self.path = path
+
+
+class BackgroundError(CriticalError):
+    """A background flush or compaction failed for a reason that is not an
+    I/O fault or corruption (those keep their own class). Writes are refused
+    until the database is reopened; reads keep working."""
 
 
 class TransactionConflict(TransientError):

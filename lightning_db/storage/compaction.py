@@ -76,6 +76,26 @@ def plan(version: Version, config: Config, level: int, inputs: list[FileMeta], r
                       [list(version.levels[n]) for n in range(level + 2, config.num_levels)])
 
 
+def l0_inputs(l0: tuple[FileMeta, ...]) -> list[FileMeta]:
+    """The oldest L0 file and every L0 file overlapping it, transitively.
+    What stays in L0 overlaps none of them, so moving them below all newer
+    L0 files keeps newer-wins; non-overlapping files (sequential loads) go
+    down one at a time and can be moved instead of rewritten."""
+    chosen = [l0[-1]]                      # newest first: the last is the oldest
+    lo, hi = chosen[0].smallest, chosen[0].largest
+    rest = list(l0[:-1])
+    grew = True
+    while grew:
+        grew = False
+        for f in list(rest):
+            if f.smallest <= hi and f.largest >= lo:
+                chosen.append(f)
+                rest.remove(f)
+                lo, hi = min(lo, f.smallest), max(hi, f.largest)
+                grew = True
+    return chosen
+
+
 def pick(version: Version, config: Config, pointers: dict[int, bytes]) -> Compaction | None:
     """The most urgent compaction, or None when every score is below 1."""
     scores = compaction_scores(version, config)
@@ -83,7 +103,7 @@ def pick(version: Version, config: Config, pointers: dict[int, bytes]) -> Compac
     if scores[best] < 1.0:
         return None
     if best == 0:
-        return plan(version, config, 0, list(version.levels[0]), "l0-files")
+        return plan(version, config, 0, l0_inputs(version.levels[0]), "l0-files")
     files = version.levels[best]
     ptr = pointers.get(best)
     chosen = files[0]

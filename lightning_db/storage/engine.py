@@ -30,7 +30,7 @@ from bisect import bisect_left
 from typing import Any, Iterator
 
 from ..config import Config
-from ..errors import DatabaseClosed, LightningError, WriteStalled
+from ..errors import BackgroundError, DatabaseClosed, LightningError, WriteStalled
 from . import compaction
 from .bloom import key_hash
 from .cache import make_cache
@@ -116,6 +116,8 @@ class Engine:
         return self._last_seq
 
     def get(self, key: bytes, seq: int | None = None) -> bytes | None:
+        """The value of *key* as of *seq* (default: the latest), or None.
+        The hot read path: one function, no locks, no allocation on a miss."""
         if seq is None:
             seq = self._last_seq             # the sequence first, then the super version
         sv = self._sv
@@ -126,29 +128,32 @@ class Engine:
                 if r is not None:
                     break
             else:
-                r = self._get_tables(sv.version, key, seq)
-                if r is None:
-                    return None
+                version = sv.version
+                h = None
+                for f in version.levels[0]:
+                    if f.smallest <= key <= f.largest:
+                        if h is None:
+                            h = key_hash(key)
+                        r = f.reader.get(key, seq, h)
+                        if r is not None:
+                            break
+                else:
+                    deep = version.deep
+                    last = len(deep) - 1
+                    for n, (files, largest) in enumerate(deep):
+                        i = bisect_left(largest, key)
+                        if i < len(files) and files[i].smallest <= key:
+                            if n == last:
+                                r = files[i].reader.get(key, seq, None, False)
+                            else:
+                                if h is None:
+                                    h = key_hash(key)
+                                r = files[i].reader.get(key, seq, h)
+                            if r is not None:
+                                break
+                    else:
+                        return None
         return None if r[0] == _DELETE else r[1]
-
-    def _get_tables(self, version: Version, key: bytes, seq: int) -> tuple[int, bytes] | None:
-        h = None
-        for f in version.levels[0]:
-            if f.smallest <= key <= f.largest:
-                if h is None:
-                    h = key_hash(key)
-                r = f.reader.get(key, seq, h)
-                if r is not None:
-                    return r
-        for files, largest in version.deep:
-            i = bisect_left(largest, key)
-            if i < len(files) and files[i].smallest <= key:
-                if h is None:
-                    h = key_hash(key)
-                r = files[i].reader.get(key, seq, h)
-                if r is not None:
-                    return r
-        return None
 
     def get_many(self, keys: list[bytes], seq: int | None = None) -> list[bytes | None]:
         if seq is None:
@@ -240,7 +245,8 @@ class Engine:
         if self._closed:
             raise DatabaseClosed(f"database {self.path} is closed")
         err = self._write_error or self._bg_error
-        raise type(err)(f"writes are refused after an earlier failure: {err}") from err
+        cls = type(err) if isinstance(err, LightningError) else BackgroundError
+        raise cls(f"writes are refused after an earlier failure: {err!r}") from err
 
     def _make_room(self, nbytes: int, n: int) -> Memtable:
         """REQUIRES: write lock. Rotate the memtable, stalling while the
@@ -334,13 +340,16 @@ class Engine:
             self._counters["flushes"] += 1
             self._counters["flush_bytes_written"] += counts["bytes_written"]
             self._counters["records_dropped"] += counts["dropped"]
+            # The manifest no longer needs this WAL: its contents are durable
+            # in a table. Unlink before waking waiters, so flush() returns
+            # with the directory in its final state.
+            wal.close(sync=False)
+            self._counters["wal_syncs_closed"] += wal.syncs
+            self._remove(wal_name(wal.number))
+            self._remove(segment_name(mem.number))
+            if old_manifest:
+                self._remove_manifest(old_manifest)
             self._bg_cv.notify_all()
-        wal.close(sync=False)      # its contents are durable in a table now
-        self._counters["wal_syncs_closed"] += wal.syncs
-        self._remove(wal_name(wal.number))
-        self._remove(segment_name(mem.number))
-        if old_manifest:
-            self._remove_manifest(old_manifest)
 
     def _new_number(self) -> int:
         with self._mutex:

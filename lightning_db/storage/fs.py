@@ -120,11 +120,18 @@ class OSFileSystem:
         return WritableFile(self, path, fd, 0)
 
     def _write(self, f: WritableFile, data: bytes | bytearray | memoryview) -> None:
-        view = memoryview(data)
-        while view:
-            n = _io("write", f.path, lambda: os.write(f.fd, view))
+        # The WAL's hot path: one os.write in the common case, no closures.
+        try:
+            n = os.write(f.fd, data)
             f.size += n
-            view = view[n:]
+            if n < len(data):
+                view = memoryview(data)[n:]
+                while view:
+                    n = os.write(f.fd, view)
+                    f.size += n
+                    view = view[n:]
+        except OSError as exc:
+            raise wrap_oserror(exc, "write", f.path) from exc
 
     def _sync(self, f: WritableFile) -> None:
         _io("fsync", f.path, lambda: os.fsync(f.fd))

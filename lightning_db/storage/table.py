@@ -244,7 +244,13 @@ def _decode_data(view: memoryview, off: int, size: int, path: str) -> tuple[tupl
             or not set(map(type, obj[0])) == _BYTES or not set(map(type, obj[1])) == _INT
             or not set(map(type, obj[2])) == _BYTES):
         raise CorruptionError(f"data block at offset {off}: malformed", path)
-    return (obj[0], obj[1], obj[2]), n
+    keys = obj[0]
+    # key -> index of its newest version: the point-read path looks a key up
+    # with one hash probe instead of a bisect whose comparisons each chase a
+    # pointer to another bytes object (the cache misses dominate random reads).
+    nk = len(keys)
+    pos = dict(zip(reversed(keys), range(nk - 1, -1, -1)))
+    return (keys, obj[1], obj[2], pos), n + 48 * nk
 
 
 class TableReader:
@@ -340,11 +346,15 @@ class TableReader:
     def may_contain(self, key: bytes, h: int | None = None) -> bool:
         return self._may_contain(key_hash(key) if h is None else h)
 
-    def get(self, key: bytes, snapshot_seq: int,
-            h: int | None = None) -> tuple[int, bytes] | None:
+    def get(self, key: bytes, snapshot_seq: int, h: int | None = None,
+            check_filter: bool = True) -> tuple[int, bytes] | None:
         """(kind, value) of the newest version of *key* with seq <= snapshot_seq,
-        or None. A tombstone is (Kind.DELETE, b"")."""
-        if not self._may_contain(key_hash(key) if h is None else h):
+        or None. A tombstone is (Kind.DELETE, b"").
+
+        ``check_filter=False`` skips the bloom filter: the engine does so in
+        the last level, where most lookups of present keys end and the
+        filter would only confirm what the block search finds anyway."""
+        if check_filter and not self._may_contain(key_hash(key) if h is None else h):
             return None
         i = bisect_left(self._last_keys, key)
         if i == self._nblocks:
@@ -353,11 +363,17 @@ class TableReader:
         block = cache_get(self._ckeys[i]) if cache_get is not None else None
         if block is None:
             block = self._fill(i)
-        keys = block[0]
-        j = bisect_left(keys, key)
-        n = len(keys)
+        j = block[3].get(key)
+        if j is None:
+            return None
         limit = (snapshot_seq << 8) | 0xFF
         seqkinds = block[1]
+        sk = seqkinds[j]
+        if sk <= limit:
+            return sk & 0xFF, block[2][j]
+        keys = block[0]                  # older versions follow the newest
+        n = len(keys)
+        j += 1
         while j < n and keys[j] == key:
             sk = seqkinds[j]
             if sk <= limit:
@@ -377,7 +393,7 @@ class TableReader:
         if not reverse:
             i = bisect_left(last_keys, start) if start is not None else 0
             while i < nblocks:
-                keys, sks, vals = self._block(i)
+                keys, sks, vals, _ = self._block(i)
                 lo = bisect_left(keys, start) if start is not None else 0
                 last = end is not None and end <= last_keys[i]
                 hi = bisect_left(keys, end) if last else len(keys)
@@ -390,7 +406,7 @@ class TableReader:
             while i >= 0:
                 if start is not None and last_keys[i] < start:
                     return
-                keys, sks, vals = self._block(i)
+                keys, sks, vals, _ = self._block(i)
                 lo = bisect_left(keys, start) if start is not None else 0
                 hi = bisect_left(keys, end) if end is not None else len(keys)
                 yield from _visible(keys, sks, vals, lo, hi, limit, True)
@@ -400,7 +416,8 @@ class TableReader:
         """Every record (key, seqkind, value) in internal order (compaction).
         Does not fill the block cache."""
         for i in range(self._nblocks):
-            yield from zip(*self._block(i, False))
+            keys, sks, vals, _ = self._block(i, False)
+            yield from zip(keys, sks, vals)
 
     def verify(self) -> int:
         """Re-read and check every block (data, filter, props, index) without
@@ -413,7 +430,7 @@ class TableReader:
             _read_block(view, off, sz, path, what)
         for i in range(self._nblocks):
             off = self._offsets[i]
-            (keys, sks, _), _ = _decode_data(view, off, self._sizes[i], path)
+            (keys, sks, _, _), _ = _decode_data(view, off, self._sizes[i], path)
             for k, sk in zip(keys, sks):
                 if prev is not None and (k < prev[0] or (k == prev[0] and sk >> 8 >= prev[1] >> 8)):
                     raise CorruptionError(f"data block at offset {off}: records out of order", path)
