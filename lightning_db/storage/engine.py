@@ -235,6 +235,11 @@ class Engine:
             c["wal_bytes_written"] += len(payload)
         if sync or self._sync_always:
             try:
+                # A synced write makes every earlier write durable too: older
+                # WALs whose memtables still await flush are synced first.
+                for _, old in reversed(self._sv.imms):
+                    if old.synced_size < old.size:
+                        old.sync_to(old.size)
                 wal.sync_to(target)
             except LightningError as exc:
                 self._write_error = exc
@@ -326,6 +331,8 @@ class Engine:
         outputs, counts = compaction.write_tables(
             self.fs, self.path, self.config, compaction.merge_internal([mem.iter_internal()]),
             smallest, None, self._new_number, cut=False)
+        if outputs:
+            self.fs.sync_dir(self.path)    # the new tables' names are durable before the manifest names them
         for f in outputs:
             self._open_reader(f)
         with self._mutex:
@@ -364,6 +371,8 @@ class Engine:
             return False
         smallest = self._smallest_snapshot()
         edit, outputs, counts = compaction.run(self.fs, self.path, self.config, c, smallest, self._new_number)
+        if outputs:
+            self.fs.sync_dir(self.path)    # the new tables' names are durable before the manifest names them
         for f in outputs:
             self._open_reader(f)
         with self._mutex:
@@ -483,14 +492,20 @@ class Engine:
             self._stop_syncer.set()
             self._syncer.join()
         sv = self._sv
-        try:
-            ok = self._write_error is None
-            sv.wal.close(sync=ok)
-            for _, wal in sv.imms:
+        ok = self._write_error is None
+        error: BaseException | None = None
+        for wal in [w for _, w in reversed(sv.imms)] + [sv.wal]:
+            try:
                 wal.close(sync=ok)
+            except LightningError as exc:      # every handle is closed all the same
+                error = error or exc
+                ok = False
+        try:
             self.versions.close()
         finally:
             self._lock.release()
+        if error is not None:
+            raise error
 
 
 def _level_iter(files: list[FileMeta], start: bytes | None, end: bytes | None, reverse: bool,

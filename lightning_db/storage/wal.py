@@ -108,5 +108,8 @@ class Wal:
                 if sync and self.failed is None and self.log.synced_size < self.log.size:
                     self.log.sync()
                     self.syncs += 1
+            except IOFault as exc:
+                self.failed = exc
+                raise
             finally:
                 self.log.close()

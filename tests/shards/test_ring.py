@@ -1,0 +1,50 @@
+import subprocess
+import sys
+
+import pytest
+
+from lightning_db.errors import InvalidArgument
+from lightning_db.shards.ring import HashRing
+
+KEYS = [b"key-%d" % i for i in range(20000)]
+
+
+def test_every_key_has_one_owner_and_vectorised_agrees():
+    ring = HashRing(4)
+    one = [ring.shard_of(k) for k in KEYS]
+    assert set(one) == {0, 1, 2, 3}
+    assert ring.shards_of(KEYS).tolist() == one
+    groups = ring.split(KEYS)
+    assert sorted(p for g in groups.values() for p in g) == list(range(len(KEYS)))
+    assert all(one[p] == s for s, g in groups.items() for p in g)
+
+
+def test_balance_with_virtual_nodes():
+    ring = HashRing(8)
+    counts = [0] * 8
+    for k in KEYS:
+        counts[ring.shard_of(k)] += 1
+    mean = len(KEYS) / 8
+    assert max(counts) < 1.25 * mean and min(counts) > 0.75 * mean
+
+
+def test_growing_moves_about_one_share():
+    a, b = HashRing(4), HashRing(5)
+    moved = sum(a.shard_of(k) != b.shard_of(k) for k in KEYS)
+    assert moved < len(KEYS) * 0.3                   # ideal 1/5 = 20%
+    assert all(b.shard_of(k) == 4 for k in KEYS if a.shard_of(k) != b.shard_of(k))
+
+
+def test_stable_across_processes():
+    ring = HashRing(3)
+    code = ("from lightning_db.shards.ring import HashRing; r = HashRing(3); "
+            "print(','.join(str(r.shard_of(b'key-%d' % i)) for i in range(200)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == ",".join(str(ring.shard_of(b"key-%d" % i)) for i in range(200))
+
+
+def test_single_shard_and_bad_arguments():
+    assert HashRing(1).shards_of(KEYS[:10]).tolist() == [0] * 10
+    for bad in (0, -1, True, 1.5, "2"):
+        with pytest.raises(InvalidArgument, match="shards"):
+            HashRing(bad)
