@@ -41,6 +41,7 @@ class Config:
     compression: str = "none"          # none | zstd
     zstd_level: int = 3
     target_file_size: int = 32 * MiB   # compaction output files are cut at this size
+    point_index: bool = True           # per-table hash index for point reads (uncompressed tables)
 
     # --- leveled compaction ---
     num_levels: int = 7
@@ -79,6 +80,8 @@ class Config:
         if self.l0_stop_writes_trigger < self.l0_compaction_trigger:
             raise InvalidArgument("config l0_stop_writes_trigger must be >= l0_compaction_trigger, "
                                   f"got {self.l0_stop_writes_trigger} < {self.l0_compaction_trigger}")
+        if not isinstance(self.point_index, bool):
+            raise InvalidArgument(f"config point_index must be a bool, got {self.point_index!r}")
         if self.sync not in SYNC_POLICIES:
             raise InvalidArgument(f"config sync must be one of {SYNC_POLICIES}, got {self.sync!r}")
         if self.compression not in COMPRESSIONS:

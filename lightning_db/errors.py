@@ -31,6 +31,8 @@ __all__ = [
     "WriteStalled",
     "CorruptionError",
     "BackgroundError",
+    "CircuitOpen",
+    "RestartIntensityExceeded",
     "TransactionConflict",
     "classify",
 ]
@@ -124,6 +126,32 @@ class BackgroundError(CriticalError):
     """A background flush or compaction failed for a reason that is not an
     I/O fault or corruption (those keep their own class). Writes are refused
     until the database is reopened; reads keep working."""
+
+
+class CircuitOpen(RecoverableError):
+    """Raised instead of making a call while a breaker is open (or half-open
+    with all its probe calls in flight). Nothing was sent. ``retry_after``
+    is how long until the breaker lets a probe through (0 when half-open);
+    retrying before then fails the same way."""
+
+    def __init__(self, message: str, *, breaker: str = "", retry_after: float = 0.0) -> None:
+        super().__init__(message)
+        self.breaker = breaker
+        self.retry_after = retry_after
+
+
+class RestartIntensityExceeded(FatalError):
+    """A supervisor saw more than ``intensity`` restarts within ``period``
+    seconds, stopped all its children and gave up. Raised (or passed to
+    ``on_escalate``) at the root of the tree; the database shuts down.
+    Retrying never helps: the cause is in the last exit reason it names."""
+
+    def __init__(self, message: str, *, supervisor: str = "", child: str = "",
+                 reason: object = None) -> None:
+        super().__init__(message)
+        self.supervisor = supervisor
+        self.child = child
+        self.reason = reason
 
 
 class TransactionConflict(TransientError):

@@ -76,10 +76,20 @@ SEGMENT_FLAG_IMMUTABLE = 1
 
 # --- tables -------------------------------------------------------------------
 #
-# table := data_block* filter_block props_block index_block footer
+# table := data_block* filter_block [point_index_block] props_block index_block footer
 # block := payload compression:u8 crc32c(payload + compression):u32
-# data block payload (after decompression): msgpack [keys, seqkinds, values]
-#   sorted by (key asc, seq desc); all versions of one user key are in one block.
+# data block payload (after decompression): msgpack [kvs, seqkinds] where
+#   kvs = [key0, value0, key1, value1, ...] (so a record's key and value are
+#   adjacent bytes in the file) sorted by (key asc, seq desc); all versions of
+#   one user key are in one block.
+# point index (uncompressed tables only; its size is props["pindex_size"]):
+#   open addressing, linear probing, power-of-two slot count, load <= 0.75;
+#   slot := A:u64 B:u64, A = 0 for an empty slot, else
+#   A = file offset of the record's msgpack key header (40 bits)
+#       | kind << 40 | (xxh3_64(key) >> 41) << 41,
+#   B = span (bytes from the key header to the end of the value) | crc32c(span) << 32.
+#   It locates the newest version of each key; readers use it when their
+#   snapshot covers the table's max_seq.
 # index payload: msgpack [last_keys, offsets, sizes]
 # filter payload: bloom bit array (see bloom.py), hashes xxh3_64 of user keys
 # props payload: msgpack dict (see table.py)

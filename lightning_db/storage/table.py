@@ -25,6 +25,7 @@ from operator import and_
 from typing import Any, Iterator
 
 import msgpack
+import numpy as np
 import zstandard
 from crc32c import crc32c
 
@@ -38,7 +39,7 @@ __all__ = ["TableWriter", "TableReader", "TableMeta", "PROPS_FIELDS"]
 
 PROPS_FIELDS = ("entries", "distinct_keys", "tombstones", "smallest", "largest", "min_seq",
                 "max_seq", "data_size", "index_size", "filter_size", "compression",
-                "format_version", "block_count")
+                "format_version", "block_count", "pindex_size")
 _TRAILER = BLOCK_TRAILER.size
 _FOOTER = TABLE_FOOTER.size
 _FOOTER_CRC_AT = 6 * 8 + 4           # footer bytes covered by footer_crc
@@ -46,7 +47,9 @@ _ENTRY_OVERHEAD = 12                 # rough msgpack bytes per entry beyond key+
 _MAX_BLOCK = 1 << 31                 # sanity bound on a decompressed block
 _NONE, _ZSTD = int(Compression.NONE), int(Compression.ZSTD)
 _BYTES, _INT = {bytes}, {int}
-_INT_PROPS = ("entries", "tombstones", "min_seq", "max_seq", "block_count")
+_DELETE_KIND, _VALUE_KIND = int(Kind.DELETE), int(Kind.VALUE)
+_M40 = (1 << 40) - 1
+_INT_PROPS = ("entries", "tombstones", "min_seq", "max_seq", "block_count", "pindex_size")
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,11 @@ class TableWriter:
         self._offset = 0
         self._ix: tuple[list, list, list] = ([], [], [])   # last_keys, offsets, sizes
         self._hashes: list[int] = []
+        # Point-index entries (hash, file offset, span, kind, crc) of the newest
+        # version of each key; only for uncompressed tables (offsets must
+        # address the file's bytes directly).
+        self._point: list[tuple[int, int, int, int, int]] | None = (
+            [] if self._zstd is None and config.point_index else None)
         self._flushed = self._tombstones = self._max_seq = 0
         self._min_seq: int | None = None
         self._smallest: bytes | None = None
@@ -125,6 +133,23 @@ class TableWriter:
         self._vals.append(value)
         self._pending += len(key) + len(value) + _ENTRY_OVERHEAD
 
+    def _index_points(self, payload: bytes, block_off: int, keys: list[bytes], sks: list[int],
+                      vals: list[bytes]) -> None:
+        """Record where the newest version of each key of this block sits in
+        the file, for the point index (see format.py)."""
+        n2 = 2 * len(keys)
+        rel = 1 + (1 if n2 < 16 else 3 if n2 < 65536 else 5)     # [ kvs-array-header ...
+        point = self._point
+        prev = None
+        for k, sk, v in zip(keys, sks, vals):
+            kl, vl = len(k), len(v)
+            span = (2 if kl < 256 else 3 if kl < 65536 else 5) + kl + (2 if vl < 256 else 3 if vl < 65536 else 5) + vl
+            if k != prev:                                        # the newest version of k
+                point.append((key_hash(k), block_off + rel, span, sk & 0xFF,
+                              crc32c(payload[rel:rel + span])))
+                prev = k
+            rel += span
+
     def _encode(self, payload: bytes, compress: bool) -> bytes:
         comp = _NONE
         if compress and self._zstd is not None:
@@ -141,8 +166,17 @@ class TableWriter:
         return off
 
     def _flush(self) -> None:
-        keys, sks = self._keys, self._sks
-        block = self._encode(msgpack.packb([keys, sks, self._vals]), True)
+        keys, sks, vals = self._keys, self._sks, self._vals
+        n = len(keys)
+        kvs: list[bytes] = [b""] * (2 * n)
+        kvs[0::2] = keys
+        kvs[1::2] = vals
+        payload = msgpack.packb([kvs, sks])
+        block = self._encode(payload, True)
+        if self._point is not None:
+            if block[-_TRAILER] != _NONE:
+                raise AssertionError("point index needs uncompressed blocks")
+            self._index_points(payload, self._offset, keys, sks, vals)
         self._ix[0].append(keys[-1])
         self._ix[1].append(self._write(block))
         self._ix[2].append(len(block))
@@ -167,6 +201,9 @@ class TableWriter:
         index = self._encode(msgpack.packb(list(self._ix)), True)
         filt = self._encode(build_filter(self._hashes, self._bits_per_key), False)
         filter_off = self._write(filt)
+        pindex = self._encode(build_point_index(self._point), False) if self._point else b""
+        if pindex:
+            self._write(pindex)
         smallest, largest = self._smallest or b"", self._last_key or b""
         min_seq = self._min_seq or 0
         props = {
@@ -175,7 +212,7 @@ class TableWriter:
             "min_seq": min_seq, "max_seq": self._max_seq, "data_size": data_size,
             "index_size": len(index), "filter_size": len(filt),
             "compression": self._compression, "format_version": FORMAT_VERSION,
-            "block_count": len(self._ix[1]),
+            "block_count": len(self._ix[1]), "pindex_size": len(pindex),
         }
         props_block = self._encode(msgpack.packb(props), True)
         props_off = self._write(props_block)
@@ -198,6 +235,25 @@ class TableWriter:
                 self._fs.remove(self.path)
             except FileNotFoundError:
                 pass
+
+
+def build_point_index(points: list[tuple[int, int, int, int, int]]) -> bytes:
+    """Open-addressing table (linear probing, load <= 0.75) of 16-byte slots:
+    A = offset | kind << 40 | (hash >> 41) << 41, B = span | crc << 32."""
+    nslots = 8
+    while nslots * 3 < len(points) * 4:
+        nslots *= 2
+    mask = nslots - 1
+    slots = np.zeros(2 * nslots, dtype="<u8")
+    used = bytearray(nslots)
+    for h, off, span, kind, crc in points:
+        i = h & mask
+        while used[i]:
+            i = (i + 1) & mask
+        used[i] = 1
+        slots[2 * i] = off | (kind << 40) | ((h >> 41) << 41)
+        slots[2 * i + 1] = span | (crc << 32)
+    return slots.tobytes()
 
 
 # --- reading -------------------------------------------------------------------
@@ -239,18 +295,25 @@ def _unpack(view: memoryview, off: int, size: int, path: str, what: str) -> Any:
 def _decode_data(view: memoryview, off: int, size: int, path: str) -> tuple[tuple, int]:
     """(keys, seqkinds, values) of the data block at *off*, and its decoded size."""
     obj, n = _unpack(view, off, size, path, "data")
-    if (type(obj) is not list or len(obj) != 3 or not all(type(x) is list for x in obj)
-            or not len(obj[0]) == len(obj[1]) == len(obj[2]) or not obj[0]
-            or not set(map(type, obj[0])) == _BYTES or not set(map(type, obj[1])) == _INT
-            or not set(map(type, obj[2])) == _BYTES):
+    if (type(obj) is not list or len(obj) != 2 or not all(type(x) is list for x in obj)
+            or len(obj[0]) != 2 * len(obj[1]) or not obj[1]
+            or not set(map(type, obj[0])) == _BYTES or not set(map(type, obj[1])) == _INT):
         raise CorruptionError(f"data block at offset {off}: malformed", path)
-    keys = obj[0]
-    # key -> index of its newest version: the point-read path looks a key up
-    # with one hash probe instead of a bisect whose comparisons each chase a
-    # pointer to another bytes object (the cache misses dominate random reads).
+    kvs, sks = obj
+    keys, vals = kvs[0::2], kvs[1::2]
     nk = len(keys)
+    # The point-read path looks a key up with one hash probe instead of a
+    # bisect whose comparisons each chase a pointer to another bytes object:
+    # on random reads the cache misses dominate. In a *plain* block (one
+    # version per key, no tombstone, the usual state after compaction) the
+    # dict maps key -> value and block[4] is the block's highest sequence
+    # number; otherwise it maps key -> index of the newest version and
+    # block[4] is -1.
+    top = max(sks)
+    if len(set(keys)) == nk and not any(sk & 0xFF == _DELETE_KIND for sk in sks):
+        return (keys, sks, vals, dict(zip(keys, vals)), top >> 8), n + 48 * nk
     pos = dict(zip(reversed(keys), range(nk - 1, -1, -1)))
-    return (keys, obj[1], obj[2], pos), n + 48 * nk
+    return (keys, sks, vals, pos, -1), n + 48 * nk
 
 
 class TableReader:
@@ -289,19 +352,32 @@ class TableReader:
                                   f"(this build reads {FORMAT_VERSION})", path)
         if mask_crc(crc32c(view[size - _FOOTER:size - _FOOTER + _FOOTER_CRC_AT])) != footer_crc:
             raise CorruptionError("table footer checksum mismatch", path)
-        if not (filter_off + filter_size == props_off and props_off + props_size == index_off
-                and index_off + index_size == size - _FOOTER):
+        if not (props_off + props_size == index_off and index_off + index_size == size - _FOOTER
+                and 0 <= filter_off <= filter_off + filter_size <= props_off):
+            raise CorruptionError("table footer block layout is inconsistent", path)
+        props = _unpack(view, props_off, props_size, path, "props")[0]
+        if (type(props) is not dict or any(f not in props for f in PROPS_FIELDS)
+                or not all(type(props[f]) is bytes for f in ("smallest", "largest"))
+                or not all(type(props[f]) is int for f in _INT_PROPS)):
+            raise CorruptionError("props block is malformed", path)
+        pindex_off, pindex_size = filter_off + filter_size, props["pindex_size"]
+        if pindex_off + pindex_size != props_off:
             raise CorruptionError("table footer block layout is inconsistent", path)
         index = _unpack(view, index_off, index_size, path, "index")[0]
         try:
             self.filter = BloomFilter(_read_block(view, filter_off, filter_size, path, "filter"))
         except ValueError as exc:
             raise CorruptionError(f"filter block: {exc}", path) from None
-        props = _unpack(view, props_off, props_size, path, "props")[0]
-        if (type(props) is not dict or any(f not in props for f in PROPS_FIELDS)
-                or not all(type(props[f]) is bytes for f in ("smallest", "largest"))
-                or not all(type(props[f]) is int for f in _INT_PROPS)):
-            raise CorruptionError("props block is malformed", path)
+        self._pslots: memoryview | None = None
+        self._pmask = 0
+        if pindex_size:
+            raw = _read_block(view, pindex_off, pindex_size, path, "point index")
+            nslots = len(raw) // 16
+            if len(raw) % 16 or nslots < 8 or nslots & (nslots - 1):
+                raise CorruptionError("point index block is malformed", path)
+            self._pslots = raw.cast("Q")
+            self._pmask = nslots - 1
+        self._mm = self._rf._mm if self._rf is not None else None
         if (type(index) is not list or len(index) != 3 or not all(type(x) is list for x in index)
                 or not len(index[0]) == len(index[1]) == len(index[2]) == props["block_count"]
                 or not set(map(type, index[0])) <= _BYTES):
@@ -354,6 +430,39 @@ class TableReader:
         ``check_filter=False`` skips the bloom filter: the engine does so in
         the last level, where most lookups of present keys end and the
         filter would only confirm what the block search finds anyway."""
+        slots = self._pslots
+        if slots is not None and snapshot_seq >= self.max_seq:
+            # The point index: a hash probe, then the record read straight
+            # from the mapped file and checked against its own crc. No block
+            # is decoded and no bloom probe is needed (fingerprints filter).
+            if h is None:
+                h = key_hash(key)
+            mask = self._pmask
+            fp = h >> 41
+            i = h & mask
+            while True:
+                a = slots[2 * i]
+                if not a:
+                    return None
+                if a >> 41 == fp:
+                    off = a & _M40
+                    b = slots[2 * i + 1]
+                    rec = self._mm[off:off + (b & 0xFFFFFFFF)]
+                    if crc32c(rec) != b >> 32:
+                        raise CorruptionError(f"record at offset {off}: checksum mismatch", self.path)
+                    t = rec[0]
+                    if t == 0xC4:
+                        kl, p = rec[1], 2
+                    elif t == 0xC5:
+                        kl, p = rec[1] << 8 | rec[2], 3
+                    else:
+                        kl, p = int.from_bytes(rec[1:5], "big"), 5
+                    if kl == len(key) and rec.startswith(key, p):
+                        p += kl
+                        t = rec[p]
+                        p += 2 if t == 0xC4 else 3 if t == 0xC5 else 5
+                        return (a >> 40) & 1, rec[p:]
+                i = (i + 1) & mask
         if check_filter and not self._may_contain(key_hash(key) if h is None else h):
             return None
         i = bisect_left(self._last_keys, key)
@@ -363,17 +472,21 @@ class TableReader:
         block = cache_get(self._ckeys[i]) if cache_get is not None else None
         if block is None:
             block = self._fill(i)
-        j = block[3].get(key)
-        if j is None:
-            return None
+        top = block[4]
+        if top >= 0:                     # plain block: key -> value
+            if snapshot_seq >= top:
+                v = block[3].get(key)
+                return None if v is None else (_VALUE_KIND, v)
+            keys = block[0]
+            j = bisect_left(keys, key)
+        else:
+            j = block[3].get(key)
+            if j is None:
+                return None
+            keys = block[0]
         limit = (snapshot_seq << 8) | 0xFF
         seqkinds = block[1]
-        sk = seqkinds[j]
-        if sk <= limit:
-            return sk & 0xFF, block[2][j]
-        keys = block[0]                  # older versions follow the newest
         n = len(keys)
-        j += 1
         while j < n and keys[j] == key:
             sk = seqkinds[j]
             if sk <= limit:
@@ -393,7 +506,7 @@ class TableReader:
         if not reverse:
             i = bisect_left(last_keys, start) if start is not None else 0
             while i < nblocks:
-                keys, sks, vals, _ = self._block(i)
+                keys, sks, vals, _, _ = self._block(i)
                 lo = bisect_left(keys, start) if start is not None else 0
                 last = end is not None and end <= last_keys[i]
                 hi = bisect_left(keys, end) if last else len(keys)
@@ -406,7 +519,7 @@ class TableReader:
             while i >= 0:
                 if start is not None and last_keys[i] < start:
                     return
-                keys, sks, vals, _ = self._block(i)
+                keys, sks, vals, _, _ = self._block(i)
                 lo = bisect_left(keys, start) if start is not None else 0
                 hi = bisect_left(keys, end) if end is not None else len(keys)
                 yield from _visible(keys, sks, vals, lo, hi, limit, True)
@@ -416,7 +529,7 @@ class TableReader:
         """Every record (key, seqkind, value) in internal order (compaction).
         Does not fill the block cache."""
         for i in range(self._nblocks):
-            keys, sks, vals, _ = self._block(i, False)
+            keys, sks, vals, _, _ = self._block(i, False)
             yield from zip(keys, sks, vals)
 
     def verify(self) -> int:
@@ -426,11 +539,15 @@ class TableReader:
             raise ValueError(f"table reader for {self.path} is closed")
         view, path, prev, entries, first = self._view, self.path, None, 0, None
         f = TABLE_FOOTER.unpack_from(view, self.file_size - _FOOTER)
-        for off, sz, what in ((f[0], f[1], "index"), (f[2], f[3], "filter"), (f[4], f[5], "props")):
-            _read_block(view, off, sz, path, what)
+        for off, sz, what in ((f[0], f[1], "index"), (f[2], f[3], "filter"), (f[4], f[5], "props"),
+                              (f[2] + f[3], self.props["pindex_size"], "point index")):
+            if sz:
+                _read_block(view, off, sz, path, what)
+        if self._pslots is not None:
+            self._verify_point_index()
         for i in range(self._nblocks):
             off = self._offsets[i]
-            (keys, sks, _, _), _ = _decode_data(view, off, self._sizes[i], path)
+            (keys, sks, _, _, _), _ = _decode_data(view, off, self._sizes[i], path)
             for k, sk in zip(keys, sks):
                 if prev is not None and (k < prev[0] or (k == prev[0] and sk >> 8 >= prev[1] >> 8)):
                     raise CorruptionError(f"data block at offset {off}: records out of order", path)
@@ -445,9 +562,29 @@ class TableReader:
             raise CorruptionError("table smallest/largest keys do not match props", path)
         return self._nblocks + 3
 
+    def _verify_point_index(self) -> None:
+        """Every slot names a record whose crc holds and whose key hashes to
+        the slot's fingerprint; one slot per distinct key."""
+        slots, mm, n = self._pslots, self._mm, 0
+        for i in range(self._pmask + 1):
+            a = slots[2 * i]
+            if not a:
+                continue
+            off, b = a & _M40, slots[2 * i + 1]
+            rec = mm[off:off + (b & 0xFFFFFFFF)]
+            if crc32c(rec) != b >> 32:
+                raise CorruptionError(f"point index slot {i}: record checksum mismatch", self.path)
+            n += 1
+        if n != self.props["distinct_keys"]:
+            raise CorruptionError(f"point index holds {n} keys, props say {self.props['distinct_keys']}",
+                                  self.path)
+
     def close(self) -> None:
         if self._rf is not None:
             self._cache_get = None    # later reads go to _fill, which refuses
+            if self._pslots is not None:
+                self._pslots.release()
+                self._pslots = None
             rf, self._rf = self._rf, None
             rf.close()
 

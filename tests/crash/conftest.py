@@ -6,22 +6,5 @@ environment variables select the long forms (see each module's docstring).
 
 from __future__ import annotations
 
-import psutil
-import pytest
-
-
-@pytest.fixture(autouse=True)
-def no_child_left():
-    """After every test no child process of the test process may be left,
-    whether the test passed or failed."""
-    yield
-    left = psutil.Process().children(recursive=True)
-    desc = []
-    for child in left:        # report, then reap: never leave them to the next test
-        try:
-            desc.append((child.pid, child.status()))
-            child.kill()
-            child.wait(10)
-        except psutil.NoSuchProcess:
-            pass
-    assert not left, f"child processes left behind (pid, status): {desc}"
+# The project-wide ``no_stray_processes`` fixture (tests/conftest.py) checks
+# after every test that no process it started is left behind.

@@ -199,7 +199,7 @@ def test_no_bloom_and_bloom_skips(tmp_path):
 
 def test_block_cache_hits_and_evictions(tmp_path):
     records = [(b"%05d" % i, pack_seqkind(i + 1, V), b"v" * 40) for i in range(2000)]
-    write_table(tmp_path / "t.ldb", records, block_size=1024)
+    write_table(tmp_path / "t.ldb", records, block_size=1024, point_index=False)
     cache = LRUCache(1 << 20)
     r = TableReader.open(FS, str(tmp_path / "t.ldb"), 9, cache)
     nblocks = r.props["block_count"]
@@ -250,13 +250,31 @@ def test_layout_matches_format(tmp_path):
     last_keys, offsets, sizes = msgpack.unpackb(block(f[0], f[1]))
     props = msgpack.unpackb(block(f[4], f[5]))
     assert set(PROPS_FIELDS) <= set(props) and props["block_count"] == len(offsets)
-    assert f[2] == props["data_size"] == sum(sizes) and f[2] + f[3] == f[4] and f[4] + f[5] == f[0]
+    assert f[2] == props["data_size"] == sum(sizes)
+    assert f[2] + f[3] + props["pindex_size"] == f[4] and f[4] + f[5] == f[0]
     got = []
     for lk, off, size in zip(last_keys, offsets, sizes):
-        keys, sks, vals = msgpack.unpackb(block(off, size))
+        kvs, sks = msgpack.unpackb(block(off, size))
+        keys, vals = kvs[0::2], kvs[1::2]
         assert keys[-1] == lk
         got += zip(keys, sks, vals)
     assert got == records
+    # The point index names the newest version of every key by file offset.
+    slots = memoryview(block(f[2] + f[3], props["pindex_size"])).cast("Q")
+    found = {}
+    for i in range(0, len(slots), 2):
+        a, b = slots[i], slots[i + 1]
+        if a:
+            off, span = a & ((1 << 40) - 1), b & 0xFFFFFFFF
+            assert crc32c(raw[off:off + span]) == b >> 32
+            up = msgpack.Unpacker()
+            up.feed(raw[off:off + span])
+            key = up.unpack()
+            found[key] = (a >> 40) & 1
+    newest = {}
+    for k, sk, v in records:
+        newest.setdefault(k, sk & 0xFF)
+    assert found == newest
 
 
 def _build_raw(path, data_payloads, last_keys, props_over=None, version=FORMAT_VERSION,
@@ -287,7 +305,7 @@ def _build_raw(path, data_payloads, last_keys, props_over=None, version=FORMAT_V
 
 
 def test_hand_built_table_reads(tmp_path):
-    p = _build_raw(tmp_path / "ok.ldb", [msgpack.packb([[b"a"], [pack_seqkind(1, V)], [b"1"]])],
+    p = _build_raw(tmp_path / "ok.ldb", [msgpack.packb([[b"a", b"1"], [pack_seqkind(1, V)]])],
                    [b"a"], {"entries": 1, "smallest": b"a", "largest": b"a"})
     r = TableReader.open(FS, p, 1, None)
     assert r.get(b"a", 5) == (V, b"1") and r.verify() == 4
@@ -295,12 +313,14 @@ def test_hand_built_table_reads(tmp_path):
 
 
 @pytest.mark.parametrize("payload", [
-    msgpack.packb([[b"a"], [pack_seqkind(1, V)]]),            # two lists
-    msgpack.packb([[b"a"], [pack_seqkind(1, V)], [b"1", b"2"]]),
-    msgpack.packb([["a"], [pack_seqkind(1, V)], [b"1"]]),       # str key
-    msgpack.packb([[b"a"], [b"x"], [b"1"]]),
-    msgpack.packb({"a": 1}), msgpack.packb(7), msgpack.packb([[], [], []]), b"\xc1",
-    msgpack.packb([[b"a"], [1], [b"1"]]) + b"\x00",            # trailing bytes
+    msgpack.packb([[b"a"], [pack_seqkind(1, V)]]),            # kvs of odd length
+    msgpack.packb([[b"a", b"1", b"b"], [pack_seqkind(1, V)]]),
+    msgpack.packb([[b"a", b"1"], [pack_seqkind(1, V)], [b"1"]]),   # three lists
+    msgpack.packb([["a", b"1"], [pack_seqkind(1, V)]]),       # str key
+    msgpack.packb([[b"a", "1"], [pack_seqkind(1, V)]]),       # str value
+    msgpack.packb([[b"a", b"1"], [b"x"]]),                    # seqkind not an int
+    msgpack.packb({"a": 1}), msgpack.packb(7), msgpack.packb([[], []]), b"\xc1",
+    msgpack.packb([[b"a", b"1"], [1]]) + b"\x00",            # trailing bytes
 ])
 def test_wrong_shape_block(tmp_path, payload):
     p = _build_raw(tmp_path / "bad.ldb", [payload], [b"a"])
