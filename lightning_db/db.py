@@ -89,8 +89,11 @@ def _scan_range(limits: _Limits, start: Any, end: Any, prefix: Any, reverse: Any
 
 def _limited(it: Iterator[tuple[bytes, bytes]], limit: int | None) -> Iterator[tuple[bytes, bytes]]:
     if limit is None:
-        yield from it
-        return
+        return it
+    return _first(it, limit)
+
+
+def _first(it: Iterator[tuple[bytes, bytes]], limit: int) -> Iterator[tuple[bytes, bytes]]:
     if limit <= 0:
         return
     n = 0

@@ -89,14 +89,21 @@ class LRUCache(CachePolicy):
                 self._forget(key)
             if charge > self.capacity:
                 return
-            m[key] = (value, charge)
+            m[key] = self._entry(value, charge)
             self._size += charge
             self._by_file.setdefault(key[0], set()).add(key)  # type: ignore[index]
             while self._size > self.capacity:
-                k, (_, c) = m.popitem(last=False)
-                self._size -= c
-                self._evictions += 1
-                self._forget(k)
+                self._evict_one(key)
+
+    def _entry(self, value: Any, charge: int) -> Any:
+        return (value, charge)
+
+    def _evict_one(self, inserted: Hashable) -> None:
+        """REQUIRES: the lock. Drop the least recently used entry."""
+        k, e = self._map.popitem(last=False)
+        self._size -= e[1]
+        self._evictions += 1
+        self._forget(k)
 
     def _forget(self, key: Hashable) -> None:
         number = key[0]  # type: ignore[index]
@@ -153,27 +160,23 @@ class ClockCache(LRUCache):
         self._hits += 1
         return e[0]
 
-    def put(self, key: Hashable, value: Any, charge: int) -> None:
-        with self._lock:
-            m = self._map
-            old = m.pop(key, None)
-            if old is not None:
-                self._size -= old[1]
-                self._forget(key)
-            if charge > self.capacity:
-                return
-            m[key] = [value, charge, False]  # type: ignore[assignment]
-            self._size += charge
-            self._by_file.setdefault(key[0], set()).add(key)  # type: ignore[index]
-            while self._size > self.capacity:
-                k, e = m.popitem(last=False)
-                if e[2] and k != key:
-                    e[2] = False                     # second chance
-                    m[k] = e
-                    continue
-                self._size -= e[1]
-                self._evictions += 1
-                self._forget(k)
+    def _entry(self, value: Any, charge: int) -> Any:
+        return [value, charge, False]
+
+    def _evict_one(self, inserted: Hashable) -> None:
+        """REQUIRES: the lock. The oldest entry goes unless it was referenced
+        since the hand last passed (and is not the one just inserted)."""
+        m = self._map
+        while True:
+            k, e = m.popitem(last=False)
+            if e[2] and k != inserted:
+                e[2] = False                     # second chance
+                m[k] = e
+                continue
+            self._size -= e[1]
+            self._evictions += 1
+            self._forget(k)
+            return
 
 
 POLICIES: dict[str, type[CachePolicy]] = {"lru": LRUCache, "clock": ClockCache}

@@ -168,13 +168,18 @@ class Engine:
         if seq is None:
             seq = self._last_seq
         sv = self._sv
+        version = sv.version
+        if not sv.imms and not sv.mem.entries and not version.levels[0]:
+            deep = [files for lvl in range(1, len(version.levels))
+                    if (files := version.overlapping(lvl, start, end))]
+            if len(deep) == 1:           # one sorted run serves the scan alone (e.g. after compaction)
+                return _level_live(deep[0], start, end, reverse, seq)
         sources = []
         if sv.mem.entries:
             sources.append(sv.mem.iter_visible(start, end, reverse, seq))
         for m, _ in sv.imms:
             if m.entries:
                 sources.append(m.iter_visible(start, end, reverse, seq))
-        version = sv.version
         for f in version.levels[0]:
             if (end is None or f.smallest < end) and (start is None or f.largest >= start):
                 sources.append(f.reader.iter_visible(start, end, reverse, seq))
@@ -512,3 +517,9 @@ def _level_iter(files: list[FileMeta], start: bytes | None, end: bytes | None, r
                 seq: int) -> Iterator[tuple[bytes, int, bytes]]:
     for f in (reversed(files) if reverse else files):
         yield from f.reader.iter_visible(start, end, reverse, seq)
+
+
+def _level_live(files: list[FileMeta], start: bytes | None, end: bytes | None, reverse: bool,
+                seq: int) -> Iterator[tuple[bytes, bytes]]:
+    for f in (reversed(files) if reverse else files):
+        yield from f.reader.iter_live(start, end, reverse, seq)

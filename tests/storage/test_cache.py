@@ -104,3 +104,32 @@ def test_make_cache():
         make_cache("arc", 10)
     with pytest.raises(InvalidArgument):
         make_cache("lru", -1)
+
+
+def test_clock_gives_referenced_blocks_a_second_chance():
+    from lightning_db.storage.cache import ClockCache
+    c = ClockCache(300)
+    for i in range(3):
+        c.put((1, i), f"b{i}", 100)
+    assert c.get((1, 0)) == "b0"              # referenced: survives the next eviction
+    c.put((1, 3), "b3", 100)
+    assert c.get((1, 0)) == "b0"
+    assert c.get((1, 1)) is None              # the oldest unreferenced block went
+    s = c.stats()
+    assert s["policy"] == "clock" and s["size"] <= 300 and s["evictions"] == 1
+    c.put((2, 0), "x", 100)
+    c.erase_file(1)
+    assert c.get((1, 0)) is None and c.get((2, 0)) == "x"
+    assert c.stats()["size"] == 100
+
+
+def test_clock_never_exceeds_capacity_under_churn():
+    import random
+    from lightning_db.storage.cache import ClockCache
+    rng = random.Random(5)
+    c = ClockCache(10_000)
+    for _ in range(5000):
+        k = (rng.randrange(4), rng.randrange(200))
+        if c.get(k) is None:
+            c.put(k, k, rng.randrange(1, 900))
+        assert c.stats()["size"] <= 10_000
