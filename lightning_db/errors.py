@@ -33,6 +33,16 @@ __all__ = [
     "BackgroundError",
     "CircuitOpen",
     "RestartIntensityExceeded",
+    "MalformedFrame",
+    "RemoteError",
+    "Timeout",
+    "MailboxBusy",
+    "MailboxError",
+    "MailboxClosed",
+    "ActorStartError",
+    "ActorDead",
+    "PoisonMessage",
+    "PlacementRefused",
     "TransactionConflict",
     "classify",
 ]
@@ -152,6 +162,95 @@ class RestartIntensityExceeded(FatalError):
         self.supervisor = supervisor
         self.child = child
         self.reason = reason
+
+
+class MalformedFrame(InvalidArgument):
+    """A frame that is not a valid envelope (wrong version byte, not msgpack,
+    wrong shape or types, too large), or a message that cannot be framed
+    (a payload msgpack cannot encode). Raised by ``decode``/``encode``; a
+    server answers such a frame with an ERROR envelope and keeps serving.
+    Resending the same bytes never helps.
+
+    ``envelope_id`` is the id of the damaged envelope when it could still be
+    read (so the asker's future fails at once instead of timing out), else 0.
+    """
+
+    def __init__(self, message: str, envelope_id: int = 0) -> None:
+        super().__init__(message)
+        self.envelope_id = envelope_id
+
+
+class RemoteError(CriticalError):
+    """The other side raised an exception this process does not know (not a
+    registered Lightning DB class): usually a bug in an actor's handler, whose
+    state may now be inconsistent, hence critical. ``remote_name`` is the
+    remote class name; the message is ``"<remote name>: <remote message>"``."""
+
+    def __init__(self, message: str, remote_name: str | None = None) -> None:
+        super().__init__(message)
+        self.remote_name = remote_name
+
+
+class Timeout(TransientError):
+    """A request's deadline passed before its reply arrived (the peer was busy
+    or gone). A reply arriving later is dropped. Retrying with backoff helps
+    while the peer is merely busy; the supervisor's heartbeats tell a dead
+    peer apart."""
+
+
+class MailboxBusy(TransientError):
+    """zmq would have blocked (EAGAIN: a queue at its high-water mark) or a
+    call was interrupted (EINTR). Nothing was sent; retrying helps."""
+
+
+class MailboxError(RecoverableError):
+    """Any other zmq failure (cannot bind or connect, address in use, socket
+    in a bad state). ``errno`` is zmq's error number. Retrying at once rarely
+    helps; the breaker backs off."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
+class MailboxClosed(FatalError):
+    """The client or server was closed by its owner (or belongs to the process
+    this one was forked from); every later call gets this and requests still
+    in flight fail with it. Open a new one."""
+
+
+class ActorStartError(CriticalError):
+    """An actor's process died, hung or failed (with an error that has no
+    taxonomy class of its own) before it was ready. Raised by ``spawn`` in
+    the owner; ``exitcode`` is the child's exit status (negative: killed by
+    that signal; None: it had to be killed after the start deadline)."""
+
+    def __init__(self, message: str, exitcode: int | None = None) -> None:
+        super().__init__(message)
+        self.exitcode = exitcode
+
+
+class ActorDead(CriticalError):
+    """The actor's process is gone or stopping: asks on a ref that was
+    stopped or killed raise it, requests in flight at that moment fail with
+    it, and an actor answers with it what arrives after ``_stop``. The
+    supervisor restarts the actor; retrying the same ref never helps."""
+
+
+class PoisonMessage(RecoverableError):
+    """The same message (same op and payload) made ``on_receive`` raise an
+    unexpected exception ``Actor.poison_limit`` times in a row; the actor now
+    answers it with this error without running it again (as Thespian returns
+    a poison message). The actor itself is healthy and keeps serving other
+    messages, so this is not critical; retrying the same message never
+    helps."""
+
+
+class PlacementRefused(RecoverableError):
+    """The OS refused to pin the process to a CPU it allows in principle (a
+    cpuset changed under us, or no permission). Raised by ``placement.pin``;
+    a worker at start catches it and runs unpinned, and its placement report
+    says so."""
 
 
 class TransactionConflict(TransientError):

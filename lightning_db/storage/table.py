@@ -18,6 +18,7 @@ All I/O goes through the ``fs`` seam.
 
 from __future__ import annotations
 
+from array import array
 from bisect import bisect_left
 from dataclasses import dataclass
 from itertools import repeat
@@ -25,7 +26,6 @@ from operator import and_
 from typing import Any, Iterator
 
 import msgpack
-import numpy as np
 import zstandard
 from crc32c import crc32c
 
@@ -86,6 +86,7 @@ class TableWriter:
         self._sks: list[int] = []
         self._vals: list[bytes] = []
         self._pending = 0
+        self._block_distinct = 0
         self._offset = 0
         self._ix: tuple[list, list, list] = ([], [], [])   # last_keys, offsets, sizes
         self._hashes: list[int] = []
@@ -127,6 +128,7 @@ class TableWriter:
                 self._flush()
             self._last_key = key
             self._hashes.append(key_hash(key))
+            self._block_distinct += 1
         self._last_sk = seqkind
         self._keys.append(key)
         self._sks.append(seqkind)
@@ -136,17 +138,20 @@ class TableWriter:
     def _index_points(self, payload: bytes, block_off: int, keys: list[bytes], sks: list[int],
                       vals: list[bytes]) -> None:
         """Record where the newest version of each key of this block sits in
-        the file, for the point index (see format.py)."""
+        the file, for the point index (see format.py). The block's distinct
+        keys are the last entries of ``_hashes``, in order."""
         n2 = 2 * len(keys)
         rel = 1 + (1 if n2 < 16 else 3 if n2 < 65536 else 5)     # [ kvs-array-header ...
-        point = self._point
+        view = memoryview(payload)
+        append = self._point.append
+        hashes = iter(self._hashes[len(self._hashes) - self._block_distinct:])
         prev = None
         for k, sk, v in zip(keys, sks, vals):
             kl, vl = len(k), len(v)
-            span = (2 if kl < 256 else 3 if kl < 65536 else 5) + kl + (2 if vl < 256 else 3 if vl < 65536 else 5) + vl
+            span = ((2 if kl < 256 else 3 if kl < 65536 else 5) + kl
+                    + (2 if vl < 256 else 3 if vl < 65536 else 5) + vl)
             if k != prev:                                        # the newest version of k
-                point.append((key_hash(k), block_off + rel, span, sk & 0xFF,
-                              crc32c(payload[rel:rel + span])))
+                append((next(hashes), block_off + rel, span, sk & 0xFF, crc32c(view[rel:rel + span])))
                 prev = k
             rel += span
 
@@ -189,6 +194,7 @@ class TableWriter:
         self._max_seq = max(hi, self._max_seq)
         self._keys, self._sks, self._vals = [], [], []
         self._pending = 0
+        self._block_distinct = 0
 
     def finish(self) -> TableMeta:
         """Write filter, props, index and footer; sync and close the file."""
@@ -244,16 +250,14 @@ def build_point_index(points: list[tuple[int, int, int, int, int]]) -> bytes:
     while nslots * 3 < len(points) * 4:
         nslots *= 2
     mask = nslots - 1
-    slots = np.zeros(2 * nslots, dtype="<u8")
-    used = bytearray(nslots)
+    slots = [0] * (2 * nslots)
     for h, off, span, kind, crc in points:
-        i = h & mask
-        while used[i]:
-            i = (i + 1) & mask
-        used[i] = 1
-        slots[2 * i] = off | (kind << 40) | ((h >> 41) << 41)
-        slots[2 * i + 1] = span | (crc << 32)
-    return slots.tobytes()
+        i = (h & mask) << 1
+        while slots[i]:
+            i = (i + 2) & (2 * mask + 1)
+        slots[i] = off | (kind << 40) | ((h >> 41) << 41)
+        slots[i + 1] = span | (crc << 32)
+    return array("Q", slots).tobytes()
 
 
 # --- reading -------------------------------------------------------------------

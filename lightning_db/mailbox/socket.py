@@ -1,0 +1,434 @@
+"""ZeroMQ sockets of the mailbox (the mailbox is the only package of
+Lightning DB that imports zmq). Every zmq error is wrapped into the taxonomy
+before it leaves this module.
+
+``MailboxServer`` is the ROUTER a worker binds (worker process, actor loop
+thread only: it is not thread-safe). ``MailboxClient`` is the DEALER callers
+connect (any thread of the process that opened it): its socket is owned by
+one background I/O thread; callers hand encoded frames over through a queue
+and a wake-up pipe, and the I/O thread sends them, matches answers to
+futures by envelope id, and fails futures whose deadline passed. Frames
+queued together leave in one multipart send (batching); any number of
+requests may be in flight (pipelining).
+
+Both use the per-process context of ``context.py``; neither is usable in a
+process forked from the one that created it (they say so and touch nothing).
+"""
+
+from __future__ import annotations
+
+import atexit
+import copy
+import errno
+import heapq
+import itertools
+import math
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Iterable
+from concurrent.futures import Future, InvalidStateError
+from typing import Any, Self
+
+import zmq
+
+from ..errors import InvalidArgument, LightningError
+from .context import (
+    check_address,
+    destroy_context,
+    ipc_in_use,
+    make_socket,
+    wrap_zmq_error,
+)
+from .envelope import Envelope, decode, error_from_payload, error_payload
+from .errors import MailboxClosed, MailboxError, MalformedFrame, Timeout
+from .wire import MsgKind
+
+__all__ = ["MailboxServer", "MailboxClient", "shutdown"]
+
+MAX_PARTS = 1024            # envelopes per multipart send
+MAX_DRAIN = 1024            # messages read per wake-up before other work gets a turn
+
+# --- server ----------------------------------------------------------------------------------
+
+
+class MailboxServer:
+    """A ROUTER bound to *address* (``tcp://127.0.0.1:*`` picks a free port;
+    ``address`` then holds the one bound). Worker process, one thread only.
+    An address in use, including an ipc socket file a live process listens
+    on, is a MailboxError.
+
+    Malformed frames never reach the caller of ``recv``: each is answered with
+    an ERROR envelope (its id when it could be read, else 0) and counted.
+    """
+
+    def __init__(self, address: str) -> None:
+        check_address(address)
+        if address.startswith("ipc://") and ipc_in_use(address):
+            raise MailboxError(f"cannot bind {address}: a live process listens there", errno.EADDRINUSE)
+        self._pid = os.getpid()
+        self._sock = make_socket(zmq.ROUTER, f"ROUTER for {address}")
+        try:
+            self._sock.bind(address)
+            self.address: str = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        except zmq.ZMQError as exc:
+            self._sock.close(0)
+            raise wrap_zmq_error(exc, f"cannot bind {address}") from None
+        self._closed = False
+        self.messages = self.received = self.malformed = self.replies = self.errors = 0
+
+    def recv(self, timeout: float | None) -> list[tuple[bytes, Envelope]]:
+        """Wait up to *timeout* seconds (None: forever) for a message, then
+        take every message already queued without blocking (up to MAX_DRAIN).
+        Returns (sender identity, envelope) pairs in arrival order; [] when
+        nothing came. Malformed frames are answered here, never raised."""
+        sock = self._sock
+        try:
+            if not sock.poll(None if timeout is None else max(0, math.ceil(timeout * 1000))):
+                return []
+            out: list[tuple[bytes, Envelope]] = []
+            for _ in range(MAX_DRAIN):
+                try:
+                    parts = sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                self.messages += 1
+                identity = parts[0]
+                for frame in itertools.islice(parts, 1, None):
+                    try:
+                        out.append((identity, decode(frame)))
+                    except MalformedFrame as exc:
+                        self.malformed += 1
+                        bad = Envelope(exc.envelope_id, MsgKind.ERROR, "", 0.0, None, error_payload(exc))
+                        self._send(identity, [bad.encode()])
+            self.received += len(out)
+            return out
+        except zmq.ZMQError as exc:
+            raise wrap_zmq_error(exc, "mailbox receive") from None
+
+    def reply(self, identity: bytes, env: Envelope) -> None:
+        """Send *env* (a REPLY or ERROR) to the peer *identity*."""
+        self.reply_many(identity, [env])
+
+    def reply_many(self, identity: bytes, envs: list[Envelope]) -> None:
+        """Send several answers to one peer in one multipart message. An
+        answer whose payload cannot be encoded goes out as an ERROR instead.
+        A peer that has gone away is not an error: zmq drops its answers."""
+        frames = []
+        for env in envs:
+            try:
+                frames.append(env.encode())
+            except MalformedFrame as exc:
+                env = Envelope(env.id, MsgKind.ERROR, env.op, 0.0, None, error_payload(exc))
+                frames.append(env.encode())
+            if env.kind is MsgKind.ERROR:
+                self.errors += 1
+            else:
+                self.replies += 1
+        self._send(identity, frames)
+
+    def reply_error(self, identity: bytes, request_env: Envelope, exc: BaseException) -> None:
+        """Answer *request_env* with an ERROR envelope describing *exc*."""
+        self.reply_many(identity, [request_env.error(exc)])
+
+    def _send(self, identity: bytes, frames: list[bytes]) -> None:
+        try:
+            self._sock.send_multipart([identity, *frames], zmq.NOBLOCK, copy=False)
+        except zmq.ZMQError as exc:
+            raise wrap_zmq_error(exc, "mailbox reply") from None
+
+    def stats(self) -> dict[str, int]:
+        """Counters: zmq messages and envelopes received (a batch is one
+        message of many envelopes), malformed frames, replies, errors sent."""
+        return {"messages": self.messages, "received": self.received, "malformed": self.malformed,
+                "replies": self.replies, "errors": self.errors}
+
+    def close(self, linger: float = 0.0) -> None:
+        """Close the socket; answers still queued are flushed for up to
+        *linger* seconds (0: dropped). Idempotent; a no-op in a forked child."""
+        if self._closed:
+            return
+        self._closed = True
+        if os.getpid() == self._pid:
+            self._sock.close(int(linger * 1000))
+
+
+# --- client ----------------------------------------------------------------------------------
+
+_live_clients: weakref.WeakSet[MailboxClient] = weakref.WeakSet()
+
+
+def _resolve(fut: Future, value: Any) -> None:
+    try:
+        fut.set_result(value)
+    except InvalidStateError:   # the caller cancelled it
+        pass
+
+
+def _fail(fut: Future, exc: BaseException) -> None:
+    try:
+        fut.set_exception(exc)
+    except InvalidStateError:
+        pass
+
+
+class MailboxClient:
+    """A DEALER connected to *address*; thread-safe. Requests return
+    ``concurrent.futures.Future`` objects resolved by the I/O thread: with
+    the reply's payload, with the rebuilt remote exception for an ERROR, with
+    ``Timeout`` when the deadline passes first (a later reply is dropped), or
+    with the close reason when the client is closed.
+
+    Done-callbacks run on the I/O thread: keep them short and never wait on
+    this client from one.
+    """
+
+    def __init__(self, address: str, *, name: str = "") -> None:
+        check_address(address)
+        self.address = address
+        self._pid = os.getpid()
+        self._sock = make_socket(zmq.DEALER, f"DEALER for {address}")
+        try:
+            self._sock.connect(address)
+        except zmq.ZMQError as exc:
+            self._sock.close(0)
+            raise wrap_zmq_error(exc, f"cannot connect to {address}") from None
+        self._ids = itertools.count(1)
+        self._out: deque[tuple[list[tuple[int, Future | None, float]], list[bytes]]] = deque()
+        self._lock = threading.Lock()         # guards _closed, the wake-up pipe and the hand-off
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._wake_pending = False
+        self._closed = False
+        self._close_exc: LightningError = MailboxClosed(f"client of {address} closed")
+        self._pending: dict[int, tuple[Future, float]] = {}
+        self.sent = self.replies = self.errors = self.timeouts = self.late = self.malformed = 0
+        self._thread = threading.Thread(target=self._run, name=f"ldb-mailbox {name or address}", daemon=True)
+        self._thread.start()
+        _live_clients.add(self)
+
+    # --- caller side (any thread) ------------------------------------------------------------
+
+    def request(self, op: str, payload: Any = None, timeout: float | None = None) -> Future:
+        """Send one REQUEST; the future resolves with the reply payload.
+        *timeout* in seconds (None: no deadline). Raises MalformedFrame at once
+        for a payload that cannot be encoded, MailboxClosed after close."""
+        return self._submit(MsgKind.REQUEST, ((op, payload),), timeout)[0]
+
+    def request_many(self, ops: Iterable[tuple[str, Any]], timeout: float | None = None) -> list[Future]:
+        """Send several REQUESTs in one multipart message, all or none (an
+        unencodable payload raises before anything is sent). One future each,
+        in order."""
+        return self._submit(MsgKind.REQUEST, ops, timeout)
+
+    def control(self, op: str, payload: Any = None, timeout: float | None = None) -> Future:
+        """Send one CONTROL message (a runtime op such as ``_ping``)."""
+        return self._submit(MsgKind.CONTROL, ((op, payload),), timeout)[0]
+
+    def tell(self, op: str, payload: Any = None) -> None:
+        """Send one TELL: nothing comes back, not even an error."""
+        self._submit(MsgKind.TELL, ((op, payload),), None)
+
+    def _submit(self, kind: MsgKind, ops: Iterable[tuple[str, Any]], timeout: float | None) -> list[Future]:
+        if os.getpid() != self._pid:        # before the lock: a fork may have copied it held
+            self._check_open()
+        if timeout is None:
+            deadline, mono = 0.0, math.inf
+        elif type(timeout) in (int, float) and 0 < timeout < math.inf:
+            deadline, mono = time.time() + timeout, time.monotonic() + timeout
+        else:
+            raise InvalidArgument(f"timeout must be a positive number of seconds or None, not {timeout!r}")
+        entries: list[tuple[int, Future | None, float]] = []
+        frames: list[bytes] = []
+        futures: list[Future] = []
+        ids = self._ids
+        for op, payload in ops:
+            if type(op) is not str:
+                raise InvalidArgument(f"op must be a str, not {type(op).__name__}")
+            id_ = next(ids)
+            frames.append(Envelope(id_, kind, op, deadline, None, payload).encode())
+            if kind is MsgKind.TELL:
+                entries.append((id_, None, mono))
+            else:
+                fut: Future = Future()
+                futures.append(fut)
+                entries.append((id_, fut, mono))
+        with self._lock:
+            self._check_open()
+            self._out.append((entries, frames))
+            if not self._wake_pending:
+                self._wake_pending = True
+                os.write(self._wake_w, b"\0")
+        return futures
+
+    def _check_open(self) -> None:
+        if os.getpid() != self._pid:
+            raise MailboxClosed(f"this client of {self.address} belongs to process {self._pid}, "
+                                f"not to {os.getpid()} forked from it: open a new one")
+        if self._closed:
+            raise copy.copy(self._close_exc)
+
+    def close(self, exc: LightningError | None = None, timeout: float = 10.0) -> None:
+        """Stop the I/O thread and close the socket (linger 0). Requests in
+        flight fail with *exc* (default MailboxClosed). Idempotent; in a
+        process forked from the owner it only marks this copy closed."""
+        if os.getpid() != self._pid:
+            self._closed = True
+            return
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                if exc is not None:
+                    self._close_exc = exc
+                if self._wake_w >= 0:
+                    try:
+                        os.write(self._wake_w, b"\0")
+                    except BlockingIOError:     # full pipe: the thread is awake anyway
+                        pass
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def stats(self) -> dict[str, int]:
+        """Counters: frames sent, replies, errors, timeouts, late answers
+        dropped, malformed answers, requests pending."""
+        return {"sent": self.sent, "replies": self.replies, "errors": self.errors,
+                "timeouts": self.timeouts, "late": self.late, "malformed": self.malformed,
+                "pending": len(self._pending)}
+
+    # --- the I/O thread ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        sock, pending = self._sock, self._pending
+        heap: list[tuple[float, int]] = []
+        backlog: list[bytes] = []
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        try:
+            while True:
+                wait = None
+                if heap:
+                    wait = max(0, math.ceil((heap[0][0] - time.monotonic()) * 1000))
+                events = dict(poller.poll(wait))
+                if self._wake_r in events:
+                    # Under the lock: a submitter that saw _wake_pending set
+                    # must find its hand-off drained by the _take below, and
+                    # one that comes later must see it clear and write again.
+                    with self._lock:
+                        self._wake_pending = False
+                        try:
+                            os.read(self._wake_r, 4096)
+                        except BlockingIOError:
+                            pass
+                if self._closed:
+                    break
+                self._take(pending, heap, backlog)
+                if backlog:
+                    self._flush(backlog)
+                    poller.modify(sock, zmq.POLLIN | (zmq.POLLOUT if backlog else 0))
+                if events.get(sock, 0) & zmq.POLLIN:
+                    self._drain(pending)
+                if heap:
+                    self._expire(pending, heap)
+        except zmq.ZMQError as exc:
+            self._close_exc = wrap_zmq_error(exc, f"mailbox client of {self.address}")
+        finally:
+            with self._lock:
+                self._closed = True
+                os.close(self._wake_w)
+                self._wake_w = -1
+                self._take(pending, [], [])
+            os.close(self._wake_r)
+            sock.close(0)
+            for fut, _ in pending.values():
+                _fail(fut, copy.copy(self._close_exc))
+            pending.clear()
+            _live_clients.discard(self)
+
+    def _take(self, pending: dict[int, tuple[Future, float]], heap: list[tuple[float, int]],
+              backlog: list[bytes]) -> None:
+        out = self._out
+        while out:
+            entries, frames = out.popleft()
+            for id_, fut, mono in entries:
+                if fut is not None:
+                    pending[id_] = (fut, mono)
+                    if mono != math.inf:
+                        heapq.heappush(heap, (mono, id_))
+            backlog.extend(frames)
+
+    def _flush(self, backlog: list[bytes]) -> None:
+        sock = self._sock
+        while backlog:
+            chunk = backlog[:MAX_PARTS]
+            try:
+                sock.send_multipart(chunk, zmq.NOBLOCK, copy=False)
+            except zmq.Again:       # at the high-water mark: wait for POLLOUT
+                return
+            self.sent += len(chunk)
+            del backlog[:len(chunk)]
+
+    def _drain(self, pending: dict[int, tuple[Future, float]]) -> None:
+        sock = self._sock
+        for _ in range(MAX_DRAIN):
+            try:
+                parts = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            for frame in parts:
+                try:
+                    env = decode(frame)
+                except MalformedFrame as exc:
+                    self.malformed += 1
+                    entry = pending.pop(exc.envelope_id, None) if exc.envelope_id else None
+                    if entry is not None:
+                        _fail(entry[0], exc)
+                    continue
+                entry = pending.pop(env.id, None)
+                if entry is None:
+                    self.late += 1
+                elif env.kind is MsgKind.REPLY:
+                    self.replies += 1
+                    _resolve(entry[0], env.payload)
+                elif env.kind is MsgKind.ERROR:
+                    self.errors += 1
+                    _fail(entry[0], error_from_payload(env.payload))
+                else:
+                    self.malformed += 1
+                    _fail(entry[0], MalformedFrame(f"a {env.kind.name} envelope is not an answer", env.id))
+
+    def _expire(self, pending: dict[int, tuple[Future, float]], heap: list[tuple[float, int]]) -> None:
+        now = time.monotonic()
+        while heap and heap[0][0] <= now:
+            _, id_ = heapq.heappop(heap)
+            entry = pending.pop(id_, None)
+            if entry is not None:
+                self.timeouts += 1
+                _fail(entry[0], Timeout(f"no answer from {self.address} within the request's deadline"))
+        if len(heap) > 2 * len(pending) + 1024:     # answered requests leave stale entries behind
+            heap[:] = [(mono, id_) for id_, (_, mono) in pending.items() if mono != math.inf]
+            heapq.heapify(heap)
+
+
+@atexit.register
+def _close_live_clients() -> None:
+    for client in list(_live_clients):
+        client.close(timeout=1.0)
+
+
+def shutdown(linger: float = 0.0) -> None:
+    """Close every client of this process, then the context, waiting up to
+    *linger* seconds for answers still queued on closed sockets to leave
+    (a worker calls this last, before it exits). A later call to
+    ``context()`` makes a new context."""
+    _close_live_clients()
+    destroy_context(linger)

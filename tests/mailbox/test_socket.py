@@ -1,0 +1,314 @@
+"""The sockets: a MailboxServer served by a thread of the test process and
+MailboxClients talking to it. Covers pipelining, batching, deadlines, remote
+errors, malformed frames in both directions, close, thread safety and fork.
+
+Raw zmq sockets appear only here, to play a misbehaving peer.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import msgpack
+import pytest
+import zmq
+
+from lightning_db import errors
+from lightning_db.mailbox import (
+    PROTOCOL_VERSION,
+    Envelope,
+    MailboxClient,
+    MailboxClosed,
+    MailboxError,
+    MailboxServer,
+    MalformedFrame,
+    MsgKind,
+    Timeout,
+    check_address,
+    decode,
+)
+
+_names = itertools.count()
+
+
+def wait_until(cond: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
+    """Poll *cond* until it holds; fail after a generous *timeout*."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.002)
+
+
+class ServedMailbox:
+    """A MailboxServer answered by one thread of this process.
+
+    ops: echo -> payload; block -> waits for `release`, then True;
+    hold -> answers nothing until `payload` requests arrived, then all in
+    reverse order; raise [name, message] -> that lightning_db.errors class.
+    TELLs are recorded in `tells`."""
+
+    def __init__(self, address: str) -> None:
+        self.server = MailboxServer(address)
+        self.address = self.server.address
+        self.release = threading.Event()
+        self.stopping = threading.Event()
+        self.tells: list[object] = []
+        self.batch_sizes: list[int] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        server, held = self.server, []
+        while not self.stopping.is_set():
+            batch = server.recv(0.05)
+            if batch:
+                self.batch_sizes.append(len(batch))
+            for identity, env in batch:
+                if env.kind is MsgKind.TELL:
+                    self.tells.append(env.payload)
+                elif env.op == "echo":
+                    server.reply(identity, env.reply(env.payload))
+                elif env.op == "block":
+                    self.release.wait(60)
+                    server.reply(identity, env.reply(True))
+                elif env.op == "hold":
+                    held.append((identity, env))
+                    if len(held) == env.payload:
+                        for who, e in reversed(held):
+                            server.reply(who, e.reply(e.id))
+                        held.clear()
+                elif env.op == "raise":
+                    server.reply_error(identity, env, getattr(errors, env.payload[0])(env.payload[1]))
+        server.close()
+
+    def stop(self) -> None:
+        self.release.set()
+        self.stopping.set()
+        self.thread.join(30)
+
+
+@pytest.fixture
+def served(runtime_dir) -> Iterator[ServedMailbox]:
+    box = ServedMailbox(f"ipc://{runtime_dir}/s{next(_names)}.sock")
+    try:
+        yield box
+    finally:
+        box.stop()
+
+
+@pytest.fixture
+def client(served) -> Iterator[MailboxClient]:
+    c = MailboxClient(served.address)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def test_request_reply_and_tell(served, client):
+    assert client.request("echo", {"k": [b"v", 1]}, timeout=30).result(30) == {"k": [b"v", 1]}
+    client.tell("note", [1, 2])
+    wait_until(lambda: served.tells == [[1, 2]], what="the tell")
+
+
+def test_pipelining_1000_requests_in_flight(served, client):
+    """All 1000 are in flight at once (the server answers none before it has
+    them all), and the answers, sent in reverse, find their own futures."""
+    futures = [client.request("hold", 1000, timeout=60) for _ in range(1000)]
+    ids = [f.result(60) for f in futures]
+    assert ids == sorted(ids) and len(set(ids)) == 1000
+    assert client.stats()["pending"] == 0
+
+
+def test_request_many_travels_as_one_message(served, client):
+    before = served.server.stats()
+    futures = client.request_many([("echo", i) for i in range(100)], timeout=30)
+    assert [f.result(30) for f in futures] == list(range(100))
+    after = served.server.stats()
+    assert after["received"] - before["received"] == 100
+    assert after["messages"] - before["messages"] == 1
+    assert max(served.batch_sizes) >= 100
+
+
+def test_request_many_is_all_or_nothing(served, client):
+    with pytest.raises(MalformedFrame):
+        client.request_many([("echo", 1), ("echo", object())], timeout=30)
+    assert client.request("echo", 2, timeout=30).result(30) == 2
+    assert served.server.stats()["received"] == 1
+
+
+def test_timeout_is_transient_and_a_late_reply_is_dropped(served, client):
+    slow = client.request("block", None, timeout=0.2)
+    exc = slow.exception(30)
+    assert isinstance(exc, Timeout) and isinstance(exc, errors.TransientError)
+    served.release.set()
+    wait_until(lambda: client.stats()["late"] == 1, what="the late reply")
+    assert client.stats()["timeouts"] == 1
+    assert client.request("echo", "after", timeout=30).result(30) == "after"
+
+
+@pytest.mark.parametrize("name", ["WriteStalled", "DiskFull", "CorruptionError", "DatabaseShutdown",
+                                  "InvalidArgument", "TransactionConflict", "IOFault"])
+def test_remote_errors_keep_their_class(served, client, name):
+    fut = client.request("raise", [name, "it failed"], timeout=30)
+    exc = fut.exception(30)
+    assert type(exc) is getattr(errors, name) and str(exc) == "it failed"
+
+
+def test_bad_arguments_are_refused_before_sending(served, client):
+    with pytest.raises(MalformedFrame):
+        client.request("echo", object(), timeout=30)
+    with pytest.raises(errors.InvalidArgument):
+        client.request(b"echo", 1, timeout=30)          # type: ignore[arg-type]
+    for bad in (0, -1, "1", float("nan"), float("inf"), True):
+        with pytest.raises(errors.InvalidArgument):
+            client.request("echo", 1, timeout=bad)      # type: ignore[arg-type]
+    assert served.server.stats()["received"] == 0
+
+
+def test_server_answers_malformed_frames_and_keeps_serving(served):
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, 30_000)
+    try:
+        sock.connect(served.address)
+        readable_id = bytes([PROTOCOL_VERSION]) + msgpack.packb([42, 99, "op", 0.0, None, None])
+        sock.send_multipart([b"garbage", readable_id])
+        answers = [decode(f) for f in sock.recv_multipart()] + [decode(f) for f in sock.recv_multipart()]
+        assert [(a.kind, a.id, a.payload[0]) for a in answers] == [
+            (MsgKind.ERROR, 0, "MalformedFrame"), (MsgKind.ERROR, 42, "MalformedFrame")]
+        sock.send(Envelope(7, MsgKind.REQUEST, "echo", 0.0, None, "still here").encode())
+        (answer,) = [decode(f) for f in sock.recv_multipart()]
+        assert (answer.id, answer.kind, answer.payload) == (7, MsgKind.REPLY, "still here")
+        assert served.server.stats()["malformed"] == 2
+    finally:
+        sock.close(0)
+
+
+def test_client_survives_malformed_answers(runtime_dir):
+    """A peer answering garbage: a frame whose id is readable fails that
+    request at once; unreadable ones are counted; good answers still work."""
+    router = zmq.Context.instance().socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.setsockopt(zmq.RCVTIMEO, 30_000)
+    address = f"ipc://{runtime_dir}/raw{next(_names)}.sock"
+    router.bind(address)
+    client = MailboxClient(address)
+    try:
+        first, second = client.request("a", 1, timeout=30), client.request("b", 2, timeout=30)
+        got = []
+        while len(got) < 2:
+            identity, *frames = router.recv_multipart()
+            got.extend(decode(f) for f in frames)
+        bad_kind = bytes([PROTOCOL_VERSION]) + msgpack.packb([got[0].id, 77, "a", 0.0, None, None])
+        router.send_multipart([identity, b"\xff\xfe", bad_kind, got[1].reply("fine").encode()])
+        assert isinstance(first.exception(30), MalformedFrame)
+        assert second.result(30) == "fine"
+        assert client.stats()["malformed"] == 2
+    finally:
+        client.close()
+        router.close(0)
+
+
+def test_close_fails_requests_in_flight_and_refuses_new_ones(served):
+    client = MailboxClient(served.address)
+    pending = client.request("block", None, timeout=60)
+    wait_until(lambda: served.server.stats()["received"] == 1, what="the request to arrive")
+    client.close()
+    assert isinstance(pending.exception(30), MailboxClosed)
+    with pytest.raises(MailboxClosed):
+        client.request("echo", 1)
+    client.close()   # idempotent
+
+
+def test_close_with_a_reason(served):
+    client = MailboxClient(served.address)
+    pending = client.request("block", None, timeout=60)
+    client.close(errors.DatabaseShutdown("shutting down"))
+    assert type(pending.exception(30)) is errors.DatabaseShutdown
+
+
+def test_many_threads_share_one_client(served, client):
+    results: dict[int, list[object]] = {}
+
+    def worker(n: int) -> None:
+        futures = [client.request("echo", [n, i], timeout=60) for i in range(200)]
+        results[n] = [f.result(60) for f in futures]
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == {n: [[n, i] for i in range(200)] for n in range(8)}
+
+
+def test_server_reply_to_a_vanished_client_is_not_an_error(served):
+    client = MailboxClient(served.address)
+    client.request("block", None, timeout=60)
+    wait_until(lambda: served.server.stats()["received"] == 1, what="the request to arrive")
+    client.close()
+    served.release.set()
+    with MailboxClient(served.address) as other:
+        assert other.request("echo", "ok", timeout=30).result(30) == "ok"
+
+
+def test_addresses_are_checked():
+    for bad in ("foo", "udp://x", "ipc://", "ipc:///" + "x" * 200, 5):
+        with pytest.raises(errors.InvalidArgument):
+            check_address(bad)  # type: ignore[arg-type]
+    assert check_address("tcp://127.0.0.1:5555") == "tcp://127.0.0.1:5555"
+
+
+@pytest.mark.parametrize("kind", ["tcp", "ipc"])
+def test_binding_an_address_in_use_is_recoverable(runtime_dir, kind):
+    first = MailboxServer("tcp://127.0.0.1:*" if kind == "tcp" else f"ipc://{runtime_dir}/busy{next(_names)}.sock")
+    try:
+        with pytest.raises(MailboxError) as info:
+            MailboxServer(first.address)
+        assert isinstance(info.value, errors.RecoverableError)
+        with MailboxClient(first.address) as c:     # the first one still owns its address
+            c.tell("x")
+            assert first.recv(30)[0][1].op == "x"
+    finally:
+        first.close()
+
+
+def test_a_stale_ipc_file_is_taken_over(runtime_dir):
+    path = f"{runtime_dir}/stale{next(_names)}.sock"
+    open(path, "w").close()
+    server = MailboxServer(f"ipc://{path}")
+    try:
+        with MailboxClient(server.address) as c:
+            c.tell("y")
+            assert server.recv(30)[0][1].op == "y"
+    finally:
+        server.close()
+
+
+def test_a_forked_child_gets_a_fresh_context_and_the_parent_keeps_working(served, client):
+    """fork while a client has requests in flight: the child cannot use the
+    inherited client (it says so), opens its own and is served; the parent's
+    client keeps working."""
+    in_flight = [client.request("echo", i, timeout=60) for i in range(100)]
+    pid = os.fork()
+    if pid == 0:   # child: never return into pytest
+        code = 1
+        try:
+            try:
+                client.request("echo", 1)
+            except MailboxClosed:
+                with MailboxClient(served.address) as own:
+                    if own.request("echo", "child", timeout=30).result(30) == "child":
+                        code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert [f.result(60) for f in in_flight] == list(range(100))
+    assert client.request("echo", "parent", timeout=30).result(30) == "parent"
