@@ -30,18 +30,18 @@ from bisect import bisect_left
 from typing import Any, Iterator
 
 from ..config import Config
-from ..errors import BackgroundError, DatabaseClosed, LightningError, WriteStalled
+from ..errors import BackgroundError, DatabaseClosed, InvalidArgument, LightningError, WriteStalled
 from . import compaction
 from .bloom import key_hash
 from .cache import make_cache
-from .format import LOCK, Kind, manifest_name, segment_name, table_name, wal_name
+from .format import LOCK, Kind, WalOp, manifest_name, segment_name, table_name, wal_name
 from .fs import OSFileSystem
 from .memtable import Memtable
 from .recovery import recover
 from .scan import merge_visible
 from .table import TableReader
 from .version import FileMeta, Version, VersionEdit, VersionSet
-from .wal import Op, Wal, encode_batch
+from .wal import Op, Wal, encode_abort, encode_batch, encode_marker, encode_prepare
 
 _DELETE = int(Kind.DELETE)
 
@@ -82,7 +82,7 @@ class Engine:
         self._lock = self.fs.lock(os.path.join(self.path, LOCK))
         try:
             self.versions = VersionSet(self.fs, self.path, self.config.num_levels)
-            mem, wal, last_seq = recover(self)
+            mem, wal, last_seq, self._prepared, self._decided = recover(self)
             self._last_seq = last_seq
             self._sv = SuperVersion(mem, wal, (), self.versions.current)
         except BaseException:
@@ -213,43 +213,120 @@ class Engine:
         """Apply *ops* atomically; return the sequence number of the last one.
         Returns once the WAL holds them (and has fsynced them when *sync* or
         the policy is ``always``)."""
-        n = len(ops)
-        if not n:
+        if not ops:
             return self._last_seq
-        nbytes = 32 * n
-        for op in ops:
-            nbytes += len(op[1]) + len(op[2])
+        return self._write(ops, sync, None)
+
+    # --- two-phase commit (a participant's side) --------------------------------------------
+    def prepare(self, txid: bytes, ops: list[Op]) -> None:
+        """Make *ops* durable under *txid* without applying them: after this
+        returns, the transaction survives any crash until ``commit_prepared``
+        or ``abort_prepared`` decides it. Always fsynced."""
         with self._write_lock:
             if self._write_error is not None or self._bg_error is not None or self._closed:
                 self._raise_write_error()
+            if txid in self._prepared:
+                raise InvalidArgument(f"transaction {txid!r} is already prepared on this shard")
+            wal = self._sv.wal
+            try:
+                target = wal.append(encode_prepare(txid, ops))
+            except LightningError as exc:
+                self._write_error = exc
+                raise
+            self._prepared[txid] = list(ops)
+        self._sync_through(wal, target)
+
+    def commit_prepared(self, txid: bytes, sync: bool = True, remember: bool = False) -> int:
+        """Apply the prepared transaction *txid*; the commit record carries
+        its ops, so it is self-contained. With *remember* this shard is the
+        transaction's primary: the same record is the durable decision, kept
+        (``decided``) until ``forget``. Returns the last sequence number."""
+        return self._write(None, sync, txid, remember)
+
+    def decided(self, txid: bytes) -> bool:
+        """Whether this shard, as primary, committed *txid* and still keeps
+        the decision."""
+        return txid in self._decided
+
+    def forget(self, txid: bytes) -> None:
+        """Every participant has the decision: stop keeping it."""
+        with self._write_lock:
+            if txid not in self._decided or self._write_error is not None or self._closed:
+                return
+            self._sv.wal.append(encode_marker(WalOp.FORGET, txid))
+            self._decided.discard(txid)
+
+    def abort_prepared(self, txid: bytes) -> bool:
+        """Drop the prepared transaction *txid* (False if it is unknown). The
+        abort record need not be synced: a prepare found without a decision
+        after a crash is simply asked about again."""
+        with self._write_lock:
+            if self._write_error is not None or self._closed:
+                self._raise_write_error()
+            if txid not in self._prepared:
+                return False
+            try:
+                self._sv.wal.append(encode_abort(txid))
+            except LightningError as exc:
+                self._write_error = exc
+                raise
+            del self._prepared[txid]
+            return True
+
+    def in_doubt(self) -> dict[bytes, list[Op]]:
+        """Prepared transactions with no decision yet (after recovery too)."""
+        with self._write_lock:
+            return {t: [tuple(op) for op in ops] for t, ops in self._prepared.items()}
+
+    def _write(self, ops: list[Op] | None, sync: bool, commit: bytes | None, remember: bool = False) -> int:
+        with self._write_lock:
+            if self._write_error is not None or self._bg_error is not None or self._closed:
+                self._raise_write_error()
+            if commit is not None:
+                ops = self._prepared.get(commit)
+                if ops is None:
+                    raise InvalidArgument(f"no prepared transaction {commit!r} on this shard")
+            n = len(ops)
+            nbytes = 32 * n
+            for op in ops:
+                nbytes += len(op[1]) + len(op[2])
             mem = self._sv.mem
             if not mem.fits(nbytes, n):
                 mem = self._make_room(nbytes, n)
             wal = self._sv.wal
             seq = self._last_seq + 1
-            payload = encode_batch(seq, ops)
+            payload = encode_batch(seq, ops, commit, remember)
             try:
                 target = wal.append(payload)
             except LightningError as exc:
                 self._write_error = exc       # a partial frame may be on disk: no more appends
                 raise
-            mem.add_batch(seq, ops)
-            self._last_seq = seq + n - 1
+            if n:
+                mem.add_batch(seq, ops)
+                self._last_seq = seq + n - 1
+            if commit is not None:
+                del self._prepared[commit]
+                if remember:
+                    self._decided.add(commit)
             c = self._counters
             c["user_bytes_written"] += nbytes - 32 * n
             c["wal_bytes_written"] += len(payload)
         if sync or self._sync_always:
-            try:
-                # A synced write makes every earlier write durable too: older
-                # WALs whose memtables still await flush are synced first.
-                for _, old in reversed(self._sv.imms):
-                    if old.synced_size < old.size:
-                        old.sync_to(old.size)
-                wal.sync_to(target)
-            except LightningError as exc:
-                self._write_error = exc
-                raise
-        return seq + n - 1
+            self._sync_through(wal, target)
+        return self._last_seq if not n else seq + n - 1
+
+    def _sync_through(self, wal: Wal, target: int) -> None:
+        """Make *wal* durable up to *target*, and every older WAL whose
+        memtable still awaits flush with it: a synced write makes every
+        earlier write durable too."""
+        try:
+            for _, old in reversed(self._sv.imms):
+                if old.synced_size < old.size:
+                    old.sync_to(old.size)
+            wal.sync_to(target)
+        except LightningError as exc:
+            self._write_error = exc
+            raise
 
     def _raise_write_error(self) -> None:
         if self._closed:
@@ -293,6 +370,14 @@ class Engine:
         except BaseException:
             wal.close(sync=False)
             raise
+        # Prepared transactions and kept decisions follow into the new WAL:
+        # the old one is unlinked once its memtable is flushed; they must not be.
+        if self._prepared or self._decided:
+            for txid, ops in self._prepared.items():
+                wal.append(encode_prepare(txid, ops))
+            for txid in self._decided:
+                wal.append(encode_marker(WalOp.DECISION, txid))
+            wal.sync_to(wal.size)
         sv.mem.freeze()
         self._sv = SuperVersion(mem, wal, ((sv.mem, sv.wal),) + sv.imms, sv.version)
         self._bg_cv.notify_all()

@@ -19,7 +19,7 @@ class Kind(IntEnum):
 
     DELETE = 0
     VALUE = 1
-    # 2, 3 reserved for PREPARE / COMMIT of two-phase commit (process pool).
+    # 2, 3 reserved. (Two-phase commit lives in the WAL's record types.)
 
 
 # An internal record's sequence number and kind travel packed in one integer:
@@ -49,7 +49,13 @@ LOG_FILE_HEADER = struct.Struct("<8sI")   # magic, format version
 class WalOp(IntEnum):
     """First element of a WAL record payload. Never renumber."""
 
-    BATCH = 1   # (BATCH, first_seq, [(kind, key, value), ...])
+    BATCH = 1     # (BATCH, first_seq, [(kind, key, value), ...][, txid[, remember]])
+                  #   with txid: the commit of that prepared transaction; with
+                  #   remember=1 this shard also keeps the decision (the primary)
+    PREPARE = 2   # (PREPARE, 0, [(kind, key, value), ...], txid): durable, not applied
+    ABORT = 3     # (ABORT, 0, [], txid): the prepared transaction is dropped
+    DECISION = 4  # (DECISION, 0, [], txid): txid committed; kept until FORGET
+    FORGET = 5    # (FORGET, 0, [], txid): every participant has the decision
 
 
 # --- memtable segments -------------------------------------------------------

@@ -8,6 +8,9 @@ Steps (each durable before the next may depend on it):
 2. Every table the version names must exist; its footer and index are checked.
 3. WALs numbered >= the version's log number are replayed in order; a torn
    tail is cut off (never replayed); damage before the tail is corruption.
+   Prepared transactions without a commit or abort record are in doubt, and
+   decisions this shard keeps as a primary are not yet forgotten: both are
+   written again into the new WAL and handed to the engine.
 4. The replayed records are written to L0 tables, a new WAL is created, and a
    new manifest holding the whole state is made durable and named by CURRENT.
 5. Only then are the old manifest, the replayed WALs, stale memtable segments
@@ -24,7 +27,8 @@ from . import compaction
 from .format import CURRENT, parse_name, table_name, wal_name
 from .memtable import Memtable
 from .version import FileMeta, VersionEdit
-from .wal import Wal, read_wal
+from .format import WalOp
+from .wal import Wal, encode_marker, encode_prepare, read_wal
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -38,7 +42,7 @@ def _flush_recovered(engine: "Engine", mem: Memtable, last_seq: int) -> list[Fil
     return outputs
 
 
-def recover(engine: "Engine") -> tuple[Memtable, Wal, int]:
+def recover(engine: "Engine") -> tuple[Memtable, Wal, int, dict[bytes, list], set[bytes]]:
     fs, path, vs = engine.fs, engine.path, engine.versions
     names = fs.listdir(path)
     parsed = {n: parse_name(n) for n in names}
@@ -50,7 +54,7 @@ def recover(engine: "Engine") -> tuple[Memtable, Wal, int]:
         if any(p and p[0] == "table" for p in parsed.values()):
             raise CorruptionError("CURRENT is missing but the directory holds table files", path)
         for num in wals:
-            if read_wal(fs, os.path.join(path, wal_name(num))).batches:
+            if read_wal(fs, os.path.join(path, wal_name(num))).records:
                 raise CorruptionError("CURRENT is missing but a WAL holds records", path)
         wals = []     # a new database whose first open was interrupted: start over
 
@@ -67,6 +71,8 @@ def recover(engine: "Engine") -> tuple[Memtable, Wal, int]:
     vs.next_file = max([vs.next_file] + [n + 1 for n in numbers])
 
     last_seq = vs.last_seq
+    prepared: dict[bytes, list] = {}       # txid -> ops: prepared, no decision seen
+    decided: set[bytes] = set()            # commits this shard keeps as the primary
     added: list[FileMeta] = []
     mem: Memtable | None = None
     for num in replay:
@@ -74,7 +80,26 @@ def recover(engine: "Engine") -> tuple[Memtable, Wal, int]:
         contents = read_wal(fs, wpath)
         if contents.good_size < contents.file_size:
             fs.truncate(wpath, contents.good_size)     # the torn tail is never replayed
-        for first_seq, ops in contents.batches:
+        for rec in contents.records:
+            if rec.op == WalOp.PREPARE:
+                prepared[rec.txid] = rec.ops
+                continue
+            if rec.op == WalOp.ABORT:
+                prepared.pop(rec.txid, None)
+                continue
+            if rec.op == WalOp.DECISION:
+                decided.add(rec.txid)
+                continue
+            if rec.op == WalOp.FORGET:
+                decided.discard(rec.txid)
+                continue
+            if rec.txid is not None:                   # the commit of a prepared transaction
+                prepared.pop(rec.txid, None)
+                if rec.remember:
+                    decided.add(rec.txid)
+            first_seq, ops = rec.first_seq, rec.ops
+            if not ops:
+                continue
             nbytes = sum(len(op[1]) + len(op[2]) + 32 for op in ops)
             if mem is not None and not mem.fits(nbytes, len(ops)):
                 added += _flush_recovered(engine, mem, max(last_seq, mem.last_seq))
@@ -97,6 +122,14 @@ def recover(engine: "Engine") -> tuple[Memtable, Wal, int]:
     wal = Wal(fs, os.path.join(path, wal_name(number)), number)
     live = engine._new_memtable(number)
     try:
+        # In-doubt transactions move into the new WAL before the manifest
+        # switch lets the WALs that held their PREPARE records go.
+        for txid, ops in prepared.items():
+            wal.append(encode_prepare(txid, ops))
+        for txid in decided:
+            wal.append(encode_marker(WalOp.DECISION, txid))
+        if prepared or decided:
+            wal.sync_to(wal.size)
         vs.current = vs._apply(VersionEdit(added=[(0, f) for f in added], log_number=number,
                                            last_seq=last_seq), vs.current, path)
         vs.write_new_manifest()     # syncs the directory: the new WAL's entry too
@@ -120,4 +153,4 @@ def recover(engine: "Engine") -> tuple[Memtable, Wal, int]:
                 fs.remove(os.path.join(path, name))
             except FileNotFoundError:
                 pass
-    return live, wal, last_seq
+    return live, wal, last_seq, prepared, decided

@@ -43,6 +43,7 @@ def engine_stats(engine: "Engine") -> dict[str, Any]:
         "wal_syncs": sv.wal.syncs + sum(w.syncs for _, w in sv.imms) + c["wal_syncs_closed"],
         "sync_policy": engine.config.sync,
         "snapshots": sum(engine._snapshots.values()),
+        "prepared_transactions": len(engine._prepared),
         "flushes": c["flushes"],
         "compactions": c["compactions"],
         "trivial_moves": c["trivial_moves"],

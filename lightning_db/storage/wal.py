@@ -15,6 +15,7 @@ refuses writes until it is reopened and recovers from what is on disk.
 from __future__ import annotations
 
 import threading
+from typing import NamedTuple
 
 import msgpack
 
@@ -26,31 +27,62 @@ from .log import LogWriter, read_log
 Op = tuple[int, bytes, bytes]   # (kind, key, value)
 
 
-def encode_batch(first_seq: int, ops: list[Op]) -> bytes:
-    return msgpack.packb((WalOp.BATCH, first_seq, ops), use_bin_type=True)
+def encode_batch(first_seq: int, ops: list[Op], txid: bytes | None = None, remember: bool = False) -> bytes:
+    if txid is None:
+        rec: tuple = (WalOp.BATCH, first_seq, ops)
+    else:
+        rec = (WalOp.BATCH, first_seq, ops, txid, 1) if remember else (WalOp.BATCH, first_seq, ops, txid)
+    return msgpack.packb(rec, use_bin_type=True)
 
 
-def decode_record(payload: bytes, path: str) -> tuple[int, list[Op]]:
+def encode_marker(op: WalOp, txid: bytes) -> bytes:
+    """DECISION or FORGET of *txid*."""
+    return msgpack.packb((op, 0, [], txid), use_bin_type=True)
+
+
+def encode_prepare(txid: bytes, ops: list[Op]) -> bytes:
+    return msgpack.packb((WalOp.PREPARE, 0, ops, txid), use_bin_type=True)
+
+
+def encode_abort(txid: bytes) -> bytes:
+    return msgpack.packb((WalOp.ABORT, 0, [], txid), use_bin_type=True)
+
+
+class WalRecord(NamedTuple):
+    op: int
+    first_seq: int
+    ops: list[Op]
+    txid: bytes | None
+    remember: bool = False
+
+
+def decode_record(payload: bytes, path: str) -> WalRecord:
     try:
-        op, first_seq, ops = msgpack.unpackb(payload, use_list=True, raw=False)
+        rec = msgpack.unpackb(payload, use_list=True, raw=False)
     except Exception as exc:   # a record that passed its crc but does not decode
         raise CorruptionError(f"undecodable WAL record ({exc})", path) from exc
-    if op != WalOp.BATCH or not isinstance(first_seq, int) or not isinstance(ops, list):
-        raise CorruptionError(f"unknown WAL record type {op!r}", path)
-    return first_seq, ops
+    if (not isinstance(rec, list) or len(rec) not in (3, 4, 5) or rec[0] not in _OPS
+            or not isinstance(rec[1], int) or not isinstance(rec[2], list)
+            or (len(rec) >= 4 and not isinstance(rec[3], bytes))
+            or (rec[0] != WalOp.BATCH and len(rec) != 4)):
+        raise CorruptionError(f"malformed or unknown WAL record {str(rec)[:60]!r}", path)
+    return WalRecord(rec[0], rec[1], rec[2], rec[3] if len(rec) >= 4 else None, len(rec) == 5 and rec[4] == 1)
+
+
+_OPS = frozenset(int(o) for o in WalOp)
 
 
 class WalReplay:
-    __slots__ = ("batches", "good_size", "file_size")
+    __slots__ = ("records", "good_size", "file_size")
 
-    def __init__(self, batches: list[tuple[int, list[Op]]], good_size: int, file_size: int) -> None:
-        self.batches = batches
+    def __init__(self, records: list[WalRecord], good_size: int, file_size: int) -> None:
+        self.records = records
         self.good_size = good_size
         self.file_size = file_size
 
 
 def read_wal(fs: OSFileSystem, path: str) -> WalReplay:
-    """Every intact batch of a WAL file (recovery only). A torn tail is left
+    """Every intact record of a WAL file (recovery only). A torn tail is left
     out and reported through good_size < file_size."""
     contents = read_log(fs, path, WAL_MAGIC)
     return WalReplay([decode_record(p, path) for p in contents.records],

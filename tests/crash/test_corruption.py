@@ -119,7 +119,7 @@ class Reference:
         assert len(self.files["table"]) >= 4 and len(self.files["wal"]) == 1, dict(self.files)
         assert len(self.files["manifest"]) == 1, dict(self.files)
         wal = read_wal(OSFileSystem(), os.path.join(path, self.files["wal"][0]))
-        assert len(wal.batches) == 40 and wal.good_size == wal.file_size
+        assert len(wal.records) == 40 and wal.good_size == wal.file_size
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,169 @@
+"""The participant side of two-phase commit in one shard's engine: prepared
+transactions are durable but invisible until decided, survive WAL rotation,
+flushes, crashes and checkpoints, and come back in doubt after recovery."""
+
+from __future__ import annotations
+
+import pytest
+
+from lightning_db.config import Config
+from lightning_db.errors import InvalidArgument
+from lightning_db.storage.engine import Engine
+from lightning_db.storage.faultfs import FaultInjectingFileSystem
+from lightning_db.storage.format import Kind
+
+V, D = int(Kind.VALUE), int(Kind.DELETE)
+SMALL = dict(memtable_size=64 * 1024, l0_compaction_trigger=2)
+
+
+def test_prepare_is_invisible_until_commit(tmp_path):
+    eng = Engine(str(tmp_path), Config())
+    eng.write([(V, b"gone", b"old")])
+    eng.prepare(b"tx1", [(V, b"a", b"1"), (D, b"gone", b"")])
+    assert eng.get(b"a") is None and eng.get(b"gone") == b"old"
+    assert eng.in_doubt() == {b"tx1": [(V, b"a", b"1"), (D, b"gone", b"")]}
+    eng.commit_prepared(b"tx1")
+    assert eng.get(b"a") == b"1" and eng.get(b"gone") is None
+    assert eng.in_doubt() == {}
+    eng.close()
+
+
+def test_abort_drops_and_unknown_or_repeated_txids_are_refused(tmp_path):
+    eng = Engine(str(tmp_path), Config())
+    eng.prepare(b"tx", [(V, b"a", b"1")])
+    with pytest.raises(InvalidArgument, match="already prepared"):
+        eng.prepare(b"tx", [(V, b"b", b"2")])
+    assert eng.abort_prepared(b"tx") is True
+    assert eng.abort_prepared(b"tx") is False
+    with pytest.raises(InvalidArgument, match="no prepared transaction"):
+        eng.commit_prepared(b"tx")
+    assert eng.get(b"a") is None
+    eng.close()
+    eng = Engine(str(tmp_path), Config())
+    assert eng.in_doubt() == {} and eng.get(b"a") is None
+    eng.close()
+
+
+def test_in_doubt_after_reopen_then_decided(tmp_path):
+    eng = Engine(str(tmp_path), Config())
+    eng.prepare(b"c", [(V, b"k1", b"v1")])
+    eng.prepare(b"a", [(V, b"k2", b"v2")])
+    eng.prepare(b"done", [(V, b"k3", b"v3")])
+    eng.commit_prepared(b"done")
+    eng.close()
+    eng = Engine(str(tmp_path), Config())
+    assert set(eng.in_doubt()) == {b"c", b"a"}
+    assert eng.get(b"k1") is None and eng.get(b"k3") == b"v3"
+    eng.commit_prepared(b"c")
+    eng.abort_prepared(b"a")
+    eng.close()
+    eng = Engine(str(tmp_path), Config())
+    assert eng.in_doubt() == {}
+    assert eng.get(b"k1") == b"v1" and eng.get(b"k2") is None
+    eng.close()
+
+
+def test_prepared_survive_rotation_flush_and_wal_deletion(tmp_path):
+    eng = Engine(str(tmp_path), Config(**SMALL))
+    eng.prepare(b"long", [(V, b"p", b"prepared")])
+    for i in range(4000):                        # many memtables: the first WAL is long gone
+        eng.write([(V, b"%06d" % i, b"x" * 60)])
+    eng.flush()
+    eng.close()
+    eng = Engine(str(tmp_path), Config(**SMALL))
+    assert eng.in_doubt() == {b"long": [(V, b"p", b"prepared")]}
+    eng.commit_prepared(b"long")
+    assert eng.get(b"p") == b"prepared" and eng.get(b"003999") == b"x" * 60
+    eng.close()
+
+
+def test_prepare_is_durable_through_power_loss(tmp_path):
+    fs = FaultInjectingFileSystem()
+    eng = Engine(str(tmp_path), Config(sync="never"), fs=fs)
+    eng.write([(V, b"unsynced", b"1")])
+    eng.prepare(b"t", [(V, b"k", b"v")])         # returns only once durable
+    fs.power_loss()
+    eng = Engine(str(tmp_path), Config())
+    assert eng.in_doubt() == {b"t": [(V, b"k", b"v")]}
+    assert eng.get(b"unsynced") == b"1"          # the prepare's fsync covered it too
+    eng.close()
+
+
+def test_checkpoint_carries_in_doubt_transactions(tmp_path):
+    eng = Engine(str(tmp_path / "db"), Config(**SMALL))
+    eng.prepare(b"t", [(V, b"k", b"v")])
+    for i in range(2000):
+        eng.write([(V, b"%06d" % i, b"x" * 60)])
+    eng.checkpoint(str(tmp_path / "cp"))
+    eng.close()
+    cp = Engine(str(tmp_path / "cp"), Config(**SMALL))
+    assert set(cp.in_doubt()) == {b"t"}
+    cp.commit_prepared(b"t")
+    assert cp.get(b"k") == b"v" and cp.get(b"001999") == b"x" * 60
+    cp.close()
+
+
+def test_primary_keeps_its_decision_until_forgotten(tmp_path):
+    eng = Engine(str(tmp_path), Config(**SMALL))
+    eng.prepare(b"t", [(V, b"k", b"v")])
+    eng.commit_prepared(b"t", remember=True)
+    assert eng.decided(b"t") and eng.get(b"k") == b"v"
+    for i in range(3000):                        # rotations and flushes: the commit record's WAL goes
+        eng.write([(V, b"%06d" % i, b"x" * 60)])
+    eng.flush()
+    eng.close()
+    eng = Engine(str(tmp_path), Config(**SMALL))
+    assert eng.decided(b"t") and eng.in_doubt() == {}
+    eng.forget(b"t")
+    assert not eng.decided(b"t")
+    eng.close()
+    eng = Engine(str(tmp_path), Config(**SMALL))
+    assert not eng.decided(b"t") and eng.get(b"k") == b"v"
+    eng.close()
+
+
+def test_decision_without_remember_is_not_kept(tmp_path):
+    eng = Engine(str(tmp_path), Config())
+    eng.prepare(b"t", [(V, b"k", b"v")])
+    eng.commit_prepared(b"t")
+    assert not eng.decided(b"t")
+    eng.close()
+    eng = Engine(str(tmp_path), Config())
+    assert not eng.decided(b"t") and eng.get(b"k") == b"v"
+    eng.close()
+
+
+def test_prepare_commit_at_every_crash_point_is_all_or_nothing(tmp_path):
+    """Crash the participant at every I/O operation of prepare + commit:
+    afterwards the transaction is applied, in doubt (then commit works), or
+    absent — never half applied."""
+    from lightning_db.storage.faultfs import SimulatedCrash
+
+    def run(fs, path):
+        eng = Engine(path, Config(sync="never"), fs=fs)
+        eng.prepare(b"t", [(V, b"a", b"1"), (V, b"b", b"2")])
+        eng.commit_prepared(b"t")
+        eng.close()
+
+    probe = FaultInjectingFileSystem()
+    run(probe, str(tmp_path / "probe"))
+    outcomes = set()
+    for i in range(1, probe.ops + 1):
+        path = str(tmp_path / f"c{i}")
+        fs = FaultInjectingFileSystem(crash_at=i)
+        try:
+            run(fs, path)
+        except SimulatedCrash:
+            pass
+        fs.power_loss()
+        eng = Engine(path, Config())
+        state = (eng.get(b"a"), eng.get(b"b"))
+        if b"t" in eng.in_doubt():
+            assert state == (None, None)
+            eng.commit_prepared(b"t")
+            state = (eng.get(b"a"), eng.get(b"b"))
+            outcomes.add("in doubt")
+        assert state in ((None, None), (b"1", b"2")), (i, state)
+        outcomes.add(state)
+        eng.close()
+    assert "in doubt" in outcomes and (None, None) in outcomes
