@@ -268,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = _add(sub, "run", _cmd_run, "run the embedded demo workload: load keys, read them back, scan")
-    p.add_argument("--keys", type=int, default=200_000, help="number of keys (default 200000)")
+    p.add_argument("--keys", type=int, default=1_000_000, help="number of keys (default 1000000)")
     p.add_argument("--value-size", type=int, default=100, help="value size in bytes (default 100)")
     p.add_argument("--seed", type=int, default=42, help="random seed for keys and values (default 42)")
 
