@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable
 from typing import Any
 
 from lightning_db.config import Config
@@ -12,6 +10,7 @@ from lightning_db.db import Database
 from lightning_db.storage.engine import Engine
 from lightning_db.storage.format import parse_name
 from lightning_db.storage.fs import OSFileSystem
+from tests.waiting import wait_until  # noqa: F401  (re-exported)
 
 
 def env_int(name: str, default: int) -> int:
@@ -23,18 +22,6 @@ def env_int(name: str, default: int) -> int:
 def open_db(path: str | os.PathLike[str], fs: OSFileSystem | None = None, **options: Any) -> Database:
     """The public API over an engine that uses *fs* (the fault seam)."""
     return Database(Engine(os.fspath(path), Config().replace(**options), fs=fs))
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
-    """Poll *cond* until it holds; fail after a generous *timeout*. Used to
-    wait on state, never to race a clock."""
-    deadline = time.monotonic() + timeout
-    delay = 0.001
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.05)
 
 
 def full_state(db: Database, keys: list[bytes]) -> dict[bytes, bytes]:

@@ -10,8 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import msgpack
 import pytest
@@ -31,17 +30,9 @@ from lightning_db.mailbox import (
     check_address,
     decode,
 )
+from tests.waiting import wait_until
 
 _names = itertools.count()
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
-    """Poll *cond* until it holds; fail after a generous *timeout*."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.002)
 
 
 class ServedMailbox:

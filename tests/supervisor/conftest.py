@@ -4,12 +4,12 @@ what happens to them, and a guard against leftover child processes."""
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Callable
 
 import pytest
 
 from lightning_db.supervisor import ChildSpec
+from tests.waiting import wait_until  # noqa: F401  (re-exported)
 
 
 class FakeClock:
@@ -96,15 +96,6 @@ class World:
 @pytest.fixture
 def world() -> World:
     return World()
-
-
-def wait_until(cond: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> None:
-    """Poll *cond* (real time) until true; fail after *timeout*."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.005)
 
 
 @pytest.fixture

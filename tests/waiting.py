@@ -1,0 +1,18 @@
+"""Waiting on conditions in tests: poll a state with a generous deadline,
+never sleep a fixed time that races the clock."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+
+def wait_until(cond: Callable[[], object], timeout: float = 60.0, what: str = "condition") -> None:
+    """Poll *cond* until it holds; fail after a generous *timeout*."""
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
