@@ -1,0 +1,257 @@
+"""``ShardActor``: one shard's storage engine behind a mailbox.
+
+Runs in the shard worker process (spawned by ``lightning_db.actors.spawn``,
+one per shard): ``on_start`` opens the shard's ``Engine``, every message is
+turned into one engine call on the actor loop's thread, ``on_stop`` closes
+the engine. The client side (routing, paging, merging, two-phase commit) is
+``lightning_db.shards.router`` in the caller's process.
+
+Messages (op, payload) -> reply; payloads are msgpack lists, bytes stay bytes:
+
+    "write"    [ops, sync]                          -> last seq
+    "get"      [key, seq|None]                      -> bytes | None
+    "get_many" [keys, seq|None]                     -> [bytes | None, ...]
+    "scan"     [start, end, reverse, seq, page, after] -> [[key, value], ...]
+               at most ``page`` pairs in scan order, strictly after ``after``
+               (None: from the bound); a short page means the end
+    "snapshot" -> seq            "release" [seq]
+    "prepare"  [txid, ops]       "commit" [txid, sync, remember] -> seq
+    "abort"    [txid] -> bool    "in_doubt" -> [[txid, ops], ...]
+    "decided"  [txid] -> bool    "forget" [txid]
+    "flush", "compact", "verify" -> dict | None
+    "checkpoint" [dir] -> dict   "stats" -> engine stats + shard_id
+
+ops are [kind, key, value] with kind 1 (VALUE) or 0 (DELETE). A payload of
+the wrong shape raises ``InvalidArgument``; engine errors keep their
+taxonomy class across the mailbox.
+
+An ``abort`` of a transaction this shard has not prepared is remembered (in
+memory, bounded): a ``prepare`` of it arriving later is refused with
+``TransactionConflict``, so in-doubt resolution racing a live coordinator
+can never leave a transaction half committed.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+from ..actors import Actor
+from ..config import Config
+from ..errors import InvalidArgument, TransactionConflict
+from ..storage.engine import Engine
+from ..storage.format import Kind
+
+__all__ = ["MAX_PAGE", "ShardActor"]
+
+MAX_PAGE = 1 << 16           # pairs per scan page, at most
+_ABORTED_MEMORY = 4096       # unknown txids whose abort is remembered
+_KINDS = (int(Kind.VALUE), int(Kind.DELETE))
+_DELETE = int(Kind.DELETE)
+
+
+def _shape(payload: Any, n: int, op: str) -> list[Any]:
+    if not isinstance(payload, (list, tuple)) or len(payload) != n:
+        raise InvalidArgument(f"{op!r} takes a list of {n} items, got {payload!r:.80}")
+    return list(payload)
+
+
+def _bytes(x: Any, what: str, optional: bool = False) -> bytes | None:
+    if x is None and optional:
+        return None
+    if not isinstance(x, bytes):
+        raise InvalidArgument(f"{what} must be bytes, got {type(x).__name__}")
+    return x
+
+
+def _seq(x: Any) -> int | None:
+    if x is None:
+        return None
+    if not isinstance(x, int) or isinstance(x, bool) or x < 0:
+        raise InvalidArgument(f"seq must be None or an integer >= 0, got {x!r:.40}")
+    return x
+
+
+def _flag(x: Any, what: str) -> bool:
+    if not isinstance(x, bool):
+        raise InvalidArgument(f"{what} must be a bool, got {x!r:.40}")
+    return x
+
+
+def _txid(x: Any) -> bytes:
+    if not isinstance(x, bytes) or not 2 < len(x) <= 64:
+        raise InvalidArgument(f"txid must be 3 to 64 bytes, got {x!r:.40}")
+    return x
+
+
+class ShardActor(Actor):
+    """One shard: ``ShardActor(shard_dir, config_dict, shard_id)``."""
+
+    def __init__(self, shard_dir: str, config: dict[str, Any], shard_id: int) -> None:
+        self.shard_dir = shard_dir
+        self.config = Config.from_dict(config)
+        self.shard_id = shard_id
+        self.engine: Engine | None = None
+        self._aborted: OrderedDict[bytes, None] = OrderedDict()
+
+    # --- hooks ---------------------------------------------------------------------------
+    def on_start(self) -> None:
+        self.engine = Engine(self.shard_dir, self.config)
+
+    def on_stop(self) -> None:
+        if self.engine is not None:
+            engine, self.engine = self.engine, None
+            engine.close()
+
+    def on_receive(self, op: str, payload: Any) -> Any:
+        handler = _HANDLERS.get(op)
+        if handler is None:
+            raise InvalidArgument(f"shard {self.shard_id} has no op {op!r}")
+        return handler(self, payload)
+
+    def stats(self) -> dict[str, Any]:
+        return {"shard_id": self.shard_id}
+
+    # --- validation ------------------------------------------------------------------------
+    def _key(self, k: Any) -> bytes:
+        if not isinstance(k, bytes) or not 0 < len(k) <= self.config.max_key_size:
+            n = len(k) if isinstance(k, bytes) else type(k).__name__
+            raise InvalidArgument(f"key must be 1 to {self.config.max_key_size} bytes (max_key_size), got {n}")
+        return k
+
+    def _ops(self, ops: Any) -> list[tuple[int, bytes, bytes]]:
+        if not isinstance(ops, (list, tuple)):
+            raise InvalidArgument(f"ops must be a list, got {type(ops).__name__}")
+        maxk, maxv = self.config.max_key_size, self.config.max_value_size
+        out = []
+        for o in ops:
+            if not (isinstance(o, (list, tuple)) and len(o) == 3 and o[0] in _KINDS and type(o[0]) is int
+                    and isinstance(o[1], bytes) and isinstance(o[2], bytes)):
+                raise InvalidArgument(f"an op must be [kind 0|1, key bytes, value bytes], got {o!r:.80}")
+            kind, k, v = o
+            if not 0 < len(k) <= maxk:
+                raise InvalidArgument(f"key must be 1 to {maxk} bytes (max_key_size), got {len(k)} bytes")
+            if len(v) > maxv:
+                raise InvalidArgument(f"value must be at most {maxv} bytes (max_value_size), got {len(v)} bytes")
+            if kind == _DELETE and v:
+                raise InvalidArgument("a delete op carries an empty value")
+            out.append((kind, k, v))
+        return out
+
+    def _engine(self) -> Engine:
+        if self.engine is None:
+            raise InvalidArgument(f"shard {self.shard_id} is not open")
+        return self.engine
+
+    # --- ops ----------------------------------------------------------------------------------
+    def _write(self, p: Any) -> int:
+        ops, sync = _shape(p, 2, "write")
+        return self._engine().write(self._ops(ops), _flag(sync, "sync"))
+
+    def _get(self, p: Any) -> bytes | None:
+        key, seq = _shape(p, 2, "get")
+        return self._engine().get(self._key(key), _seq(seq))
+
+    def _get_many(self, p: Any) -> list[bytes | None]:
+        keys, seq = _shape(p, 2, "get_many")
+        if not isinstance(keys, (list, tuple)):
+            raise InvalidArgument(f"keys must be a list, got {type(keys).__name__}")
+        return self._engine().get_many([self._key(k) for k in keys], _seq(seq))
+
+    def _scan(self, p: Any) -> list[list[bytes]]:
+        start, end, reverse, seq, page, after = _shape(p, 6, "scan")
+        start = _bytes(start, "start", True)
+        end = _bytes(end, "end", True)
+        after = _bytes(after, "after", True)
+        reverse = _flag(reverse, "reverse")
+        seq = _seq(seq)
+        if not isinstance(page, int) or isinstance(page, bool) or not 1 <= page <= MAX_PAGE:
+            raise InvalidArgument(f"page must be an integer 1..{MAX_PAGE}, got {page!r:.40}")
+        if after is not None:
+            if reverse:
+                end = after if end is None or after < end else end
+            else:
+                nxt = after + b"\x00"            # the smallest key greater than after
+                start = nxt if start is None or nxt > start else start
+        if start is not None and end is not None and start >= end:
+            return []
+        out = []
+        for k, v in self._engine().scan(start, end, reverse, seq):
+            out.append([k, v])
+            if len(out) >= page:
+                break
+        return out
+
+    def _snapshot(self, p: Any) -> int:
+        return self._engine().acquire_snapshot()
+
+    def _release(self, p: Any) -> None:
+        (seq,) = _shape(p, 1, "release")
+        seq = _seq(seq)
+        if seq is None:
+            raise InvalidArgument("release needs a seq")
+        self._engine().release_snapshot(seq)
+
+    def _prepare(self, p: Any) -> None:
+        txid, ops = _shape(p, 2, "prepare")
+        txid = _txid(txid)
+        ops = self._ops(ops)
+        if txid in self._aborted:
+            raise TransactionConflict(f"transaction {txid.hex()} was already aborted on shard {self.shard_id}")
+        self._engine().prepare(txid, ops)
+
+    def _commit(self, p: Any) -> int:
+        txid, sync, remember = _shape(p, 3, "commit")
+        return self._engine().commit_prepared(_txid(txid), _flag(sync, "sync"), _flag(remember, "remember"))
+
+    def _abort(self, p: Any) -> bool:
+        (txid,) = _shape(p, 1, "abort")
+        txid = _txid(txid)
+        engine = self._engine()
+        done = engine.abort_prepared(txid)
+        if not done and not engine.decided(txid):
+            self._aborted[txid] = None
+            if len(self._aborted) > _ABORTED_MEMORY:
+                self._aborted.popitem(last=False)
+        return done
+
+    def _in_doubt(self, p: Any) -> list[list[Any]]:
+        return [[t, [list(o) for o in ops]] for t, ops in self._engine().in_doubt().items()]
+
+    def _decided(self, p: Any) -> bool:
+        (txid,) = _shape(p, 1, "decided")
+        return self._engine().decided(_txid(txid))
+
+    def _forget(self, p: Any) -> None:
+        (txid,) = _shape(p, 1, "forget")
+        self._engine().forget(_txid(txid))
+
+    def _flush(self, p: Any) -> None:
+        self._engine().flush()
+
+    def _compact(self, p: Any) -> None:
+        self._engine().compact()
+
+    def _checkpoint(self, p: Any) -> dict[str, Any]:
+        (target,) = _shape(p, 1, "checkpoint")
+        if not isinstance(target, str) or not target:
+            raise InvalidArgument(f"checkpoint dir must be a non-empty str, got {target!r:.80}")
+        return self._engine().checkpoint(target)
+
+    def _stats(self, p: Any) -> dict[str, Any]:
+        s = self._engine().stats()
+        s["shard_id"] = self.shard_id
+        return s
+
+    def _verify(self, p: Any) -> dict[str, int]:
+        return self._engine().verify()
+
+
+_HANDLERS = {
+    "write": ShardActor._write, "get": ShardActor._get, "get_many": ShardActor._get_many,
+    "scan": ShardActor._scan, "snapshot": ShardActor._snapshot, "release": ShardActor._release,
+    "prepare": ShardActor._prepare, "commit": ShardActor._commit, "abort": ShardActor._abort,
+    "in_doubt": ShardActor._in_doubt, "decided": ShardActor._decided, "forget": ShardActor._forget,
+    "flush": ShardActor._flush, "compact": ShardActor._compact, "checkpoint": ShardActor._checkpoint,
+    "stats": ShardActor._stats, "verify": ShardActor._verify,
+}

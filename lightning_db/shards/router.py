@@ -1,0 +1,454 @@
+"""``ShardRouter``: the Database API over shard actors (the caller's process).
+
+Runs in any process holding ``ActorRef``s to the shards (index = shard id):
+it validates arguments (with ``db.py``'s helpers), routes keys with the
+``HashRing`` and asks the ``ShardActor``s (``shards/actor.py``, one per worker
+process); every ask has a timeout, a timed-out one raises the mailbox's
+``Timeout`` (a ``TransientError``); asks to several shards are sent together,
+then awaited. put/get/delete go to one shard; put_many and batches are split
+per shard (one shard: a plain "write", several: two-phase commit); get_many
+sends one ask per shard; scan merges per-shard paged iterators (the next page
+is requested before the current one is consumed) with ``heapq.merge``, all
+read at one snapshot vector.
+
+Two-phase commit, this router the coordinator: txid = primary shard id (2
+bytes, big-endian) + 14 random bytes, primary = lowest participant; prepare
+everywhere (fsynced); any failure -> abort every participant, raise. Else
+commit on the primary with remember=True (the durable decision), commit on
+the others, then forget on the primary. Commits are always synced: a lost
+commit record on a participant whose primary already forgot would otherwise
+be resolved as an abort. ``resolve_in_doubt`` settles what a dead coordinator
+or participant left behind (presumed abort).
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
+from typing import Any
+
+from ..actors import ActorRef
+from ..config import Config
+from ..db import Batch, _limited, _Limits, _scan_range
+from ..errors import (
+    DatabaseClosed,
+    InvalidArgument,
+    LightningError,
+    TransactionConflict,
+)
+from ..storage.format import Kind
+from .ring import HashRing
+
+__all__ = ["DEFAULT_TIMEOUT", "SCAN_PAGE", "ShardRouter", "ShardSnapshot", "resolve_in_doubt"]
+
+DEFAULT_TIMEOUT = 30.0
+SCAN_PAGE = 1024
+_VALUE = int(Kind.VALUE)
+_DELETE = int(Kind.DELETE)
+Op = tuple[int, bytes, bytes]
+
+
+def _send(ref: ActorRef, op: str, payload: Any, timeout: float) -> Future:
+    """``ref.ask``; an error raised while sending (a dead ref) goes into the future."""
+    try:
+        return ref.ask(op, payload, timeout)
+    except LightningError as exc:
+        f: Future = Future()
+        f.set_exception(exc)
+        return f
+
+
+def _quiet(f: Future) -> Any:
+    """The result, or the LightningError it failed with (returned, not raised)."""
+    try:
+        return f.result()
+    except LightningError as exc:
+        return exc
+
+
+def _wait_all(futures: Sequence[Future]) -> list[Any]:
+    """Results in order; every future is awaited, then the first error raised."""
+    out = [_quiet(f) for f in futures]
+    for r in out:
+        if isinstance(r, LightningError):
+            raise r
+    return out
+
+
+class ShardRouter:
+    """The client side of a sharded database; ``close`` releases snapshots, not the actors."""
+
+    def __init__(self, refs: Sequence[ActorRef], ring: HashRing, config: Config | None = None,
+                 timeout: float = DEFAULT_TIMEOUT) -> None:
+        if len(refs) != ring.shards:
+            raise InvalidArgument(f"{len(refs)} refs for a ring of {ring.shards} shards")
+        self.refs = list(refs)
+        self.ring = ring
+        self.config = config or Config()
+        self.timeout = timeout
+        self._limits = _Limits(self.config)
+        self._closed = False
+        self._snapshots: set[ShardSnapshot] = set()
+
+    # --- plumbing -------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise DatabaseClosed("the shard router is closed")
+
+    def _ask(self, shard: int, op: str, payload: Any = None) -> Any:
+        return self.refs[shard].ask(op, payload, self.timeout).result()
+
+    def _ask_all(self, op: str, payloads: Mapping[int, Any] | None = None) -> dict[int, Any]:
+        shards = range(len(self.refs)) if payloads is None else list(payloads)
+        futs = [_send(self.refs[s], op, None if payloads is None else payloads[s], self.timeout) for s in shards]
+        return dict(zip(shards, _wait_all(futs)))
+
+    def _write(self, ops: list[Op], sync: bool | None) -> None:
+        self._check_open()
+        if sync is not None and not isinstance(sync, bool):
+            raise InvalidArgument(f"sync must be None or a bool, got {type(sync).__name__}")
+        if not ops:
+            return
+        groups = self.ring.split([op[1] for op in ops])
+        if len(groups) == 1:
+            (s,) = groups
+            self._ask(s, "write", [ops, bool(sync)])
+        else:
+            self._two_phase({s: [ops[i] for i in pos] for s, pos in groups.items()})
+
+    def _two_phase(self, parts: dict[int, list[Op]]) -> None:
+        shards = sorted(parts)
+        primary = shards[0]
+        txid = primary.to_bytes(2, "big") + os.urandom(14)
+        futs = [_send(self.refs[s], "prepare", [txid, parts[s]], self.timeout) for s in shards]
+        errors = [r for r in map(_quiet, futs) if isinstance(r, LightningError)]
+        if errors:
+            self._abort_all(txid, shards)
+            raise errors[0]
+        try:
+            self._ask(primary, "commit", [txid, True, True])
+        except LightningError as exc:
+            outcome = self._settle_primary(txid, primary)
+            if outcome is None:          # unreachable primary: resolve_in_doubt decides later
+                raise
+            if outcome is False:
+                self._abort_all(txid, shards[1:])
+                if isinstance(exc, InvalidArgument):   # aborted under us by resolve_in_doubt
+                    raise TransactionConflict(f"batch {txid.hex()} was aborted by in-doubt resolution") from None
+                raise
+        rest = [_send(self.refs[s], "commit", [txid, True, False], self.timeout) for s in shards[1:]]
+        if not any(isinstance(_quiet(f), LightningError) for f in rest):
+            _quiet(_send(self.refs[primary], "forget", [txid], self.timeout))
+        # else: the decision is durable at the primary; resolve_in_doubt commits the rest
+
+    def _settle_primary(self, txid: bytes, primary: int) -> bool | None:
+        """After a failed primary commit: True committed, False aborted, None unknown."""
+        try:
+            if self._ask(primary, "abort", [txid]):
+                return False
+            return bool(self._ask(primary, "decided", [txid]))
+        except LightningError:
+            return None
+
+    def _abort_all(self, txid: bytes, shards: Iterable[int]) -> None:
+        for f in [_send(self.refs[s], "abort", [txid], self.timeout) for s in shards]:
+            _quiet(f)
+
+    # --- single keys ------------------------------------------------------------------------
+    def put(self, key: Any, value: Any, sync: bool | None = None) -> None:
+        self._write([(_VALUE, self._limits.key(key), self._limits.value(value))], sync)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        self._check_open()
+        return self._get(key, default, None)
+
+    def _get(self, key: Any, default: Any, seqs: Sequence[int] | None) -> Any:
+        key = self._limits.key(key)
+        s = self.ring.shard_of(key)
+        v = self._ask(s, "get", [key, None if seqs is None else seqs[s]])
+        return default if v is None else v
+
+    def delete(self, key: Any, sync: bool | None = None) -> None:
+        self._write([(_DELETE, self._limits.key(key), b"")], sync)
+
+    def __getitem__(self, key: Any) -> bytes:
+        v = self.get(key)
+        if v is None:
+            raise KeyError(key)
+        return v
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.put(key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        if self.get(key) is None:
+            raise KeyError(key)
+        self.delete(key)
+
+    def __contains__(self, key: Any) -> bool:
+        return self.get(key) is not None
+
+    # --- many keys --------------------------------------------------------------------------
+    def put_many(self, items: Mapping[Any, Any] | Iterable[tuple[Any, Any]], sync: bool | None = None) -> None:
+        """Store every pair atomically (one batch; 2PC when it spans shards)."""
+        lk, lv = self._limits.key, self._limits.value
+        pairs = items.items() if isinstance(items, Mapping) else items
+        try:
+            ops = [(_VALUE, lk(k), lv(v)) for k, v in pairs]
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, InvalidArgument):
+                raise
+            raise InvalidArgument(f"put_many takes a mapping or an iterable of (key, value) pairs: {exc}") from None
+        self._write(ops, sync)
+
+    def get_many(self, keys: Iterable[Any]) -> list[bytes | None]:
+        """Values in the order of *keys* (None for absent ones)."""
+        self._check_open()
+        return self._get_many(keys, None)
+
+    def _get_many(self, keys: Iterable[Any], seqs: Sequence[int] | None) -> list[bytes | None]:
+        lk = self._limits.key
+        keys = [lk(k) for k in keys]
+        if not keys:
+            return []
+        groups = self.ring.split(keys)
+        answers = self._ask_all("get_many", {s: [[keys[i] for i in pos], None if seqs is None else seqs[s]]
+                                             for s, pos in groups.items()})
+        out: list[bytes | None] = [None] * len(keys)
+        for s, pos in groups.items():
+            for i, v in zip(pos, answers[s]):
+                out[i] = v
+        return out
+
+    def batch(self, sync: bool | None = None) -> Batch:
+        return Batch(self, sync)  # type: ignore[arg-type]
+
+    # --- ordered reads ----------------------------------------------------------------------
+    def scan(self, start: Any = None, end: Any = None, prefix: Any = None, reverse: bool = False,
+             limit: int | None = None) -> Iterator[tuple[bytes, bytes]]:
+        """Pairs with start <= key < end (and *prefix*), in key order across
+        shards, at most *limit*; read at one snapshot vector taken now."""
+        rng = _scan_range(self._limits, start, end, prefix, reverse, limit)
+        snap = self.snapshot()
+        return _ScanIter(self, rng, reverse, snap.seqs, snap)
+
+    def _scan_at(self, rng: tuple[bytes | None, bytes | None, int | None], reverse: bool,
+                 seqs: Sequence[int]) -> Iterator[tuple[bytes, bytes]]:
+        start, end, limit = rng
+        if (start is not None and end is not None and start >= end) or limit == 0:
+            return iter(())
+        page = SCAN_PAGE if limit is None else max(1, min(limit, SCAN_PAGE))
+        its = [self._pages(s, start, end, reverse, seqs[s], page) for s in range(len(self.refs))]
+        return _limited(heapq.merge(*its, key=lambda kv: kv[0], reverse=reverse), limit)
+
+    def _pages(self, shard: int, start: bytes | None, end: bytes | None, reverse: bool, seq: int,
+               page: int) -> Iterator[tuple[bytes, bytes]]:
+        ref, timeout = self.refs[shard], self.timeout
+        fut = ref.ask("scan", [start, end, reverse, seq, page, None], timeout)
+        while True:
+            rows = fut.result()
+            if len(rows) >= page:       # prefetch the next page while this one is consumed
+                fut = ref.ask("scan", [start, end, reverse, seq, page, rows[-1][0]], timeout)
+            for k, v in rows:           # msgpack gives lists; the API yields tuples
+                yield k, v
+            if len(rows) < page:
+                return
+
+    def snapshot(self) -> ShardSnapshot:
+        self._check_open()
+        return ShardSnapshot(self)
+
+    # --- maintenance ----------------------------------------------------------------------------
+    def flush(self) -> None:
+        self._check_open()
+        self._ask_all("flush")
+
+    def compact(self) -> None:
+        self._check_open()
+        self._ask_all("compact")
+
+    def checkpoint(self, path: str | os.PathLike[str], shards_file: bytes | None = None) -> dict[str, Any]:
+        """Every shard into ``path/shard-NNN`` (not at one instant), plus
+        *shards_file* (the caller's description) as ``path/SHARDS``."""
+        self._check_open()
+        if not isinstance(path, (str, os.PathLike)):
+            raise InvalidArgument(f"checkpoint path must be a str or path, got {type(path).__name__}")
+        if shards_file is not None and not isinstance(shards_file, bytes):
+            raise InvalidArgument(f"shards_file must be bytes, got {type(shards_file).__name__}")
+        target = os.path.abspath(os.fspath(path))
+        if os.path.exists(target) and os.listdir(target):
+            raise InvalidArgument(f"checkpoint target {target} exists and is not empty")
+        os.makedirs(target, exist_ok=True)
+        results = self._ask_all("checkpoint", {s: [os.path.join(target, f"shard-{s:03d}")]
+                                               for s in range(len(self.refs))})
+        if shards_file is not None:
+            with open(os.path.join(target, "SHARDS"), "wb") as f:
+                f.write(shards_file)
+                os.fsync(f.fileno())
+            fd = os.open(target, os.O_RDONLY)
+            os.fsync(fd)
+            os.close(fd)
+        return {"path": target, "shards": [results[s] for s in range(len(self.refs))]}
+
+    def stats(self) -> dict[str, Any]:
+        """{"shards": [per-shard stats], ...totals of the numeric fields}."""
+        self._check_open()
+        per = self._ask_all("stats")
+        shards = [per[s] for s in range(len(self.refs))]
+        out: dict[str, Any] = {"shards": shards}
+        skip = {"shard_id", "sequence", "wal_number"}
+        for name in shards[0]:
+            vals = [s.get(name) for s in shards]
+            if name not in skip and all(type(v) is int for v in vals):
+                out[name] = sum(vals)
+        return out
+
+    def verify(self) -> dict[str, int]:
+        self._check_open()
+        out: dict[str, int] = {}
+        for r in self._ask_all("verify").values():
+            for k, v in r.items():
+                out[k] = out.get(k, 0) + v
+        return out
+
+    def close(self) -> None:
+        if not self._closed:
+            for s in list(self._snapshots):
+                s.close()
+            self._closed = True
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+    def __enter__(self) -> ShardRouter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _ScanIter:
+    """A scan's iterator; releases its snapshot when exhausted, closed or collected."""
+
+    def __init__(self, router: ShardRouter, rng: Any, reverse: bool, seqs: Sequence[int],
+                 snap: ShardSnapshot | None) -> None:
+        self._it = router._scan_at(rng, reverse, seqs)
+        self._snap = snap
+
+    def __iter__(self) -> _ScanIter:
+        return self
+
+    def __next__(self) -> tuple[bytes, bytes]:
+        try:
+            return next(self._it)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        snap, self._snap = self._snap, None
+        if snap is not None:
+            snap.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class ShardSnapshot:
+    """A read view: one seq per shard, acquired on every shard (asks sent
+    together); ``close`` (or ``with``) releases them."""
+
+    def __init__(self, router: ShardRouter) -> None:
+        self._router = router
+        refs, timeout = router.refs, router.timeout
+        got = [_quiet(_send(ref, "snapshot", None, timeout)) for ref in refs]
+        errors = [g for g in got if isinstance(g, LightningError)]
+        if errors:                       # give back what was acquired
+            for f in [_send(ref, "release", [g], timeout) for ref, g in zip(refs, got) if isinstance(g, int)]:
+                _quiet(f)
+            raise errors[0]
+        self.seqs: list[int] = got
+        self._closed = False
+        router._snapshots.add(self)
+
+    def _check(self) -> None:
+        if self._closed:
+            raise InvalidArgument("snapshot was released")
+        self._router._check_open()
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        self._check()
+        return self._router._get(key, default, self.seqs)
+
+    def get_many(self, keys: Iterable[Any]) -> list[bytes | None]:
+        self._check()
+        return self._router._get_many(keys, self.seqs)
+
+    def __getitem__(self, key: Any) -> bytes:
+        v = self.get(key)
+        if v is None:
+            raise KeyError(key)
+        return v
+
+    def __contains__(self, key: Any) -> bool:
+        return self.get(key) is not None
+
+    def scan(self, start: Any = None, end: Any = None, prefix: Any = None, reverse: bool = False,
+             limit: int | None = None) -> Iterator[tuple[bytes, bytes]]:
+        self._check()
+        rng = _scan_range(self._router._limits, start, end, prefix, reverse, limit)
+        return _ScanIter(self._router, rng, reverse, self.seqs, None)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        r = self._router
+        r._snapshots.discard(self)
+        for f in [_send(ref, "release", [seq], r.timeout) for ref, seq in zip(r.refs, self.seqs)]:
+            _quiet(f)
+
+    def __enter__(self) -> ShardSnapshot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def resolve_in_doubt(refs: Sequence[ActorRef], timeout: float = DEFAULT_TIMEOUT) -> dict[str, int]:
+    """Settle every in-doubt txid on every shard by asking its primary (txid's
+    first 2 bytes): decided there -> commit here; else abort at the primary
+    (presumed abort: its coordinator is gone) and here. Safe to run any time,
+    beside a live coordinator too. Returns counts: committed, aborted, failed."""
+    counts = {"committed": 0, "aborted": 0, "failed": 0}
+    futs = [_send(ref, "in_doubt", None, timeout) for ref in refs]
+    for s, f in enumerate(futs):
+        entries = _quiet(f)
+        if isinstance(entries, LightningError):
+            counts["failed"] += 1
+            continue
+        for txid, _ops in entries:
+            try:
+                counts[_resolve_one(refs, s, txid, timeout)] += 1
+            except LightningError:
+                counts["failed"] += 1
+    return counts
+
+
+def _resolve_one(refs: Sequence[ActorRef], shard: int, txid: bytes, timeout: float) -> str:
+    here = refs[shard]
+    p = int.from_bytes(txid[:2], "big")
+    if p != shard and p < len(refs):
+        primary = refs[p]
+        if not primary.ask("decided", [txid], timeout).result():
+            primary.ask("abort", [txid], timeout).result()
+        if primary.ask("decided", [txid], timeout).result():   # again: a coordinator may have raced us
+            here.ask("commit", [txid, True, False], timeout).result()
+            return "committed"
+    here.ask("abort", [txid], timeout).result()
+    return "aborted"

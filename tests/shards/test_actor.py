@@ -1,0 +1,168 @@
+"""ShardActor end to end: one real shard worker process (spawned with
+``lightning_db.actors.spawn``), every op asked from the test process, wrong
+payload shapes answered with InvalidArgument, errors keeping their class."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from lightning_db.actors import spawn
+from lightning_db.errors import InvalidArgument, TransactionConflict
+from lightning_db.shards.actor import ShardActor
+
+CONFIG = {"max_key_size": 64, "max_value_size": 256}
+T = 20.0
+
+
+@pytest.fixture(scope="module")
+def shard(runtime_dir, tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("shard"))
+    ref = spawn(ShardActor, os.path.join(d, "shard-000"), CONFIG, 7, name="shard-actor-t", runtime_dir=runtime_dir)
+    try:
+        yield ref, d
+    finally:
+        ref.stop()
+
+
+def ask(ref, op, payload=None):
+    return ref.ask(op, payload, T).result()
+
+
+def test_write_get_get_many(shard):
+    ref, _ = shard
+    seq = ask(ref, "write", [[[1, b"wa", b"1"], [1, b"wb", b"2"]], False])
+    assert isinstance(seq, int) and seq >= 2
+    assert ask(ref, "get", [b"wa", None]) == b"1"
+    assert ask(ref, "get", [b"nope", None]) is None
+    assert ask(ref, "get_many", [[b"wb", b"nope", b"wa"], None]) == [b"2", None, b"1"]
+    seq2 = ask(ref, "write", [[[0, b"wa", b""]], True])
+    assert seq2 == seq + 1
+    assert ask(ref, "get", [b"wa", None]) is None
+    assert ask(ref, "get", [b"wa", seq]) == b"1"          # read at an older seq
+    assert ask(ref, "get_many", [[b"wa"], seq]) == [b"1"]
+
+
+def test_scan_pages(shard):
+    ref, _ = shard
+    keys = [b"sc%02d" % i for i in range(25)]
+    ask(ref, "write", [[[1, k, k + b"!"] for k in keys], False])
+    lo, hi = b"sc", b"sd"
+
+    def pages(reverse, page):
+        out, after = [], None
+        while True:
+            rows = ask(ref, "scan", [lo, hi, reverse, None, page, after])
+            assert len(rows) <= page
+            out += rows
+            if len(rows) < page:
+                return out
+            after = rows[-1][0]
+
+    for page in (1, 4, 25, 100):
+        assert pages(False, page) == [[k, k + b"!"] for k in keys]
+        assert pages(True, page) == [[k, k + b"!"] for k in reversed(keys)]
+    assert ask(ref, "scan", [b"sc05", b"sc08", False, None, 10, None]) == [[k, k + b"!"] for k in keys[5:8]]
+    assert ask(ref, "scan", [b"sc05", b"sc08", False, None, 10, b"sc06"]) == [[keys[7], keys[7] + b"!"]]
+    assert ask(ref, "scan", [b"sc05", b"sc08", True, None, 10, b"sc06"]) == [[keys[5], keys[5] + b"!"]]
+    assert ask(ref, "scan", [b"sc09", b"sc01", False, None, 10, None]) == []
+
+
+def test_snapshot_release(shard):
+    ref, _ = shard
+    ask(ref, "write", [[[1, b"snap", b"old"]], False])
+    seq = ask(ref, "snapshot")
+    ask(ref, "write", [[[1, b"snap", b"new"]], False])
+    assert ask(ref, "get", [b"snap", seq]) == b"old"
+    assert ask(ref, "scan", [b"snap", b"snaq", False, seq, 10, None]) == [[b"snap", b"old"]]
+    assert ask(ref, "stats")["snapshots"] >= 1
+    assert ask(ref, "release", [seq]) is None
+    assert ask(ref, "get", [b"snap", None]) == b"new"
+
+
+def test_two_phase_ops(shard):
+    ref, _ = shard
+    tx = b"\x00\x07" + b"a" * 14
+    assert ask(ref, "prepare", [tx, [[1, b"tx1", b"v"], [0, b"wb", b""]]]) is None
+    assert ask(ref, "get", [b"tx1", None]) is None         # invisible until commit
+    assert ask(ref, "in_doubt") == [[tx, [[1, b"tx1", b"v"], [0, b"wb", b""]]]]
+    assert ask(ref, "decided", [tx]) is False
+    seq = ask(ref, "commit", [tx, True, True])
+    assert isinstance(seq, int)
+    assert ask(ref, "get", [b"tx1", None]) == b"v" and ask(ref, "get", [b"wb", None]) is None
+    assert ask(ref, "in_doubt") == []
+    assert ask(ref, "decided", [tx]) is True
+    assert ask(ref, "forget", [tx]) is None
+    assert ask(ref, "decided", [tx]) is False
+
+    tx2 = b"\x00\x07" + b"b" * 14
+    ask(ref, "prepare", [tx2, [[1, b"tx2", b"v"]]])
+    assert ask(ref, "abort", [tx2]) is True
+    assert ask(ref, "abort", [tx2]) is False
+    assert ask(ref, "get", [b"tx2", None]) is None and ask(ref, "in_doubt") == []
+    with pytest.raises(InvalidArgument):
+        ask(ref, "commit", [tx2, True, False])               # nothing prepared under it
+    # An abort that arrives before its prepare wins: the prepare is refused.
+    tx3 = b"\x00\x07" + b"c" * 14
+    assert ask(ref, "abort", [tx3]) is False
+    with pytest.raises(TransactionConflict):
+        ask(ref, "prepare", [tx3, [[1, b"tx3", b"v"]]])
+    assert ask(ref, "in_doubt") == []
+
+
+def test_maintenance(shard):
+    ref, d = shard
+    ask(ref, "write", [[[1, b"m%d" % i, b"x" * 100] for i in range(50)], True])
+    assert ask(ref, "flush") is None
+    assert ask(ref, "compact") is None
+    v = ask(ref, "verify")
+    assert v["tables"] >= 1 and v["blocks"] >= 1
+    st = ask(ref, "stats")
+    assert st["shard_id"] == 7 and st["keys_estimate"] > 0 and isinstance(st["levels"], list)
+    target = os.path.join(d, "ckpt")
+    info = ask(ref, "checkpoint", [target])
+    assert info["path"] == target and os.path.isdir(target)
+    with pytest.raises(InvalidArgument):
+        ask(ref, "checkpoint", [target])                     # not empty any more
+
+
+@pytest.mark.parametrize("op,payload", [
+    ("write", None), ("write", [[[1, b"k", b"v"]]]), ("write", [[[1, b"k", b"v"]], "yes"]),
+    ("write", [[[2, b"k", b"v"]], False]), ("write", [[[1, "k", b"v"]], False]),
+    ("write", [[[1, b"", b"v"]], False]), ("write", [[[1, b"k" * 65, b"v"]], False]),
+    ("write", [[[1, b"k", b"v" * 257]], False]), ("write", [[[0, b"k", b"v"]], False]),
+    ("write", [[[1, b"k"]], False]), ("write", [b"notalist", False]),
+    ("get", [b"k"]), ("get", ["k", None]), ("get", [b"k", -1]), ("get", [b"k", True]),
+    ("get_many", [b"k", None]), ("get_many", [[b"k", 3], None]),
+    ("scan", [None, None, False, None, 10]), ("scan", [None, None, "no", None, 10, None]),
+    ("scan", [None, None, False, None, 0, None]), ("scan", [1, None, False, None, 10, None]),
+    ("scan", [None, None, False, None, 10, "after"]),
+    ("release", []), ("release", [None]), ("prepare", [b"\x00\x00" + b"x" * 14]),
+    ("prepare", [b"t", []]), ("prepare", [b"\x00\x00" + b"y" * 14, [[9, b"k", b"v"]]]),
+    ("commit", [b"\x00\x00" + b"z" * 14, True]), ("commit", [b"\x00\x00" + b"z" * 14, 1, False]),
+    ("abort", "txid"), ("decided", [1]), ("forget", []), ("checkpoint", []), ("checkpoint", [3]),
+    ("no-such-op", None),
+])
+def test_bad_payloads(shard, op, payload):
+    ref, _ = shard
+    with pytest.raises(InvalidArgument):
+        ask(ref, op, payload)
+    assert ask(ref, "get", [b"k", None]) is None             # still serving, nothing written
+
+
+def test_restart_keeps_prepared(runtime_dir, tmp_path):
+    """A prepare survives kill -9 and a new actor on the same directory."""
+    d = str(tmp_path)
+    path = os.path.join(d, "s")
+    ref = spawn(ShardActor, path, CONFIG, 0, name="shard-restart-a", runtime_dir=runtime_dir)
+    try:
+        tx = b"\x00\x00" + os.urandom(14)
+        ask(ref, "prepare", [tx, [[1, b"p", b"1"]]])
+        ref.kill()
+        ref = spawn(ShardActor, path, CONFIG, 0, name="shard-restart-b", runtime_dir=runtime_dir)
+        assert ask(ref, "in_doubt") == [[tx, [[1, b"p", b"1"]]]]
+        ask(ref, "commit", [tx, True, False])
+        assert ask(ref, "get", [b"p", None]) == b"1"
+    finally:
+        ref.stop()
