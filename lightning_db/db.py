@@ -11,12 +11,15 @@ argument raises ``InvalidArgument`` and nothing is written.
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 from .config import Config
 from .errors import DatabaseClosed, InvalidArgument
 from .storage.engine import Engine
 from .storage.format import Kind
+
+if TYPE_CHECKING:
+    from .shards.client import ShardedDatabase
 
 _VALUE = int(Kind.VALUE)
 _DELETE = int(Kind.DELETE)
@@ -176,9 +179,9 @@ class Snapshot:
         return self._seq
 
     def _check(self) -> None:
+        self._db._check_open()             # a closed handle first: its snapshots went with it
         if self._closed:
             raise InvalidArgument("snapshot was released")
-        self._db._check_open()
 
     def get(self, key: Any, default: Any = None) -> Any:
         self._check()
@@ -403,12 +406,20 @@ class Database:
 
 
 def open(path: str | os.PathLike[str], shards: int | None = None, *, config: Config | None = None,
-         **options: Any) -> Database:
+         **options: Any) -> "Database | ShardedDatabase":
     """Open (creating if needed) the database at *path*.
 
-    ``shards=None`` or ``0`` runs the engine in the calling process (the
-    only mode of this build). *options* override fields of ``Config``.
+    ``shards=0`` runs the engine in the calling process; the directory then
+    belongs to this process alone. ``shards=N`` (N >= 1) serves the keyspace
+    from N worker processes under a node process that any number of callers
+    may attach to; the count is recorded in the directory. ``shards=None``
+    opens what the directory holds (its recorded shard count, or the
+    in-process engine) and creates an in-process database in a new
+    directory. *options* override fields of ``Config``.
     """
+    from .shards.attach import SHARDS_FILE
+    from .shards.client import ShardedDatabase, check_layout
+
     if not isinstance(path, (str, os.PathLike)):
         raise InvalidArgument(f"path must be a str or os.PathLike, got {type(path).__name__}")
     if config is not None and not isinstance(config, Config):
@@ -416,7 +427,10 @@ def open(path: str | os.PathLike[str], shards: int | None = None, *, config: Con
     cfg = (config or Config()).replace(**options) if options else (config or Config())
     if shards is not None and (not isinstance(shards, int) or isinstance(shards, bool) or shards < 0):
         raise InvalidArgument(f"shards must be None or an integer >= 0, got {shards!r}")
+    path = os.path.abspath(os.fspath(path))
+    if shards is None and os.path.exists(os.path.join(path, SHARDS_FILE)):
+        return ShardedDatabase(path, None, cfg)
+    check_layout(path, shards or 0)
     if shards:
-        raise InvalidArgument(f"shards={shards}: worker processes are not available in this build; "
-                              "use shards=0 (in-process)")
-    return Database(Engine(os.fspath(path), cfg))
+        return ShardedDatabase(path, shards, cfg)
+    return Database(Engine(path, cfg))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import os
 import shutil
 import tempfile
 
@@ -81,26 +82,27 @@ def model_scan(model: dict[bytes, bytes], start, end, prefix, reverse, limit) ->
 class DatabaseMachine(RuleBasedStateMachine):
     OPTIONS: dict = SMALL
     BASE_DIR: str | None = None
+    SHARDS = 0            # 0: the in-process engine; N: N worker processes under a node
 
     snapshots = Bundle("snapshots")
 
     def __init__(self) -> None:
         super().__init__()
         self.dir = tempfile.mkdtemp(prefix="model-", dir=self.BASE_DIR)
-        self.db = ldb.open(self.dir, shards=0, **self.OPTIONS)
+        self.db = ldb.open(self.dir, shards=self.SHARDS, **self.OPTIONS)
         self.model: dict[bytes, bytes] = {}
         self.live_snapshots = 0
         self.reopens = 0
-        self.last_seq = 0
+        self.last_seq: list[int] = []
 
     def teardown(self) -> None:
         try:
             if not self.db.closed:
                 # Everything the model holds is in the database and nothing else.
                 assert list(self.db.scan()) == sorted(self.model.items())
-                levels = self.db.stats()["levels"]
-                deepest = max((lv["level"] for lv in levels if lv["files"]), default=-1)
-                event(f"deepest level with files: {deepest}")
+                for st in self._shard_stats():
+                    deepest = max((lv["level"] for lv in st["levels"] if lv["files"]), default=-1)
+                    event(f"deepest level with files: {deepest}")
                 event(f"reopens: {min(self.reopens, 2)}")
                 self.db.close()
         finally:
@@ -179,7 +181,7 @@ class DatabaseMachine(RuleBasedStateMachine):
 
     @rule(ops=ops)
     def batch_aborted(self, ops):
-        seq = self.db.stats()["sequence"]
+        seqs = [st["sequence"] for st in self._shard_stats()]
         with pytest.raises(Boom):
             with self.db.batch() as b:
                 for kind, k, v in ops:
@@ -188,7 +190,7 @@ class DatabaseMachine(RuleBasedStateMachine):
                     else:
                         b.delete(k)
                 raise Boom()
-        assert self.db.stats()["sequence"] == seq
+        assert [st["sequence"] for st in self._shard_stats()] == seqs
         for _, k, _ in ops:
             assert self.db.get(k) == self.model.get(k)
 
@@ -273,7 +275,7 @@ class DatabaseMachine(RuleBasedStateMachine):
     @rule()
     def flush(self):
         self.db.flush()
-        assert self.db.stats()["memtable_entries"] == 0
+        assert all(st["memtable_entries"] == 0 for st in self._shard_stats())
 
     @rule()
     def compact(self):
@@ -285,19 +287,24 @@ class DatabaseMachine(RuleBasedStateMachine):
         old.close()
         assert old.closed
         self.live_snapshots = 0   # they belong to the closed handle now
-        self.db = ldb.open(self.dir, shards=0, **self.OPTIONS)
+        self.db = ldb.open(self.dir, shards=self.SHARDS, **self.OPTIONS)
         self.reopens += 1
         assert list(self.db.scan()) == sorted(self.model.items())
 
+    def _shard_stats(self) -> list[dict]:
+        s = self.db.stats()
+        return s["shards"] if self.SHARDS else [s]
+
     @invariant()
     def sequence_never_decreases(self):
-        seq = self.db.stats()["sequence"]
-        assert seq >= self.last_seq  # reopening included
-        self.last_seq = seq
+        seqs = [st["sequence"] for st in self._shard_stats()]
+        assert all(a >= b for a, b in zip(seqs, self.last_seq))  # reopening included
+        self.last_seq = seqs
 
 
-def _machine(options: dict, base_dir: str) -> type[DatabaseMachine]:
-    return type("DatabaseMachine", (DatabaseMachine,), {"OPTIONS": options, "BASE_DIR": base_dir})
+def _machine(options: dict, base_dir: str, shards: int = 0) -> type[DatabaseMachine]:
+    return type("DatabaseMachine", (DatabaseMachine,),
+                {"OPTIONS": options, "BASE_DIR": base_dir, "SHARDS": shards})
 
 
 @pytest.mark.parametrize(
@@ -313,6 +320,20 @@ def test_database_matches_dict_model(options, examples, tmp_path):
         settings=settings(
             max_examples=examples,
             stateful_step_count=40,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        ),
+    )
+
+
+def test_sharded_database_matches_dict_model(tmp_path):
+    """The same machine over two worker processes: every example starts a
+    node, so fewer examples (LDB_MODEL_SHARDED_EXAMPLES for more)."""
+    run_state_machine_as_test(
+        _machine(SMALL, str(tmp_path), shards=2),
+        settings=settings(
+            max_examples=int(os.environ.get("LDB_MODEL_SHARDED_EXAMPLES", "15")),
+            stateful_step_count=30,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
         ),

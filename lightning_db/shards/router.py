@@ -377,9 +377,9 @@ class ShardSnapshot:
         router._snapshots.add(self)
 
     def _check(self) -> None:
+        self._router._check_open()         # a closed handle first: its snapshots went with it
         if self._closed:
             raise InvalidArgument("snapshot was released")
-        self._router._check_open()
 
     def get(self, key: Any, default: Any = None) -> Any:
         self._check()

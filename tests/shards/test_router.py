@@ -15,7 +15,7 @@ import pytest
 
 from lightning_db.actors import ActorDead, spawn
 from lightning_db.config import Config
-from lightning_db.errors import CriticalError, InvalidArgument
+from lightning_db.errors import CriticalError, DatabaseClosed, InvalidArgument
 from lightning_db.shards.actor import ShardActor
 from lightning_db.shards.ring import HashRing
 from lightning_db.shards.router import ShardRouter, resolve_in_doubt
@@ -209,7 +209,7 @@ def test_snapshot_isolation_across_shards(shared):
     s2 = db.snapshot()
     db.close()                                   # releases what it still holds
     assert shared.router().stats()["snapshots"] == 0
-    with pytest.raises(InvalidArgument):
+    with pytest.raises(DatabaseClosed):          # the handle went, and its snapshots with it
         s2.get(ks[1])
 
 

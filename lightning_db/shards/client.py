@@ -1,0 +1,74 @@
+"""``ShardedDatabase``: ``open(path, shards>=1)`` in the caller's process.
+
+Runs in any caller process: attaches to the node that serves the directory
+(starting it if none runs, see attach.py), builds ``ActorRef``s for the shard
+workers' addresses and serves the Database API through ``ShardRouter``. On
+attach it settles transactions a dead coordinator left in doubt
+(``resolve_in_doubt``); ``close`` releases this caller's snapshots and
+detaches, and the node exits once the last caller is gone.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ..actors import ActorRef
+from ..config import Config
+from ..errors import InvalidArgument
+from ..storage.format import CURRENT
+from .attach import SHARDS_FILE, attach
+from .ring import HashRing
+from .router import ShardRouter, resolve_in_doubt
+
+__all__ = ["ShardedDatabase", "check_layout"]
+
+
+def check_layout(path: str, shards: int) -> None:
+    """An in-process database (``shards=0``: engine files at the top of the
+    directory) and a sharded one (``SHARDS`` and ``shard-NNN/``) never share a
+    directory: opening one as the other is refused before anything is written."""
+    in_process = os.path.exists(os.path.join(path, CURRENT))
+    sharded = os.path.exists(os.path.join(path, SHARDS_FILE))
+    if shards and in_process:
+        raise InvalidArgument(f"{path} holds an in-process database (opened with shards=0); "
+                              f"open it with shards=0, not shards={shards}")
+    if not shards and sharded:
+        raise InvalidArgument(f"{path} holds a sharded database (see {SHARDS_FILE}); "
+                              "open it with shards=None or its shard count, not shards=0")
+
+
+class ShardedDatabase(ShardRouter):
+    """The Database API over the shard workers of a node. Any number of
+    processes may hold one on the same path at once."""
+
+    def __init__(self, path: str, shards: int | None, config: Config, timeout: float = 60.0) -> None:
+        self._path = os.path.abspath(path)
+        self._session = attach(self._path, shards, config.to_dict(), timeout)
+        try:
+            refs = [ActorRef(f"shard-{i}", addr, 0) for i, addr in enumerate(self._session.addresses)]
+            super().__init__(refs, HashRing(self._session.shards), config)
+            resolve_in_doubt(refs)
+        except BaseException:
+            self._session.detach()
+            raise
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    def stats(self) -> dict[str, Any]:
+        s = super().stats()
+        node = self._session.request("stats")
+        s["node"] = node
+        s["shard_count"] = self._session.shards
+        return s
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._session.detach()
+
+    def __repr__(self) -> str:
+        return f"<lightning_db.ShardedDatabase {self._path!r} shards={self._session.shards}>"

@@ -1,0 +1,88 @@
+"""``lightning_db.open(path, shards=N)``: the sharded database through the
+public API, from one and from several processes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import psutil
+import pytest
+
+import lightning_db as ldb
+from lightning_db.errors import InvalidArgument
+from tests.waiting import wait_until
+
+CHILD = r"""
+import sys, lightning_db as ldb
+path, tag, n = sys.argv[1], sys.argv[2].encode(), int(sys.argv[3])
+with ldb.open(path) as db:                       # shards=None: the recorded count
+    for i in range(n):
+        db.put(tag + b"-%04d" % i, b"%d" % i)
+        db.put(b"shared-%02d" % (i % 10), tag)
+    with db.batch() as b:
+        for i in range(20):
+            b.put(tag + b"-batch-%02d" % i, b"x")
+    assert db.get(tag + b"-0000") == b"0"
+print("done", flush=True)
+"""
+
+
+def node_pids(path: str) -> list[int]:
+    return [p.pid for p in psutil.process_iter(["cmdline"])
+            if p.info["cmdline"] and "lightning_db.shards.node" in " ".join(p.info["cmdline"])
+            and path in " ".join(p.info["cmdline"])]
+
+
+def test_open_sharded_round_trip_and_reopen(tmp_path):
+    path = str(tmp_path / "db")
+    with ldb.open(path, shards=2) as db:
+        db.put_many({b"k%03d" % i: b"v%d" % i for i in range(200)})
+        with db.batch() as b:                    # spans both shards: two-phase commit
+            b.put(b"a", b"1")
+            b.delete(b"k000")
+        assert db.get(b"a") == b"1" and db.get(b"k000") is None
+        assert [k for k, _ in db.scan(prefix=b"k00", limit=3)] == [b"k001", b"k002", b"k003"]
+        assert len(db.stats()["shards"]) == 2
+    wait_until(lambda: not node_pids(path), what="the node to exit after the last close")
+    with ldb.open(path) as db:                   # None: the recorded count
+        assert db.get(b"k199") == b"v199" and db.get(b"a") == b"1"
+        assert sum(1 for _ in db.scan()) == 200
+    wait_until(lambda: not node_pids(path), what="the node to exit")
+
+
+def test_layouts_and_counts_are_checked(tmp_path):
+    inproc, sharded = str(tmp_path / "inproc"), str(tmp_path / "sharded")
+    ldb.open(inproc, shards=0).close()
+    with pytest.raises(InvalidArgument, match="in-process"):
+        ldb.open(inproc, shards=2)
+    with ldb.open(sharded, shards=2):
+        with pytest.raises(InvalidArgument, match="sharded"):
+            ldb.open(sharded, shards=0)
+        with pytest.raises(InvalidArgument, match="2 shard"):
+            ldb.open(sharded, shards=3)
+    wait_until(lambda: not node_pids(sharded), what="the node to exit")
+
+
+def test_several_processes_attached_at_once(tmp_path):
+    path = str(tmp_path / "db")
+    with ldb.open(path, shards=2) as db:
+        procs = [subprocess.Popen([sys.executable, "-c", CHILD, path, f"p{i}", "100"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for i in range(3)]
+        try:
+            for p in procs:
+                out, err = p.communicate(timeout=180)
+                assert p.returncode == 0 and "done" in out, err[-2000:]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+        assert len(node_pids(path)) == 1                 # one node served everyone
+        for i in range(3):
+            tag = b"p%d" % i
+            assert [db.get(tag + b"-%04d" % j) for j in range(100)] == [b"%d" % j for j in range(100)]
+            assert db.get_many([tag + b"-batch-%02d" % j for j in range(20)]) == [b"x"] * 20
+        assert all(db.get(b"shared-%02d" % j) in (b"p0", b"p1", b"p2") for j in range(10))
+    wait_until(lambda: not node_pids(path), what="the node to exit after the last caller")
