@@ -5,8 +5,9 @@ commands (``get``, ``put``, ``del``, ``scan``, ``stats``, ``compact``,
 ``checkpoint``) against a data directory. ``lightning-admin``: maintenance of
 an existing database (``stats``, ``verify``, ``compact``, ``checkpoint``).
 
-Every command opens the database with ``shards=0`` (in this process) and
-closes it before returning. Keys and values on the command line are UTF-8
+Every command opens the database as the directory holds it (``shards=None``:
+a new directory is an in-process database; a sharded one is served by its
+node) and closes it before returning. Keys and values on the command line are UTF-8
 text; values are printed back as UTF-8 with undecodable bytes escaped.
 
 Exit status: 0 success; 1 a database error (one line on stderr), a missing
@@ -49,7 +50,7 @@ def _open(path: str, *, create: bool) -> Database:
     # by accident (a typo in --data would otherwise "succeed").
     if not create and not os.path.isdir(path):
         raise _Failure(f"no database at {path!r}")
-    return lightning_db.open(path, shards=0)
+    return lightning_db.open(path)
 
 
 def _text(b: bytes) -> str:
