@@ -27,7 +27,7 @@ import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .peers import ENGINES, Engine
+from .peers import ENGINES, OPT_IN, Engine
 from .workloads import BENCHMARKS, NEEDS, RUN, Workload, check_deleted, fill
 
 
@@ -202,7 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--num", type=int, help="number of keys (default 1,000,000; 100,000 with --quick)")
     ap.add_argument("--quick", action="store_true", help="100,000 keys")
     ap.add_argument("--value-size", type=int, default=100, help="value size in bytes (default 100)")
-    ap.add_argument("--engines", default=",".join(ENGINES), help=f"comma list of {', '.join(ENGINES)}")
+    ap.add_argument("--engines", default=",".join(e for e in ENGINES if e not in OPT_IN),
+                    help=f"comma list of {', '.join(ENGINES)} (default: all but {', '.join(sorted(OPT_IN))})")
     ap.add_argument("--benchmarks", default=",".join(BENCHMARKS), help="comma list (default: all, in this order)")
     ap.add_argument("--out", help="also write the markdown fragment to this file")
     ap.add_argument("--tmpdir", default=tempfile.gettempdir(), help="where the databases go (default: system temp)")
