@@ -61,6 +61,13 @@ class Config:
     # --- sharding (shards=0: everything in the calling process) ---
     shards: int | None = 0
 
+    # --- the node process (shards >= 1; used when an open starts the node) ---
+    restart_intensity: int = 10        # more worker restarts than this within restart_period: shut down
+    restart_period: float = 60.0
+    heartbeat_interval: float = 1.0    # seconds between pings of each worker
+    heartbeat_misses: int = 5          # missed pings before a worker counts as hung and is restarted
+    shard_stop_timeout: float = 10.0   # graceful stop of a worker before it is killed
+
     def __post_init__(self) -> None:
         def positive(name: str, minimum: int = 1) -> None:
             v = getattr(self, name)
@@ -80,6 +87,12 @@ class Config:
         if self.l0_stop_writes_trigger < self.l0_compaction_trigger:
             raise InvalidArgument("config l0_stop_writes_trigger must be >= l0_compaction_trigger, "
                                   f"got {self.l0_stop_writes_trigger} < {self.l0_compaction_trigger}")
+        positive("restart_intensity")
+        positive("heartbeat_misses")
+        for name in ("restart_period", "heartbeat_interval", "shard_stop_timeout"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v < float("inf"):
+                raise InvalidArgument(f"config {name} must be a number of seconds > 0, got {v!r}")
         if not isinstance(self.point_index, bool):
             raise InvalidArgument(f"config point_index must be a bool, got {self.point_index!r}")
         if self.sync not in SYNC_POLICIES:

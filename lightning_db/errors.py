@@ -36,6 +36,7 @@ __all__ = [
     "MalformedFrame",
     "RemoteError",
     "Timeout",
+    "PeerLost",
     "MailboxBusy",
     "MailboxError",
     "MailboxClosed",
@@ -196,6 +197,14 @@ class Timeout(TransientError):
     or gone). A reply arriving later is dropped. Retrying with backoff helps
     while the peer is merely busy; the supervisor's heartbeats tell a dead
     peer apart."""
+
+
+class PeerLost(TransientError):
+    """The connection to the peer dropped (its process died or closed the
+    socket) while this request waited for its answer; the request may or may
+    not have been handled. Requests sent afterwards are queued until the peer
+    (a restarted one at the same address) is back. Retrying an idempotent
+    request with backoff helps."""
 
 
 class MailboxBusy(TransientError):

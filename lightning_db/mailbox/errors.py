@@ -19,6 +19,7 @@ from ..errors import (
     MailboxClosed,
     MailboxError,
     MalformedFrame,
+    PeerLost,
     RemoteError,
     Timeout,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "MalformedFrame",
     "RemoteError",
     "Timeout",
+    "PeerLost",
     "MailboxBusy",
     "MailboxError",
     "MailboxClosed",

@@ -9,7 +9,10 @@ one background I/O thread; callers hand encoded frames over through a queue
 and a wake-up pipe, and the I/O thread sends them, matches answers to
 futures by envelope id, and fails futures whose deadline passed. Frames
 queued together leave in one multipart send (batching); any number of
-requests may be in flight (pipelining).
+requests may be in flight (pipelining). A socket monitor on the DEALER
+tells the I/O thread when the connection drops (the peer died or closed):
+every request still waiting then fails at once with ``PeerLost`` instead of
+waiting for its deadline.
 
 Both use the per-process context of ``context.py``; neither is usable in a
 process forked from the one that created it (they say so and touch nothing).
@@ -18,6 +21,7 @@ process forked from the one that created it (they say so and touch nothing).
 from __future__ import annotations
 
 import atexit
+import contextlib
 import copy
 import errno
 import heapq
@@ -33,6 +37,7 @@ from concurrent.futures import Future, InvalidStateError
 from typing import Any, Self
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from ..errors import InvalidArgument, LightningError
 from .context import (
@@ -43,7 +48,7 @@ from .context import (
     wrap_zmq_error,
 )
 from .envelope import Envelope, decode, error_from_payload, error_payload
-from .errors import MailboxClosed, MailboxError, MalformedFrame, Timeout
+from .errors import MailboxClosed, MailboxError, MalformedFrame, PeerLost, Timeout
 from .wire import MsgKind
 
 __all__ = ["MailboxServer", "MailboxClient", "shutdown"]
@@ -178,8 +183,11 @@ class MailboxClient:
     """A DEALER connected to *address*; thread-safe. Requests return
     ``concurrent.futures.Future`` objects resolved by the I/O thread: with
     the reply's payload, with the rebuilt remote exception for an ERROR, with
-    ``Timeout`` when the deadline passes first (a later reply is dropped), or
-    with the close reason when the client is closed.
+    ``Timeout`` when the deadline passes first (a later reply is dropped), with
+    ``PeerLost`` when the connection to the peer drops while it waits (a
+    later reply, e.g. from a request zmq still delivers after reconnecting,
+    is dropped too), or with the close reason when the client is closed.
+    Requests sent while the peer is away are queued by zmq until it is back.
 
     Done-callbacks run on the I/O thread: keep them short and never wait on
     this client from one.
@@ -191,8 +199,12 @@ class MailboxClient:
         self._pid = os.getpid()
         self._sock = make_socket(zmq.DEALER, f"DEALER for {address}")
         try:
+            # The monitor first: a connection that drops at once must not go unseen.
+            self._monitor = self._sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
             self._sock.connect(address)
         except zmq.ZMQError as exc:
+            with contextlib.suppress(zmq.ZMQError):
+                self._sock.disable_monitor()
             self._sock.close(0)
             raise wrap_zmq_error(exc, f"cannot connect to {address}") from None
         self._ids = itertools.count(1)
@@ -206,6 +218,7 @@ class MailboxClient:
         self._close_exc: LightningError = MailboxClosed(f"client of {address} closed")
         self._pending: dict[int, tuple[Future, float]] = {}
         self.sent = self.replies = self.errors = self.timeouts = self.late = self.malformed = 0
+        self.disconnects = self.lost = 0
         self._thread = threading.Thread(target=self._run, name=f"ldb-mailbox {name or address}", daemon=True)
         self._thread.start()
         _live_clients.add(self)
@@ -299,20 +312,22 @@ class MailboxClient:
 
     def stats(self) -> dict[str, int]:
         """Counters: frames sent, replies, errors, timeouts, late answers
-        dropped, malformed answers, requests pending."""
+        dropped, malformed answers, connection drops seen, requests failed
+        with PeerLost, requests pending."""
         return {"sent": self.sent, "replies": self.replies, "errors": self.errors,
                 "timeouts": self.timeouts, "late": self.late, "malformed": self.malformed,
-                "pending": len(self._pending)}
+                "disconnects": self.disconnects, "lost": self.lost, "pending": len(self._pending)}
 
     # --- the I/O thread ----------------------------------------------------------------------
 
     def _run(self) -> None:
-        sock, pending = self._sock, self._pending
+        sock, pending, monitor = self._sock, self._pending, self._monitor
         heap: list[tuple[float, int]] = []
         backlog: list[bytes] = []
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
         try:
             while True:
                 wait = None
@@ -337,6 +352,9 @@ class MailboxClient:
                     poller.modify(sock, zmq.POLLIN | (zmq.POLLOUT if backlog else 0))
                 if events.get(sock, 0) & zmq.POLLIN:
                     self._drain(pending)
+                if events.get(monitor, 0) & zmq.POLLIN and self._disconnected(monitor):
+                    self._drain(pending)        # answers that arrived before the drop still count
+                    self._lose(pending)
                 if heap:
                     self._expire(pending, heap)
         except zmq.ZMQError as exc:
@@ -348,6 +366,9 @@ class MailboxClient:
                 self._wake_w = -1
                 self._take(pending, [], [])
             os.close(self._wake_r)
+            with contextlib.suppress(zmq.ZMQError):
+                sock.disable_monitor()
+            monitor.close(0)
             sock.close(0)
             for fut, _ in pending.values():
                 _fail(fut, copy.copy(self._close_exc))
@@ -405,6 +426,34 @@ class MailboxClient:
                 else:
                     self.malformed += 1
                     _fail(entry[0], MalformedFrame(f"a {env.kind.name} envelope is not an answer", env.id))
+
+    def _disconnected(self, monitor: zmq.Socket) -> bool:
+        """Read the monitor's queued events; whether one was a disconnect."""
+        lost = False
+        for _ in range(MAX_DRAIN):
+            try:
+                msg = monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            try:
+                event = parse_monitor_message(msg)["event"]
+            except Exception:  # noqa: BLE001, S112 - an unreadable event is ignored
+                continue
+            if event == zmq.EVENT_DISCONNECTED:
+                self.disconnects += 1
+                lost = True
+        return lost
+
+    def _lose(self, pending: dict[int, tuple[Future, float]]) -> None:
+        """The connection dropped: fail every request waiting for an answer
+        (their stale heap entries are skipped by _expire)."""
+        if not pending:
+            return
+        entries = list(pending.values())
+        pending.clear()
+        self.lost += len(entries)
+        for fut, _ in entries:
+            _fail(fut, PeerLost(f"the connection to {self.address} dropped before the answer came"))
 
     def _expire(self, pending: dict[int, tuple[Future, float]], heap: list[tuple[float, int]]) -> None:
         now = time.monotonic()

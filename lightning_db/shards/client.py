@@ -44,6 +44,8 @@ class ShardedDatabase(ShardRouter):
 
     def __init__(self, path: str, shards: int | None, config: Config, timeout: float = 60.0) -> None:
         self._path = os.path.abspath(path)
+        # The whole config goes to the node when this call starts it (its
+        # restart and heartbeat settings, and the engine settings of the shards).
         self._session = attach(self._path, shards, config.to_dict(), timeout)
         try:
             refs = [ActorRef(f"shard-{i}", addr, 0) for i, addr in enumerate(self._session.addresses)]
@@ -56,6 +58,14 @@ class ShardedDatabase(ShardRouter):
     @property
     def path(self) -> str:
         return self._path
+
+    def checkpoint(self, path: str | os.PathLike[str], shards_file: bytes | None = None) -> dict[str, Any]:
+        """Every shard into ``path/shard-NNN`` plus this directory's SHARDS
+        description, so the copy opens as the same sharded database."""
+        if shards_file is None:
+            with open(os.path.join(self._path, SHARDS_FILE), "rb") as f:
+                shards_file = f.read()
+        return super().checkpoint(path, shards_file)
 
     def stats(self) -> dict[str, Any]:
         s = super().stats()

@@ -54,6 +54,7 @@ import psutil
 import xxhash
 
 from ..actors import Actor, ActorRef, spawn
+from ..config import Config
 from ..errors import (
     DatabaseShutdown,
     InvalidArgument,
@@ -89,8 +90,9 @@ EXIT_OK, EXIT_FAILED, EXIT_LOCKED, EXIT_FATAL = 0, 1, 3, 4
 DEFAULT_GRACE_S = 10.0        # no attach within this long after start: exit
 SESSION_CHECK_S = 0.5         # how often attached pids are checked
 FATAL_LINGER_S = 10.0         # after a fatal error, answer DatabaseShutdown this long at most
-DEFAULT_INTENSITY, DEFAULT_PERIOD = 10, 60.0
-DEFAULT_HEARTBEAT_S, DEFAULT_HEARTBEAT_MISSES = 1.0, 5
+# The node's settings are Config fields; these are their defaults.
+DEFAULT_INTENSITY, DEFAULT_PERIOD = Config.restart_intensity, Config.restart_period
+DEFAULT_HEARTBEAT_S, DEFAULT_HEARTBEAT_MISSES = Config.heartbeat_interval, Config.heartbeat_misses
 NODE_KEYS = frozenset({"restart_intensity", "restart_period", "heartbeat_interval", "heartbeat_misses",
                        "shard_stop_timeout"})
 """Config keys the node reads itself; they are not passed to the shard actors."""
@@ -212,7 +214,7 @@ class Node:
         def start() -> ActorRef:
             return spawn(self.actor_cls, name=f"shard-{i:03d}", address=self.addresses[i], cpu=cpus[i % len(cpus)],
                          shard_dir=shard_dir(self.data_dir, i), config=self.actor_config, shard_id=i)
-        return ChildSpec(f"shard-{i:03d}", start, shutdown_timeout=float(self.config.get("shard_stop_timeout", 10.0)))
+        return ChildSpec(f"shard-{i:03d}", start, shutdown_timeout=float(self.config.get("shard_stop_timeout", Config.shard_stop_timeout)))
 
     def start(self) -> None:
         cfg = self.config

@@ -19,13 +19,32 @@ the others, then forget on the primary. Commits are always synced: a lost
 commit record on a participant whose primary already forgot would otherwise
 be resolved as an abort. ``resolve_in_doubt`` settles what a dead coordinator
 or participant left behind (presumed abort).
+
+Retries. A shard worker killed (kill -9) and restarted by the node loses
+the asks it had received: the mailbox fails them with ``PeerLost`` as soon
+as the connection drops (or ``Timeout`` at their deadline). Idempotent
+single-shard asks are retried on ``TransientError`` with
+``supervisor.retry`` (full jitter, RETRY_ATTEMPTS calls, deadline = now +
+the router's timeout): get, get_many (only the shards that failed are asked
+again), scan pages, single-shard writes ("write" with the same ops sets the
+same values again, and a retry before the ack is linearizable: the caller
+has not been told anything yet), flush, compact, stats and verify. A
+snapshot is re-acquired only after ``PeerLost`` (the worker died, so nothing
+stays registered there); a released one is never retried. A retried scan
+page is read again at the scan's snapshot seq; a restarted worker no longer
+has that snapshot registered, so the page is correct only while compaction
+has not dropped versions newer than it (accepted: the window is the restart
+plus the next compaction). The two-phase-commit steps (prepare, commit,
+abort, forget) and checkpoint are never retried here: a failure there
+aborts the batch or is settled by ``resolve_in_doubt``.
 """
 
 from __future__ import annotations
 
 import heapq
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -36,15 +55,19 @@ from ..errors import (
     DatabaseClosed,
     InvalidArgument,
     LightningError,
+    PeerLost,
     TransactionConflict,
+    TransientError,
 )
 from ..storage.format import Kind
+from ..supervisor.retry import Backoff, retry
 from .ring import HashRing
 
 __all__ = ["DEFAULT_TIMEOUT", "SCAN_PAGE", "ShardRouter", "ShardSnapshot", "resolve_in_doubt"]
 
 DEFAULT_TIMEOUT = 30.0
 SCAN_PAGE = 1024
+RETRY_ATTEMPTS, RETRY_BASE, RETRY_CAP = 8, 0.05, 1.0
 _VALUE = int(Kind.VALUE)
 _DELETE = int(Kind.DELETE)
 Op = tuple[int, bytes, bytes]
@@ -68,13 +91,12 @@ def _quiet(f: Future) -> Any:
         return exc
 
 
-def _wait_all(futures: Sequence[Future]) -> list[Any]:
-    """Results in order; every future is awaited, then the first error raised."""
-    out = [_quiet(f) for f in futures]
-    for r in out:
-        if isinstance(r, LightningError):
-            raise r
-    return out
+def _quiet_call(fn: Callable[[], Any]) -> Any:
+    """fn(), or the LightningError it raised (returned, not raised)."""
+    try:
+        return fn()
+    except LightningError as exc:
+        return exc
 
 
 class ShardRouter:
@@ -91,6 +113,7 @@ class ShardRouter:
         self._limits = _Limits(self.config)
         self._closed = False
         self._snapshots: set[ShardSnapshot] = set()
+        self.retries = 0            # transient failures retried by this router (metrics, tests)
 
     # --- plumbing -------------------------------------------------------------------------
     def _check_open(self) -> None:
@@ -98,12 +121,50 @@ class ShardRouter:
             raise DatabaseClosed("the shard router is closed")
 
     def _ask(self, shard: int, op: str, payload: Any = None) -> Any:
+        """One ask, never retried (the two-phase-commit steps)."""
         return self.refs[shard].ask(op, payload, self.timeout).result()
 
-    def _ask_all(self, op: str, payloads: Mapping[int, Any] | None = None) -> dict[int, Any]:
-        shards = range(len(self.refs)) if payloads is None else list(payloads)
-        futs = [_send(self.refs[s], op, None if payloads is None else payloads[s], self.timeout) for s in shards]
-        return dict(zip(shards, _wait_all(futs)))
+    def _on_retry(self, calls: int, exc: TransientError, delay: float) -> None:
+        self.retries += 1
+
+    def _retry(self, fn: Callable[[], Any]) -> Any:
+        return retry(fn, attempts=RETRY_ATTEMPTS, base=RETRY_BASE, cap=RETRY_CAP,
+                     deadline=time.monotonic() + self.timeout, on_retry=self._on_retry)
+
+    def _ask_retry(self, shard: int, op: str, payload: Any = None) -> Any:
+        """One idempotent ask, retried on TransientError."""
+        ref, timeout = self.refs[shard], self.timeout
+        return self._retry(lambda: ref.ask(op, payload, timeout).result())
+
+    def _ask_all(self, op: str, payloads: Mapping[int, Any] | None = None, *,
+                 idempotent: bool = False) -> dict[int, Any]:
+        """The same op on several shards, sent together. *idempotent*: the
+        shards that failed with a TransientError are asked again (together,
+        after a backoff delay) while attempts and the deadline allow."""
+        shards = list(range(len(self.refs))) if payloads is None else list(payloads)
+        backoff = Backoff(attempts=RETRY_ATTEMPTS, base=RETRY_BASE, cap=RETRY_CAP,
+                          deadline=time.monotonic() + self.timeout) if idempotent else None
+        out: dict[int, Any] = {}
+        todo = shards
+        while True:
+            futs = [_send(self.refs[s], op, None if payloads is None else payloads[s], self.timeout) for s in todo]
+            failed: list[int] = []
+            first: LightningError | None = None
+            for s, r in zip(todo, map(_quiet, futs)):
+                if not isinstance(r, LightningError):
+                    out[s] = r
+                    continue
+                if first is None or (isinstance(first, TransientError) and not isinstance(r, TransientError)):
+                    first = r
+                failed.append(s)
+            if first is None:
+                return {s: out[s] for s in shards}
+            delay = next(backoff, None) if backoff is not None and isinstance(first, TransientError) else None
+            if delay is None:
+                raise first
+            self.retries += 1
+            time.sleep(delay)
+            todo = failed
 
     def _write(self, ops: list[Op], sync: bool | None) -> None:
         self._check_open()
@@ -114,7 +175,7 @@ class ShardRouter:
         groups = self.ring.split([op[1] for op in ops])
         if len(groups) == 1:
             (s,) = groups
-            self._ask(s, "write", [ops, bool(sync)])
+            self._ask_retry(s, "write", [ops, bool(sync)])
         else:
             self._two_phase({s: [ops[i] for i in pos] for s, pos in groups.items()})
 
@@ -167,7 +228,7 @@ class ShardRouter:
     def _get(self, key: Any, default: Any, seqs: Sequence[int] | None) -> Any:
         key = self._limits.key(key)
         s = self.ring.shard_of(key)
-        v = self._ask(s, "get", [key, None if seqs is None else seqs[s]])
+        v = self._ask_retry(s, "get", [key, None if seqs is None else seqs[s]])
         return default if v is None else v
 
     def delete(self, key: Any, sync: bool | None = None) -> None:
@@ -215,7 +276,7 @@ class ShardRouter:
             return []
         groups = self.ring.split(keys)
         answers = self._ask_all("get_many", {s: [[keys[i] for i in pos], None if seqs is None else seqs[s]]
-                                             for s, pos in groups.items()})
+                                             for s, pos in groups.items()}, idempotent=True)
         out: list[bytes | None] = [None] * len(keys)
         for s, pos in groups.items():
             for i, v in zip(pos, answers[s]):
@@ -246,11 +307,21 @@ class ShardRouter:
     def _pages(self, shard: int, start: bytes | None, end: bytes | None, reverse: bool, seq: int,
                page: int) -> Iterator[tuple[bytes, bytes]]:
         ref, timeout = self.refs[shard], self.timeout
-        fut = ref.ask("scan", [start, end, reverse, seq, page, None], timeout)
+
+        def ask(after: bytes | None) -> Future:
+            return _send(ref, "scan", [start, end, reverse, seq, page, after], timeout)
+
+        after: bytes | None = None
+        fut = ask(after)
         while True:
-            rows = fut.result()
+            try:
+                rows = fut.result()
+            except TransientError:      # the same page again, at the same seq
+                self.retries += 1
+                rows = self._retry(lambda after=after: ask(after).result())
             if len(rows) >= page:       # prefetch the next page while this one is consumed
-                fut = ref.ask("scan", [start, end, reverse, seq, page, rows[-1][0]], timeout)
+                after = rows[-1][0]
+                fut = ask(after)
             for k, v in rows:           # msgpack gives lists; the API yields tuples
                 yield k, v
             if len(rows) < page:
@@ -263,11 +334,11 @@ class ShardRouter:
     # --- maintenance ----------------------------------------------------------------------------
     def flush(self) -> None:
         self._check_open()
-        self._ask_all("flush")
+        self._ask_all("flush", idempotent=True)
 
     def compact(self) -> None:
         self._check_open()
-        self._ask_all("compact")
+        self._ask_all("compact", idempotent=True)
 
     def checkpoint(self, path: str | os.PathLike[str], shards_file: bytes | None = None) -> dict[str, Any]:
         """Every shard into ``path/shard-NNN`` (not at one instant), plus
@@ -295,7 +366,7 @@ class ShardRouter:
     def stats(self) -> dict[str, Any]:
         """{"shards": [per-shard stats], ...totals of the numeric fields}."""
         self._check_open()
-        per = self._ask_all("stats")
+        per = self._ask_all("stats", idempotent=True)
         shards = [per[s] for s in range(len(self.refs))]
         out: dict[str, Any] = {"shards": shards}
         skip = {"shard_id", "sequence", "wal_number"}
@@ -308,7 +379,7 @@ class ShardRouter:
     def verify(self) -> dict[str, int]:
         self._check_open()
         out: dict[str, int] = {}
-        for r in self._ask_all("verify").values():
+        for r in self._ask_all("verify", idempotent=True).values():
             for k, v in r.items():
                 out[k] = out.get(k, 0) + v
         return out
@@ -367,6 +438,11 @@ class ShardSnapshot:
         self._router = router
         refs, timeout = router.refs, router.timeout
         got = [_quiet(_send(ref, "snapshot", None, timeout)) for ref in refs]
+        for i, g in enumerate(got):     # a worker that died: nothing of ours stays registered there
+            if isinstance(g, PeerLost):
+                router.retries += 1
+                ref = refs[i]
+                got[i] = _quiet_call(lambda ref=ref: router._retry(lambda: ref.ask("snapshot", None, timeout).result()))
         errors = [g for g in got if isinstance(g, LightningError)]
         if errors:                       # give back what was acquired
             for f in [_send(ref, "release", [g], timeout) for ref, g in zip(refs, got) if isinstance(g, int)]:

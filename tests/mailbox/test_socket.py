@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import threading
+import time
 from collections.abc import Iterator
 
 import msgpack
@@ -141,6 +142,45 @@ def test_timeout_is_transient_and_a_late_reply_is_dropped(served, client):
     wait_until(lambda: client.stats()["late"] == 1, what="the late reply")
     assert client.stats()["timeouts"] == 1
     assert client.request("echo", "after", timeout=30).result(30) == "after"
+
+
+def test_a_peer_that_dies_without_answering_fails_requests_with_peer_lost(runtime_dir):
+    """A server that takes requests and goes away (its socket closed, as a
+    kill -9 closes it) fails what waits at once with PeerLost, long before
+    the deadline; a server back at the same address serves new requests."""
+    address = f"ipc://{runtime_dir}/lost{next(_names)}.sock"
+    router = zmq.Context.instance().socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.setsockopt(zmq.RCVTIMEO, 30_000)
+    router.bind(address)
+    client = MailboxClient(address)
+    try:
+        futs = [client.request("a", 1, timeout=60), client.request("b", 2, timeout=60)]
+        got = 0
+        while got < 2:
+            got += len(router.recv_multipart()) - 1     # the requests arrived; never answered
+        started = time.monotonic()
+        router.close(0)
+        for fut in futs:
+            exc = fut.exception(30)
+            assert isinstance(exc, errors.PeerLost) and isinstance(exc, errors.TransientError)
+        assert time.monotonic() - started < 20          # well before the 60 s deadline
+        stats = client.stats()
+        assert stats["lost"] == 2 and stats["disconnects"] >= 1 and stats["pending"] == 0
+        assert stats["timeouts"] == 0
+        box = ServedMailbox(address)                    # back at the same address: zmq reconnects
+        try:
+            assert client.request("echo", "again", timeout=60).result(60) == "again"
+        finally:
+            box.stop()
+    finally:
+        client.close()
+        router.close(0)
+
+
+def test_peer_lost_travels_the_wire():
+    from lightning_db.mailbox import lookup_error
+    assert lookup_error("PeerLost") is errors.PeerLost
 
 
 @pytest.mark.parametrize("name", ["WriteStalled", "DiskFull", "CorruptionError", "DatabaseShutdown",

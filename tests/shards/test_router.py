@@ -359,3 +359,62 @@ def test_timeout_is_transient(shared):
     with pytest.raises(Timeout) as info:
         db.put(b"to", b"v" * 200)
     assert isinstance(info.value, TransientError)
+
+
+# --- retries of idempotent asks (no processes: refs that fail on cue) ------------------------
+
+
+class _FlakyRef:
+    """Answers asks from *answers* (op -> value); the first *fail* asks of
+    each op in *flaky* fail with PeerLost. Records every ask."""
+
+    def __init__(self, answers, flaky=(), fail=1) -> None:
+        self.answers, self.flaky, self.fail = answers, set(flaky), fail
+        self.asks: list[str] = []
+
+    def ask(self, op, payload=None, timeout=None):
+        from concurrent.futures import Future
+
+        from lightning_db.errors import PeerLost
+        self.asks.append(op)
+        f = Future()
+        if op in self.flaky and self.asks.count(op) <= self.fail:
+            f.set_exception(PeerLost("gone"))
+        else:
+            f.set_result(self.answers.get(op))
+        return f
+
+
+def _flaky_router(refs) -> ShardRouter:
+    return ShardRouter(refs, HashRing(len(refs)), Config.from_dict(CONFIG), timeout=30)
+
+
+def test_idempotent_asks_are_retried_after_peer_lost():
+    ref = _FlakyRef({"get": b"v", "write": 1, "get_many": [b"a"], "flush": None}, {"get", "write", "get_many", "flush"},
+                    fail=2)
+    r = _flaky_router([ref])
+    assert r.get(b"k") == b"v"
+    r.put(b"k", b"v")
+    assert r.get_many([b"k"]) == [b"a"]
+    r.flush()
+    assert [ref.asks.count(op) for op in ("get", "write", "get_many", "flush")] == [3, 3, 3, 3]
+    assert r.retries == 8
+
+
+def test_get_many_asks_again_only_the_shards_that_failed():
+    good, bad = _FlakyRef({"get_many": []}), _FlakyRef({"get_many": []}, {"get_many"})
+    r = _flaky_router([good, bad])
+    keys = [b"k%03d" % i for i in range(64)]
+    r.get_many(keys)
+    assert good.asks.count("get_many") == 1 and bad.asks.count("get_many") == 2
+
+
+def test_two_phase_commit_steps_are_not_retried():
+    from lightning_db.errors import PeerLost
+    refs = [_FlakyRef({"prepare": True, "abort": True}, {"prepare"}, fail=1), _FlakyRef({"prepare": True, "abort": True})]
+    r = _flaky_router(refs)
+    keys = [b"k%03d" % i for i in range(64)]        # both shards: two-phase commit
+    with pytest.raises(PeerLost):
+        r.put_many({k: b"v" for k in keys})
+    assert refs[0].asks.count("prepare") == 1 and "commit" not in refs[0].asks + refs[1].asks
+    assert refs[0].asks.count("abort") == 1 and refs[1].asks.count("abort") == 1
