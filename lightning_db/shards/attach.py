@@ -38,7 +38,7 @@ from ..errors import (
     InvalidArgument,
     LightningError,
 )
-from ..mailbox import MailboxClient, Timeout
+from ..mailbox import MailboxClient, PeerLost, Timeout
 from .node import (
     EXIT_LOCKED,
     NODE_LOCK,
@@ -222,7 +222,7 @@ def _live_node(data: str, deadline: float) -> dict[str, Any] | None:
         raise DatabaseShutdown(f"the database at {data} shut down: {info.get('reason')}")
     try:
         _request(info["control"], "ping", None, min(PING_TIMEOUT_S, _left(deadline)))
-    except DatabaseShutdown:
+    except (DatabaseShutdown, PeerLost):        # stopping: its control socket may close under us
         _await_gone_or_fatal(data, info, deadline)
         return None
     except Timeout:
@@ -298,7 +298,7 @@ def _await_node(data: str, proc: subprocess.Popen, deadline: float) -> dict[str,
             try:
                 _request(info["control"], "ping", None, min(PING_TIMEOUT_S, _left(deadline)))
                 return info
-            except (Timeout, DatabaseShutdown):
+            except (Timeout, DatabaseShutdown, PeerLost):
                 pass
         if time.monotonic() > deadline:
             proc.kill()
