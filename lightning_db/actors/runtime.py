@@ -218,8 +218,10 @@ class ActorRef:
     address, pid) can ask and tell, ``stop`` sends ``_stop`` and ``kill``
     signals the pid (after checking it is still the same process)."""
 
-    def __init__(self, name: str, address: str, pid: int, create_time: float | None = None) -> None:
+    def __init__(self, name: str, address: str, pid: int, create_time: float | None = None, *,
+                 fail_fast: bool = False) -> None:
         self.name = name
+        self.fail_fast = fail_fast            # asks fail at once while the actor is gone (see MailboxClient)
         self.address = address
         self.pid = pid
         self._create_time = create_time
@@ -243,7 +245,7 @@ class ActorRef:
                 self._lock, self._lock_pid = threading.Lock(), pid
             with self._lock:
                 if self._client is None or self._client._pid != pid:
-                    self._client = MailboxClient(self.address, name=self.name)
+                    self._client = MailboxClient(self.address, name=self.name, fail_fast=self.fail_fast)
                 client = self._client
         return client
 

@@ -193,14 +193,15 @@ class MailboxClient:
     this client from one.
     """
 
-    def __init__(self, address: str, *, name: str = "") -> None:
+    def __init__(self, address: str, *, name: str = "", fail_fast: bool = False) -> None:
         check_address(address)
         self.address = address
         self._pid = os.getpid()
         self._sock = make_socket(zmq.DEALER, f"DEALER for {address}")
         try:
             # The monitor first: a connection that drops at once must not go unseen.
-            self._monitor = self._sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+            self._monitor = self._sock.get_monitor_socket(
+                zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED)
             self._sock.connect(address)
         except zmq.ZMQError as exc:
             with contextlib.suppress(zmq.ZMQError):
@@ -217,6 +218,12 @@ class MailboxClient:
         self._closed = False
         self._close_exc: LightningError = MailboxClosed(f"client of {address} closed")
         self._pending: dict[int, tuple[Future, float]] = {}
+        # fail_fast: while the peer is gone (from a disconnect to the next
+        # connection), requests fail at once with PeerLost instead of waiting
+        # in zmq's queue for a peer that may never come back; for callers
+        # that retry with backoff and check why the peer went.
+        self._fail_fast = fail_fast
+        self._down = False                    # I/O thread only
         self.sent = self.replies = self.errors = self.timeouts = self.late = self.malformed = 0
         self.disconnects = self.lost = 0
         self._thread = threading.Thread(target=self._run, name=f"ldb-mailbox {name or address}", daemon=True)
@@ -347,6 +354,9 @@ class MailboxClient:
                 if self._closed:
                     break
                 self._take(pending, heap, backlog)
+                if self._down and self._fail_fast and (pending or backlog):
+                    backlog.clear()
+                    self._lose(pending)
                 if backlog:
                     self._flush(backlog)
                     poller.modify(sock, zmq.POLLIN | (zmq.POLLOUT if backlog else 0))
@@ -441,7 +451,10 @@ class MailboxClient:
                 continue
             if event == zmq.EVENT_DISCONNECTED:
                 self.disconnects += 1
+                self._down = True
                 lost = True
+            elif event in (zmq.EVENT_CONNECTED, zmq.EVENT_HANDSHAKE_SUCCEEDED):
+                self._down = False
         return lost
 
     def _lose(self, pending: dict[int, tuple[Future, float]]) -> None:

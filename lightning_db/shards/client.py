@@ -13,9 +13,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import psutil
+
 from ..actors import ActorRef
 from ..config import Config
-from ..errors import InvalidArgument
+from ..errors import DatabaseShutdown, InvalidArgument, PeerLost, TransientError
 from ..storage.format import CURRENT
 from .attach import SHARDS_FILE, attach
 from .ring import HashRing
@@ -48,7 +50,10 @@ class ShardedDatabase(ShardRouter):
         # restart and heartbeat settings, and the engine settings of the shards).
         self._session = attach(self._path, shards, config.to_dict(), timeout)
         try:
-            refs = [ActorRef(f"shard-{i}", addr, 0) for i, addr in enumerate(self._session.addresses)]
+            # fail_fast: an ask to a worker that is down fails at once (PeerLost)
+            # and is retried with backoff; _on_retry asks the node why it is down.
+            refs = [ActorRef(f"shard-{i}", addr, 0, fail_fast=True)
+                    for i, addr in enumerate(self._session.addresses)]
             super().__init__(refs, HashRing(self._session.shards), config)
             resolve_in_doubt(refs)
         except BaseException:
@@ -58,6 +63,20 @@ class ShardedDatabase(ShardRouter):
     @property
     def path(self) -> str:
         return self._path
+
+    def _on_retry(self, calls: int, exc: TransientError, delay: float) -> None:
+        """A worker is down: fine while the node restarts it, final when the
+        node shut down (restart intensity exceeded) or is gone."""
+        super()._on_retry(calls, exc, delay)
+        if isinstance(exc, PeerLost):
+            if not psutil.pid_exists(self._session.node_pid):
+                raise DatabaseShutdown(f"the node of {self._path} (pid {self._session.node_pid}) exited") from exc
+            try:
+                self._session.request("ping")
+            except DatabaseShutdown:
+                raise
+            except TransientError:
+                pass                           # a busy node: the retry goes on
 
     def checkpoint(self, path: str | os.PathLike[str], shards_file: bytes | None = None) -> dict[str, Any]:
         """Every shard into ``path/shard-NNN`` plus this directory's SHARDS

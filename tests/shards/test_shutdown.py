@@ -1,0 +1,45 @@
+"""Issue 3: exceeding the restart intensity shuts the database down, and a
+caller learns it at once (DatabaseShutdown) instead of at its ask timeout."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+import lightning_db as ldb
+from lightning_db.errors import DatabaseShutdown
+from tests.actors.util import gone
+from tests.waiting import wait_until
+
+
+def shard_pids(db) -> list[int]:
+    return [s["pid"] for s in db.stats()["node"]["shards"]]
+
+
+def test_restart_intensity_exceeded_gives_callers_database_shutdown(tmp_path):
+    path = str(tmp_path / "db")
+    db = ldb.open(path, shards=2, restart_intensity=1, restart_period=600.0)
+    node_pid = db._session.node_pid
+    try:
+        db.put_many({b"k%03d" % i: b"v" for i in range(50)})
+        first = shard_pids(db)
+        os.kill(first[0], signal.SIGKILL)                  # one restart: within the intensity
+        wait_until(lambda: shard_pids(db)[0] != first[0], what="the first restart")
+        assert db.get(b"k001") == b"v"
+        os.kill(shard_pids(db)[0], signal.SIGKILL)         # the second: over it, fatal
+        wait_until(lambda: gone(first[1]), what="the node to stop every worker")
+        started = time.monotonic()
+        with pytest.raises(DatabaseShutdown):
+            for i in range(50):                            # keys on both shards
+                db.get(b"k%03d" % i)
+        elapsed = time.monotonic() - started
+        print(f"DatabaseShutdown reached the caller in {elapsed:.3f}s")
+        assert elapsed < 5.0, f"DatabaseShutdown took {elapsed:.2f}s (ask timeout is 30s)"
+    finally:
+        try:
+            db.close()
+        finally:
+            wait_until(lambda: gone(node_pid), what="the node to exit")
