@@ -27,7 +27,7 @@ from typing import Callable, Iterable, Iterator
 
 from ..config import Config
 from .format import Kind, table_name
-from .table import TableWriter
+from .table_builder import TableWriter
 from .version import FileMeta, Version, VersionEdit
 
 _DELETE = int(Kind.DELETE)

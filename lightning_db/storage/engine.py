@@ -38,7 +38,7 @@ from .format import LOCK, Kind, WalOp, manifest_name, segment_name, table_name, 
 from .fs import OSFileSystem
 from .memtable import Memtable
 from .recovery import recover
-from .scan import merge_visible
+from .scan import level_iter, level_live, merge_visible
 from .table import TableReader
 from .version import FileMeta, Version, VersionEdit, VersionSet
 from .wal import Op, Wal, encode_abort, encode_batch, encode_marker, encode_prepare
@@ -173,7 +173,7 @@ class Engine:
             deep = [files for lvl in range(1, len(version.levels))
                     if (files := version.overlapping(lvl, start, end))]
             if len(deep) == 1:           # one sorted run serves the scan alone (e.g. after compaction)
-                return _level_live(deep[0], start, end, reverse, seq)
+                return level_live(deep[0], start, end, reverse, seq)
         sources = []
         if sv.mem.entries:
             sources.append(sv.mem.iter_visible(start, end, reverse, seq))
@@ -186,7 +186,7 @@ class Engine:
         for lvl in range(1, len(version.levels)):
             files = version.overlapping(lvl, start, end)
             if files:
-                sources.append(_level_iter(files, start, end, reverse, seq))
+                sources.append(level_iter(files, start, end, reverse, seq))
         return merge_visible(sources, reverse)
 
     # --- snapshots --------------------------------------------------------------------------
@@ -596,15 +596,3 @@ class Engine:
             self._lock.release()
         if error is not None:
             raise error
-
-
-def _level_iter(files: list[FileMeta], start: bytes | None, end: bytes | None, reverse: bool,
-                seq: int) -> Iterator[tuple[bytes, int, bytes]]:
-    for f in (reversed(files) if reverse else files):
-        yield from f.reader.iter_visible(start, end, reverse, seq)
-
-
-def _level_live(files: list[FileMeta], start: bytes | None, end: bytes | None, reverse: bool,
-                seq: int) -> Iterator[tuple[bytes, bytes]]:
-    for f in (reversed(files) if reverse else files):
-        yield from f.reader.iter_live(start, end, reverse, seq)

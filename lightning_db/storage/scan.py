@@ -9,7 +9,7 @@ newest first, so when several hold the same key the lowest index wins.
 from __future__ import annotations
 
 import heapq
-from typing import Iterator
+from typing import Any, Iterator
 
 Source = Iterator[tuple[bytes, int, bytes]]
 
@@ -46,3 +46,17 @@ def _dedup(merged: Iterator[tuple[bytes, int, int, bytes]]) -> Iterator[tuple[by
         prev = k
         if kind:
             yield k, v
+
+
+def level_iter(files: list[Any], start: bytes | None, end: bytes | None, reverse: bool,
+               seq: int) -> Iterator[tuple[bytes, int, bytes]]:
+    """One source from the disjoint, sorted files of a level >= 1."""
+    for f in (reversed(files) if reverse else files):
+        yield from f.reader.iter_visible(start, end, reverse, seq)
+
+
+def level_live(files: list[Any], start: bytes | None, end: bytes | None, reverse: bool,
+               seq: int) -> Iterator[tuple[bytes, bytes]]:
+    """Live pairs of one level that serves a scan alone (no merge needed)."""
+    for f in (reversed(files) if reverse else files):
+        yield from f.reader.iter_live(start, end, reverse, seq)
