@@ -225,7 +225,41 @@ class Snapshot:
             pass
 
 
-class Database:
+class MappingSugar:
+    """Mapping sugar shared by every database handle, in terms of get, put,
+    delete, scan and close: ``db[k]`` (KeyError if absent), ``db[k] = v``,
+    ``del db[k]`` (KeyError if absent), ``k in db``, iteration over keys in
+    order, and ``with``."""
+
+    def __getitem__(self, key: Any) -> bytes:
+        v = self.get(key)  # type: ignore[attr-defined]
+        if v is None:
+            raise KeyError(key)
+        return v
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.put(key, value)  # type: ignore[attr-defined]
+
+    def __delitem__(self, key: Any) -> None:
+        if self.get(key) is None:  # type: ignore[attr-defined]
+            raise KeyError(key)
+        self.delete(key)  # type: ignore[attr-defined]
+
+    def __contains__(self, key: Any) -> bool:
+        return self.get(key) is not None  # type: ignore[attr-defined]
+
+    def __iter__(self) -> Iterator[bytes]:
+        for k, _ in self.scan():  # type: ignore[attr-defined]
+            yield k
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()  # type: ignore[attr-defined]
+
+
+class Database(MappingSugar):
     """An open Lightning DB. See README for the full contract. Keys are 1 B to
     ``max_key_size`` (64 KiB), values up to ``max_value_size`` (64 MiB)."""
 
@@ -279,29 +313,6 @@ class Database:
         """Remove *key*; removing an absent key is not an error."""
         self._write([(_DELETE, self._limits.key(key), b"")], sync)
 
-    def __getitem__(self, key: Any) -> bytes:
-        v = self.get(key)
-        if v is None:
-            raise KeyError(key)
-        return v
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        self.put(key, value)
-
-    def __delitem__(self, key: Any) -> None:
-        key = self._limits.key(key)
-        if self.get(key) is None:
-            raise KeyError(key)
-        self.delete(key)
-
-    def __contains__(self, key: Any) -> bool:
-        return self.get(key) is not None
-
-    def __iter__(self) -> Iterator[bytes]:
-        for k, _ in self.scan():
-            yield k
-
-    # --- many keys ---------------------------------------------------------------------
     def put_many(self, items: Mapping[Any, Any] | Iterable[tuple[Any, Any]], sync: bool | None = None) -> None:
         """Store every pair atomically (one batch)."""
         lim = self._limits
@@ -394,12 +405,6 @@ class Database:
     @property
     def closed(self) -> bool:
         return self._closed
-
-    def __enter__(self) -> "Database":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<lightning_db.Database {self._engine.path!r}{' closed' if self._closed else ''}>"

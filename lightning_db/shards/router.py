@@ -50,7 +50,7 @@ from typing import Any
 
 from ..actors import ActorRef
 from ..config import Config
-from ..db import Batch, _limited, _Limits, _scan_range
+from ..db import Batch, MappingSugar, _limited, _Limits, _scan_range
 from ..errors import (
     DatabaseClosed,
     InvalidArgument,
@@ -99,7 +99,7 @@ def _quiet_call(fn: Callable[[], Any]) -> Any:
         return exc
 
 
-class ShardRouter:
+class ShardRouter(MappingSugar):
     """The client side of a sharded database; ``close`` releases snapshots, not the actors."""
 
     def __init__(self, refs: Sequence[ActorRef], ring: HashRing, config: Config | None = None,
@@ -234,24 +234,6 @@ class ShardRouter:
     def delete(self, key: Any, sync: bool | None = None) -> None:
         self._write([(_DELETE, self._limits.key(key), b"")], sync)
 
-    def __getitem__(self, key: Any) -> bytes:
-        v = self.get(key)
-        if v is None:
-            raise KeyError(key)
-        return v
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        self.put(key, value)
-
-    def __delitem__(self, key: Any) -> None:
-        if self.get(key) is None:
-            raise KeyError(key)
-        self.delete(key)
-
-    def __contains__(self, key: Any) -> bool:
-        return self.get(key) is not None
-
-    # --- many keys --------------------------------------------------------------------------
     def put_many(self, items: Mapping[Any, Any] | Iterable[tuple[Any, Any]], sync: bool | None = None) -> None:
         """Store every pair atomically (one batch; 2PC when it spans shards)."""
         lk, lv = self._limits.key, self._limits.value
@@ -393,13 +375,6 @@ class ShardRouter:
     @property
     def closed(self) -> bool:
         return self._closed
-    def __enter__(self) -> ShardRouter:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
 class _ScanIter:
     """A scan's iterator; releases its snapshot when exhausted, closed or collected."""
 
