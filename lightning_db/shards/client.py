@@ -21,7 +21,7 @@ from ..errors import DatabaseShutdown, InvalidArgument, PeerLost, TransientError
 from ..storage.format import CURRENT
 from .attach import SHARDS_FILE, attach
 from .ring import HashRing
-from .router import ShardRouter, resolve_in_doubt
+from .router import ShardRouter, _quiet_call, resolve_in_doubt
 
 __all__ = ["ShardedDatabase", "check_layout"]
 
@@ -87,10 +87,21 @@ class ShardedDatabase(ShardRouter):
         return super().checkpoint(path, shards_file)
 
     def stats(self) -> dict[str, Any]:
+        """The router's totals and per-shard engine stats, with each shard's
+        worker added: pid, restarts, missed heartbeats, and the placement it
+        actually obtained (CPU, NUMA node, page size, with fallback reasons)."""
         s = super().stats()
         node = self._session.request("stats")
         s["node"] = node
         s["shard_count"] = self._session.shards
+        workers = {w.get("id"): w for w in node.get("shards", [])}
+        placements = [_quiet_call(lambda ref=ref: ref.stats(self.timeout).result()) for ref in self.refs]
+        for i, shard in enumerate(s["shards"]):
+            w = workers.get(f"shard-{i:03d}", {})
+            shard["worker"] = {k: w.get(k) for k in ("pid", "state", "restarts", "missed_heartbeats",
+                                                        "hang_kills", "last_exit")}
+            p = placements[i]
+            shard["placement"] = p.get("placement") if isinstance(p, dict) else None
         return s
 
     def close(self) -> None:

@@ -43,7 +43,14 @@ def test_open_sharded_round_trip_and_reopen(tmp_path):
             b.delete(b"k000")
         assert db.get(b"a") == b"1" and db.get(b"k000") is None
         assert [k for k, _ in db.scan(prefix=b"k00", limit=3)] == [b"k001", b"k002", b"k003"]
-        assert len(db.stats()["shards"]) == 2
+        stats = db.stats()
+        assert len(stats["shards"]) == 2
+        for shard in stats["shards"]:              # per shard: engine, worker, placement obtained
+            assert {"keys_estimate", "table_bytes", "memtable_bytes", "levels", "compactions",
+                    "wal_syncs"} <= set(shard)
+            assert shard["worker"]["pid"] > 0 and shard["worker"]["restarts"] == 0
+            assert shard["placement"]["cpu"] in shard["placement"]["cpus"]
+            assert shard["placement"]["page_size"] >= 4096
     wait_until(lambda: not node_pids(path), what="the node to exit after the last close")
     with ldb.open(path) as db:                   # None: the recorded count
         assert db.get(b"k199") == b"v199" and db.get(b"a") == b"1"
