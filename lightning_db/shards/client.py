@@ -10,6 +10,7 @@ detaches, and the node exits once the last caller is gone.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -88,8 +89,9 @@ class ShardedDatabase(ShardRouter):
 
     def stats(self) -> dict[str, Any]:
         """The router's totals and per-shard engine stats, with each shard's
-        worker added: pid, restarts, missed heartbeats, and the placement it
-        actually obtained (CPU, NUMA node, page size, with fallback reasons)."""
+        worker added: pid, restarts, missed heartbeats, the placement it
+        actually obtained (CPU, NUMA node, page size, with fallback reasons),
+        and this caller's breaker for the shard."""
         s = super().stats()
         node = self._session.request("stats")
         s["node"] = node
@@ -102,6 +104,7 @@ class ShardedDatabase(ShardRouter):
                                                         "hang_kills", "last_exit")}
             p = placements[i]
             shard["placement"] = p.get("placement") if isinstance(p, dict) else None
+            shard["breaker"] = dataclasses.asdict(self.breakers[i].stats())
         return s
 
     def close(self) -> None:

@@ -56,16 +56,21 @@ from ..errors import (
     InvalidArgument,
     LightningError,
     PeerLost,
+    Timeout,
     TransactionConflict,
     TransientError,
 )
 from ..storage.format import Kind
+from ..supervisor.breaker import CircuitBreaker
 from ..supervisor.retry import Backoff, retry
 from .ring import HashRing
 
 __all__ = ["DEFAULT_TIMEOUT", "SCAN_PAGE", "ShardRouter", "ShardSnapshot", "resolve_in_doubt"]
 
 DEFAULT_TIMEOUT = 30.0
+ATTEMPT_TIMEOUT = 5.0         # one attempt of a point call; retries run until DEFAULT_TIMEOUT
+BREAKER_THRESHOLD = 3         # consecutive timed-out attempts that open a shard's breaker
+BREAKER_RESET_S = 1.0         # open -> half-open: one probe call decides
 SCAN_PAGE = 1024
 RETRY_ATTEMPTS, RETRY_BASE, RETRY_CAP = 8, 0.05, 1.0
 _VALUE = int(Kind.VALUE)
@@ -81,6 +86,11 @@ def _send(ref: ActorRef, op: str, payload: Any, timeout: float) -> Future:
         f: Future = Future()
         f.set_exception(exc)
         return f
+
+
+def _hung(exc: BaseException) -> bool:
+    """What a shard's breaker counts: an attempt that timed out."""
+    return isinstance(exc, Timeout)
 
 
 def _quiet(f: Future) -> Any:
@@ -114,6 +124,14 @@ class ShardRouter(MappingSugar):
         self._closed = False
         self._snapshots: set[ShardSnapshot] = set()
         self.retries = 0            # transient failures retried by this router (metrics, tests)
+        # Point calls (get, single-shard writes, scan pages) go through a
+        # breaker per shard and wait at most ATTEMPT_TIMEOUT per attempt: a
+        # shard that keeps timing out (a hung worker) opens its breaker and
+        # its calls fail fast with CircuitOpen while the others keep serving.
+        # A lost connection (PeerLost: a worker being restarted) does not count.
+        self.attempt_timeout = min(timeout, ATTEMPT_TIMEOUT)
+        self.breakers = [CircuitBreaker(BREAKER_THRESHOLD, BREAKER_RESET_S, name=f"shard-{i}",
+                                        is_failure=_hung) for i in range(len(self.refs))]
 
     # --- plumbing -------------------------------------------------------------------------
     def _check_open(self) -> None:
@@ -132,9 +150,20 @@ class ShardRouter(MappingSugar):
                      deadline=time.monotonic() + self.timeout, on_retry=self._on_retry)
 
     def _ask_retry(self, shard: int, op: str, payload: Any = None) -> Any:
-        """One idempotent ask, retried on TransientError."""
-        ref, timeout = self.refs[shard], self.timeout
-        return self._retry(lambda: ref.ask(op, payload, timeout).result())
+        """One idempotent ask through the shard's breaker, retried on
+        TransientError; CircuitOpen (recoverable) is not retried."""
+        ref, timeout, breaker = self.refs[shard], self.attempt_timeout, self.breakers[shard]
+
+        def attempt() -> Any:
+            breaker.before_call()
+            try:
+                r = ref.ask(op, payload, timeout).result()
+            except LightningError as exc:
+                breaker.on_failure(exc)
+                raise
+            breaker.on_success()
+            return r
+        return self._retry(attempt)
 
     def _ask_all(self, op: str, payloads: Mapping[int, Any] | None = None, *,
                  idempotent: bool = False) -> dict[int, Any]:

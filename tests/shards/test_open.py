@@ -51,6 +51,7 @@ def test_open_sharded_round_trip_and_reopen(tmp_path):
             assert shard["worker"]["pid"] > 0 and shard["worker"]["restarts"] == 0
             assert shard["placement"]["cpu"] in shard["placement"]["cpus"]
             assert shard["placement"]["page_size"] >= 4096
+            assert shard["breaker"]["state"] == "closed"
     wait_until(lambda: not node_pids(path), what="the node to exit after the last close")
     with ldb.open(path) as db:                   # None: the recorded count
         assert db.get(b"k199") == b"v199" and db.get(b"a") == b"1"
