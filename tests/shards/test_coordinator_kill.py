@@ -1,0 +1,72 @@
+"""Issue 3: kill -9 the coordinator of a cross-shard batch before each step
+of its two-phase commit; afterwards (the next open settles what is in doubt)
+the batch is all or nothing, and nothing stays in doubt."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import lightning_db as ldb
+
+# The coordinator (a separate process) counts the two-phase-commit messages
+# it sends and SIGKILLs itself just before the N-th one.
+CHILD = r"""
+import os, signal, sys
+import lightning_db as ldb
+import lightning_db.shards.router as router
+
+path, step, tag = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode()
+sent = 0
+
+def before(op):
+    global sent
+    if op in ("prepare", "commit", "abort", "forget"):
+        sent += 1
+        if sent == step:
+            print("killing before", op, flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+plain_send, plain_ask = router._send, router.ShardRouter._ask
+router._send = lambda ref, op, payload, timeout: (before(op), plain_send(ref, op, payload, timeout))[1]
+router.ShardRouter._ask = lambda self, shard, op, payload=None: (before(op), plain_ask(self, shard, op, payload))[1]
+
+db = ldb.open(path)
+keys = [b"batch-%03d" % i for i in range(40)]          # spread over both shards
+with db.batch() as b:
+    for k in keys:
+        b.put(k, tag)
+print("committed", flush=True)
+db.close()
+"""
+
+STEPS = 6          # prepare x2, commit at the primary, commit at the other, forget; 6 = no kill
+
+
+@pytest.mark.crash
+def test_coordinator_killed_before_every_step_leaves_all_or_nothing(tmp_path):
+    path = str(tmp_path / "db")
+    with ldb.open(path, shards=2) as db:                # keeps the node up across the children
+        keys = [b"batch-%03d" % i for i in range(40)]
+        assert len({db.ring.shard_of(k) for k in keys}) == 2
+        outcomes = []
+        for step in range(1, STEPS + 1):
+            tag = b"t%d" % step
+            child = subprocess.run([sys.executable, "-c", CHILD, path, str(step), tag.decode()],
+                                   capture_output=True, text=True, timeout=120)
+            killed = child.returncode == -9
+            assert killed or (child.returncode == 0 and "committed" in child.stdout), child.stderr[-2000:]
+            with ldb.open(path) as again:                # a new open settles what is in doubt
+                got = again.get_many(keys)
+                in_doubt = [ref.ask("in_doubt", None, 30).result(30) for ref in again.refs]
+            assert in_doubt == [[], []], (step, in_doubt)
+            assert got in ([tag] * 40, [db.get(keys[0])] * 40), (step, set(got))
+            outcomes.append("applied" if got == [tag] * 40 else "absent")
+            if not killed:
+                assert outcomes[-1] == "applied"
+        print("outcomes by step:", outcomes)
+        # Killed before any prepare finished: absent; after the primary commit: applied.
+        assert outcomes[0] == "absent" and outcomes[-1] == "applied"
+        assert "applied" in outcomes[:-1], outcomes        # some kill came after the decision
