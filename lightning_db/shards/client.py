@@ -73,9 +73,7 @@ class ShardedDatabase(ShardRouter):
             if not psutil.pid_exists(self._session.node_pid):
                 raise DatabaseShutdown(f"the node of {self._path} (pid {self._session.node_pid}) exited") from exc
             try:
-                self._session.request("ping")
-            except DatabaseShutdown:
-                raise
+                self._session.request("ping")  # DatabaseShutdown (fatal) ends the retry here
             except TransientError:
                 pass                           # a busy node: the retry goes on
 
