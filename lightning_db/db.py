@@ -107,6 +107,48 @@ def _first(it: Iterator[tuple[bytes, bytes]], limit: int) -> Iterator[tuple[byte
             return
 
 
+class ReadSugar:
+    """Read-side sugar shared by database handles and snapshots, in terms of
+    get and close: ``x[k]`` (KeyError if absent), ``k in x``, and ``with``."""
+
+    __slots__ = ()
+
+    def __getitem__(self, key: Any) -> bytes:
+        v = self.get(key)  # type: ignore[attr-defined]
+        if v is None:
+            raise KeyError(key)
+        return v
+
+    def __contains__(self, key: Any) -> bool:
+        return self.get(key) is not None  # type: ignore[attr-defined]
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()  # type: ignore[attr-defined]
+
+
+class MappingSugar(ReadSugar):
+    """The rest of the mapping protocol of a database handle, in terms of
+    put, delete and scan: ``db[k] = v``, ``del db[k]`` (KeyError if absent),
+    iteration over keys in order."""
+
+    __slots__ = ()
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.put(key, value)  # type: ignore[attr-defined]
+
+    def __delitem__(self, key: Any) -> None:
+        if self.get(key) is None:  # type: ignore[attr-defined]
+            raise KeyError(key)
+        self.delete(key)  # type: ignore[attr-defined]
+
+    def __iter__(self) -> Iterator[bytes]:
+        for k, _ in self.scan():  # type: ignore[attr-defined]
+            yield k
+
+
 class Batch:
     """Writes collected in order and applied atomically on commit: all of
     them or none. Used as ``with db.batch() as b:``; an exception inside the
@@ -162,7 +204,7 @@ class Batch:
             self.discard()
 
 
-class Snapshot:
+class Snapshot(ReadSugar):
     """A consistent, read-only view as of the moment it was taken. Release
     it (``with`` or ``close()``): a live snapshot keeps old versions from
     being compacted away."""
@@ -193,15 +235,6 @@ class Snapshot:
         lk = self._db._limits.key
         return self._db._engine.get_many([lk(k) for k in keys], self._seq)
 
-    def __getitem__(self, key: Any) -> bytes:
-        v = self.get(key)
-        if v is None:
-            raise KeyError(key)
-        return v
-
-    def __contains__(self, key: Any) -> bool:
-        return self.get(key) is not None
-
     def scan(self, start: Any = None, end: Any = None, prefix: Any = None, reverse: bool = False,
              limit: int | None = None) -> Iterator[tuple[bytes, bytes]]:
         self._check()
@@ -212,51 +245,11 @@ class Snapshot:
             self._closed = True
             self._db._engine.release_snapshot(self._seq)
 
-    def __enter__(self) -> "Snapshot":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
     def __del__(self) -> None:
         try:
             self.close()
         except Exception:
             pass
-
-
-class MappingSugar:
-    """Mapping sugar shared by every database handle, in terms of get, put,
-    delete, scan and close: ``db[k]`` (KeyError if absent), ``db[k] = v``,
-    ``del db[k]`` (KeyError if absent), ``k in db``, iteration over keys in
-    order, and ``with``."""
-
-    def __getitem__(self, key: Any) -> bytes:
-        v = self.get(key)  # type: ignore[attr-defined]
-        if v is None:
-            raise KeyError(key)
-        return v
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        self.put(key, value)  # type: ignore[attr-defined]
-
-    def __delitem__(self, key: Any) -> None:
-        if self.get(key) is None:  # type: ignore[attr-defined]
-            raise KeyError(key)
-        self.delete(key)  # type: ignore[attr-defined]
-
-    def __contains__(self, key: Any) -> bool:
-        return self.get(key) is not None  # type: ignore[attr-defined]
-
-    def __iter__(self) -> Iterator[bytes]:
-        for k, _ in self.scan():  # type: ignore[attr-defined]
-            yield k
-
-    def __enter__(self) -> Any:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()  # type: ignore[attr-defined]
 
 
 class Database(MappingSugar):

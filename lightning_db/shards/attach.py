@@ -26,7 +26,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Self
 
 import psutil
@@ -174,7 +174,9 @@ def _sleep(delay: float, deadline: float) -> float:
 
 
 @contextlib.contextmanager
-def _flock(path: str, deadline: float) -> Iterator[None]:
+def _flock(path: str, deadline: float, held: Callable[[], LightningError] | None = None) -> Iterator[None]:
+    """Hold an exclusive flock on *path*, polling until *deadline*; then
+    raise *held*() (default: Timeout)."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         delay = 0.001
@@ -184,7 +186,7 @@ def _flock(path: str, deadline: float) -> Iterator[None]:
                 break
             except BlockingIOError:
                 if time.monotonic() > deadline:
-                    raise Timeout(f"attach timed out waiting for {path}") from None
+                    raise (held() if held else Timeout(f"attach timed out waiting for {path}")) from None
                 delay = _sleep(delay, deadline)
         yield
     finally:
@@ -245,19 +247,9 @@ def _await_gone_or_fatal(data: str, info: dict[str, Any], deadline: float) -> No
 
 def _await_lock_free(data: str, deadline: float) -> None:
     """Wait until no node holds NODE.lock (one may be finishing its exit)."""
-    fd = os.open(os.path.join(data, NODE_LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        delay = 0.001
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise DatabaseLocked(f"{data}/{NODE_LOCK} is held by a node that does not answer") from None
-                delay = _sleep(delay, deadline)
-    finally:
-        os.close(fd)
+    with _flock(os.path.join(data, NODE_LOCK), deadline,
+                lambda: DatabaseLocked(f"{data}/{NODE_LOCK} is held by a node that does not answer")):
+        pass
 
 
 def _start_node(data: str, shards: int, config_json: str, actor: str | None) -> subprocess.Popen:

@@ -50,7 +50,7 @@ from typing import Any
 
 from ..actors import ActorRef
 from ..config import Config
-from ..db import Batch, MappingSugar, _limited, _Limits, _scan_range
+from ..db import Batch, MappingSugar, ReadSugar, _limited, _Limits, _scan_range
 from ..errors import (
     DatabaseClosed,
     InvalidArgument,
@@ -434,7 +434,7 @@ class _ScanIter:
             pass
 
 
-class ShardSnapshot:
+class ShardSnapshot(ReadSugar):
     """A read view: one seq per shard, acquired on every shard (asks sent
     together); ``close`` (or ``with``) releases them."""
 
@@ -469,15 +469,6 @@ class ShardSnapshot:
         self._check()
         return self._router._get_many(keys, self.seqs)
 
-    def __getitem__(self, key: Any) -> bytes:
-        v = self.get(key)
-        if v is None:
-            raise KeyError(key)
-        return v
-
-    def __contains__(self, key: Any) -> bool:
-        return self.get(key) is not None
-
     def scan(self, start: Any = None, end: Any = None, prefix: Any = None, reverse: bool = False,
              limit: int | None = None) -> Iterator[tuple[bytes, bytes]]:
         self._check()
@@ -492,12 +483,6 @@ class ShardSnapshot:
         r._snapshots.discard(self)
         for f in [_send(ref, "release", [seq], r.timeout) for ref, seq in zip(r.refs, self.seqs)]:
             _quiet(f)
-
-    def __enter__(self) -> ShardSnapshot:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def resolve_in_doubt(refs: Sequence[ActorRef], timeout: float = DEFAULT_TIMEOUT) -> dict[str, int]:
