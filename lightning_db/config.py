@@ -67,6 +67,7 @@ class Config:
     heartbeat_interval: float = 1.0    # seconds between pings of each worker
     heartbeat_misses: int = 5          # missed pings before a worker counts as hung and is restarted
     shard_stop_timeout: float = 10.0   # graceful stop of a worker before it is killed
+    restore_interval: float = 600.0    # seconds between a shard's restore points (0: none kept)
 
     def __post_init__(self) -> None:
         def positive(name: str, minimum: int = 1) -> None:
@@ -93,6 +94,9 @@ class Config:
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v < float("inf"):
                 raise InvalidArgument(f"config {name} must be a number of seconds > 0, got {v!r}")
+        ri = self.restore_interval
+        if not isinstance(ri, (int, float)) or isinstance(ri, bool) or not 0 <= ri < float("inf"):
+            raise InvalidArgument(f"config restore_interval must be a number of seconds >= 0, got {ri!r}")
         if not isinstance(self.point_index, bool):
             raise InvalidArgument(f"config point_index must be a bool, got {self.point_index!r}")
         if self.sync not in SYNC_POLICIES:

@@ -16,3 +16,13 @@ def wait_until(cond: Callable[[], object], timeout: float = 60.0, what: str = "c
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(delay)
         delay = min(delay * 2, 0.05)
+
+
+def answers(ref) -> bool:
+    """Whether the actor behind *ref* answers a ping (within 10 s)."""
+    from lightning_db.errors import LightningError
+    try:
+        ref.ping(timeout=5).result(10)
+        return True
+    except LightningError:
+        return False

@@ -249,6 +249,15 @@ class ActorRef:
                 client = self._client
         return client
 
+    def disconnect(self) -> None:
+        """Close this process's connection to the actor (the actor runs on);
+        asks still in flight fail with ``MailboxClosed``. The next call
+        connects again."""
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None and client._pid == os.getpid():
+            client.close()
+
     def tell(self, op: str, payload: Any = None) -> None:
         """Send without waiting; nothing comes back, not even an error."""
         self._mailbox().tell(op, payload)

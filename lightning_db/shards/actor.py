@@ -25,6 +25,13 @@ ops are [kind, key, value] with kind 1 (VALUE) or 0 (DELETE). A payload of
 the wrong shape raises ``InvalidArgument``; engine errors keep their
 taxonomy class across the mailbox.
 
+A ``CorruptionError`` met by any op is the critical path: the engine is
+closed, the damaged file it names quarantined (``supervisor.quarantine``),
+the shard rebuilt from its restore point plus every WAL since
+(``storage.restore``), the engine reopened and the op run again on it (an op
+that met corruption changed nothing). The same happens when the engine
+cannot open at start. ``stats`` reports restores and quarantined files.
+
 An ``abort`` of a transaction this shard has not prepared is remembered (in
 memory, bounded): a ``prepare`` of it arriving later is refused with
 ``TransactionConflict``, so in-doubt resolution racing a live coordinator
@@ -33,14 +40,19 @@ can never leave a transaction half committed.
 
 from __future__ import annotations
 
+import logging
+import os
 from collections import OrderedDict
 from typing import Any
 
 from ..actors import Actor
 from ..config import Config
-from ..errors import InvalidArgument, TransactionConflict
+from ..errors import CorruptionError, InvalidArgument, LightningError, TransactionConflict
+from ..storage import restore
 from ..storage.engine import Engine
-from ..storage.format import Kind
+from ..storage.format import Kind, parse_name
+from ..storage.fs import OSFileSystem
+from ..supervisor.quarantine import QUARANTINE_DIR, quarantine
 
 __all__ = ["MAX_PAGE", "ShardActor"]
 
@@ -48,6 +60,21 @@ MAX_PAGE = 1 << 16           # pairs per scan page, at most
 _ABORTED_MEMORY = 4096       # unknown txids whose abort is remembered
 _KINDS = (int(Kind.VALUE), int(Kind.DELETE))
 _DELETE = int(Kind.DELETE)
+
+
+log = logging.getLogger(__name__)
+
+
+def _damaged_file(exc: BaseException, shard_dir: str) -> str | None:
+    """The shard file a CorruptionError (or the error it was raised from)
+    names, when it is one of this shard's own files and still there."""
+    while exc is not None:
+        path = getattr(exc, "path", None)
+        if path and os.path.dirname(os.path.abspath(path)) == os.path.abspath(shard_dir) \
+                and parse_name(os.path.basename(path)) is not None and os.path.isfile(path):
+            return os.path.abspath(path)
+        exc = exc.__cause__
+    return None
 
 
 def _shape(payload: Any, n: int, op: str) -> list[Any]:
@@ -92,11 +119,18 @@ class ShardActor(Actor):
         self.config = Config.from_dict(config)
         self.shard_id = shard_id
         self.engine: Engine | None = None
+        self.engine_fs = OSFileSystem()
+        self.restores = 0
+        self.quarantined: list[str] = []
         self._aborted: OrderedDict[bytes, None] = OrderedDict()
 
     # --- hooks ---------------------------------------------------------------------------
     def on_start(self) -> None:
-        self.engine = Engine(self.shard_dir, self.config)
+        restore.settle(self.engine_fs, self.shard_dir)      # an interrupted restore is finished first
+        try:
+            self.engine = self._open()
+        except CorruptionError as exc:
+            self._restore(exc)
 
     def on_stop(self) -> None:
         if self.engine is not None:
@@ -107,10 +141,44 @@ class ShardActor(Actor):
         handler = _HANDLERS.get(op)
         if handler is None:
             raise InvalidArgument(f"shard {self.shard_id} has no op {op!r}")
-        return handler(self, payload)
+        try:
+            return handler(self, payload)
+        except CorruptionError as exc:
+            # Critical: rebuild the shard, then answer the message from the
+            # rebuilt one. An op that met corruption changed nothing (reads;
+            # writes are refused before the WAL), so running it again is safe.
+            self._restore(exc)
+            return handler(self, payload)
 
     def stats(self) -> dict[str, Any]:
-        return {"shard_id": self.shard_id}
+        return {"shard_id": self.shard_id, "restores": self.restores}
+
+    # --- the critical path: quarantine + restore -------------------------------------------
+    def _open(self) -> Engine:
+        return Engine(self.shard_dir, self.config, restore_points=True)
+
+    def _restore(self, exc: CorruptionError) -> None:
+        """Close the engine, quarantine the damaged file, rebuild the shard
+        from its restore point plus every WAL since (storage/restore.py) and
+        reopen it. Without a restore point the error stands."""
+        log.critical("shard %d: %s; restoring from its restore point", self.shard_id, exc)
+        if self.engine is not None:
+            engine, self.engine = self.engine, None
+            try:
+                engine.close()
+            except LightningError:
+                pass                     # its files are about to be replaced
+        damaged = _damaged_file(exc, self.shard_dir)
+        if damaged is not None:
+            moved = quarantine(damaged, os.path.join(os.path.dirname(self.shard_dir), QUARANTINE_DIR), exc)
+            self.quarantined.append(str(moved))
+        try:
+            restore.restore(self.engine_fs, self.shard_dir, self.config.num_levels)
+        except CorruptionError as again:
+            raise again from exc
+        self.engine = self._open()
+        self.restores += 1
+        log.warning("shard %d restored (restore %d)", self.shard_id, self.restores)
 
     # --- validation ------------------------------------------------------------------------
     def _key(self, k: Any) -> bytes:
@@ -240,7 +308,7 @@ class ShardActor(Actor):
 
     def _stats(self, p: Any) -> dict[str, Any]:
         s = self._engine().stats()
-        s["shard_id"] = self.shard_id
+        s.update(shard_id=self.shard_id, restores=self.restores, quarantined=list(self.quarantined))
         return s
 
     def _verify(self, p: Any) -> dict[str, int]:

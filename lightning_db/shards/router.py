@@ -34,9 +34,15 @@ stays registered there); a released one is never retried. A retried scan
 page is read again at the scan's snapshot seq; a restarted worker no longer
 has that snapshot registered, so the page is correct only while compaction
 has not dropped versions newer than it (accepted: the window is the restart
-plus the next compaction). The two-phase-commit steps (prepare, commit,
-abort, forget) and checkpoint are never retried here: a failure there
-aborts the batch or is settled by ``resolve_in_doubt``.
+plus the next compaction). Prepare and the primary's commit are never
+retried (a failed prepare aborts the batch); what follows a failure is:
+abort toward a participant that died, the question "committed?" to a
+primary that died, and, once the decision is durable, commit toward a
+participant that died and forget at the primary, each retried until the
+restarted worker answers (its PREPARE or decision is in its WAL), so a
+coordinator that lives on leaves nothing in doubt. Only when a worker stays
+unreachable past the deadline is the rest left to ``resolve_in_doubt``.
+Checkpoint is never retried.
 """
 
 from __future__ import annotations
@@ -228,23 +234,47 @@ class ShardRouter(MappingSugar):
                 if isinstance(exc, InvalidArgument):   # aborted under us by resolve_in_doubt
                     raise TransactionConflict(f"batch {txid.hex()} was aborted by in-doubt resolution") from None
                 raise
-        rest = [_send(self.refs[s], "commit", [txid, True, False], self.timeout) for s in shards[1:]]
-        if not any(isinstance(_quiet(f), LightningError) for f in rest):
-            _quiet(_send(self.refs[primary], "forget", [txid], self.timeout))
-        # else: the decision is durable at the primary; resolve_in_doubt commits the rest
+        rest = {s: _send(self.refs[s], "commit", [txid, True, False], self.timeout) for s in shards[1:]}
+        failed = [s for s, f in rest.items() if isinstance(_quiet(f), LightningError)]
+        # The decision is durable at the primary: a participant that died
+        # meanwhile is committed again once its worker is back (its PREPARE
+        # is in its WAL), so the batch is whole when this call returns.
+        if all([self._settle_commit(txid, s) for s in failed]):
+            _quiet_call(lambda: self._retry(lambda: self._ask(primary, "forget", [txid])))
+        # else: still unreachable; resolve_in_doubt commits the rest later
+
+    def _settle_commit(self, txid: bytes, shard: int) -> bool:
+        """Commit *txid* on *shard* after an earlier commit ask failed,
+        retrying transient errors; True once it is committed there. A shard
+        that no longer holds it prepared committed it already (the reply was
+        lost, or in-doubt resolution got there first: the decision is commit)."""
+        def attempt() -> None:
+            try:
+                self._ask(shard, "commit", [txid, True, False])
+            except InvalidArgument:
+                pass                     # no such prepared transaction: committed before
+        try:
+            self._retry(attempt)
+            return True
+        except LightningError:
+            return False
 
     def _settle_primary(self, txid: bytes, primary: int) -> bool | None:
         """After a failed primary commit: True committed, False aborted, None unknown."""
-        try:
-            if self._ask(primary, "abort", [txid]):
+        try:       # retried: a primary that died is asked again once its worker is back
+            if self._retry(lambda: self._ask(primary, "abort", [txid])):
                 return False
-            return bool(self._ask(primary, "decided", [txid]))
+            return bool(self._retry(lambda: self._ask(primary, "decided", [txid])))
         except LightningError:
             return None
 
     def _abort_all(self, txid: bytes, shards: Iterable[int]) -> None:
-        for f in [_send(self.refs[s], "abort", [txid], self.timeout) for s in shards]:
-            _quiet(f)
+        """Abort everywhere; a participant that died is asked again once its
+        worker is back (a PREPARE it made durable must not stay in doubt)."""
+        futs = {s: _send(self.refs[s], "abort", [txid], self.timeout) for s in shards}
+        for s, f in futs.items():
+            if isinstance(_quiet(f), TransientError):
+                _quiet_call(lambda s=s: self._retry(lambda: self._ask(s, "abort", [txid])))
 
     # --- single keys ------------------------------------------------------------------------
     def put(self, key: Any, value: Any, sync: bool | None = None) -> None:
@@ -396,10 +426,14 @@ class ShardRouter(MappingSugar):
         return out
 
     def close(self) -> None:
+        """Release this handle's snapshots and its connections to the shards
+        (the shard actors run on)."""
         if not self._closed:
             for s in list(self._snapshots):
                 s.close()
             self._closed = True
+            for ref in self.refs:
+                ref.disconnect()
 
     @property
     def closed(self) -> bool:

@@ -42,15 +42,21 @@ def make_checkpoint(engine: "Engine", target: str) -> dict[str, Any]:
         data = fs.read_file(os.path.join(engine.path, wal_name(number)))[:size]
         fs.write_file(os.path.join(target, wal_name(number)), data, sync=True)
         copied += len(data)
-    vs = VersionSet(fs, target, engine.config.num_levels)
+    write_manifest(fs, target, engine.config.num_levels, levels, min(n for n, _ in wals), next_file, last_seq)
+    return {"path": target, "tables": len(files), "wal_files": len(wals), "wal_bytes": copied,
+            "sequence": last_seq}
+
+
+def write_manifest(fs, target: str, num_levels: int, levels: list, log_number: int, next_file: int,
+                   last_seq: int) -> None:
+    """A manifest holding *levels* in *target*, durable and named by CURRENT."""
+    vs = VersionSet(fs, target, num_levels)
     vs.current = Version(levels)
-    vs.log_number = min(n for n, _ in wals)
+    vs.log_number = log_number
     vs.next_file = next_file
     vs.last_seq = last_seq
     vs.write_new_manifest()
     vs.close()
-    return {"path": target, "tables": len(files), "wal_files": len(wals), "wal_bytes": copied,
-            "sequence": last_seq}
 
 
 def _link_or_copy(fs, src: str, dst: str) -> None:

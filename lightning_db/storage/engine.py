@@ -31,7 +31,7 @@ from typing import Any, Iterator
 
 from ..config import Config
 from ..errors import BackgroundError, DatabaseClosed, InvalidArgument, LightningError, WriteStalled
-from . import compaction
+from . import compaction, restore
 from .bloom import key_hash
 from .cache import make_cache
 from .format import LOCK, Kind, WalOp, manifest_name, segment_name, table_name, wal_name
@@ -60,10 +60,15 @@ class Engine:
     """One shard's LSM tree. Thread-safe. Keys and values must already be
     validated (the Database facade does it); ops are (kind, key, value)."""
 
-    def __init__(self, path: str, config: Config | None = None, fs: OSFileSystem | None = None) -> None:
+    def __init__(self, path: str, config: Config | None = None, fs: OSFileSystem | None = None,
+                 restore_points: bool = False) -> None:
         self.path = os.path.abspath(os.fspath(path))
         self.config = config or Config()
         self.fs = fs or OSFileSystem()
+        # Restore points (storage/restore.py): kept when the shard's owner
+        # can rebuild from them (the shard actor), every config.restore_interval s.
+        self.restore_points = restore_points and self.config.restore_interval > 0
+        self._last_point: float | None = None
         self.cache = make_cache(self.config.block_cache_policy, self.config.block_cache_size)
         self._write_lock = threading.Lock()
         self._mutex = threading.Lock()
@@ -77,7 +82,8 @@ class Engine:
         self._manual_compaction = False
         self._counters = dict(flushes=0, compactions=0, trivial_moves=0, compaction_bytes_read=0,
                               compaction_bytes_written=0, flush_bytes_written=0, user_bytes_written=0,
-                              wal_bytes_written=0, write_stalls=0, records_dropped=0, wal_syncs_closed=0)
+                              wal_bytes_written=0, write_stalls=0, records_dropped=0, wal_syncs_closed=0,
+                              restore_points=0, restore_point_errors=0)
         self.fs.makedirs(self.path)
         self._lock = self.fs.lock(os.path.join(self.path, LOCK))
         try:
@@ -392,6 +398,7 @@ class Engine:
 
     def _bg_loop(self) -> None:
         try:
+            self._maybe_restore_point()
             while True:
                 with self._mutex:
                     while not self._closing and (self._bg_error is not None or not self._bg_pending()):
@@ -402,6 +409,7 @@ class Engine:
                 try:
                     if imm is not None:
                         self._flush_one(imm)
+                        self._maybe_restore_point()
                     else:
                         with self._compaction_lock:
                             self._compact_once(None)
@@ -442,11 +450,29 @@ class Engine:
             # with the directory in its final state.
             wal.close(sync=False)
             self._counters["wal_syncs_closed"] += wal.syncs
-            self._remove(wal_name(wal.number))
+            restore.archive_wal(self, wal.number)
             self._remove(segment_name(mem.number))
             if old_manifest:
                 self._remove_manifest(old_manifest)
             self._bg_cv.notify_all()
+
+    def _maybe_restore_point(self) -> None:
+        """Background thread: take a restore point when none exists or the
+        last is config.restore_interval old. A failure is counted and the
+        next flush tries again; writes go on."""
+        if not self.restore_points:
+            return
+        now = time.monotonic()
+        if self._last_point is not None and now - self._last_point < self.config.restore_interval:
+            return
+        try:
+            if restore.make(self) is None:
+                return
+        except (LightningError, OSError):
+            self._counters["restore_point_errors"] += 1
+            return
+        self._last_point = now
+        self._counters["restore_points"] += 1
 
     def _new_number(self) -> int:
         with self._mutex:

@@ -13,7 +13,8 @@ Steps (each durable before the next may depend on it):
    written again into the new WAL and handed to the engine.
 4. The replayed records are written to L0 tables, a new WAL is created, and a
    new manifest holding the whole state is made durable and named by CURRENT.
-5. Only then are the old manifest, the replayed WALs, stale memtable segments
+5. Only then are the old manifest, the replayed WALs (archived instead while
+   the shard keeps a restore point: storage/restore.py), stale memtable segments
    and orphan tables (outputs of an interrupted compaction) unlinked.
 """
 
@@ -26,6 +27,7 @@ from ..errors import CorruptionError
 from . import compaction
 from .format import CURRENT, parse_name, table_name, wal_name
 from .memtable import Memtable
+from .restore import archive_wal
 from .version import FileMeta, VersionEdit
 from .format import WalOp
 from .wal import Wal, encode_marker, encode_prepare, read_wal
@@ -141,9 +143,11 @@ def recover(engine: "Engine") -> tuple[Memtable, Wal, int, dict[bytes, list], se
     keep_tables = {f.number for f in vs.current.files()}
     for name in fs.listdir(path):
         p = parse_name(name)
+        if p is not None and p[0] == "wal" and p[1] < number:
+            archive_wal(engine, p[1])      # kept when a restore point needs it, else unlinked
+            continue
         stale = (
-            (p is not None and p[0] == "wal" and p[1] < number)
-            or (p is not None and p[0] == "segment" and p[1] != number)
+            (p is not None and p[0] == "segment" and p[1] != number)
             or (p is not None and p[0] == "table" and p[1] not in keep_tables)
             or (p is not None and p[0] == "manifest" and p[1] != vs.manifest_number)
             or (name.startswith("CURRENT.") and name.endswith(".tmp"))

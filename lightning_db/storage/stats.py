@@ -48,6 +48,8 @@ def engine_stats(engine: "Engine") -> dict[str, Any]:
         "compactions": c["compactions"],
         "trivial_moves": c["trivial_moves"],
         "write_stalls": c["write_stalls"],
+        "restore_points": c["restore_points"],            # taken since open (storage/restore.py)
+        "restore_point_errors": c["restore_point_errors"],
         "bytes_written_user": user,
         "bytes_written_wal": c["wal_bytes_written"],
         "bytes_written_flush": c["flush_bytes_written"],

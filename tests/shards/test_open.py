@@ -94,3 +94,24 @@ def test_several_processes_attached_at_once(tmp_path):
             assert db.get_many([tag + b"-batch-%02d" % j for j in range(20)]) == [b"x"] * 20
         assert all(db.get(b"shared-%02d" % j) in (b"p0", b"p1", b"p2") for j in range(10))
     wait_until(lambda: not node_pids(path), what="the node to exit after the last caller")
+
+
+def test_closing_a_handle_releases_its_connections(tmp_path):
+    """Open and close many handles while another keeps the node up: no
+    thread or file descriptor stays behind in the caller."""
+    import threading
+
+    path = str(tmp_path / "db")
+    with ldb.open(path, shards=2) as keep:
+        keep.put(b"a", b"1")
+        me = psutil.Process()
+        db = ldb.open(path, shards=2)                 # warm up: imports, the first zmq context
+        db.get(b"a")
+        db.close()
+        threads, fds = threading.active_count(), me.num_fds()
+        for _ in range(40):
+            db = ldb.open(path, shards=2)
+            assert db.get(b"a") == b"1"
+            db.close()
+        assert threading.active_count() <= threads
+        assert me.num_fds() <= fds + 4, f"{me.num_fds() - fds} descriptors more after 40 open/close"

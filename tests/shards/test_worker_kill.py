@@ -19,8 +19,8 @@ import time
 import psutil
 
 import lightning_db as ldb
-from lightning_db.errors import LightningError, TransientError
-from tests.waiting import wait_until
+from lightning_db.errors import TransientError
+from tests.waiting import answers, wait_until
 
 KILLS = int(os.environ.get("LDB_WORKER_KILLS", "30"))
 KEYS = 2000             # the writer overwrites keys: the last acked value must win
@@ -62,13 +62,6 @@ class Writer(threading.Thread):
             self.failure = exc
 
 
-def _answers(ref) -> bool:
-    try:
-        ref.ping(timeout=5).result(10)
-        return True
-    except LightningError:
-        return False
-
 
 def _node_shards(db) -> list[dict]:
     return db.stats()["node"]["shards"]
@@ -94,7 +87,7 @@ def test_kill_9_random_workers_during_writes(tmp_path):
             def replaced(shard=shard, before=before) -> bool:
                 now = _node_shards(db)[shard]
                 return (now["pid"] not in (None, before["pid"]) and now["restarts"] > before["restarts"]
-                        and _answers(db.refs[shard]))
+                        and answers(db.refs[shard]))
 
             wait_until(replaced, timeout=60, what=f"shard {shard} to be restarted and answer")
             # the next kill lands among writes again
