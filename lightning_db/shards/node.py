@@ -12,7 +12,8 @@ node process:
   robin) under a ``supervisor.Supervisor`` (one_for_one, permanent), binds the
   control ``MailboxServer``, writes ``DIR/node.json`` (temp + rename) and then
   serves control requests and checks the attached sessions' pids every
-  ~0.5 s;
+  ~0.5 s; a caller found dead has its in-doubt cross-shard batches settled
+  (by the pid in their txid) on a short-lived thread;
 - a ``supervisor.Monitor`` thread: polls the tree (dead workers, heartbeats by
   ``ActorRef.ping``, so a SIGSTOPped worker is killed and restarted). A
   restarted shard keeps its ipc address and reopens its directory.
@@ -45,6 +46,7 @@ import secrets
 import shutil
 import signal
 import sys
+import threading
 import time
 import weakref
 from concurrent.futures import Future
@@ -64,6 +66,8 @@ from ..errors import (
 from ..mailbox import Envelope, MailboxServer, MsgKind
 from ..mailbox import shutdown as mailbox_shutdown
 from ..supervisor import AlertSink, ChildSpec, Monitor, Supervisor
+from .actor import ShardActor
+from .router import resolve_in_doubt, txid_pid
 
 __all__ = [
     "DEFAULT_ACTOR",
@@ -89,6 +93,7 @@ NODE_FILE, NODE_LOCK, NODE_LOG = "node.json", "NODE.lock", "node.log"
 EXIT_OK, EXIT_FAILED, EXIT_LOCKED, EXIT_FATAL = 0, 1, 3, 4
 DEFAULT_GRACE_S = 10.0        # no attach within this long after start: exit
 SESSION_CHECK_S = 0.5         # how often attached pids are checked
+SETTLE_TIMEOUT_S = 10.0       # per ask while settling what dead callers left in doubt
 FATAL_LINGER_S = 10.0         # after a fatal error, answer DatabaseShutdown this long at most
 # The node's settings are Config fields; these are their defaults.
 DEFAULT_INTENSITY, DEFAULT_PERIOD = Config.restart_intensity, Config.restart_period
@@ -196,6 +201,11 @@ class Node:
         self._server: MailboxServer | None = None
         self._sup: Supervisor | None = None
         self._monitor: Monitor | None = None
+        # Callers that died: what they coordinated may sit in doubt on the shards.
+        self._settles = issubclass(actor_cls, ShardActor)
+        self._orphans: set[int] = set()
+        self._orphans_lock = threading.Lock()
+        self._settler: threading.Thread | None = None
 
     # -- start ----------------------------------------------------------------------------
 
@@ -329,6 +339,36 @@ class Node:
             if not same_process(pid, ctime):
                 log.warning("session %s: process %d is gone; dropped", session, pid)
                 self.sessions.pop(session, None)
+                if self._settles:
+                    with self._orphans_lock:
+                        self._orphans.add(pid)
+        self._settle_orphans()
+
+    def _settle_orphans(self) -> None:
+        """Settle, on a thread of its own, the cross-shard batches that dead
+        callers left in doubt (txid_pid names the coordinator): committed
+        where the primary holds the decision, else aborted. Tried again at
+        the next check until every shard answered."""
+        with self._orphans_lock:
+            pids = set(self._orphans)
+        if not pids or (self._settler is not None and self._settler.is_alive()) or self.fatal is not None:
+            return
+
+        def settle() -> None:
+            refs = [ActorRef(f"shard-{i:03d}", a, 0, fail_fast=True) for i, a in enumerate(self.addresses)]
+            try:
+                counts = resolve_in_doubt(refs, SETTLE_TIMEOUT_S, only=lambda t: txid_pid(t) in pids)
+            finally:
+                for r in refs:
+                    r.disconnect()
+            if counts["committed"] or counts["aborted"]:
+                log.warning("settled what callers %s left in doubt: %s", sorted(pids), counts)
+            if not counts["failed"]:
+                with self._orphans_lock:
+                    self._orphans -= pids
+
+        self._settler = threading.Thread(target=settle, name="ldb-settle-orphans", daemon=True)
+        self._settler.start()
 
     def _write_shutdown_status(self) -> None:
         log.critical("fatal: %s; every request now gets DatabaseShutdown", self.fatal)
@@ -353,6 +393,8 @@ class Node:
         if self.fatal is None and self._lock_fd is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(self.data_dir, NODE_FILE))
+        if self._settler is not None:
+            self._settler.join(SETTLE_TIMEOUT_S)     # what it leaves, the next open settles
         if self._monitor is not None:
             self._monitor.stop()
         if self._sup is not None:

@@ -12,7 +12,9 @@ is requested before the current one is consumed) with ``heapq.merge``, all
 read at one snapshot vector.
 
 Two-phase commit, this router the coordinator: txid = primary shard id (2
-bytes, big-endian) + 14 random bytes, primary = lowest participant; prepare
+bytes, big-endian) + the coordinator's pid (4 bytes, so the node can settle
+what a dead caller left: ``txid_pid``) + 10 random bytes, primary = lowest
+participant; prepare
 everywhere (fsynced); any failure -> abort every participant, raise. Else
 commit on the primary with remember=True (the durable decision), commit on
 the others, then forget on the primary. Commits are always synced: a lost
@@ -71,7 +73,7 @@ from ..supervisor.breaker import CircuitBreaker
 from ..supervisor.retry import Backoff, retry
 from .ring import HashRing
 
-__all__ = ["DEFAULT_TIMEOUT", "SCAN_PAGE", "ShardRouter", "ShardSnapshot", "resolve_in_doubt"]
+__all__ = ["DEFAULT_TIMEOUT", "SCAN_PAGE", "ShardRouter", "ShardSnapshot", "resolve_in_doubt", "txid_pid"]
 
 DEFAULT_TIMEOUT = 30.0
 ATTEMPT_TIMEOUT = 5.0         # one attempt of a point call; retries run until DEFAULT_TIMEOUT
@@ -217,7 +219,7 @@ class ShardRouter(MappingSugar):
     def _two_phase(self, parts: dict[int, list[Op]]) -> None:
         shards = sorted(parts)
         primary = shards[0]
-        txid = primary.to_bytes(2, "big") + os.urandom(14)
+        txid = primary.to_bytes(2, "big") + os.getpid().to_bytes(4, "big") + os.urandom(10)
         futs = [_send(self.refs[s], "prepare", [txid, parts[s]], self.timeout) for s in shards]
         errors = [r for r in map(_quiet, futs) if isinstance(r, LightningError)]
         if errors:
@@ -519,11 +521,18 @@ class ShardSnapshot(ReadSugar):
             _quiet(f)
 
 
-def resolve_in_doubt(refs: Sequence[ActorRef], timeout: float = DEFAULT_TIMEOUT) -> dict[str, int]:
-    """Settle every in-doubt txid on every shard by asking its primary (txid's
-    first 2 bytes): decided there -> commit here; else abort at the primary
-    (presumed abort: its coordinator is gone) and here. Safe to run any time,
-    beside a live coordinator too. Returns counts: committed, aborted, failed."""
+def txid_pid(txid: bytes) -> int | None:
+    """The pid of the process that coordinated *txid* (None: not recorded)."""
+    return int.from_bytes(txid[2:6], "big") if len(txid) == 16 else None
+
+
+def resolve_in_doubt(refs: Sequence[ActorRef], timeout: float = DEFAULT_TIMEOUT,
+                     only: Callable[[bytes], bool] | None = None) -> dict[str, int]:
+    """Settle every in-doubt txid (those *only* accepts, if given) on every
+    shard by asking its primary (txid's first 2 bytes): decided there ->
+    commit here; else abort at the primary (presumed abort: its coordinator
+    is gone) and here. Safe to run any time, beside a live coordinator too.
+    Returns counts: committed, aborted, failed."""
     counts = {"committed": 0, "aborted": 0, "failed": 0}
     futs = [_send(ref, "in_doubt", None, timeout) for ref in refs]
     for s, f in enumerate(futs):
@@ -532,6 +541,8 @@ def resolve_in_doubt(refs: Sequence[ActorRef], timeout: float = DEFAULT_TIMEOUT)
             counts["failed"] += 1
             continue
         for txid, _ops in entries:
+            if only is not None and not only(txid):
+                continue
             try:
                 counts[_resolve_one(refs, s, txid, timeout)] += 1
             except LightningError:
