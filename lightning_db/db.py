@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 from .config import Config
 from .errors import DatabaseClosed, InvalidArgument
 from .storage.engine import Engine
-from .storage.format import Kind
+from .storage.format import CURRENT, Kind
 
 if TYPE_CHECKING:
     from .shards.client import ShardedDatabase
@@ -412,9 +412,10 @@ def open(path: str | os.PathLike[str], shards: int | None = None, *, config: Con
     from N worker processes under a node process that any number of callers
     may attach to; the count is recorded in the directory. ``shards=None``
     opens what the directory holds (its recorded shard count, or the
-    in-process engine) and creates an in-process database in a new
-    directory. *options* override fields of ``Config``.
+    in-process engine) and creates a new directory with one shard per usable
+    CPU (the process's affinity). *options* override fields of ``Config``.
     """
+    from .actors.placement import usable_cpus
     from .shards.attach import SHARDS_FILE
     from .shards.client import ShardedDatabase, check_layout
 
@@ -426,9 +427,12 @@ def open(path: str | os.PathLike[str], shards: int | None = None, *, config: Con
     if shards is not None and (not isinstance(shards, int) or isinstance(shards, bool) or shards < 0):
         raise InvalidArgument(f"shards must be None or an integer >= 0, got {shards!r}")
     path = os.path.abspath(os.fspath(path))
-    if shards is None and os.path.exists(os.path.join(path, SHARDS_FILE)):
-        return ShardedDatabase(path, None, cfg)
-    check_layout(path, shards or 0)
+    if shards is None:
+        if os.path.exists(os.path.join(path, SHARDS_FILE)):
+            return ShardedDatabase(path, None, cfg)
+        in_process = os.path.exists(os.path.join(path, CURRENT))
+        shards = 0 if in_process else len(usable_cpus())
+    check_layout(path, shards)
     if shards:
         return ShardedDatabase(path, shards, cfg)
     return Database(Engine(path, cfg))

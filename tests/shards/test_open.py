@@ -115,3 +115,19 @@ def test_closing_a_handle_releases_its_connections(tmp_path):
             db.close()
         assert threading.active_count() <= threads
         assert me.num_fds() <= fds + 4, f"{me.num_fds() - fds} descriptors more after 40 open/close"
+
+
+def test_shards_none_on_a_new_directory_is_one_shard_per_usable_cpu(tmp_path):
+    from lightning_db.actors.placement import usable_cpus
+    from lightning_db.shards.client import ShardedDatabase
+
+    with ldb.open(tmp_path / "new") as db:
+        assert isinstance(db, ShardedDatabase)
+        assert len(db.refs) == len(usable_cpus())
+        db.put(b"k", b"v")
+    with ldb.open(tmp_path / "new") as db:                # the recorded count
+        assert len(db.refs) == len(usable_cpus()) and db.get(b"k") == b"v"
+    with ldb.open(tmp_path / "inproc", shards=0) as db:
+        db.put(b"k", b"v")
+    with ldb.open(tmp_path / "inproc") as db:             # what the directory holds
+        assert isinstance(db, ldb.Database) and db.get(b"k") == b"v"
