@@ -178,8 +178,8 @@ def report(runs: list[EngineRun], benchmarks: Sequence[str], w: Workload, tmp: s
             a, b = lightning.ops.get(bench) if lightning else None, p.ops.get(bench)
             row.append(f"{a / b:.2f}x" if a and b else "-")
         out.append("| " + " | ".join(row) + " |")
-    out += ["", "Operations per second, higher is better; one Python call per operation (fillbatch: per "
-                "key, 1000 keys per batch). Ratio above 1: Lightning is faster.", "", "Engines:"]
+    out += ["", "Operations per second, higher is better; one Python call per operation (fillbatch and "
+                "readbatch: per key, 1000 keys per batch or multi-get call). Ratio above 1: Lightning is faster.", "", "Engines:"]
     for r in runs:
         cls = ENGINES[r.name]
         out.append(f"- **{r.name}** {cls.version()}: durability: {cls.durability}; settings: {cls.describe()}.")
@@ -203,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="100,000 keys")
     ap.add_argument("--value-size", type=int, default=100, help="value size in bytes (default 100)")
     ap.add_argument("--engines", default=",".join(e for e in ENGINES if e not in OPT_IN),
-                    help=f"comma list of {', '.join(ENGINES)} (default: all but {', '.join(sorted(OPT_IN))})")
+                    help=f"comma list of {', '.join(ENGINES)} (default: all{' but ' + ', '.join(sorted(OPT_IN)) if OPT_IN else ''})")
     ap.add_argument("--benchmarks", default=",".join(BENCHMARKS), help="comma list (default: all, in this order)")
     ap.add_argument("--out", help="also write the markdown fragment to this file")
     ap.add_argument("--tmpdir", default=tempfile.gettempdir(), help="where the databases go (default: system temp)")

@@ -33,8 +33,8 @@ POOL = 1024   # distinct values; a power of two so that i & (POOL - 1) picks one
 # Execution order; fills that leave no reusable state go first, then
 # fillrandom, whose state overwrite and the reads reuse, and deleterandom last
 # because it empties the database.
-BENCHMARKS = ("fillseq", "fillbatch", "fillrandom", "overwrite", "readrandom", "readmissing", "readseq",
-              "deleterandom")
+BENCHMARKS = ("fillseq", "fillbatch", "fillrandom", "overwrite", "readrandom", "readbatch", "readmissing",
+              "readseq", "deleterandom")
 
 # What each benchmark needs before its clock starts:
 #   "fresh"     a new, empty database
@@ -42,7 +42,7 @@ BENCHMARKS = ("fillseq", "fillbatch", "fillrandom", "overwrite", "readrandom", "
 #   "compacted" the state fillrandom leaves, after a full compaction
 NEEDS = {
     "fillseq": "fresh", "fillbatch": "fresh", "fillrandom": "fresh", "overwrite": "filled",
-    "readrandom": "compacted", "readmissing": "compacted", "readseq": "compacted", "deleterandom": "filled",
+    "readrandom": "compacted", "readbatch": "compacted", "readmissing": "compacted", "readseq": "compacted", "deleterandom": "filled",
 }
 
 
@@ -98,7 +98,8 @@ class Workload:
                 for s in range(0, self.num, BATCH)]
 
 
-_USES = {"overwrite": {"overwrite_keys"}, "readrandom": {"read_keys"}, "readmissing": {"missing_keys"},
+_USES = {"overwrite": {"overwrite_keys"}, "readrandom": {"read_keys"}, "readbatch": {"read_keys"},
+         "readmissing": {"missing_keys"},
          "deleterandom": {"delete_keys"}, "fillbatch": {"batches"}}
 
 
@@ -145,6 +146,14 @@ def _readrandom(e: Engine, w: Workload) -> str | None:
     return f"{missed:,} of {w.num:,} existing keys not found" if missed else None
 
 
+def _readbatch(e: Engine, w: Workload) -> str | None:
+    """readrandom's keys, BATCH per multi-get call (ops = keys)."""
+    get_many, keys, missed = e.get_many, w.read_keys, 0
+    for s in range(0, len(keys), BATCH):
+        missed += get_many(keys[s:s + BATCH]).count(None)
+    return f"{missed:,} of {w.num:,} existing keys not found" if missed else None
+
+
 def _readmissing(e: Engine, w: Workload) -> str | None:
     get, found = e.get, 0
     for k in w.missing_keys:
@@ -173,6 +182,6 @@ def check_deleted(e: Engine, w: Workload, sample: int = 1000) -> str | None:
 
 RUN: dict[str, Callable[[Engine, Workload], str | None]] = {
     "fillseq": _fillseq, "fillbatch": _fillbatch, "fillrandom": _fillrandom, "overwrite": _overwrite,
-    "readrandom": _readrandom, "readmissing": _readmissing, "readseq": _readseq,
+    "readrandom": _readrandom, "readbatch": _readbatch, "readmissing": _readmissing, "readseq": _readseq,
     "deleterandom": _deleterandom,
 }

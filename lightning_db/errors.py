@@ -134,9 +134,10 @@ class CorruptionError(CriticalError):
 
 
 class BackgroundError(CriticalError):
-    """A background flush or compaction failed for a reason that is not an
-    I/O fault or corruption (those keep their own class). Writes are refused
-    until the database is reopened; reads keep working."""
+    """Background work failed for a reason that is not an I/O fault or
+    corruption (those keep their own class): a flush or compaction (writes
+    are refused until the database is reopened; reads keep working), or a
+    caller's pipelined-write sender (raised at the next barrier)."""
 
 
 class CircuitOpen(RecoverableError):

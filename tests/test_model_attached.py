@@ -512,8 +512,9 @@ class AttachedMachine(DatabaseMachine):
 
     @rule(writer=sides, key=keys, value=st.none() | values)
     def write_then_read_other_side(self, writer, key, value):
-        """Read-your-writes across processes: an acknowledged write on one
-        side is seen by the very next reads on the other."""
+        """Read-your-writes across processes: a write acknowledged on one
+        side (put and delete are pipelined: flush() waits for the answer)
+        is seen by the very next reads on the other."""
         w, r = (self.db, self.remote_db) if writer == "local" else (self.remote_db, self.db)
         if value is None:
             w.delete(key)
@@ -521,6 +522,8 @@ class AttachedMachine(DatabaseMachine):
         else:
             w.put(key, value)
             self.model[key] = value
+        assert w.get(key) == value          # the writer sees its own write at once
+        w.flush()
         assert r.get(key) == value
         assert r.get_many([key]) == [value]
         assert list(r.scan(prefix=key[:1])) == model_scan(self.model, None, None, key[:1], False, None)

@@ -112,10 +112,12 @@ def _txid(x: Any) -> bytes:
 
 
 class ShardActor(Actor):
-    """One shard: ``ShardActor(shard_dir, config_dict, shard_id)``."""
+    """One shard: ``ShardActor(shard_dir, config_dict, shard_id, publish_path)``."""
 
-    def __init__(self, shard_dir: str, config: dict[str, Any], shard_id: int) -> None:
+    def __init__(self, shard_dir: str, config: dict[str, Any], shard_id: int,
+                 publish_path: str | None = None) -> None:
         self.shard_dir = shard_dir
+        self.publish_path = publish_path          # the published-version superblock (None: none)
         self.config = Config.from_dict(config)
         self.shard_id = shard_id
         self.engine: Engine | None = None
@@ -155,7 +157,7 @@ class ShardActor(Actor):
 
     # --- the critical path: quarantine + restore -------------------------------------------
     def _open(self) -> Engine:
-        return Engine(self.shard_dir, self.config, restore_points=True)
+        return Engine(self.shard_dir, self.config, restore_points=True, publish=self.publish_path)
 
     def _restore(self, exc: CorruptionError) -> None:
         """Close the engine, quarantine the damaged file, rebuild the shard

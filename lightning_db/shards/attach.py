@@ -148,8 +148,8 @@ def attach(path: str | os.PathLike[str], shards: int | None = None, config: dict
             try:
                 reply = _request(info["control"], "attach", [me.pid, me.create_time()], _left(deadline))
                 break
-            except DatabaseShutdown:
-                _await_gone_or_fatal(data, info, deadline)   # stopping: start a fresh one
+            except (DatabaseShutdown, PeerLost):           # stopping (its socket may close under us)
+                _await_gone_or_fatal(data, info, deadline)   # then start a fresh one
     if len(reply["shards"]) != count:
         _request(info["control"], "detach", reply["session"], PING_TIMEOUT_S)
         raise InvalidArgument(f"the node of {data} serves {len(reply['shards'])} shard(s), "

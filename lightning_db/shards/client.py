@@ -21,6 +21,7 @@ from ..config import Config
 from ..errors import DatabaseShutdown, InvalidArgument, PeerLost, TransientError
 from ..storage.format import CURRENT
 from .attach import SHARDS_FILE, attach
+from .node import published_path
 from .ring import HashRing
 from .router import ShardRouter, _quiet_call, resolve_in_doubt
 
@@ -55,7 +56,8 @@ class ShardedDatabase(ShardRouter):
             # and is retried with backoff; _on_retry asks the node why it is down.
             refs = [ActorRef(f"shard-{i}", addr, 0, fail_fast=True)
                     for i, addr in enumerate(self._session.addresses)]
-            super().__init__(refs, HashRing(self._session.shards), config)
+            super().__init__(refs, HashRing(self._session.shards), config,
+                             published=[published_path(self._path, i) for i in range(len(refs))])
             resolve_in_doubt(refs)
         except BaseException:
             self._session.detach()

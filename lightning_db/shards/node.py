@@ -85,6 +85,7 @@ __all__ = [
     "runtime_dir_for",
     "same_process",
     "shard_dir",
+    "published_path",
     "write_json_atomic",
 ]
 
@@ -117,6 +118,12 @@ def runtime_dir_for(data_dir: str) -> str:
 
 def shard_dir(data_dir: str, shard_id: int) -> str:
     return os.path.join(data_dir, f"shard-{shard_id:03d}")
+
+
+def published_path(data_dir: str, shard_id: int) -> str:
+    """The shard's published-version superblock (storage/published.py): in
+    the runtime directory, so it goes with the node."""
+    return os.path.join(runtime_dir_for(data_dir), f"shard-{shard_id:03d}.pub")
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
@@ -221,9 +228,11 @@ class Node:
         return True
 
     def _spec(self, i: int, cpus: list[int]) -> ChildSpec:
+        extra = {"publish_path": published_path(self.data_dir, i)} if self._settles else {}
+
         def start() -> ActorRef:
             return spawn(self.actor_cls, name=f"shard-{i:03d}", address=self.addresses[i], cpu=cpus[i % len(cpus)],
-                         shard_dir=shard_dir(self.data_dir, i), config=self.actor_config, shard_id=i)
+                         shard_dir=shard_dir(self.data_dir, i), config=self.actor_config, shard_id=i, **extra)
         return ChildSpec(f"shard-{i:03d}", start, shutdown_timeout=float(self.config.get("shard_stop_timeout", Config.shard_stop_timeout)))
 
     def start(self) -> None:

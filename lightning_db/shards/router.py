@@ -69,8 +69,10 @@ from ..errors import (
     TransientError,
 )
 from ..storage.format import Kind
+from ..storage.published import UNAVAILABLE, PublishedReader
 from ..supervisor.breaker import CircuitBreaker
 from ..supervisor.retry import Backoff, retry
+from .pipeline import WritePipeline
 from .ring import HashRing
 
 __all__ = ["DEFAULT_TIMEOUT", "SCAN_PAGE", "ShardRouter", "ShardSnapshot", "resolve_in_doubt", "txid_pid"]
@@ -121,12 +123,22 @@ class ShardRouter(MappingSugar):
     """The client side of a sharded database; ``close`` releases snapshots, not the actors."""
 
     def __init__(self, refs: Sequence[ActorRef], ring: HashRing, config: Config | None = None,
-                 timeout: float = DEFAULT_TIMEOUT) -> None:
+                 timeout: float = DEFAULT_TIMEOUT, published: Sequence[str] | None = None) -> None:
         if len(refs) != ring.shards:
             raise InvalidArgument(f"{len(refs)} refs for a ring of {ring.shards} shards")
         self.refs = list(refs)
+        # Reads without messages: each shard's published version (superblock
+        # paths, storage/published.py), mapped on first use; None: ask only.
+        self._published = list(published) if published is not None else None
+        self._readers: list[PublishedReader | None] = [None] * len(self.refs)
+        self._reader_tried = [0.0] * len(self.refs)
+        self.shared_reads = 0       # reads answered from shared memory (stats, tests)
         self.ring = ring
         self.config = config or Config()
+        # put/delete return before the shard answers (shards/pipeline.py),
+        # unless the call asks for sync=True or the database for sync="always".
+        self._pipe = WritePipeline(self, len(self.refs))
+        self._pipelined = self.config.sync != "always"
         self.timeout = timeout
         self._limits = _Limits(self.config)
         self._closed = False
@@ -207,6 +219,7 @@ class ShardRouter(MappingSugar):
         self._check_open()
         if sync is not None and not isinstance(sync, bool):
             raise InvalidArgument(f"sync must be None or a bool, got {type(sync).__name__}")
+        self._pipe.barrier()        # after every pipelined write of this handle, in order
         if not ops:
             return
         groups = self.ring.split([op[1] for op in ops])
@@ -280,20 +293,60 @@ class ShardRouter(MappingSugar):
 
     # --- single keys ------------------------------------------------------------------------
     def put(self, key: Any, value: Any, sync: bool | None = None) -> None:
-        self._write([(_VALUE, self._limits.key(key), self._limits.value(value))], sync)
+        self._single(_VALUE, self._limits.key(key), self._limits.value(value), sync)
+
+    def _single(self, kind: int, key: bytes, value: bytes, sync: bool | None) -> None:
+        if sync is None and self._pipelined and not self._closed:
+            self._pipe.write(self.ring.shard_of(key), kind, key, value)
+        else:
+            self._write([(kind, key, value)], sync)
 
     def get(self, key: Any, default: Any = None) -> Any:
         self._check_open()
         return self._get(key, default, None)
 
+    def _reader(self, shard: int) -> PublishedReader | None:
+        r = self._readers[shard]
+        if r is None and self._published is not None and not self._closed:
+            now = time.monotonic()
+            if now - self._reader_tried[shard] >= 1.0:      # at most one try a second while missing
+                self._reader_tried[shard] = now
+                try:
+                    r = self._readers[shard] = PublishedReader(self._published[shard])
+                except (OSError, LightningError):
+                    return None
+        return r
+
+    def _shared(self, shard: int, op: str, arg: Any) -> Any:
+        """A read from the shard's published version; UNAVAILABLE: ask the
+        shard (not serving, or damage met: the shard restores itself)."""
+        r = self._reader(shard)
+        if r is None:
+            return UNAVAILABLE
+        try:
+            v = getattr(r, op)(arg)
+        except (OSError, LightningError):
+            return UNAVAILABLE
+        if v is not UNAVAILABLE:
+            self.shared_reads += 1
+        return v
+
     def _get(self, key: Any, default: Any, seqs: Sequence[int] | None) -> Any:
         key = self._limits.key(key)
+        if seqs is None and self._pipe.overlay:
+            mine = self._pipe.overlay.get(key)           # this process's write still in flight
+            if mine is not None:
+                return default if mine[0] == _DELETE else mine[1]
         s = self.ring.shard_of(key)
+        if seqs is None:
+            v = self._shared(s, "get", key)
+            if v is not UNAVAILABLE:
+                return default if v is None else v
         v = self._ask_retry(s, "get", [key, None if seqs is None else seqs[s]])
         return default if v is None else v
 
     def delete(self, key: Any, sync: bool | None = None) -> None:
-        self._write([(_DELETE, self._limits.key(key), b"")], sync)
+        self._single(_DELETE, self._limits.key(key), b"", sync)
 
     def put_many(self, items: Mapping[Any, Any] | Iterable[tuple[Any, Any]], sync: bool | None = None) -> None:
         """Store every pair atomically (one batch; 2PC when it spans shards)."""
@@ -317,13 +370,27 @@ class ShardRouter(MappingSugar):
         keys = [lk(k) for k in keys]
         if not keys:
             return []
+        # This process's writes still in flight, taken before the shards are
+        # read: one answered meanwhile is then in what the shards return.
+        overlay = self._pipe.overlay if seqs is None else None
+        mine = {i: w for i, k in enumerate(keys) if (w := overlay.get(k)) is not None} if overlay else {}
         groups = self.ring.split(keys)
-        answers = self._ask_all("get_many", {s: [[keys[i] for i in pos], None if seqs is None else seqs[s]]
-                                             for s, pos in groups.items()}, idempotent=True)
+        answers: dict[int, Any] = {}
+        if seqs is None:
+            for s, pos in groups.items():
+                v = self._shared(s, "get_many", [keys[i] for i in pos])
+                if v is not UNAVAILABLE:
+                    answers[s] = v
+        ask = {s: [[keys[i] for i in pos], None if seqs is None else seqs[s]]
+               for s, pos in groups.items() if s not in answers}
+        if ask:
+            answers.update(self._ask_all("get_many", ask, idempotent=True))
         out: list[bytes | None] = [None] * len(keys)
         for s, pos in groups.items():
             for i, v in zip(pos, answers[s]):
                 out[i] = v
+        for i, (kind, value, _) in mine.items():
+            out[i] = None if kind == _DELETE else value
         return out
 
     def batch(self, sync: bool | None = None) -> Batch:
@@ -372,15 +439,19 @@ class ShardRouter(MappingSugar):
 
     def snapshot(self) -> ShardSnapshot:
         self._check_open()
+        self._pipe.barrier()        # the snapshot covers this handle's pipelined writes
         return ShardSnapshot(self)
 
     # --- maintenance ----------------------------------------------------------------------------
     def flush(self) -> None:
+        """Wait for every pipelined write, then write the memtables to tables."""
         self._check_open()
+        self._pipe.barrier()
         self._ask_all("flush", idempotent=True)
 
     def compact(self) -> None:
         self._check_open()
+        self._pipe.barrier()
         self._ask_all("compact", idempotent=True)
 
     def checkpoint(self, path: str | os.PathLike[str], shards_file: bytes | None = None) -> dict[str, Any]:
@@ -395,6 +466,7 @@ class ShardRouter(MappingSugar):
         if os.path.exists(target) and os.listdir(target):
             raise InvalidArgument(f"checkpoint target {target} exists and is not empty")
         os.makedirs(target, exist_ok=True)
+        self._pipe.barrier()
         results = self._ask_all("checkpoint", {s: [os.path.join(target, f"shard-{s:03d}")]
                                                for s in range(len(self.refs))})
         if shards_file is not None:
@@ -417,6 +489,8 @@ class ShardRouter(MappingSugar):
             vals = [s.get(name) for s in shards]
             if name not in skip and all(type(v) is int for v in vals):
                 out[name] = sum(vals)
+        out["pipeline"] = self._pipe.stats()
+        out["shared_reads"] = self.shared_reads
         return out
 
     def verify(self) -> dict[str, int]:
@@ -428,14 +502,23 @@ class ShardRouter(MappingSugar):
         return out
 
     def close(self) -> None:
-        """Release this handle's snapshots and its connections to the shards
-        (the shard actors run on)."""
-        if not self._closed:
+        """Wait for every pipelined write (raising the first error one met,
+        after closing all the same), release this handle's snapshots and its
+        connections to the shards (the shard actors run on)."""
+        if self._closed:
+            return
+        try:
+            self._pipe.close()
+        finally:
             for s in list(self._snapshots):
                 s.close()
             self._closed = True
             for ref in self.refs:
                 ref.disconnect()
+            for i, r in enumerate(self._readers):
+                if r is not None:
+                    self._readers[i] = None
+                    r.close()
 
     @property
     def closed(self) -> bool:

@@ -26,17 +26,17 @@ from __future__ import annotations
 import os
 import threading
 import time
-from bisect import bisect_left
 from typing import Any, Iterator
 
 from ..config import Config
 from ..errors import BackgroundError, DatabaseClosed, InvalidArgument, LightningError, WriteStalled
 from . import compaction, restore
-from .bloom import key_hash
 from .cache import make_cache
 from .format import LOCK, Kind, WalOp, manifest_name, segment_name, table_name, wal_name
 from .fs import OSFileSystem
+from .lookup import lookup
 from .memtable import Memtable
+from .published import Publisher
 from .recovery import recover
 from .scan import level_iter, level_live, merge_visible
 from .table import TableReader
@@ -47,12 +47,13 @@ _DELETE = int(Kind.DELETE)
 
 
 class SuperVersion:
-    __slots__ = ("mem", "wal", "imms", "version")
+    __slots__ = ("mem", "wal", "imms", "imm_mems", "version")
 
     def __init__(self, mem: Memtable, wal: Wal, imms: tuple[tuple[Memtable, Wal], ...], version: Version):
         self.mem = mem
         self.wal = wal
         self.imms = imms            # newest first: (memtable, its WAL)
+        self.imm_mems = tuple(m for m, _ in imms)
         self.version = version
 
 
@@ -61,7 +62,7 @@ class Engine:
     validated (the Database facade does it); ops are (kind, key, value)."""
 
     def __init__(self, path: str, config: Config | None = None, fs: OSFileSystem | None = None,
-                 restore_points: bool = False) -> None:
+                 restore_points: bool = False, publish: str | None = None) -> None:
         self.path = os.path.abspath(os.fspath(path))
         self.config = config or Config()
         self.fs = fs or OSFileSystem()
@@ -86,12 +87,20 @@ class Engine:
                               restore_points=0, restore_point_errors=0)
         self.fs.makedirs(self.path)
         self._lock = self.fs.lock(os.path.join(self.path, LOCK))
+        # Published versions (storage/published.py): other processes read
+        # this shard from shared memory; "not serving" until recovery is done.
+        self._pub: Publisher | None = None
         try:
+            if publish is not None:
+                self._pub = Publisher(publish)
             self.versions = VersionSet(self.fs, self.path, self.config.num_levels)
             mem, wal, last_seq, self._prepared, self._decided = recover(self)
             self._last_seq = last_seq
             self._sv = SuperVersion(mem, wal, (), self.versions.current)
+            self._publish()
         except BaseException:
+            if self._pub is not None:
+                self._pub.close()
             self._lock.release()
             raise
         self._sync_always = self.config.sync == "always"
@@ -129,36 +138,9 @@ class Engine:
         sv = self._sv
         r = sv.mem.get(key, seq)
         if r is None:
-            for m, _ in sv.imms:
-                r = m.get(key, seq)
-                if r is not None:
-                    break
-            else:
-                version = sv.version
-                h = None
-                for f in version.levels[0]:
-                    if f.smallest <= key <= f.largest:
-                        if h is None:
-                            h = key_hash(key)
-                        r = f.reader.get(key, seq, h)
-                        if r is not None:
-                            break
-                else:
-                    deep = version.deep
-                    last = len(deep) - 1
-                    for n, (files, largest) in enumerate(deep):
-                        i = bisect_left(largest, key)
-                        if i < len(files) and files[i].smallest <= key:
-                            if n == last:
-                                r = files[i].reader.get(key, seq, None, False)
-                            else:
-                                if h is None:
-                                    h = key_hash(key)
-                                r = files[i].reader.get(key, seq, h)
-                            if r is not None:
-                                break
-                    else:
-                        return None
+            r = lookup(sv.imm_mems, sv.version, key, seq)
+            if r is None:
+                return None
         return None if r[0] == _DELETE else r[1]
 
     def get_many(self, keys: list[bytes], seq: int | None = None) -> list[bytes | None]:
@@ -310,6 +292,8 @@ class Engine:
             if n:
                 mem.add_batch(seq, ops)
                 self._last_seq = seq + n - 1
+                if self._pub is not None:
+                    self._pub.visible(self._last_seq)
             if commit is not None:
                 del self._prepared[commit]
                 if remember:
@@ -386,6 +370,7 @@ class Engine:
             wal.sync_to(wal.size)
         sv.mem.freeze()
         self._sv = SuperVersion(mem, wal, ((sv.mem, sv.wal),) + sv.imms, sv.version)
+        self._publish()             # before any write goes into the new memtable
         self._bg_cv.notify_all()
 
     # --- background work -----------------------------------------------------------------
@@ -442,6 +427,7 @@ class Engine:
                                last_seq=self._last_seq)
             old_manifest = self.versions.log_and_apply(edit, self.config.max_manifest_size)
             self._sv = SuperVersion(sv.mem, sv.wal, rest, self.versions.current)
+            self._publish()         # before the segment and the WAL go
             self._counters["flushes"] += 1
             self._counters["flush_bytes_written"] += counts["bytes_written"]
             self._counters["records_dropped"] += counts["dropped"]
@@ -474,6 +460,14 @@ class Engine:
         self._last_point = now
         self._counters["restore_points"] += 1
 
+    def _publish(self) -> None:
+        """REQUIRES: mutex (or the engine not yet running). Share the super
+        version with readers in other processes."""
+        if self._pub is not None:
+            sv = self._sv
+            self._pub.publish(self.path, [sv.mem.number] + [m.number for m in sv.imm_mems], sv.version,
+                              self._last_seq)
+
     def _new_number(self) -> int:
         with self._mutex:
             return self.versions.new_file_number()
@@ -495,6 +489,7 @@ class Engine:
             old_manifest = self.versions.log_and_apply(edit, self.config.max_manifest_size)
             sv = self._sv
             self._sv = SuperVersion(sv.mem, sv.wal, sv.imms, self.versions.current)
+            self._publish()         # before the inputs are unlinked
             cnt = self._counters
             if c.is_trivial_move():
                 cnt["trivial_moves"] += 1
@@ -600,6 +595,8 @@ class Engine:
             return
         with self._write_lock:
             self._closed = True
+        if self._pub is not None:
+            self._pub.close()       # readers ask the shard from now on
         with self._mutex:
             self._closing = True
             self._bg_cv.notify_all()

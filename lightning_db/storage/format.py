@@ -80,6 +80,19 @@ SEGMENT_HEADER_SIZE = 64
 SEGMENT_RECORD = struct.Struct("<IIQQ")
 SEGMENT_FLAG_IMMUTABLE = 1
 
+# --- published versions (storage/published.py) --------------------------------
+#
+# superblock file (4096 bytes, mapped by the shard and by readers):
+#   magic:8s version:u32 flags:u32 seq:u64 incarnation:u64 generation:u64 visible:u64
+# seq is the seqlock: odd while the shard writes the three fields after it;
+# incarnation 0 = not serving (the shard is opening or closed); generation
+# names the version file "<superblock>.<generation>" (msgpack [shard_dir,
+# segment numbers newest first, [[FileMeta.encode(), ...] per level]]);
+# visible = the highest sequence number whose write is complete.
+PUBLISHED_MAGIC = b"LDBPUB01"
+PUBLISHED_HEADER = struct.Struct("<8sIIQQQQ")
+PUBLISHED_SIZE = 4096
+
 # --- tables -------------------------------------------------------------------
 #
 # table := data_block* filter_block [point_index_block] props_block index_block footer

@@ -1,6 +1,8 @@
 """Issue 3: a hung worker (SIGSTOP) opens its shard's breaker, so calls to
 that shard fail fast well inside the call deadline while the other shard
-keeps serving; after SIGCONT the breaker closes again."""
+keeps serving; after SIGCONT the breaker closes again. Writes (here
+``sync=True``, which waits for the answer) go through the worker; point reads are answered from the shard's published version in
+shared memory, so they keep working while the worker is stopped."""
 
 from __future__ import annotations
 
@@ -27,32 +29,37 @@ def test_a_stopped_worker_opens_its_breaker_and_sigcont_closes_it(tmp_path):
     k0, k1 = key_on(db, 0), key_on(db, 1)
     db.put(k0, b"zero")
     db.put(k1, b"one")
+    db.flush()                                             # every pipelined write answered
     worker = db.stats()["shards"][0]["worker"]["pid"]
     os.kill(worker, signal.SIGSTOP)
     try:
         started = time.monotonic()
         with pytest.raises(CircuitOpen) as info:
-            db.get(k0)
+            db.put(k0, b"lost", sync=True)
         opened_after = time.monotonic() - started
         assert isinstance(info.value, RecoverableError)
         assert opened_after < db.timeout * 0.75, f"the breaker opened after {opened_after:.1f}s"
         started = time.monotonic()
         with pytest.raises(CircuitOpen):
-            db.get(k0)
+            db.put(k0, b"lost", sync=True)
         assert time.monotonic() - started < 1.0            # open: fails fast, nothing sent
+        reads = db.shared_reads
+        assert db.get(k0) == b"zero"                       # reads need no worker
+        assert db.shared_reads == reads + 1
         assert db.get(k1) == b"one"                        # the other shard keeps serving
-        db.put(k1, b"still")
+        db.put(k1, b"still", sync=True)
     finally:
         os.kill(worker, signal.SIGCONT)
     wait_until(lambda: _answers(db, k0), timeout=60, what="the breaker to close after SIGCONT")
     assert db.breakers[0].state == "closed"
-    assert db.get(k1) == b"still"
+    assert db.get(k1) == b"still" and db.get(k0) == b"back"
     db.close()
     wait_until(lambda: gone(node_pid), what="the node to exit")
 
 
 def _answers(db, key: bytes) -> bool:
     try:
-        return db.get(key) == b"zero"
+        db.put(key, b"back", sync=True)
+        return True
     except CircuitOpen:
         return False

@@ -323,8 +323,9 @@ def test_router_batch_after_resolution_and_dead_ref(fresh):
     ks = keys_on_distinct_shards(fresh.ring, b"rb")
     old = fresh.router()
     fresh.restart(1)
+    old.put(ks[1], b"x")                   # pipelined: the error comes at the next barrier
     with pytest.raises(ActorDead):
-        old.put(ks[1], b"x")
+        old.flush()
     db = fresh.router()
     with db.batch() as b:
         for k in ks:
@@ -356,9 +357,13 @@ def test_resolution_racing_live_coordinator(fresh):
 def test_timeout_is_transient(shared):
     from lightning_db.errors import Timeout, TransientError
     db = ShardRouter(shared.refs, shared.ring, Config.from_dict(CONFIG), timeout=1e-6)
+    db.put(b"to", b"v" * 200)                      # pipelined: the error comes at the barrier
     with pytest.raises(Timeout) as info:
-        db.put(b"to", b"v" * 200)
+        db.flush()
     assert isinstance(info.value, TransientError)
+    with pytest.raises(Timeout):
+        db.put(b"to", b"v" * 200, sync=True)       # a synchronous write raises it itself
+    db.close()
 
 
 # --- retries of idempotent asks (no processes: refs that fail on cue) ------------------------
@@ -394,7 +399,7 @@ def test_idempotent_asks_are_retried_after_peer_lost():
                     fail=2)
     r = _flaky_router([ref])
     assert r.get(b"k") == b"v"
-    r.put(b"k", b"v")
+    r.put(b"k", b"v", sync=True)             # waits (a pipelined put is retried by its sender)
     assert r.get_many([b"k"]) == [b"a"]
     r.flush()
     assert [ref.asks.count(op) for op in ("get", "write", "get_many", "flush")] == [3, 3, 3, 3]

@@ -1,0 +1,153 @@
+"""Pipelined writes: ``put`` and ``delete`` return before the shard answers.
+
+Which thread runs what (all in the caller's process): the caller's threads
+append writes to a per-shard buffer and to the overlay (key -> the newest
+write still in flight, so this process reads its own writes at once); one
+sender thread per shard, started on first use, takes everything buffered
+(up to ``BATCH_OPS`` ops or ``BATCH_BYTES`` bytes), sends it as one "write"
+(one WAL record on the shard) through the router's retried, breaker-guarded
+ask, and waits for the answer before it sends the next: writes to a shard
+stay in the order they were made, even across a worker restart (a failed
+batch is sent again before anything after it). Batching is natural: while
+one batch is on the wire the next one fills.
+
+``barrier()`` waits until every buffer is empty and nothing is in flight,
+then raises the first error any pipelined write met (once). The router calls
+it before batches, scans, snapshots, flush, compaction, checkpoints and
+close, and before a ``sync=True`` write. A fatal error (the database shut
+down) is raised by every later ``put`` at once as well.
+
+Backpressure: a caller that writes faster than a shard applies waits while
+that shard has more than ``MAX_BUFFERED_BYTES`` buffered.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+from ..errors import BackgroundError, DatabaseClosed, FatalError, LightningError
+
+if TYPE_CHECKING:
+    from .router import ShardRouter
+
+__all__ = ["BATCH_BYTES", "BATCH_OPS", "MAX_BUFFERED_BYTES", "WritePipeline"]
+
+BATCH_OPS = 4096
+BATCH_BYTES = 1 << 20
+MAX_BUFFERED_BYTES = 16 << 20
+_OVERHEAD = 32                     # bytes charged per op beside key and value
+
+
+class WritePipeline:
+    def __init__(self, router: "ShardRouter", shards: int) -> None:
+        self._router = router
+        self._lock = threading.Lock()
+        self._wake = [threading.Condition(self._lock) for _ in range(shards)]
+        self._idle = threading.Condition(self._lock)
+        self._bufs: list[list[tuple[int, bytes, bytes, int]]] = [[] for _ in range(shards)]
+        self._bytes = [0] * shards
+        self._busy = [False] * shards
+        self._threads: list[threading.Thread | None] = [None] * shards
+        self._ticket = 0
+        self._error: LightningError | None = None
+        self._closing = False
+        # key -> (kind, value, ticket) of the newest write of this process not
+        # yet answered; read without the lock (a dict lookup is atomic).
+        self.overlay: dict[bytes, tuple[int, bytes, int]] = {}
+        self.batches = 0
+        self.ops = 0
+
+    def write(self, shard: int, kind: int, key: bytes, value: bytes) -> None:
+        size = len(key) + len(value) + _OVERHEAD
+        with self._lock:
+            if self._closing:
+                raise DatabaseClosed("the database is closed")
+            if isinstance(self._error, FatalError):
+                raise self._error
+            while self._bytes[shard] > MAX_BUFFERED_BYTES and self._error is None:
+                self._idle.wait()
+            self._ticket += 1
+            buf = self._bufs[shard]
+            buf.append((kind, key, value, self._ticket))
+            self._bytes[shard] += size
+            self.overlay[key] = (kind, value, self._ticket)
+            if self._threads[shard] is None:
+                t = threading.Thread(target=self._send_loop, args=(shard,), daemon=True,
+                                     name=f"ldb-pipeline-{shard}")
+                self._threads[shard] = t
+                t.start()
+            elif len(buf) == 1 and not self._busy[shard]:
+                self._wake[shard].notify()
+
+    def barrier(self) -> None:
+        """Wait for every pipelined write to be answered; raise the first
+        error one of them met."""
+        with self._lock:
+            while any(self._bufs) or any(self._busy):
+                self._idle.wait()
+            err, self._error = self._error, None
+            if isinstance(err, FatalError):
+                self._error = err             # the database stays unusable
+        if err is not None:
+            raise err
+
+    def pending(self) -> int:
+        with self._lock:
+            return sum(len(b) for b in self._bufs) + sum(self._busy)
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {"buffered_ops": sum(len(b) for b in self._bufs), "in_flight": sum(self._busy),
+                    "batches_sent": self.batches, "ops_sent": self.ops, "overlay_keys": len(self.overlay)}
+
+    def close(self) -> None:
+        """Barrier, then stop the sender threads (also when the barrier
+        raises, after which the error is raised)."""
+        try:
+            self.barrier()
+        finally:
+            with self._lock:
+                self._closing = True
+                for c in self._wake:
+                    c.notify_all()
+            for t in self._threads:
+                if t is not None:
+                    t.join(30)
+
+    def _send_loop(self, shard: int) -> None:
+        wake, buf = self._wake[shard], self._bufs[shard]
+        while True:
+            with self._lock:
+                while not buf and not self._closing:
+                    wake.wait()
+                if not buf:
+                    return
+                n = nbytes = 0
+                while n < len(buf) and n < BATCH_OPS and nbytes < BATCH_BYTES:
+                    nbytes += len(buf[n][1]) + len(buf[n][2]) + _OVERHEAD
+                    n += 1
+                batch = buf[:n]
+                del buf[:n]
+                self._bytes[shard] -= nbytes
+                self._busy[shard] = True
+                self._idle.notify_all()       # writers held back by the buffer limit
+            error = None
+            try:
+                self._router._ask_retry(shard, "write", [[(k, key, v) for k, key, v, _ in batch], False])
+            except LightningError as exc:
+                error = exc
+            except BaseException as exc:  # noqa: BLE001 - never leave a barrier waiting
+                error = BackgroundError(f"pipelined write to shard {shard} failed: {exc!r}")
+            with self._lock:
+                overlay = self.overlay
+                for _, key, _, ticket in batch:
+                    cur = overlay.get(key)
+                    if cur is not None and cur[2] == ticket:
+                        del overlay[key]
+                if error is not None and self._error is None:
+                    self._error = error
+                self.batches += 1
+                self.ops += len(batch)
+                self._busy[shard] = False
+                self._idle.notify_all()

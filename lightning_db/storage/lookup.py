@@ -1,0 +1,46 @@
+"""Point lookups over one version: shared by the engine (its own memtables
+and tables) and by published-version readers in other processes (segment
+readers and tables they mapped themselves). Any thread, no locks."""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Sequence
+from typing import Any
+
+from .bloom import key_hash
+from .version import Version
+
+
+def lookup(mems: Sequence[Any], version: Version, key: bytes, seq: int) -> tuple[int, bytes] | None:
+    """(kind, value) of the newest version of *key* with seq <= *seq* in
+    *mems* (newest first, each with ``get(key, seq)``) and then the tables
+    of *version*, or None. A tombstone comes back as (Kind.DELETE, b"")."""
+    for m in mems:
+        r = m.get(key, seq)
+        if r is not None:
+            return r
+    h = None
+    for f in version.levels[0]:
+        if f.smallest <= key <= f.largest:
+            if h is None:
+                h = key_hash(key)
+            r = f.reader.get(key, seq, h)
+            if r is not None:
+                return r
+    deep = version.deep
+    last = len(deep) - 1
+    for n, (files, largest) in enumerate(deep):
+        i = bisect_left(largest, key)
+        if i < len(files) and files[i].smallest <= key:
+            if n == last:
+                # The last level: most lookups of present keys end here, and
+                # the point index answers a miss as fast as the filter would.
+                r = files[i].reader.get(key, seq, None, False)
+            else:
+                if h is None:
+                    h = key_hash(key)
+                r = files[i].reader.get(key, seq, h)
+            if r is not None:
+                return r
+    return None

@@ -1,0 +1,254 @@
+"""Published versions: a shard's read state, shared with every process.
+
+Which process runs what. ``Publisher`` runs in the shard process, inside the
+engine: at open (``not serving`` first, then the recovered state), whenever
+the engine installs a new super version (memtable rotation, flush,
+compaction) and after every write (the visible sequence number).
+``PublishedReader`` runs in any process that attached to the database: it
+maps the superblock, the memtable segments and the table files of the
+published version and answers point reads from them without a message.
+
+The superblock (layout in ``format.py``) is one page guarded by a seqlock:
+the writer makes ``seq`` odd, writes incarnation, generation and visible,
+then makes ``seq`` even; a reader copies the fields between two reads of an
+even, unchanged ``seq``. A new version goes to the file
+``<superblock>.<generation>`` (written beside and renamed in), then the
+superblock names it, then the previous version file is removed.
+
+Why a reader never sees a half-written record or a reused file: segment
+records are published record-then-slot (``memtable.py``) and reads filter by
+the visible sequence number, which the shard raises only after a whole batch
+is in the memtable; file numbers are never reused within an incarnation (a
+new engine, e.g. after a restore, starts a new incarnation and readers drop
+everything they mapped); the shard unlinks a file only after publishing a
+version without it, a file already mapped stays readable after the unlink,
+and a reader that finds a file gone reads the superblock again.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import random
+import struct
+import threading
+from typing import Any
+
+import msgpack
+
+from ..errors import CorruptionError
+from .cache import make_cache
+from .format import (FORMAT_VERSION, PUBLISHED_HEADER, PUBLISHED_MAGIC, PUBLISHED_SIZE,
+                     segment_name, table_name)
+from .fs import OSFileSystem
+from .lookup import lookup
+from .memtable import SegmentReader
+from .table import TableReader
+from .version import FileMeta, Version
+
+__all__ = ["UNAVAILABLE", "Publisher", "PublishedReader"]
+
+UNAVAILABLE = object()      # PublishedReader.get: ask the shard instead
+_OFF_SEQ = 16
+_SEQ = struct.Struct("<Q")
+_STATE = struct.Struct("<QQQQ")             # seq incarnation generation visible
+_DELETE = 0
+_RETRIES = 8                                # superblock re-reads when a file is gone
+
+
+class Publisher:
+    """The shard's side. Thread-safe (the write path and the background
+    thread both publish)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if os.fstat(fd).st_size != PUBLISHED_SIZE:
+                os.ftruncate(fd, PUBLISHED_SIZE)
+            self._mm = mmap.mmap(fd, PUBLISHED_SIZE)
+        finally:
+            os.close(fd)
+        self._lock = threading.Lock()
+        seq, _inc, gen, _vis = _STATE.unpack_from(self._mm, _OFF_SEQ)
+        self._seq = seq + (seq & 1)          # a writer killed mid-update left it odd
+        self._gen = gen
+        self._inc = 0
+        self._visible = 0
+        self._mm[:16] = PUBLISHED_HEADER.pack(PUBLISHED_MAGIC, FORMAT_VERSION, 0, 0, 0, 0, 0)[:16]
+        self._store(0, gen, 0)               # not serving until the first publish
+
+    def _store(self, inc: int, gen: int, visible: int) -> None:
+        mm, seq = self._mm, self._seq
+        _SEQ.pack_into(mm, _OFF_SEQ, seq + 1)
+        _STATE.pack_into(mm, _OFF_SEQ, seq + 1, inc, gen, visible)
+        _SEQ.pack_into(mm, _OFF_SEQ, seq + 2)
+        self._seq = seq + 2
+
+    def publish(self, shard_dir: str, segments: list[int], version: Version, visible: int) -> None:
+        """Name a new version: segment numbers newest first, the tables."""
+        levels = [[f.encode() for f in lvl] for lvl in version.levels]
+        data = msgpack.packb([shard_dir, segments, levels], use_bin_type=True)
+        with self._lock:
+            if not self._inc:
+                self._inc = random.getrandbits(62) + 1
+            gen = self._gen + 1
+            target = f"{self.path}.{gen}"
+            tmp = target + ".tmp"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, target)
+            old, self._gen = self._gen, gen
+            self._visible = max(self._visible, visible)
+            self._store(self._inc, gen, self._visible)
+        if old:
+            try:
+                os.remove(f"{self.path}.{old}")
+            except FileNotFoundError:
+                pass
+
+    def visible(self, seq: int) -> None:
+        """Every write up to *seq* is complete: readers may see it."""
+        with self._lock:
+            if seq > self._visible:
+                self._visible = seq
+                if self._inc:
+                    self._store(self._inc, self._gen, seq)
+
+    def close(self) -> None:
+        """Not serving any more (readers ask the shard)."""
+        with self._lock:
+            if self._mm is None:
+                return
+            self._inc = 0
+            self._store(0, self._gen, self._visible)
+            self._mm.close()
+            self._mm = None  # type: ignore[assignment]
+        try:
+            os.remove(f"{self.path}.{self._gen}")
+        except FileNotFoundError:
+            pass
+
+
+class _Loaded:
+    __slots__ = ("inc", "gen", "mems", "version")
+
+    def __init__(self, inc: int, gen: int, mems: tuple[SegmentReader, ...], version: Version) -> None:
+        self.inc, self.gen, self.mems, self.version = inc, gen, mems, version
+
+
+class PublishedReader:
+    """Point reads from a shard's published version (any process, any
+    thread). ``get`` returns the value, None, or ``UNAVAILABLE`` (the shard
+    is not serving, or its files moved on faster than this reader could
+    follow): the caller then asks the shard."""
+
+    def __init__(self, path: str, cache_size: int = 32 << 20) -> None:
+        self.path = path
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            self._mm = mmap.mmap(fd, PUBLISHED_SIZE, access=mmap.ACCESS_READ)
+        finally:
+            os.close(fd)
+        if self._mm[:8] != PUBLISHED_MAGIC:
+            self._mm.close()
+            raise CorruptionError("not a published-version superblock", path)
+        self._fs = OSFileSystem()
+        self._cache_size = cache_size
+        self._cache = make_cache("clock", cache_size)
+        self._loaded: _Loaded | None = None
+        self._tables: dict[int, TableReader] = {}
+        self._segments: dict[int, SegmentReader] = {}
+        self._lock = threading.Lock()           # loading only; reads take no lock
+        self.loads = 0
+
+    def state(self) -> tuple[int, int, int]:
+        """(incarnation, generation, visible), consistent (the seqlock)."""
+        mm = self._mm
+        while True:
+            s1, inc, gen, vis = _STATE.unpack_from(mm, _OFF_SEQ)
+            if not s1 & 1 and _SEQ.unpack_from(mm, _OFF_SEQ)[0] == s1:
+                return inc, gen, vis
+
+    def _view(self, seq: int | None) -> tuple[_Loaded, int] | None:
+        """The loaded current version and the sequence number to read at,
+        or None when the shard is not serving or its files moved on faster
+        than this reader could follow."""
+        for _ in range(_RETRIES):
+            inc, gen, vis = self.state()
+            if not inc:
+                return None
+            cur = self._loaded
+            if cur is None or cur.gen != gen or cur.inc != inc:
+                cur = self._load(inc, gen)
+                if cur is None:
+                    continue
+            return cur, (vis if seq is None else min(seq, vis))
+        return None
+
+    def get(self, key: bytes, seq: int | None = None) -> Any:
+        """The value of *key* (latest, or as of *seq*), None, or UNAVAILABLE."""
+        view = self._view(seq)
+        if view is None:
+            return UNAVAILABLE
+        cur, at = view
+        r = lookup(cur.mems, cur.version, key, at)
+        return None if r is None or r[0] == _DELETE else r[1]
+
+    def get_many(self, keys: list[bytes], seq: int | None = None) -> Any:
+        """Values in order, or UNAVAILABLE."""
+        view = self._view(seq)
+        if view is None:
+            return UNAVAILABLE
+        cur, at = view
+        mems, version = cur.mems, cur.version
+        out = []
+        for k in keys:
+            r = lookup(mems, version, k, at)
+            out.append(None if r is None or r[0] == _DELETE else r[1])
+        return out
+
+    def _load(self, inc: int, gen: int) -> _Loaded | None:
+        """Map the version *gen* names; None when a file is already gone."""
+        with self._lock:
+            cur = self._loaded
+            if cur is not None and cur.inc == inc and cur.gen == gen:
+                return cur
+            if cur is not None and cur.inc != inc:          # a new engine: numbers may repeat
+                self._tables, self._segments = {}, {}
+                self._cache = make_cache("clock", self._cache_size)
+            try:
+                with open(f"{self.path}.{gen}", "rb") as f:
+                    shard_dir, seg_numbers, levels = msgpack.unpackb(f.read(), raw=False)
+                segments = {n: self._segments.get(n) or SegmentReader(os.path.join(shard_dir, segment_name(n)))
+                            for n in seg_numbers}
+                tables: dict[int, TableReader] = {}
+                files = []
+                for lvl in levels:
+                    metas = []
+                    for row in lvl:
+                        meta = FileMeta.decode(row)
+                        reader = self._tables.get(meta.number) or tables.get(meta.number)
+                        if reader is None:
+                            reader = TableReader.open(self._fs, os.path.join(shard_dir, table_name(meta.number)),
+                                                      meta.number, self._cache)
+                        tables[meta.number] = meta.reader = reader
+                        metas.append(meta)
+                    files.append(metas)
+            except FileNotFoundError:
+                return None                 # superseded meanwhile: read the superblock again
+            # Readers of files that left the version are dropped, not closed: a
+            # lookup on another thread may still hold the old version.
+            self._tables, self._segments = tables, segments
+            loaded = _Loaded(inc, gen, tuple(segments[n] for n in seg_numbers), Version(files))
+            self._loaded = loaded
+            self.loads += 1
+            return loaded
+
+    def close(self) -> None:
+        with self._lock:
+            self._loaded = None
+            self._tables, self._segments = {}, {}
+            if self._mm is not None:
+                self._mm.close()
+                self._mm = None  # type: ignore[assignment]
