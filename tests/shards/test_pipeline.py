@@ -1,0 +1,130 @@
+"""Issue 4: pipelined writes (shards/pipeline.py).
+
+put/delete return before the shard answers; the writing process reads its
+own writes at once; barriers (flush, batches, scans, snapshots, close) wait
+for every answer and raise the first error; a shard applies one process's
+writes in the order they were made; a writer faster than a shard is held back.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future
+
+import pytest
+
+import lightning_db as ldb
+from lightning_db.config import Config
+from lightning_db.errors import DatabaseShutdown, DiskFull
+from lightning_db.shards import pipeline
+from lightning_db.shards.ring import HashRing
+from lightning_db.shards.router import ShardRouter
+
+
+class _SlowRef:
+    """Answers "write" asks after *delay* seconds, or with *error*; records
+    the ops of every write in order."""
+
+    def __init__(self, delay: float = 0.0, error: Exception | None = None) -> None:
+        self.delay, self.error = delay, error
+        self.writes: list[list] = []
+        self.lock = threading.Lock()
+
+    def ask(self, op, payload=None, timeout=None):
+        f: Future = Future()
+
+        def answer() -> None:
+            time.sleep(self.delay)
+            with self.lock:
+                if op == "write":
+                    self.writes.append(list(payload[0]))
+            if self.error is not None:
+                f.set_exception(self.error)
+            else:
+                f.set_result([None] * len(payload[0]) if op == "get_many" else 1)
+        threading.Thread(target=answer, daemon=True).start()
+        return f
+
+
+def _router(ref) -> ShardRouter:
+    return ShardRouter([ref], HashRing(1), Config(), timeout=30)
+
+
+def test_put_returns_before_the_answer_and_reads_its_own_write():
+    ref = _SlowRef(delay=0.3)
+    db = _router(ref)
+    started = time.monotonic()
+    db.put(b"k", b"v1")
+    db.delete(b"gone")
+    assert time.monotonic() - started < 0.2           # did not wait for the 0.3 s answer
+    assert db.get(b"k") == b"v1" and b"k" in db       # from the overlay: the shard has not answered
+    assert db.get_many([b"k", b"gone"]) == [b"v1", None]
+    db._pipe.barrier()
+    assert db._pipe.overlay == {}
+    assert [tuple(op) for w in ref.writes for op in w] == [(1, b"k", b"v1"), (0, b"gone", b"")]
+    db._pipe.close()
+
+
+def test_one_shard_applies_one_process_writes_in_order_and_batches_them():
+    ref = _SlowRef(delay=0.01)
+    db = _router(ref)
+    for i in range(2000):
+        db.put(b"k%d" % (i % 7), b"%d" % i)
+    db._pipe.barrier()
+    ops = [tuple(op) for w in ref.writes for op in w]
+    assert [int(v) for _, _, v in ops] == list(range(2000))      # the order they were made
+    assert len(ref.writes) < 200                                 # many per write while one is on the wire
+    db._pipe.close()
+
+
+def test_errors_come_at_the_next_barrier_once():
+    ref = _SlowRef(error=DiskFull("no space"))
+    db = _router(ref)
+    db.put(b"k", b"v")                         # returns: the error is not known yet
+    with pytest.raises(DiskFull):
+        db._pipe.barrier()
+    db._pipe.barrier()                         # raised once
+    assert db.get_many([]) == []
+    db._pipe.close()
+
+
+def test_a_fatal_error_makes_every_later_put_raise():
+    ref = _SlowRef(error=DatabaseShutdown("gone"))
+    db = _router(ref)
+    db.put(b"k", b"v")
+    with pytest.raises(DatabaseShutdown):
+        db._pipe.barrier()
+    with pytest.raises(DatabaseShutdown):
+        db.put(b"k", b"v")
+    with pytest.raises(DatabaseShutdown):
+        db._pipe.barrier()
+
+
+def test_a_writer_faster_than_the_shard_is_held_back(monkeypatch):
+    monkeypatch.setattr(pipeline, "MAX_BUFFERED_BYTES", 4096)
+    monkeypatch.setattr(pipeline, "BATCH_OPS", 16)
+    ref = _SlowRef(delay=0.005)
+    db = _router(ref)
+    peak = 0
+    for i in range(400):
+        db.put(b"key-%04d" % i, b"x" * 100)
+        peak = max(peak, db._pipe._bytes[0])
+    assert peak <= 4096 + 200                 # one op past the limit at most
+    db._pipe.close()
+    assert sum(len(w) for w in ref.writes) == 400
+
+
+def test_other_processes_see_a_write_once_answered(tmp_path):
+    path = str(tmp_path / "db")
+    with ldb.open(path, shards=2) as a, ldb.open(path) as b:
+        for i in range(300):
+            a.put(b"p%03d" % i, b"%d" % i)
+        assert a.get(b"p299") == b"299"               # its own writes at once
+        a.flush()                                     # the barrier: every write answered
+        assert b.get_many([b"p%03d" % i for i in range(300)]) == [b"%d" % i for i in range(300)]
+        a.delete(b"p000")
+        with a.batch() as batch:                      # a batch is a barrier too
+            batch.put(b"q", b"1")
+        assert b.get(b"p000") is None and b.get(b"q") == b"1"
+        assert a.stats()["pipeline"]["ops_sent"] >= 301
