@@ -293,13 +293,15 @@ class Database(MappingSugar):
         else:
             self._engine.write([(_VALUE, key, value)], self._sync_default)
 
-    def get(self, key: Any, default: Any = None) -> Any:
-        """The value of *key*, or *default* (None) when it is absent."""
+    def get(self, key: Any, default: Any = None, *, copy: bool = True) -> Any:
+        """The value of *key*, or *default* (None) when it is absent.
+        ``copy=False`` returns a memoryview into the mapped data instead of
+        bytes (no copy; valid for as long as it is held)."""
         if self._closed:
             self._check_open()
         if type(key) is not bytes or not 0 < len(key) <= self._limits.max_key:
             key = self._limits.key(key)
-        v = self._engine.get(key)
+        v = self._engine.get(key, None, copy)
         return default if v is None else v
 
     def delete(self, key: Any, sync: bool | None = None) -> None:

@@ -301,9 +301,14 @@ class ShardRouter(MappingSugar):
         else:
             self._write([(kind, key, value)], sync)
 
-    def get(self, key: Any, default: Any = None) -> Any:
+    def get(self, key: Any, default: Any = None, *, copy: bool = True) -> Any:
+        """The value of *key*, or *default*. ``copy=False`` returns a
+        memoryview into the shard's mapped data (no copy; valid for as long as
+        it is held) when the read is served from shared memory, else a
+        memoryview of the bytes that came back."""
         self._check_open()
-        return self._get(key, default, None)
+        v = self._get(key, default, None, copy)
+        return memoryview(v) if not copy and isinstance(v, bytes) and v is not default else v
 
     def _reader(self, shard: int) -> PublishedReader | None:
         r = self._readers[shard]
@@ -317,21 +322,21 @@ class ShardRouter(MappingSugar):
                     return None
         return r
 
-    def _shared(self, shard: int, op: str, arg: Any) -> Any:
+    def _shared(self, shard: int, op: str, arg: Any, *extra: Any) -> Any:
         """A read from the shard's published version; UNAVAILABLE: ask the
         shard (not serving, or damage met: the shard restores itself)."""
         r = self._reader(shard)
         if r is None:
             return UNAVAILABLE
         try:
-            v = getattr(r, op)(arg)
+            v = getattr(r, op)(arg, *extra)
         except (OSError, LightningError):
             return UNAVAILABLE
         if v is not UNAVAILABLE:
             self.shared_reads += 1
         return v
 
-    def _get(self, key: Any, default: Any, seqs: Sequence[int] | None) -> Any:
+    def _get(self, key: Any, default: Any, seqs: Sequence[int] | None, copy: bool = True) -> Any:
         key = self._limits.key(key)
         if seqs is None and self._pipe.overlay:
             mine = self._pipe.overlay.get(key)           # this process's write still in flight
@@ -339,7 +344,7 @@ class ShardRouter(MappingSugar):
                 return default if mine[0] == _DELETE else mine[1]
         s = self.ring.shard_of(key)
         if seqs is None:
-            v = self._shared(s, "get", key)
+            v = self._shared(s, "get", key, None, copy)
             if v is not UNAVAILABLE:
                 return default if v is None else v
         v = self._ask_retry(s, "get", [key, None if seqs is None else seqs[s]])

@@ -130,15 +130,16 @@ class Engine:
     def last_sequence(self) -> int:
         return self._last_seq
 
-    def get(self, key: bytes, seq: int | None = None) -> bytes | None:
+    def get(self, key: bytes, seq: int | None = None, copy: bool = True) -> Any:
         """The value of *key* as of *seq* (default: the latest), or None.
-        The hot read path: one function, no locks, no allocation on a miss."""
+        The hot read path: one function, no locks, no allocation on a miss.
+        ``copy=False``: a memoryview into the mapped data instead of bytes."""
         if seq is None:
             seq = self._last_seq             # the sequence first, then the super version
         sv = self._sv
-        r = sv.mem.get(key, seq)
+        r = sv.mem.get(key, seq, copy)
         if r is None:
-            r = lookup(sv.imm_mems, sv.version, key, seq)
+            r = lookup(sv.imm_mems, sv.version, key, seq, copy)
             if r is None:
                 return None
         return None if r[0] == _DELETE else r[1]

@@ -12,12 +12,14 @@ from .bloom import key_hash
 from .version import Version
 
 
-def lookup(mems: Sequence[Any], version: Version, key: bytes, seq: int) -> tuple[int, bytes] | None:
+def lookup(mems: Sequence[Any], version: Version, key: bytes, seq: int,
+           copy: bool = True) -> tuple[int, Any] | None:
     """(kind, value) of the newest version of *key* with seq <= *seq* in
     *mems* (newest first, each with ``get(key, seq)``) and then the tables
-    of *version*, or None. A tombstone comes back as (Kind.DELETE, b"")."""
+    of *version*, or None. A tombstone comes back as (Kind.DELETE, b"").
+    ``copy=False``: the value is a memoryview into the mapped data."""
     for m in mems:
-        r = m.get(key, seq)
+        r = m.get(key, seq, copy)
         if r is not None:
             return r
     h = None
@@ -25,7 +27,7 @@ def lookup(mems: Sequence[Any], version: Version, key: bytes, seq: int) -> tuple
         if f.smallest <= key <= f.largest:
             if h is None:
                 h = key_hash(key)
-            r = f.reader.get(key, seq, h)
+            r = f.reader.get(key, seq, h, True, copy)
             if r is not None:
                 return r
     deep = version.deep
@@ -36,11 +38,11 @@ def lookup(mems: Sequence[Any], version: Version, key: bytes, seq: int) -> tuple
             if n == last:
                 # The last level: most lookups of present keys end here, and
                 # the point index answers a miss as fast as the filter would.
-                r = files[i].reader.get(key, seq, None, False)
+                r = files[i].reader.get(key, seq, None, False, copy)
             else:
                 if h is None:
                     h = key_hash(key)
-                r = files[i].reader.get(key, seq, h)
+                r = files[i].reader.get(key, seq, h, True, copy)
             if r is not None:
                 return r
     return None

@@ -30,7 +30,7 @@ import mmap
 import os
 import struct
 from bisect import bisect_left
-from typing import Iterator
+from typing import Any, Iterator
 
 import xxhash
 
@@ -186,9 +186,10 @@ class Memtable:
         _U32.pack_into(self._mm, _OFF_FLAGS, flags | SEGMENT_FLAG_IMMUTABLE)
 
     # --- readers (any thread of the shard process) --------------------------------
-    def get(self, key: bytes, snapshot_seq: int) -> tuple[int, bytes] | None:
+    def get(self, key: bytes, snapshot_seq: int, copy: bool = True) -> tuple[int, Any] | None:
         """(kind, value) of the newest version of *key* with seq <= snapshot_seq,
-        or None. A tombstone comes back as (Kind.DELETE, b"")."""
+        or None. A tombstone comes back as (Kind.DELETE, b""). ``copy=False``:
+        the value is a memoryview into the segment (records never change)."""
         si = self._index.get(key)
         if si is None:
             return None
@@ -201,7 +202,7 @@ class Memtable:
             klen, vlen, seqkind, prev = unpack(mm, off)
             if seqkind >> 8 <= snapshot_seq:
                 p = off + 24 + klen
-                return seqkind & 0xFF, mm[p:p + vlen]
+                return seqkind & 0xFF, mm[p:p + vlen] if copy else self._mv[p:p + vlen]
             ref = prev
         return None
 
@@ -385,7 +386,7 @@ class SegmentReader:
     def entries(self) -> int:
         return _USED_COUNT.unpack_from(self._mm, _OFF_USED)[1]
 
-    def get(self, key: bytes, snapshot_seq: int) -> tuple[int, bytes] | None:
+    def get(self, key: bytes, snapshot_seq: int, copy: bool = True) -> tuple[int, Any] | None:
         """Same answer as ``Memtable.get`` on the writer's side."""
         mm = self._mm
         slots = self._slots
@@ -408,7 +409,7 @@ class SegmentReader:
                 while True:
                     if seqkind >> 8 <= snapshot_seq:
                         p = off + 24 + klen
-                        return seqkind & _KIND_MASK, mm[p:p + vlen]
+                        return seqkind & _KIND_MASK, mm[p:p + vlen] if copy else self._mv[p:p + vlen]
                     if not prev:
                         return None
                     off, (klen, vlen, seqkind, prev) = self._record(prev, limit)

@@ -186,13 +186,14 @@ class PublishedReader:
             return cur, (vis if seq is None else min(seq, vis))
         return None
 
-    def get(self, key: bytes, seq: int | None = None) -> Any:
-        """The value of *key* (latest, or as of *seq*), None, or UNAVAILABLE."""
+    def get(self, key: bytes, seq: int | None = None, copy: bool = True) -> Any:
+        """The value of *key* (latest, or as of *seq*), None, or UNAVAILABLE.
+        ``copy=False``: a memoryview into the mapped file instead of bytes."""
         view = self._view(seq)
         if view is None:
             return UNAVAILABLE
         cur, at = view
-        r = lookup(cur.mems, cur.version, key, at)
+        r = lookup(cur.mems, cur.version, key, at, copy)
         return None if r is None or r[0] == _DELETE else r[1]
 
     def get_many(self, keys: list[bytes], seq: int | None = None) -> Any:

@@ -207,13 +207,15 @@ class TableReader:
         return self._may_contain(key_hash(key) if h is None else h)
 
     def get(self, key: bytes, snapshot_seq: int, h: int | None = None,
-            check_filter: bool = True) -> tuple[int, bytes] | None:
+            check_filter: bool = True, copy: bool = True) -> tuple[int, Any] | None:
         """(kind, value) of the newest version of *key* with seq <= snapshot_seq,
         or None. A tombstone is (Kind.DELETE, b"").
 
         ``check_filter=False`` skips the bloom filter: the engine does so in
         the last level, where most lookups of present keys end and the
-        filter would only confirm what the block search finds anyway."""
+        filter would only confirm what the block search finds anyway.
+        ``copy=False``: the value is a memoryview (into the mapped file when
+        the point index found it; it keeps the mapping alive while held)."""
         slots = self._pslots
         if slots is not None and snapshot_seq >= self.max_seq:
             # The point index: a hash probe, then the record read straight
@@ -231,7 +233,7 @@ class TableReader:
                 if a >> 41 == fp:
                     off = a & _M40
                     b = slots[2 * i + 1]
-                    rec = self._mm[off:off + (b & 0xFFFFFFFF)]
+                    rec = self._view[off:off + (b & 0xFFFFFFFF)]
                     if crc32c(rec) != b >> 32:
                         raise CorruptionError(f"record at offset {off}: checksum mismatch", self.path)
                     t = rec[0]
@@ -241,11 +243,11 @@ class TableReader:
                         kl, p = rec[1] << 8 | rec[2], 3
                     else:
                         kl, p = int.from_bytes(rec[1:5], "big"), 5
-                    if kl == len(key) and rec.startswith(key, p):
+                    if kl == len(key) and rec[p:p + kl] == key:
                         p += kl
                         t = rec[p]
                         p += 2 if t == 0xC4 else 3 if t == 0xC5 else 5
-                        return (a >> 40) & 1, rec[p:]
+                        return (a >> 40) & 1, rec[p:].tobytes() if copy else rec[p:]
                 i = (i + 1) & mask
         if check_filter and not self._may_contain(key_hash(key) if h is None else h):
             return None
@@ -264,7 +266,7 @@ class TableReader:
         while j < n and keys[j] == key:
             sk = seqkinds[j]
             if sk <= limit:
-                return sk & 0xFF, block[2][j]
+                return sk & 0xFF, block[2][j] if copy else memoryview(block[2][j])
             j += 1
         return None
 
