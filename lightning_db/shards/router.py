@@ -6,10 +6,13 @@ it validates arguments (with ``db.py``'s helpers), routes keys with the
 process); every ask has a timeout, a timed-out one raises the mailbox's
 ``Timeout`` (a ``TransientError``); asks to several shards are sent together,
 then awaited. put/get/delete go to one shard; put_many and batches are split
-per shard (one shard: a plain "write", several: two-phase commit); get_many
-sends one ask per shard; scan merges per-shard paged iterators (the next page
-is requested before the current one is consumed) with ``heapq.merge``, all
-read at one snapshot vector.
+per shard (one shard: a plain "write", several: two-phase commit). Reads
+come first from each shard's published version in shared memory
+(``storage/published.py``: get, get_many, scan, no message); a shard that is
+not serving is asked instead: get_many sends one ask per shard, a scan
+merges per-shard paged iterators (the next page is requested before the
+current one is consumed) with ``heapq.merge``, all read at one snapshot
+vector. put/delete are pipelined (``pipeline.py``).
 
 Two-phase commit, this router the coordinator: txid = primary shard id (2
 bytes, big-endian) + the coordinator's pid (4 bytes, so the node can settle
@@ -73,6 +76,7 @@ from ..storage.published import UNAVAILABLE, PublishedReader
 from ..supervisor.breaker import CircuitBreaker
 from ..supervisor.retry import Backoff, retry
 from .pipeline import WritePipeline
+from .resolve import _quiet, _send, resolve_in_doubt, txid_pid
 from .ring import HashRing
 
 __all__ = ["DEFAULT_TIMEOUT", "SCAN_PAGE", "ShardRouter", "ShardSnapshot", "resolve_in_doubt", "txid_pid"]
@@ -88,27 +92,13 @@ _DELETE = int(Kind.DELETE)
 Op = tuple[int, bytes, bytes]
 
 
-def _send(ref: ActorRef, op: str, payload: Any, timeout: float) -> Future:
-    """``ref.ask``; an error raised while sending (a dead ref) goes into the future."""
-    try:
-        return ref.ask(op, payload, timeout)
-    except LightningError as exc:
-        f: Future = Future()
-        f.set_exception(exc)
-        return f
+def _first(pair: tuple[bytes, bytes]) -> bytes:
+    return pair[0]
 
 
 def _hung(exc: BaseException) -> bool:
     """What a shard's breaker counts: an attempt that timed out."""
     return isinstance(exc, Timeout)
-
-
-def _quiet(f: Future) -> Any:
-    """The result, or the LightningError it failed with (returned, not raised)."""
-    try:
-        return f.result()
-    except LightningError as exc:
-        return exc
 
 
 def _quiet_call(fn: Callable[[], Any]) -> Any:
@@ -407,6 +397,14 @@ class ShardRouter(MappingSugar):
         """Pairs with start <= key < end (and *prefix*), in key order across
         shards, at most *limit*; read at one snapshot vector taken now."""
         rng = _scan_range(self._limits, start, end, prefix, reverse, limit)
+        self._check_open()
+        self._pipe.barrier()        # this handle's pipelined writes are in
+        lo, hi, n = rng
+        if not ((lo is not None and hi is not None and lo >= hi) or n == 0):
+            # From every shard's published version, when all serve: no message.
+            its = [self._shared(s, "scan", lo, hi, reverse) for s in range(len(self.refs))]
+            if all(it is not UNAVAILABLE for it in its):
+                return _limited(heapq.merge(*its, key=_first, reverse=reverse), n)
         snap = self.snapshot()
         return _ScanIter(self, rng, reverse, snap.seqs, snap)
 
@@ -417,7 +415,7 @@ class ShardRouter(MappingSugar):
             return iter(())
         page = SCAN_PAGE if limit is None else max(1, min(limit, SCAN_PAGE))
         its = [self._pages(s, start, end, reverse, seqs[s], page) for s in range(len(self.refs))]
-        return _limited(heapq.merge(*its, key=lambda kv: kv[0], reverse=reverse), limit)
+        return _limited(heapq.merge(*its, key=_first, reverse=reverse), limit)
 
     def _pages(self, shard: int, start: bytes | None, end: bytes | None, reverse: bool, seq: int,
                page: int) -> Iterator[tuple[bytes, bytes]]:
@@ -607,46 +605,3 @@ class ShardSnapshot(ReadSugar):
         r._snapshots.discard(self)
         for f in [_send(ref, "release", [seq], r.timeout) for ref, seq in zip(r.refs, self.seqs)]:
             _quiet(f)
-
-
-def txid_pid(txid: bytes) -> int | None:
-    """The pid of the process that coordinated *txid* (None: not recorded)."""
-    return int.from_bytes(txid[2:6], "big") if len(txid) == 16 else None
-
-
-def resolve_in_doubt(refs: Sequence[ActorRef], timeout: float = DEFAULT_TIMEOUT,
-                     only: Callable[[bytes], bool] | None = None) -> dict[str, int]:
-    """Settle every in-doubt txid (those *only* accepts, if given) on every
-    shard by asking its primary (txid's first 2 bytes): decided there ->
-    commit here; else abort at the primary (presumed abort: its coordinator
-    is gone) and here. Safe to run any time, beside a live coordinator too.
-    Returns counts: committed, aborted, failed."""
-    counts = {"committed": 0, "aborted": 0, "failed": 0}
-    futs = [_send(ref, "in_doubt", None, timeout) for ref in refs]
-    for s, f in enumerate(futs):
-        entries = _quiet(f)
-        if isinstance(entries, LightningError):
-            counts["failed"] += 1
-            continue
-        for txid, _ops in entries:
-            if only is not None and not only(txid):
-                continue
-            try:
-                counts[_resolve_one(refs, s, txid, timeout)] += 1
-            except LightningError:
-                counts["failed"] += 1
-    return counts
-
-
-def _resolve_one(refs: Sequence[ActorRef], shard: int, txid: bytes, timeout: float) -> str:
-    here = refs[shard]
-    p = int.from_bytes(txid[:2], "big")
-    if p != shard and p < len(refs):
-        primary = refs[p]
-        if not primary.ask("decided", [txid], timeout).result():
-            primary.ask("abort", [txid], timeout).result()
-        if primary.ask("decided", [txid], timeout).result():   # again: a coordinator may have raced us
-            here.ask("commit", [txid, True, False], timeout).result()
-            return "committed"
-    here.ask("abort", [txid], timeout).result()
-    return "aborted"

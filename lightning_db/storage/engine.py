@@ -38,7 +38,7 @@ from .lookup import lookup
 from .memtable import Memtable
 from .published import Publisher
 from .recovery import recover
-from .scan import level_iter, level_live, merge_visible
+from .scan import version_scan
 from .table import TableReader
 from .version import FileMeta, Version, VersionEdit, VersionSet
 from .wal import Op, Wal, encode_abort, encode_batch, encode_marker, encode_prepare
@@ -157,26 +157,7 @@ class Engine:
         if seq is None:
             seq = self._last_seq
         sv = self._sv
-        version = sv.version
-        if not sv.imms and not sv.mem.entries and not version.levels[0]:
-            deep = [files for lvl in range(1, len(version.levels))
-                    if (files := version.overlapping(lvl, start, end))]
-            if len(deep) == 1:           # one sorted run serves the scan alone (e.g. after compaction)
-                return level_live(deep[0], start, end, reverse, seq)
-        sources = []
-        if sv.mem.entries:
-            sources.append(sv.mem.iter_visible(start, end, reverse, seq))
-        for m, _ in sv.imms:
-            if m.entries:
-                sources.append(m.iter_visible(start, end, reverse, seq))
-        for f in version.levels[0]:
-            if (end is None or f.smallest < end) and (start is None or f.largest >= start):
-                sources.append(f.reader.iter_visible(start, end, reverse, seq))
-        for lvl in range(1, len(version.levels)):
-            files = version.overlapping(lvl, start, end)
-            if files:
-                sources.append(level_iter(files, start, end, reverse, seq))
-        return merge_visible(sources, reverse)
+        return version_scan([sv.mem, *sv.imm_mems], sv.version, start, end, reverse, seq)
 
     # --- snapshots --------------------------------------------------------------------------
     def acquire_snapshot(self) -> int:

@@ -26,9 +26,11 @@ from the newest to the oldest version (seq descending).
 
 from __future__ import annotations
 
+import heapq
 import mmap
 import os
 import struct
+import threading
 from bisect import bisect_left
 from typing import Any, Iterator
 
@@ -373,6 +375,13 @@ class SegmentReader:
         self._base = SEGMENT_HEADER_SIZE + 8 * nslots
         self._mv = memoryview(mm)
         self._slots = self._mv[SEGMENT_HEADER_SIZE:self._base].cast("Q")
+        # Ordered reads (built on the first scan, then extended): every key
+        # seen so far, sorted, and the newest record of each, from the part
+        # of the append-only arena read up to ``_done``.
+        self._done = 0
+        self._keys: list[bytes] = []
+        self._newest: dict[bytes, int] = {}
+        self._scan_lock = threading.Lock()
 
     @property
     def is_immutable(self) -> bool:
@@ -415,6 +424,60 @@ class SegmentReader:
                     off, (klen, vlen, seqkind, prev) = self._record(prev, limit)
             si = (si + 1) & mask
         return None
+
+    def _catch_up(self) -> tuple[list[bytes], dict[bytes, int]]:
+        """Read the arena records published since the last call (up to the
+        header's arena_used, which the writer raises after the slots)."""
+        with self._scan_lock:
+            mm, base = self._mm, self._base
+            used = _U64.unpack_from(mm, _OFF_USED)[0]
+            if used > self.capacity:
+                raise CorruptionError(f"segment arena_used {used} beyond its capacity", self.path)
+            off = self._done
+            if off >= used:
+                return self._keys, self._newest
+            newest, new = self._newest, []
+            unpack = SEGMENT_RECORD.unpack_from
+            while off < used:
+                klen, vlen, _seqkind, _prev = unpack(mm, base + off)
+                size = (31 + klen + vlen) & -8
+                if off + size > used:
+                    raise CorruptionError(f"segment record at {off} overruns the arena", self.path)
+                p = base + off + 24
+                key = mm[p:p + klen]
+                if key not in newest:
+                    new.append(key)
+                newest[key] = off + 1
+                off += size
+            self._done = off
+            if new:
+                new.sort()
+                self._keys = list(heapq.merge(self._keys, new))     # a new list: iterators keep theirs
+            return self._keys, newest
+
+    def iter_visible(self, start: bytes | None, end: bytes | None, reverse: bool,
+                     snapshot_seq: int) -> Iterator[tuple[bytes, int, bytes]]:
+        """Same contract as ``Memtable.iter_visible``, from the bytes alone."""
+        keys, newest = self._catch_up()
+        lo = 0 if start is None else bisect_left(keys, start)
+        hi = len(keys) if end is None else bisect_left(keys, end)
+        return self._iter_range(keys, newest, range(hi - 1, lo - 1, -1) if reverse else range(lo, hi),
+                                snapshot_seq)
+
+    def _iter_range(self, keys: list[bytes], newest: dict[bytes, int], positions: range,
+                    snapshot_seq: int) -> Iterator[tuple[bytes, int, bytes]]:
+        mm = self._mm
+        limit = self.capacity
+        for i in positions:
+            key = keys[i]
+            ref = newest[key]
+            while ref:
+                off, (klen, vlen, seqkind, prev) = self._record(ref, limit)
+                if seqkind >> 8 <= snapshot_seq:
+                    p = off + 24 + klen
+                    yield key, seqkind & _KIND_MASK, mm[p:p + vlen]
+                    break
+                ref = prev
 
     def _record(self, ref: int, limit: int) -> tuple[int, tuple[int, int, int, int]]:
         """(file offset, header fields) of the record *ref* points to, bounds-checked."""

@@ -6,7 +6,8 @@ the engine installs a new super version (memtable rotation, flush,
 compaction) and after every write (the visible sequence number).
 ``PublishedReader`` runs in any process that attached to the database: it
 maps the superblock, the memtable segments and the table files of the
-published version and answers point reads from them without a message.
+published version and answers point reads and scans from them without a
+message.
 
 The superblock (layout in ``format.py``) is one page guarded by a seqlock:
 the writer makes ``seq`` odd, writes incarnation, generation and visible,
@@ -43,6 +44,7 @@ from .format import (FORMAT_VERSION, PUBLISHED_HEADER, PUBLISHED_MAGIC, PUBLISHE
 from .fs import OSFileSystem
 from .lookup import lookup
 from .memtable import SegmentReader
+from .scan import version_scan
 from .table import TableReader
 from .version import FileMeta, Version
 
@@ -208,6 +210,17 @@ class PublishedReader:
             r = lookup(mems, version, k, at)
             out.append(None if r is None or r[0] == _DELETE else r[1])
         return out
+
+    def scan(self, start: bytes | None, end: bytes | None, reverse: bool = False) -> Any:
+        """Live (key, value) pairs with start <= key < end in key order, as
+        of now, or UNAVAILABLE. The iterator holds the version it started
+        from (its files stay mapped): a consistent view, whatever the shard
+        flushes or compacts meanwhile."""
+        view = self._view(None)
+        if view is None:
+            return UNAVAILABLE
+        cur, at = view
+        return version_scan(list(cur.mems), cur.version, start, end, reverse, at)
 
     def _load(self, inc: int, gen: int) -> _Loaded | None:
         """Map the version *gen* names; None when a file is already gone."""

@@ -60,3 +60,25 @@ def level_live(files: list[Any], start: bytes | None, end: bytes | None, reverse
     """Live pairs of one level that serves a scan alone (no merge needed)."""
     for f in (reversed(files) if reverse else files):
         yield from f.reader.iter_live(start, end, reverse, seq)
+
+
+def version_scan(mems: list[Any], version: Any, start: bytes | None, end: bytes | None, reverse: bool,
+                 seq: int) -> Iterator[tuple[bytes, bytes]]:
+    """Live (key, value) pairs of memtables *mems* (newest first, each with
+    ``entries`` and ``iter_visible``) over the tables of *version*, as of
+    *seq*: the engine's scan and a published-version reader's alike."""
+    mems = [m for m in mems if m.entries]
+    if not mems and not version.levels[0]:
+        deep = [files for lvl in range(1, len(version.levels))
+                if (files := version.overlapping(lvl, start, end))]
+        if len(deep) == 1:           # one sorted run serves the scan alone (e.g. after compaction)
+            return level_live(deep[0], start, end, reverse, seq)
+    sources = [m.iter_visible(start, end, reverse, seq) for m in mems]
+    for f in version.levels[0]:
+        if (end is None or f.smallest < end) and (start is None or f.largest >= start):
+            sources.append(f.reader.iter_visible(start, end, reverse, seq))
+    for lvl in range(1, len(version.levels)):
+        files = version.overlapping(lvl, start, end)
+        if files:
+            sources.append(level_iter(files, start, end, reverse, seq))
+    return merge_visible(sources, reverse)

@@ -8,7 +8,9 @@ database read random keys from the shards' published versions. Every read
 must return a well-formed value (never a half-written record or a recycled
 file's bytes) that is at least as new as the last write acknowledged before
 the read began (read-your-writes across processes) and never older than
-what the same reader saw before (monotonic).
+what the same reader saw before (monotonic). Short scans, also answered from
+shared memory, must return every key of their range in order, each value at
+least as new as its last acknowledged write.
 
 ``LDB_RACE_SECONDS`` sets how long it races (default 8).
 """
@@ -55,10 +57,24 @@ def reader(path: str, acked, stop, out) -> None:
     db = ldb.open(path)
     rng = random.Random(os.getpid())
     seen = [0] * KEYS
-    reads = violations = 0
+    reads = violations = scans = 0
     problems: list[str] = []
     try:
         while not stop.is_set():
+            if reads % 50 == 0:                    # a short ordered read now and then
+                lo = rng.randrange(KEYS - 20)
+                floors = [acked[i] for i in range(lo, lo + 20)]
+                rows = list(db.scan(key(lo), key(lo + 20)))
+                scans += 1
+                ok = [k for k, _ in rows] == [key(i) for i in range(lo, lo + 20)]
+                for (k, v), floor in zip(rows, floors):
+                    i = int(k[5:])
+                    n = parse(i, v)
+                    ok = ok and n is not None and n >= floor
+                if not ok:
+                    violations += 1
+                    if len(problems) < 5:
+                        problems.append(f"scan from key {lo}: {rows[:3]!r:.200}")
             i = rng.randrange(KEYS)
             floor = acked[i]                       # acknowledged before this read began
             v = db.get(key(i))
@@ -72,7 +88,7 @@ def reader(path: str, acked, stop, out) -> None:
                 seen[i] = n
         loads = [r.loads for r in db._readers if r is not None]
         out.put({"reads": reads, "shared": db.shared_reads, "violations": violations, "problems": problems,
-                 "loads": loads})
+                 "loads": loads, "scans": scans})
     finally:
         db.close()
 
@@ -126,11 +142,12 @@ def test_readers_race_flushes_and_compactions(tmp_path):
         compactions = after["compactions"] + after["trivial_moves"] - before["compactions"] - before["trivial_moves"]
         reads = sum(r["reads"] for r in results)
         print(f"\n{SECONDS:.0f}s: {writes} writes, {flushes} flushes, {compactions} compactions; "
-              f"{reads} reads in {READERS} processes, {sum(r['shared'] for r in results)} from shared memory, "
+              f"{reads} reads and {sum(r['scans'] for r in results)} scans in {READERS} processes, {sum(r['shared'] for r in results)} from shared memory, "
               f"version loads {[r['loads'] for r in results]}")
         assert all(r["violations"] == 0 for r in results), [r["problems"] for r in results]
         assert flushes >= 4 and compactions >= 1, (flushes, compactions)
         assert all(r["reads"] > 100 and r["shared"] >= 0.99 * r["reads"] for r in results), results
+        assert all(r["scans"] > 10 for r in results), results
         assert all(sum(r["loads"]) >= 4 for r in results), results      # they followed new versions
         db.flush()
         final = [parse(i, v) for i, v in enumerate(db.get_many([key(i) for i in range(KEYS)]))]

@@ -106,3 +106,39 @@ def test_a_vanished_version_file_makes_the_reader_read_again(tmp_path):
     finally:
         r.close()
         e.close()
+
+
+def test_reader_scans_match_the_engine_while_it_writes(tmp_path):
+    """Ordered reads from the published version: the same pairs as the
+    engine's own scan at the same moment, forward and reverse, with bounds,
+    while writes, flushes and compactions go on between the scans."""
+    import random
+
+    pub = str(tmp_path / "shard.pub")
+    e = Engine(str(tmp_path / "s"), CFG, publish=pub)
+    r = PublishedReader(pub)
+    rng = random.Random(5)
+    try:
+        for rnd in range(40):
+            for _ in range(150):
+                k = b"k%04d" % rng.randrange(800)
+                if rng.random() < 0.2:
+                    e.write([(0, k, b"")])
+                else:
+                    e.write([(1, k, b"r%d" % rnd + b"." * rng.randrange(60))])
+            if rnd % 7 == 3:
+                e.flush()
+            lo = None if rnd % 3 == 0 else b"k%04d" % rng.randrange(800)
+            hi = None if rnd % 4 == 0 else b"k%04d" % rng.randrange(800)
+            for reverse in (False, True):
+                assert list(r.scan(lo, hi, reverse)) == list(e.scan(lo, hi, reverse)), (rnd, lo, hi, reverse)
+        it = r.scan(None, None)                 # a scan holds its version
+        first = next(it)
+        e.write([(1, b"k0000", b"later")])
+        e.flush()
+        e.compact()
+        rest = list(it)
+        assert (b"k0000", b"later") not in [first, *rest]
+    finally:
+        r.close()
+        e.close()

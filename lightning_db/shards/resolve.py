@@ -1,0 +1,82 @@
+"""Settling cross-shard transactions left in doubt (presumed abort).
+
+Runs in any process that holds refs to every shard: a caller's open
+(``ShardedDatabase``), the node after a caller died (only that caller's
+transactions: ``txid_pid``), tests. A participant's in-doubt txid is settled
+by its primary (the txid's first two bytes): decided there -> commit here;
+else abort at the primary, then here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from typing import Any
+
+from ..actors import ActorRef
+from ..errors import LightningError
+
+__all__ = ["resolve_in_doubt", "txid_pid"]
+
+DEFAULT_TIMEOUT = 30.0
+
+
+def _send(ref: ActorRef, op: str, payload: Any, timeout: float) -> Future:
+    """``ref.ask``; an error raised while sending (a dead ref) goes into the future."""
+    try:
+        return ref.ask(op, payload, timeout)
+    except LightningError as exc:
+        f: Future = Future()
+        f.set_exception(exc)
+        return f
+
+
+def _quiet(f: Future) -> Any:
+    """The result, or the LightningError it failed with (returned, not raised)."""
+    try:
+        return f.result()
+    except LightningError as exc:
+        return exc
+
+
+def txid_pid(txid: bytes) -> int | None:
+    """The pid of the process that coordinated *txid* (None: not recorded)."""
+    return int.from_bytes(txid[2:6], "big") if len(txid) == 16 else None
+
+
+def resolve_in_doubt(refs: Sequence[ActorRef], timeout: float = DEFAULT_TIMEOUT,
+                     only: Callable[[bytes], bool] | None = None) -> dict[str, int]:
+    """Settle every in-doubt txid (those *only* accepts, if given) on every
+    shard by asking its primary (txid's first 2 bytes): decided there ->
+    commit here; else abort at the primary (presumed abort: its coordinator
+    is gone) and here. Safe to run any time, beside a live coordinator too.
+    Returns counts: committed, aborted, failed."""
+    counts = {"committed": 0, "aborted": 0, "failed": 0}
+    futs = [_send(ref, "in_doubt", None, timeout) for ref in refs]
+    for s, f in enumerate(futs):
+        entries = _quiet(f)
+        if isinstance(entries, LightningError):
+            counts["failed"] += 1
+            continue
+        for txid, _ops in entries:
+            if only is not None and not only(txid):
+                continue
+            try:
+                counts[_resolve_one(refs, s, txid, timeout)] += 1
+            except LightningError:
+                counts["failed"] += 1
+    return counts
+
+
+def _resolve_one(refs: Sequence[ActorRef], shard: int, txid: bytes, timeout: float) -> str:
+    here = refs[shard]
+    p = int.from_bytes(txid[:2], "big")
+    if p != shard and p < len(refs):
+        primary = refs[p]
+        if not primary.ask("decided", [txid], timeout).result():
+            primary.ask("abort", [txid], timeout).result()
+        if primary.ask("decided", [txid], timeout).result():   # again: a coordinator may have raced us
+            here.ask("commit", [txid, True, False], timeout).result()
+            return "committed"
+    here.ask("abort", [txid], timeout).result()
+    return "aborted"
