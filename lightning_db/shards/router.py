@@ -131,6 +131,7 @@ class ShardRouter(MappingSugar):
         self._pipelined = self.config.sync != "always"
         self.timeout = timeout
         self._limits = _Limits(self.config)
+        self._max_key = self.config.max_key_size
         self._closed = False
         self._snapshots: set[ShardSnapshot] = set()
         self.retries = 0            # transient failures retried by this router (metrics, tests)
@@ -296,7 +297,21 @@ class ShardRouter(MappingSugar):
         memoryview into the shard's mapped data (no copy; valid for as long as
         it is held) when the read is served from shared memory, else a
         memoryview of the bytes that came back."""
-        self._check_open()
+        if self._closed:
+            self._check_open()
+        if type(key) is not bytes or not 0 < len(key) <= self._max_key:
+            key = self._limits.key(key)
+        if not self._pipe.overlay:
+            # The hot path: straight to the shard's published version.
+            r = self._readers[self.ring.shard_of(key)]
+            if r is not None:
+                try:
+                    v = r.get(key, None, copy)
+                except (OSError, LightningError):
+                    v = UNAVAILABLE
+                if v is not UNAVAILABLE:
+                    self.shared_reads += 1
+                    return default if v is None else v
         v = self._get(key, default, None, copy)
         return memoryview(v) if not copy and isinstance(v, bytes) and v is not default else v
 

@@ -56,6 +56,8 @@ _OFF_USED = 32
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _USED_COUNT = struct.Struct("<QQ")     # arena_used, count (adjacent)
+_FLAGS_TO_USED = struct.Struct("<IQQQ")  # flags, capacity, slots, arena_used: one read
+_Q_USED, _Q_COUNT = _OFF_USED // 8, _OFF_USED // 8 + 1      # header fields as u64 slots
 
 assert SEGMENT_HEADER.size <= SEGMENT_HEADER_SIZE and _REC_SIZE == 24
 
@@ -90,6 +92,7 @@ class Memtable:
                                  nslots, 0, 0, number)
         self._mv = memoryview(mm)
         self._slots = self._mv[SEGMENT_HEADER_SIZE:self._base].cast("Q")
+        self._hdr = self._mv[:SEGMENT_HEADER_SIZE].cast("Q")    # header fields as u64 slots
         self._index: dict[bytes, int] = {}                   # key -> slot number
         self._sorted: list[bytes] | None = None             # sorted keys, built on demand
         self._used = 0
@@ -174,7 +177,12 @@ class Memtable:
             if n:
                 self._count += n
                 self._used = used
-                _USED_COUNT.pack_into(mm, _OFF_USED, used, self._count)
+                # Single aligned 8-byte stores: struct.pack_into would zero
+                # the field before writing it, and a reader in another
+                # process could see that zero.
+                hdr = self._hdr
+                hdr[_Q_USED] = used
+                hdr[_Q_COUNT] = self._count
                 if not self._first_seq:
                     self._first_seq = first_seq
                 self._last_seq = seq - 1
@@ -185,7 +193,7 @@ class Memtable:
         """Mark the segment immutable (header flag); later adds are refused."""
         self._frozen = True
         flags = _U32.unpack_from(self._mm, _OFF_FLAGS)[0]
-        _U32.pack_into(self._mm, _OFF_FLAGS, flags | SEGMENT_FLAG_IMMUTABLE)
+        self._mv[_OFF_FLAGS:_OFF_FLAGS + 4].cast("I")[0] = flags | SEGMENT_FLAG_IMMUTABLE   # one 4-byte store
 
     # --- readers (any thread of the shard process) --------------------------------
     def get(self, key: bytes, snapshot_seq: int, copy: bool = True) -> tuple[int, Any] | None:
@@ -324,6 +332,7 @@ class Memtable:
         if self._mm is None:
             return
         self._slots.release()
+        self._hdr.release()
         self._mv.release()
         self._sorted = None
         try:
@@ -402,10 +411,12 @@ class SegmentReader:
         mask = self._mask
         # Records are only bounded by arena_used once the segment is frozen
         # (the header counters are published after the slots).
-        if _U32.unpack_from(mm, _OFF_FLAGS)[0] & SEGMENT_FLAG_IMMUTABLE:
-            limit = _U64.unpack_from(mm, _OFF_USED)[0]
-        else:
-            limit = self.capacity
+        flags, _, _, used = _FLAGS_TO_USED.unpack_from(mm, _OFF_FLAGS)
+        if not used:
+            # Empty, or nothing published yet: a record the header does not
+            # count yet is newer than any visible sequence number.
+            return None
+        limit = used if flags & SEGMENT_FLAG_IMMUTABLE else self.capacity
         klen_want = len(key)
         si = _key_hash(key) & mask
         for _ in range(mask + 1):

@@ -52,6 +52,7 @@ __all__ = ["UNAVAILABLE", "Publisher", "PublishedReader"]
 
 UNAVAILABLE = object()      # PublishedReader.get: ask the shard instead
 _OFF_SEQ = 16
+_Q_SEQ = _OFF_SEQ // 8                      # seq, incarnation, generation, visible as u64 slots 2..5
 _SEQ = struct.Struct("<Q")
 _STATE = struct.Struct("<QQQQ")             # seq incarnation generation visible
 _DELETE = 0
@@ -71,20 +72,26 @@ class Publisher:
             self._mm = mmap.mmap(fd, PUBLISHED_SIZE)
         finally:
             os.close(fd)
+        self._q = memoryview(self._mm).cast("Q")
         self._lock = threading.Lock()
         seq, _inc, gen, _vis = _STATE.unpack_from(self._mm, _OFF_SEQ)
         self._seq = seq + (seq & 1)          # a writer killed mid-update left it odd
         self._gen = gen
         self._inc = 0
         self._visible = 0
-        self._mm[:16] = PUBLISHED_HEADER.pack(PUBLISHED_MAGIC, FORMAT_VERSION, 0, 0, 0, 0, 0)[:16]
         self._store(0, gen, 0)               # not serving until the first publish
+        self._mm[:16] = PUBLISHED_HEADER.pack(PUBLISHED_MAGIC, FORMAT_VERSION, 0, 0, 0, 0, 0)[:16]
 
     def _store(self, inc: int, gen: int, visible: int) -> None:
-        mm, seq = self._mm, self._seq
-        _SEQ.pack_into(mm, _OFF_SEQ, seq + 1)
-        _STATE.pack_into(mm, _OFF_SEQ, seq + 1, inc, gen, visible)
-        _SEQ.pack_into(mm, _OFF_SEQ, seq + 2)
+        # Single aligned 8-byte stores through a u64 view: struct.pack_into
+        # zeroes its target before writing, and a reader could see the zeros
+        # (an even seq of 0 around zeroed fields would pass the seqlock).
+        q, seq = self._q, self._seq
+        q[_Q_SEQ] = seq + 1
+        q[_Q_SEQ + 1] = inc
+        q[_Q_SEQ + 2] = gen
+        q[_Q_SEQ + 3] = visible
+        q[_Q_SEQ] = seq + 2
         self._seq = seq + 2
 
     def publish(self, shard_dir: str, segments: list[int], version: Version, visible: int) -> None:
@@ -124,6 +131,7 @@ class Publisher:
                 return
             self._inc = 0
             self._store(0, self._gen, self._visible)
+            self._q.release()
             self._mm.close()
             self._mm = None  # type: ignore[assignment]
         try:
@@ -191,10 +199,16 @@ class PublishedReader:
     def get(self, key: bytes, seq: int | None = None, copy: bool = True) -> Any:
         """The value of *key* (latest, or as of *seq*), None, or UNAVAILABLE.
         ``copy=False``: a memoryview into the mapped file instead of bytes."""
-        view = self._view(seq)
-        if view is None:
-            return UNAVAILABLE
-        cur, at = view
+        mm, cur = self._mm, self._loaded
+        s1, inc, gen, vis = _STATE.unpack_from(mm, _OFF_SEQ)      # the common case, inline
+        if (cur is not None and inc and cur.gen == gen and cur.inc == inc and not s1 & 1
+                and _SEQ.unpack_from(mm, _OFF_SEQ)[0] == s1):
+            at = vis if seq is None else min(seq, vis)
+        else:
+            view = self._view(seq)
+            if view is None:
+                return UNAVAILABLE
+            cur, at = view
         r = lookup(cur.mems, cur.version, key, at, copy)
         return None if r is None or r[0] == _DELETE else r[1]
 
