@@ -46,6 +46,7 @@ from collections import OrderedDict
 from typing import Any
 
 from ..actors import Actor
+from ..actors.placement import advise_huge_pages, bind_to_node, node_of, numa_nodes, usable_cpus
 from ..config import Config
 from ..errors import CorruptionError, InvalidArgument, LightningError, TransactionConflict
 from ..storage import restore
@@ -124,6 +125,7 @@ class ShardActor(Actor):
         self.engine_fs = OSFileSystem()
         self.restores = 0
         self.quarantined: list[str] = []
+        self.placement = {"huge_page_advice": 0, "numa_bound": 0}   # segments the kernel accepted
         self._aborted: OrderedDict[bytes, None] = OrderedDict()
 
     # --- hooks ---------------------------------------------------------------------------
@@ -157,7 +159,26 @@ class ShardActor(Actor):
 
     # --- the critical path: quarantine + restore -------------------------------------------
     def _open(self) -> Engine:
-        return Engine(self.shard_dir, self.config, restore_points=True, publish=self.publish_path)
+        return Engine(self.shard_dir, self.config, restore_points=True, publish=self.publish_path,
+                      on_segment=self._place_segment)
+
+    # --- placement of memtable segments --------------------------------------------------------
+    def _place_segment(self, mm: Any) -> None:
+        """Transparent huge pages for the segment, and its pages bound to the
+        NUMA node of this worker's CPU where there are several nodes. What the
+        kernel granted shows in the actor's placement stats (``segments``)."""
+        if advise_huge_pages(mm):
+            self.placement["huge_page_advice"] += 1
+        cpus = usable_cpus()
+        if len(cpus) == 1 and len(numa_nodes()) > 1 and bind_to_node(mm, node_of(cpus[0])):
+            self.placement["numa_bound"] += 1
+
+    def segments(self) -> list[Any]:
+        engine = self.engine
+        if engine is None:
+            return []
+        sv = engine._sv
+        return [m.mapping for m in (sv.mem, *sv.imm_mems)]
 
     def _restore(self, exc: CorruptionError) -> None:
         """Close the engine, quarantine the damaged file, rebuild the shard
@@ -310,7 +331,8 @@ class ShardActor(Actor):
 
     def _stats(self, p: Any) -> dict[str, Any]:
         s = self._engine().stats()
-        s.update(shard_id=self.shard_id, restores=self.restores, quarantined=list(self.quarantined))
+        s.update(shard_id=self.shard_id, restores=self.restores, quarantined=list(self.quarantined),
+                 segment_placement=dict(self.placement))
         return s
 
     def _verify(self, p: Any) -> dict[str, int]:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from ..config import Config
 from ..errors import BackgroundError, DatabaseClosed, InvalidArgument, LightningError, WriteStalled
@@ -62,13 +62,15 @@ class Engine:
     validated (the Database facade does it); ops are (kind, key, value)."""
 
     def __init__(self, path: str, config: Config | None = None, fs: OSFileSystem | None = None,
-                 restore_points: bool = False, publish: str | None = None) -> None:
+                 restore_points: bool = False, publish: str | None = None,
+                 on_segment: Callable[[Any], Any] | None = None) -> None:
         self.path = os.path.abspath(os.fspath(path))
         self.config = config or Config()
         self.fs = fs or OSFileSystem()
         # Restore points (storage/restore.py): kept when the shard's owner
         # can rebuild from them (the shard actor), every config.restore_interval s.
         self.restore_points = restore_points and self.config.restore_interval > 0
+        self._on_segment = on_segment      # placement of each new memtable mapping (huge pages, NUMA)
         self._last_point: float | None = None
         self.cache = make_cache(self.config.block_cache_policy, self.config.block_cache_size)
         self._write_lock = threading.Lock()
@@ -123,7 +125,10 @@ class Engine:
 
     def _new_memtable(self, number: int, needed: int = 0) -> Memtable:
         cap = max(self.config.memtable_size, needed + (needed >> 3) + 4096)
-        return Memtable(self.fs, self._file(segment_name(number)), number, cap)
+        mem = Memtable(self.fs, self._file(segment_name(number)), number, cap)
+        if self._on_segment is not None:
+            self._on_segment(mem.mapping)
+        return mem
 
     # --- reads (no lock) -------------------------------------------------------------------
     @property

@@ -189,6 +189,11 @@ class Memtable:
             if new_keys:
                 self._sorted = None                   # never mutate a list an iterator holds
 
+    @property
+    def mapping(self) -> mmap.mmap:
+        """The segment's writable mapping (placement: huge pages, NUMA)."""
+        return self._mm
+
     def freeze(self) -> None:
         """Mark the segment immutable (header flag); later adds are refused."""
         self._frozen = True

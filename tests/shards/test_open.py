@@ -131,3 +131,22 @@ def test_shards_none_on_a_new_directory_is_one_shard_per_usable_cpu(tmp_path):
         db.put(b"k", b"v")
     with ldb.open(tmp_path / "inproc") as db:             # what the directory holds
         assert isinstance(db, ldb.Database) and db.get(b"k") == b"v"
+
+
+def test_segments_get_huge_page_advice_and_report_what_they_got(tmp_path):
+    import mmap
+
+    from lightning_db.actors.placement import thp_mode
+
+    with ldb.open(tmp_path / "db", shards=2) as db:
+        db.put(b"k", b"v")
+        db.flush()
+        thp = thp_mode() in ("always", "madvise") and hasattr(mmap, "MADV_HUGEPAGE")
+        for st in db.stats()["shards"]:
+            assert st["segment_placement"]["huge_page_advice"] >= (1 if thp else 0)
+            placement = st["placement"]
+            assert placement["page_size"] >= mmap.PAGESIZE
+            if placement["page_size"] == mmap.PAGESIZE:          # a fallback always says why
+                assert placement["page_size_fallback"]
+            if placement["numa_nodes"] == 1:
+                assert st["segment_placement"]["numa_bound"] == 0 and placement["node_fallback"]
