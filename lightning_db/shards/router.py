@@ -341,15 +341,27 @@ class ShardRouter(MappingSugar):
             self.shared_reads += 1
         return v
 
-    def _get(self, key: Any, default: Any, seqs: Sequence[int] | None, copy: bool = True) -> Any:
+    def _incarnation(self, shard: int) -> int | None:
+        """The incarnation the shard's published version is at (None: no reader)."""
+        r = self._reader(shard)
+        if r is None:
+            return None
+        try:
+            return r.state()[0] or None
+        except (OSError, LightningError):
+            return None
+
+    def _get(self, key: Any, default: Any, seqs: Sequence[int] | None, copy: bool = True,
+             incs: Sequence[int | None] | None = None) -> Any:
         key = self._limits.key(key)
         if seqs is None and self._pipe.overlay:
             mine = self._pipe.overlay.get(key)           # this process's write still in flight
             if mine is not None:
                 return default if mine[0] == _DELETE else mine[1]
         s = self.ring.shard_of(key)
-        if seqs is None:
-            v = self._shared(s, "get", key, None, copy)
+        if seqs is None or (incs is not None and incs[s] is not None):
+            v = (self._shared(s, "get", key, None, copy) if seqs is None
+                 else self._shared(s, "get", key, seqs[s], copy, incs[s]))   # a snapshot's own engine
             if v is not UNAVAILABLE:
                 return default if v is None else v
         v = self._ask_retry(s, "get", [key, None if seqs is None else seqs[s]])
@@ -375,7 +387,8 @@ class ShardRouter(MappingSugar):
         self._check_open()
         return self._get_many(keys, None)
 
-    def _get_many(self, keys: Iterable[Any], seqs: Sequence[int] | None) -> list[bytes | None]:
+    def _get_many(self, keys: Iterable[Any], seqs: Sequence[int] | None,
+                  incs: Sequence[int | None] | None = None) -> list[bytes | None]:
         lk = self._limits.key
         keys = [lk(k) for k in keys]
         if not keys:
@@ -386,11 +399,15 @@ class ShardRouter(MappingSugar):
         mine = {i: w for i, k in enumerate(keys) if (w := overlay.get(k)) is not None} if overlay else {}
         groups = self.ring.split(keys)
         answers: dict[int, Any] = {}
-        if seqs is None:
-            for s, pos in groups.items():
+        for s, pos in groups.items():
+            if seqs is None:
                 v = self._shared(s, "get_many", [keys[i] for i in pos])
-                if v is not UNAVAILABLE:
-                    answers[s] = v
+            elif incs is not None and incs[s] is not None:
+                v = self._shared(s, "get_many", [keys[i] for i in pos], seqs[s], incs[s])
+            else:
+                continue
+            if v is not UNAVAILABLE:
+                answers[s] = v
         ask = {s: [[keys[i] for i in pos], None if seqs is None else seqs[s]]
                for s, pos in groups.items() if s not in answers}
         if ask:
@@ -590,6 +607,9 @@ class ShardSnapshot(ReadSugar):
                 _quiet(f)
             raise errors[0]
         self.seqs: list[int] = got
+        # The engine each seq belongs to: reads from shared memory only while
+        # the shard still runs it (a restarted worker does not hold our seq).
+        self.incs: list[int | None] = [router._incarnation(s) for s in range(len(refs))]
         self._closed = False
         router._snapshots.add(self)
 
@@ -600,17 +620,23 @@ class ShardSnapshot(ReadSugar):
 
     def get(self, key: Any, default: Any = None) -> Any:
         self._check()
-        return self._router._get(key, default, self.seqs)
+        return self._router._get(key, default, self.seqs, True, self.incs)
 
     def get_many(self, keys: Iterable[Any]) -> list[bytes | None]:
         self._check()
-        return self._router._get_many(keys, self.seqs)
+        return self._router._get_many(keys, self.seqs, self.incs)
 
     def scan(self, start: Any = None, end: Any = None, prefix: Any = None, reverse: bool = False,
              limit: int | None = None) -> Iterator[tuple[bytes, bytes]]:
         self._check()
-        rng = _scan_range(self._router._limits, start, end, prefix, reverse, limit)
-        return _ScanIter(self._router, rng, reverse, self.seqs, None)
+        r = self._router
+        rng = _scan_range(r._limits, start, end, prefix, reverse, limit)
+        lo, hi, n = rng
+        if None not in self.incs and not ((lo is not None and hi is not None and lo >= hi) or n == 0):
+            its = [r._shared(s, "scan", lo, hi, reverse, self.seqs[s], self.incs[s]) for s in range(len(r.refs))]
+            if all(it is not UNAVAILABLE for it in its):
+                return _limited(heapq.merge(*its, key=_first, reverse=reverse), n)
+        return _ScanIter(r, rng, reverse, self.seqs, None)
 
     def close(self) -> None:
         if self._closed:

@@ -180,13 +180,14 @@ class PublishedReader:
             if not s1 & 1 and _SEQ.unpack_from(mm, _OFF_SEQ)[0] == s1:
                 return inc, gen, vis
 
-    def _view(self, seq: int | None) -> tuple[_Loaded, int] | None:
+    def _view(self, seq: int | None, expect: int | None = None) -> tuple[_Loaded, int] | None:
         """The loaded current version and the sequence number to read at,
-        or None when the shard is not serving or its files moved on faster
-        than this reader could follow."""
+        or None when the shard is not serving, serves another incarnation
+        than *expect* (a snapshot's sequence number means nothing to a new
+        engine), or its files moved on faster than this reader could follow."""
         for _ in range(_RETRIES):
             inc, gen, vis = self.state()
-            if not inc:
+            if not inc or (expect is not None and inc != expect):
                 return None
             cur = self._loaded
             if cur is None or cur.gen != gen or cur.inc != inc:
@@ -196,25 +197,26 @@ class PublishedReader:
             return cur, (vis if seq is None else min(seq, vis))
         return None
 
-    def get(self, key: bytes, seq: int | None = None, copy: bool = True) -> Any:
-        """The value of *key* (latest, or as of *seq*), None, or UNAVAILABLE.
-        ``copy=False``: a memoryview into the mapped file instead of bytes."""
+    def get(self, key: bytes, seq: int | None = None, copy: bool = True, expect: int | None = None) -> Any:
+        """The value of *key* (latest, or as of *seq* in incarnation
+        *expect*), None, or UNAVAILABLE. ``copy=False``: a memoryview into
+        the mapped file instead of bytes."""
         mm, cur = self._mm, self._loaded
         s1, inc, gen, vis = _STATE.unpack_from(mm, _OFF_SEQ)      # the common case, inline
         if (cur is not None and inc and cur.gen == gen and cur.inc == inc and not s1 & 1
-                and _SEQ.unpack_from(mm, _OFF_SEQ)[0] == s1):
+                and _SEQ.unpack_from(mm, _OFF_SEQ)[0] == s1 and (expect is None or inc == expect)):
             at = vis if seq is None else min(seq, vis)
         else:
-            view = self._view(seq)
+            view = self._view(seq, expect)
             if view is None:
                 return UNAVAILABLE
             cur, at = view
         r = lookup(cur.mems, cur.version, key, at, copy)
         return None if r is None or r[0] == _DELETE else r[1]
 
-    def get_many(self, keys: list[bytes], seq: int | None = None) -> Any:
+    def get_many(self, keys: list[bytes], seq: int | None = None, expect: int | None = None) -> Any:
         """Values in order, or UNAVAILABLE."""
-        view = self._view(seq)
+        view = self._view(seq, expect)
         if view is None:
             return UNAVAILABLE
         cur, at = view
@@ -225,12 +227,13 @@ class PublishedReader:
             out.append(None if r is None or r[0] == _DELETE else r[1])
         return out
 
-    def scan(self, start: bytes | None, end: bytes | None, reverse: bool = False) -> Any:
+    def scan(self, start: bytes | None, end: bytes | None, reverse: bool = False, seq: int | None = None,
+             expect: int | None = None) -> Any:
         """Live (key, value) pairs with start <= key < end in key order, as
-        of now, or UNAVAILABLE. The iterator holds the version it started
-        from (its files stay mapped): a consistent view, whatever the shard
-        flushes or compacts meanwhile."""
-        view = self._view(None)
+        of now (or of *seq* in incarnation *expect*), or UNAVAILABLE. The
+        iterator holds the version it started from (its files stay mapped):
+        a consistent view, whatever the shard flushes or compacts meanwhile."""
+        view = self._view(seq, expect)
         if view is None:
             return UNAVAILABLE
         cur, at = view

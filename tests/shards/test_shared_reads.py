@@ -161,3 +161,29 @@ def test_readers_race_flushes_and_compactions(tmp_path):
                 p.kill()
                 p.join(30)
         db.close()
+
+
+def test_snapshot_reads_come_from_shared_memory_and_stay_put(tmp_path):
+    """A snapshot's get, get_many and scan read the published versions at
+    the snapshot's sequence numbers (registered on the shards, so compaction
+    keeps what they see), whatever is written, flushed and compacted after."""
+    with ldb.open(tmp_path / "db", shards=2, **SMALL) as db:
+        before = {key(i): value(i, 1) for i in range(KEYS)}
+        for k, v in before.items():
+            db.put(k, v)
+        with db.snapshot() as snap:
+            for rnd in range(2, 5):                       # overwrite everything, flush, compact
+                for i in range(KEYS):
+                    db.put(key(i), value(i, rnd))
+                db.flush()
+            db.put(key(0), b"")
+            db.delete(key(1))
+            db.compact()
+            reads = db.shared_reads
+            assert snap.get(key(0)) == before[key(0)] and snap.get(key(1)) == before[key(1)]
+            assert snap.get_many(list(before)) == list(before.values())
+            assert list(snap.scan()) == sorted(before.items())
+            assert list(snap.scan(key(10), key(20), reverse=True)) == sorted(
+                (k, v) for k, v in before.items() if key(10) <= k < key(20))[::-1]
+            assert db.shared_reads > reads                 # answered without asking the workers
+        assert db.get(key(2)) == value(2, 4) and db.get(key(1)) is None
