@@ -23,7 +23,7 @@ from ..storage.format import CURRENT
 from .attach import SHARDS_FILE, attach
 from .node import published_path
 from .ring import HashRing
-from .router import ShardRouter, _quiet_call, resolve_in_doubt
+from .router import ShardRouter, _quiet_call, resolve_in_doubt, txid_pid
 
 __all__ = ["ShardedDatabase", "check_layout"]
 
@@ -42,6 +42,11 @@ def check_layout(path: str, shards: int) -> None:
                               "open it with shards=None or its shard count, not shards=0")
 
 
+def _coordinator_gone(txid: bytes) -> bool:
+    pid = txid_pid(txid)
+    return pid is None or not psutil.pid_exists(pid)
+
+
 class ShardedDatabase(ShardRouter):
     """The Database API over the shard workers of a node. Any number of
     processes may hold one on the same path at once."""
@@ -58,7 +63,10 @@ class ShardedDatabase(ShardRouter):
                     for i, addr in enumerate(self._session.addresses)]
             super().__init__(refs, HashRing(self._session.shards), config,
                              published=[published_path(self._path, i) for i in range(len(refs))])
-            resolve_in_doubt(refs)
+            # Settle what callers that are gone left in doubt; a transaction
+            # whose coordinator still runs is its own to finish (aborting it
+            # here would fail a batch that did nothing wrong).
+            resolve_in_doubt(refs, only=_coordinator_gone)
         except BaseException:
             self._session.detach()
             raise

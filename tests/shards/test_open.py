@@ -150,3 +150,33 @@ def test_segments_get_huge_page_advice_and_report_what_they_got(tmp_path):
                 assert placement["page_size_fallback"]
             if placement["numa_nodes"] == 1:
                 assert st["segment_placement"]["numa_bound"] == 0 and placement["node_fallback"]
+
+
+def test_an_open_never_aborts_a_live_callers_batch(tmp_path, monkeypatch):
+    """Opening settles what dead callers left in doubt, and only that: a
+    batch whose coordinator is alive (here: another handle opened between
+    its prepares and its commit) commits as if nothing happened."""
+    from lightning_db.shards import router
+
+    path = str(tmp_path / "db")
+    with ldb.open(path, shards=2) as db:
+        keys = [b"live-%02d" % i for i in range(20)]
+        assert {db.ring.shard_of(k) for k in keys} == {0, 1}
+        plain_ask, opened = router.ShardRouter._ask, []
+
+        def ask(self, shard, op, payload=None):
+            if op == "commit" and payload[2] is True and not opened:     # prepared everywhere, undecided
+                opened.append(ldb.open(path))                            # resolves in-doubt txids
+            return plain_ask(self, shard, op, payload)
+
+        monkeypatch.setattr(router.ShardRouter, "_ask", ask)
+        try:
+            with db.batch() as b:
+                for k in keys:
+                    b.put(k, b"committed")
+            monkeypatch.undo()
+            assert opened and opened[0].get_many(keys) == [b"committed"] * len(keys)
+            assert db.get_many(keys) == [b"committed"] * len(keys)
+        finally:
+            for other in opened:
+                other.close()
