@@ -23,6 +23,7 @@ that shard has more than ``MAX_BUFFERED_BYTES`` buffered.
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -57,8 +58,18 @@ class WritePipeline:
         self.overlay: dict[bytes, tuple[int, bytes, int]] = {}
         self.batches = 0
         self.ops = 0
+        self._pid = os.getpid()
+
+    def _after_fork(self) -> None:
+        """In a process forked from the owner: the sender threads did not
+        come along, and what the parent had queued is the parent's to send."""
+        if self._pid != os.getpid():
+            n = len(self._bufs)
+            self.__init__(self._router, n)  # type: ignore[misc]
 
     def write(self, shard: int, kind: int, key: bytes, value: bytes) -> None:
+        if self._pid != os.getpid():
+            self._after_fork()
         size = len(key) + len(value) + _OVERHEAD
         with self._lock:
             if self._closing:
@@ -83,6 +94,8 @@ class WritePipeline:
     def barrier(self) -> None:
         """Wait for every pipelined write to be answered; raise the first
         error one of them met."""
+        if self._pid != os.getpid():
+            self._after_fork()
         with self._lock:
             while any(self._bufs) or any(self._busy):
                 self._idle.wait()

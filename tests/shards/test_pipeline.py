@@ -128,3 +128,26 @@ def test_other_processes_see_a_write_once_answered(tmp_path):
             batch.put(b"q", b"1")
         assert b.get(b"p000") is None and b.get(b"q") == b"1"
         assert a.stats()["pipeline"]["ops_sent"] >= 301
+
+
+def test_a_forked_child_writes_through_its_own_pipeline(tmp_path):
+    """The sender threads do not survive fork: a child that uses the
+    parent's handle starts its own, and the parent's queue stays the
+    parent's."""
+    import os
+
+    with ldb.open(tmp_path / "db", shards=2) as db:
+        db.put(b"parent", b"1")
+        pid = os.fork()
+        if pid == 0:                                   # the child: write, barrier, leave at once
+            code = 1
+            try:
+                db.put(b"child", b"2")
+                db._pipe.barrier()
+                code = 0 if db.get(b"child") == b"2" else 1
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        db.flush()
+        assert db.get(b"parent") == b"1" and db.get(b"child") == b"2"
