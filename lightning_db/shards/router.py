@@ -299,19 +299,6 @@ class ShardRouter(MappingSugar):
         memoryview of the bytes that came back."""
         if self._closed:
             self._check_open()
-        if type(key) is not bytes or not 0 < len(key) <= self._max_key:
-            key = self._limits.key(key)
-        if not self._pipe.overlay:
-            # The hot path: straight to the shard's published version.
-            r = self._readers[self.ring.shard_of(key)]
-            if r is not None:
-                try:
-                    v = r.get(key, None, copy)
-                except (OSError, LightningError):
-                    v = UNAVAILABLE
-                if v is not UNAVAILABLE:
-                    self.shared_reads += 1
-                    return default if v is None else v
         v = self._get(key, default, None, copy)
         return memoryview(v) if not copy and isinstance(v, bytes) and v is not default else v
 
@@ -353,17 +340,24 @@ class ShardRouter(MappingSugar):
 
     def _get(self, key: Any, default: Any, seqs: Sequence[int] | None, copy: bool = True,
              incs: Sequence[int | None] | None = None) -> Any:
-        key = self._limits.key(key)
+        if type(key) is not bytes or not 0 < len(key) <= self._max_key:
+            key = self._limits.key(key)
         if seqs is None and self._pipe.overlay:
             mine = self._pipe.overlay.get(key)           # this process's write still in flight
             if mine is not None:
                 return default if mine[0] == _DELETE else mine[1]
         s = self.ring.shard_of(key)
         if seqs is None or (incs is not None and incs[s] is not None):
-            v = (self._shared(s, "get", key, None, copy) if seqs is None
-                 else self._shared(s, "get", key, seqs[s], copy, incs[s]))   # a snapshot's own engine
-            if v is not UNAVAILABLE:
-                return default if v is None else v
+            # The hot path: the shard's published version (a snapshot: only its own engine's).
+            r = self._readers[s] or self._reader(s)
+            if r is not None:
+                try:
+                    v = r.get(key, None, copy) if seqs is None else r.get(key, seqs[s], copy, incs[s])
+                except (OSError, LightningError):
+                    v = UNAVAILABLE
+                if v is not UNAVAILABLE:
+                    self.shared_reads += 1
+                    return default if v is None else v
         v = self._ask_retry(s, "get", [key, None if seqs is None else seqs[s]])
         return default if v is None else v
 
@@ -431,14 +425,26 @@ class ShardRouter(MappingSugar):
         rng = _scan_range(self._limits, start, end, prefix, reverse, limit)
         self._check_open()
         self._pipe.barrier()        # this handle's pipelined writes are in
-        lo, hi, n = rng
-        if not ((lo is not None and hi is not None and lo >= hi) or n == 0):
-            # From every shard's published version, when all serve: no message.
-            its = [self._shared(s, "scan", lo, hi, reverse) for s in range(len(self.refs))]
-            if all(it is not UNAVAILABLE for it in its):
-                return _limited(heapq.merge(*its, key=_first, reverse=reverse), n)
+        shared = self._shared_scan(rng, reverse)
+        if shared is not None:
+            return shared
         snap = self.snapshot()
         return _ScanIter(self, rng, reverse, snap.seqs, snap)
+
+    def _shared_scan(self, rng: tuple[bytes | None, bytes | None, int | None], reverse: bool,
+                     seqs: Sequence[int] | None = None,
+                     incs: Sequence[int | None] | None = None) -> Iterator[tuple[bytes, bytes]] | None:
+        """The scan merged from every shard's published version (at *seqs*
+        in engines *incs*, for a snapshot), or None when a shard does not
+        serve it: then the workers are asked, a page at a time."""
+        lo, hi, n = rng
+        if (lo is not None and hi is not None and lo >= hi) or n == 0 or (incs is not None and None in incs):
+            return None
+        at = [()] * len(self.refs) if seqs is None else [(q, i) for q, i in zip(seqs, incs or ())]
+        its = [self._shared(s, "scan", lo, hi, reverse, *at[s]) for s in range(len(self.refs))]
+        if any(it is UNAVAILABLE for it in its):
+            return None
+        return _limited(heapq.merge(*its, key=_first, reverse=reverse), n)
 
     def _scan_at(self, rng: tuple[bytes | None, bytes | None, int | None], reverse: bool,
                  seqs: Sequence[int]) -> Iterator[tuple[bytes, bytes]]:
@@ -631,12 +637,8 @@ class ShardSnapshot(ReadSugar):
         self._check()
         r = self._router
         rng = _scan_range(r._limits, start, end, prefix, reverse, limit)
-        lo, hi, n = rng
-        if None not in self.incs and not ((lo is not None and hi is not None and lo >= hi) or n == 0):
-            its = [r._shared(s, "scan", lo, hi, reverse, self.seqs[s], self.incs[s]) for s in range(len(r.refs))]
-            if all(it is not UNAVAILABLE for it in its):
-                return _limited(heapq.merge(*its, key=_first, reverse=reverse), n)
-        return _ScanIter(r, rng, reverse, self.seqs, None)
+        shared = r._shared_scan(rng, reverse, self.seqs, self.incs)
+        return shared if shared is not None else _ScanIter(r, rng, reverse, self.seqs, None)
 
     def close(self) -> None:
         if self._closed:
