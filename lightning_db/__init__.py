@@ -19,6 +19,7 @@ from .errors import (
     LightningError,
     RecoverableError,
     TransactionConflict,
+    TransactionExpired,
     TransientError,
     WriteStalled,
 )
@@ -46,4 +47,5 @@ __all__ = [
     "CorruptionError",
     "BackgroundError",
     "TransactionConflict",
+    "TransactionExpired",
 ]

@@ -58,6 +58,10 @@ class Config:
     # --- manifest ---
     max_manifest_size: int = 4 * MiB   # a new manifest (full snapshot) is written past this
 
+    # --- transactions (storage/txn.py) ---
+    transaction_max_age: float = 60.0      # seconds a transaction may stay open before it expires
+    transaction_max_keys: int = 250_000    # keys written meanwhile that a shard tracks for open transactions
+
     # --- sharding (shards=0: everything in the calling process) ---
     shards: int | None = 0
 
@@ -90,7 +94,8 @@ class Config:
                                   f"got {self.l0_stop_writes_trigger} < {self.l0_compaction_trigger}")
         positive("restart_intensity")
         positive("heartbeat_misses")
-        for name in ("restart_period", "heartbeat_interval", "shard_stop_timeout"):
+        positive("transaction_max_keys")
+        for name in ("restart_period", "heartbeat_interval", "shard_stop_timeout", "transaction_max_age"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v < float("inf"):
                 raise InvalidArgument(f"config {name} must be a number of seconds > 0, got {v!r}")

@@ -17,6 +17,8 @@ from .config import Config
 from .errors import DatabaseClosed, InvalidArgument
 from .storage.engine import Engine
 from .storage.format import CURRENT, Kind
+from .storage.txn import TxCheck
+from .transaction import Transactional
 
 if TYPE_CHECKING:
     from .shards.client import ShardedDatabase
@@ -252,7 +254,33 @@ class Snapshot(ReadSugar):
             pass
 
 
-class Database(MappingSugar):
+class _EngineTxView:
+    """A transaction's snapshot on the in-process engine (tracked for its commit's checks)."""
+
+    __slots__ = ("_engine", "seq", "_live")
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self.seq = engine.begin_tx()
+        self._live = True
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._engine.get(key, self.seq)
+
+    def get_many(self, keys: list[bytes]) -> list[bytes | None]:
+        return self._engine.get_many(keys, self.seq)
+
+    def scan(self, lo: bytes | None, hi: bytes | None, reverse: bool) -> Iterator[tuple[bytes, bytes]]:
+        return self._engine.scan(lo, hi, reverse, self.seq)
+
+    def release(self, wait: bool = True) -> bool:
+        if not self._live:
+            return True
+        self._live = False
+        return self._engine.end_tx(self.seq)
+
+
+class Database(Transactional, MappingSugar):
     """An open Lightning DB. See README for the full contract. Keys are 1 B to
     ``max_key_size`` (64 KiB), values up to ``max_value_size`` (64 MiB)."""
 
@@ -357,6 +385,17 @@ class Database(MappingSugar):
     def snapshot(self) -> Snapshot:
         self._check_open()
         return Snapshot(self)
+
+    # --- transactions (transaction.py) ---------------------------------------------------------
+    def _tx_view(self) -> _EngineTxView:
+        self._check_open()
+        return _EngineTxView(self._engine)
+
+    def _tx_commit(self, view: _EngineTxView | None, ops: list[tuple[int, bytes, bytes]], reads: list[bytes],
+                   ranges: list[tuple[bytes | None, bytes | None]], serializable: bool, sync: bool | None) -> None:
+        self._check_open()
+        check = TxCheck(None if view is None else view.seq, reads, ranges, serializable)
+        self._engine.write(ops, self._sync_default if sync is None else sync, check)
 
     # --- maintenance ----------------------------------------------------------------------------
     def flush(self) -> None:

@@ -45,6 +45,7 @@ __all__ = [
     "PoisonMessage",
     "PlacementRefused",
     "TransactionConflict",
+    "TransactionExpired",
     "classify",
 ]
 
@@ -266,6 +267,13 @@ class PlacementRefused(RecoverableError):
 class TransactionConflict(TransientError):
     """An optimistic transaction lost a conflict; nothing was written.
     Retrying the whole transaction helps."""
+
+
+class TransactionExpired(TransactionConflict):
+    """The transaction stayed open past ``transaction_max_age`` seconds (or
+    more than ``transaction_max_keys`` keys were written meanwhile), so the
+    shards stopped tracking its snapshot; nothing was written. Retrying the
+    whole transaction helps."""
 
 
 _CLASSES = (InvalidArgument, TransientError, RecoverableError, CriticalError, FatalError)

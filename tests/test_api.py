@@ -122,6 +122,7 @@ EXPECTED_ALL = [
     "CorruptionError",
     "BackgroundError",
     "TransactionConflict",
+    "TransactionExpired",
 ]
 
 

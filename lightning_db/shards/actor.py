@@ -15,13 +15,19 @@ Messages (op, payload) -> reply; payloads are msgpack lists, bytes stay bytes:
                at most ``page`` pairs in scan order, strictly after ``after``
                (None: from the bound); a short page means the end
     "snapshot" -> seq            "release" [seq]
-    "prepare"  [txid, ops]       "commit" [txid, sync, remember] -> seq
+    "snapshot" [tx] -> [seq, prepared txids, decided txids]   (tx: a transaction's, tracked)
+    "release"  [seq, tx] -> bool (False: the transaction's registration had expired)
+    "txwrite"  [ops, sync, check]                   -> last seq (check passes first, or nothing is written)
+    "prepare"  [txid, ops(, check)]  "commit" [txid, sync, remember] -> seq
     "abort"    [txid] -> bool    "in_doubt" -> [[txid, ops], ...]
     "decided"  [txid] -> bool    "forget" [txid]
     "flush", "compact", "verify" -> dict | None
     "checkpoint" [dir] -> dict   "stats" -> engine stats + shard_id
 
-ops are [kind, key, value] with kind 1 (VALUE) or 0 (DELETE). A payload of
+ops are [kind, key, value] with kind 1 (VALUE) or 0 (DELETE); a check is
+[snapshot seq | None, read keys, ranges [[lo|None, hi|None], ...], serializable]
+(storage/txn.py); a prepare with no ops and a check holds read intents only.
+A payload of
 the wrong shape raises ``InvalidArgument``; engine errors keep their
 taxonomy class across the mailbox.
 
@@ -52,6 +58,7 @@ from ..errors import CorruptionError, InvalidArgument, LightningError, Transacti
 from ..storage import restore
 from ..storage.engine import Engine
 from ..storage.format import Kind, parse_name
+from ..storage.txn import TxCheck
 from ..storage.fs import OSFileSystem
 from ..supervisor.quarantine import QUARANTINE_DIR, quarantine
 
@@ -273,23 +280,52 @@ class ShardActor(Actor):
                 break
         return out
 
-    def _snapshot(self, p: Any) -> int:
-        return self._engine().acquire_snapshot()
+    def _snapshot(self, p: Any) -> Any:
+        engine = self._engine()
+        if p is None:
+            return engine.acquire_snapshot()
+        (tx,) = _shape(p, 1, "snapshot")
+        seq = engine.begin_tx() if _flag(tx, "tx") else engine.acquire_snapshot()
+        # What a cut must not straddle: prepared here, decided here as primary.
+        return [seq, list(engine._prepared), list(engine._decided)]
 
-    def _release(self, p: Any) -> None:
-        (seq,) = _shape(p, 1, "release")
-        seq = _seq(seq)
+    def _release(self, p: Any) -> Any:
+        if not isinstance(p, (list, tuple)) or len(p) not in (1, 2):
+            raise InvalidArgument(f"'release' takes [seq] or [seq, tx], got {p!r:.80}")
+        seq = _seq(p[0])
         if seq is None:
             raise InvalidArgument("release needs a seq")
+        if len(p) == 2 and _flag(p[1], "tx"):
+            return self._engine().end_tx(seq)
         self._engine().release_snapshot(seq)
+        return None
+
+    def _check(self, c: Any) -> TxCheck:
+        snap, reads, ranges, serializable = _shape(c, 4, "check")
+        if not isinstance(reads, (list, tuple)) or not isinstance(ranges, (list, tuple)):
+            raise InvalidArgument(f"a check's reads and ranges must be lists, got {c!r:.80}")
+        rs = []
+        for r in ranges:
+            lo, hi = _shape(r, 2, "range")
+            rs.append((_bytes(lo, "range start", True), _bytes(hi, "range end", True)))
+        return TxCheck(_seq(snap), [self._key(k) for k in reads], rs, _flag(serializable, "serializable"))
+
+    def _txwrite(self, p: Any) -> int:
+        ops, sync, check = _shape(p, 3, "txwrite")
+        return self._engine().write(self._ops(ops), _flag(sync, "sync"), self._check(check))
 
     def _prepare(self, p: Any) -> None:
-        txid, ops = _shape(p, 2, "prepare")
-        txid = _txid(txid)
-        ops = self._ops(ops)
+        if not isinstance(p, (list, tuple)) or len(p) not in (2, 3):
+            raise InvalidArgument(f"'prepare' takes [txid, ops] or [txid, ops, check], got {p!r:.80}")
+        txid = _txid(p[0])
+        ops = self._ops(p[1])
+        check = self._check(p[2]) if len(p) == 3 else None
         if txid in self._aborted:
             raise TransactionConflict(f"transaction {txid.hex()} was already aborted on shard {self.shard_id}")
-        self._engine().prepare(txid, ops)
+        if not ops and check is not None:
+            self._engine().hold_reads(txid, check)
+        else:
+            self._engine().prepare(txid, ops, check)
 
     def _commit(self, p: Any) -> int:
         txid, sync, remember = _shape(p, 3, "commit")
@@ -342,7 +378,7 @@ class ShardActor(Actor):
 _HANDLERS = {
     "write": ShardActor._write, "get": ShardActor._get, "get_many": ShardActor._get_many,
     "scan": ShardActor._scan, "snapshot": ShardActor._snapshot, "release": ShardActor._release,
-    "prepare": ShardActor._prepare, "commit": ShardActor._commit, "abort": ShardActor._abort,
+    "txwrite": ShardActor._txwrite, "prepare": ShardActor._prepare, "commit": ShardActor._commit, "abort": ShardActor._abort,
     "in_doubt": ShardActor._in_doubt, "decided": ShardActor._decided, "forget": ShardActor._forget,
     "flush": ShardActor._flush, "compact": ShardActor._compact, "checkpoint": ShardActor._checkpoint,
     "stats": ShardActor._stats, "verify": ShardActor._verify,

@@ -21,7 +21,8 @@ from ..config import Config
 from ..errors import DatabaseShutdown, InvalidArgument, PeerLost, TransientError
 from ..storage.format import CURRENT
 from .attach import SHARDS_FILE, attach
-from .node import published_path
+from .gate import CommitGate
+from .node import published_path, runtime_dir_for
 from .ring import HashRing
 from .router import ShardRouter, _quiet_call, resolve_in_doubt, txid_pid
 
@@ -62,11 +63,12 @@ class ShardedDatabase(ShardRouter):
             refs = [ActorRef(f"shard-{i}", addr, 0, fail_fast=True)
                     for i, addr in enumerate(self._session.addresses)]
             super().__init__(refs, HashRing(self._session.shards), config,
-                             published=[published_path(self._path, i) for i in range(len(refs))])
+                             published=[published_path(self._path, i) for i in range(len(refs))],
+                             gate=CommitGate(runtime_dir_for(self._path)))
             # Settle what callers that are gone left in doubt; a transaction
             # whose coordinator still runs is its own to finish (aborting it
             # here would fail a batch that did nothing wrong).
-            resolve_in_doubt(refs, only=_coordinator_gone)
+            resolve_in_doubt(refs, only=_coordinator_gone, gate=self.gate)
         except BaseException:
             self._session.detach()
             raise

@@ -66,6 +66,7 @@ from ..errors import (
 from ..mailbox import Envelope, MailboxServer, MsgKind
 from ..mailbox import shutdown as mailbox_shutdown
 from ..supervisor import AlertSink, ChildSpec, Monitor, Supervisor
+from .gate import CommitGate
 from .actor import ShardActor
 from .router import resolve_in_doubt, txid_pid
 
@@ -366,7 +367,8 @@ class Node:
         def settle() -> None:
             refs = [ActorRef(f"shard-{i:03d}", a, 0, fail_fast=True) for i, a in enumerate(self.addresses)]
             try:
-                counts = resolve_in_doubt(refs, SETTLE_TIMEOUT_S, only=lambda t: txid_pid(t) in pids)
+                counts = resolve_in_doubt(refs, SETTLE_TIMEOUT_S, only=lambda t: txid_pid(t) in pids,
+                                          gate=CommitGate(self.runtime_dir))
             finally:
                 for r in refs:
                     r.disconnect()

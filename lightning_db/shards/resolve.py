@@ -45,12 +45,13 @@ def txid_pid(txid: bytes) -> int | None:
 
 
 def resolve_in_doubt(refs: Sequence[ActorRef], timeout: float = DEFAULT_TIMEOUT,
-                     only: Callable[[bytes], bool] | None = None) -> dict[str, int]:
+                     only: Callable[[bytes], bool] | None = None, gate: Any = None) -> dict[str, int]:
     """Settle every in-doubt txid (those *only* accepts, if given) on every
     shard by asking its primary (txid's first 2 bytes): decided there ->
     commit here; else abort at the primary (presumed abort: its coordinator
     is gone) and here. Safe to run any time, beside a live coordinator too.
-    Returns counts: committed, aborted, failed."""
+    Each settlement holds *gate* (a ``CommitGate``) shared, as any commit
+    does. Returns counts: committed, aborted, failed."""
     counts = {"committed": 0, "aborted": 0, "failed": 0}
     futs = [_send(ref, "in_doubt", None, timeout) for ref in refs]
     for s, f in enumerate(futs):
@@ -62,7 +63,11 @@ def resolve_in_doubt(refs: Sequence[ActorRef], timeout: float = DEFAULT_TIMEOUT,
             if only is not None and not only(txid):
                 continue
             try:
-                counts[_resolve_one(refs, s, txid, timeout)] += 1
+                if gate is None:
+                    counts[_resolve_one(refs, s, txid, timeout)] += 1
+                else:
+                    with gate.shared(timeout):
+                        counts[_resolve_one(refs, s, txid, timeout)] += 1
             except LightningError:
                 counts["failed"] += 1
     return counts

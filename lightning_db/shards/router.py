@@ -14,16 +14,11 @@ merges per-shard paged iterators (the next page is requested before the
 current one is consumed) with ``heapq.merge``, all read at one snapshot
 vector. put/delete are pipelined (``pipeline.py``).
 
-Two-phase commit, this router the coordinator: txid = primary shard id (2
-bytes, big-endian) + the coordinator's pid (4 bytes, so the node can settle
-what a dead caller left: ``txid_pid``) + 10 random bytes, primary = lowest
-participant; prepare
-everywhere (fsynced); any failure -> abort every participant, raise. Else
-commit on the primary with remember=True (the durable decision), commit on
-the others, then forget on the primary. Commits are always synced: a lost
-commit record on a participant whose primary already forgot would otherwise
-be resolved as an abort. ``resolve_in_doubt`` settles what a dead coordinator
-or participant left behind (presumed abort).
+Cross-shard commits (two-phase commit for batches and transactions, the
+transaction commit paths) are in ``coordinator.py``, with this router as
+the coordinator; snapshots are cuts taken under the commit gate
+(``snapshot.py``, ``gate.py``); ``transaction()`` comes from
+``transaction.py`` with ``_tx_view``/``_tx_commit`` here.
 
 Retries. A shard worker killed (kill -9) and restarted by the node loses
 the asks it had received: the mailbox fails them with ``PeerLost`` as soon
@@ -34,19 +29,14 @@ the router's timeout): get, get_many (only the shards that failed are asked
 again), scan pages, single-shard writes ("write" with the same ops sets the
 same values again, and a retry before the ack is linearizable: the caller
 has not been told anything yet), flush, compact, stats and verify. A
-snapshot is re-acquired only after ``PeerLost`` (the worker died, so nothing
-stays registered there); a released one is never retried. A retried scan
+snapshot's cut is taken again as a whole after a transient error
+(snapshot.py); a release is never retried. A retried scan
 page is read again at the scan's snapshot seq; a restarted worker no longer
 has that snapshot registered, so the page is correct only while compaction
 has not dropped versions newer than it (accepted: the window is the restart
-plus the next compaction). Prepare and the primary's commit are never
-retried (a failed prepare aborts the batch); what follows a failure is:
-abort toward a participant that died, the question "committed?" to a
-primary that died, and, once the decision is durable, commit toward a
-participant that died and forget at the primary, each retried until the
-restarted worker answers (its PREPARE or decision is in its WAL), so a
-coordinator that lives on leaves nothing in doubt. Only when a worker stays
-unreachable past the deadline is the rest left to ``resolve_in_doubt``.
+plus the next compaction). The steps of two-phase commit are retried as
+coordinator.py says. A cross-shard batch that meets a transaction's intents (a TransactionConflict
+at prepare) is tried again as a whole: its writes are blind.
 Checkpoint is never retried.
 """
 
@@ -61,23 +51,19 @@ from typing import Any
 
 from ..actors import ActorRef
 from ..config import Config
-from ..db import Batch, MappingSugar, ReadSugar, _limited, _Limits, _scan_range
-from ..errors import (
-    DatabaseClosed,
-    InvalidArgument,
-    LightningError,
-    PeerLost,
-    Timeout,
-    TransactionConflict,
-    TransientError,
-)
+from ..db import Batch, MappingSugar, _limited, _Limits, _scan_range
+from ..errors import DatabaseClosed, InvalidArgument, LightningError, Timeout, TransactionConflict, TransientError
 from ..storage.format import Kind
 from ..storage.published import UNAVAILABLE, PublishedReader
 from ..supervisor.breaker import CircuitBreaker
 from ..supervisor.retry import Backoff, retry
+from ..transaction import Transactional
+from .coordinator import commit_transaction, two_phase
+from .gate import CommitGate
 from .pipeline import WritePipeline
 from .resolve import _quiet, _send, resolve_in_doubt, txid_pid
 from .ring import HashRing
+from .snapshot import ScanIter, ShardSnapshot, TxView
 
 __all__ = ["DEFAULT_TIMEOUT", "SCAN_PAGE", "ShardRouter", "ShardSnapshot", "resolve_in_doubt", "txid_pid"]
 
@@ -109,14 +95,18 @@ def _quiet_call(fn: Callable[[], Any]) -> Any:
         return exc
 
 
-class ShardRouter(MappingSugar):
+class ShardRouter(Transactional, MappingSugar):
     """The client side of a sharded database; ``close`` releases snapshots, not the actors."""
 
     def __init__(self, refs: Sequence[ActorRef], ring: HashRing, config: Config | None = None,
-                 timeout: float = DEFAULT_TIMEOUT, published: Sequence[str] | None = None) -> None:
+                 timeout: float = DEFAULT_TIMEOUT, published: Sequence[str] | None = None,
+                 gate: CommitGate | None = None) -> None:
         if len(refs) != ring.shards:
             raise InvalidArgument(f"{len(refs)} refs for a ring of {ring.shards} shards")
         self.refs = list(refs)
+        # Snapshots are cuts no multi-shard commit straddles (gate.py): shared
+        # by every process of a node; None: private to this router.
+        self.gate = gate or CommitGate()
         # Reads without messages: each shard's published version (superblock
         # paths, storage/published.py), mapped on first use; None: ask only.
         self._published = list(published) if published is not None else None
@@ -218,69 +208,23 @@ class ShardRouter(MappingSugar):
             (s,) = groups
             self._ask_retry(s, "write", [ops, bool(sync)])
         else:
-            self._two_phase({s: [ops[i] for i in pos] for s, pos in groups.items()})
+            # Blind writes: a batch that met a transaction's intents (the
+            # TransactionConflict of a prepare) is simply tried again.
+            parts = {s: [ops[i] for i in pos] for s, pos in groups.items()}
+            backoff = Backoff(attempts=RETRY_ATTEMPTS * 4, base=RETRY_BASE / 10, cap=RETRY_CAP,
+                              deadline=time.monotonic() + self.timeout)
+            while True:
+                try:
+                    return self._two_phase(parts)
+                except TransactionConflict:
+                    delay = next(backoff, None)
+                    if delay is None:
+                        raise
+                    self.retries += 1
+                    time.sleep(delay)
 
     def _two_phase(self, parts: dict[int, list[Op]]) -> None:
-        shards = sorted(parts)
-        primary = shards[0]
-        txid = primary.to_bytes(2, "big") + os.getpid().to_bytes(4, "big") + os.urandom(10)
-        futs = [_send(self.refs[s], "prepare", [txid, parts[s]], self.timeout) for s in shards]
-        errors = [r for r in map(_quiet, futs) if isinstance(r, LightningError)]
-        if errors:
-            self._abort_all(txid, shards)
-            raise errors[0]
-        try:
-            self._ask(primary, "commit", [txid, True, True])
-        except LightningError as exc:
-            outcome = self._settle_primary(txid, primary)
-            if outcome is None:          # unreachable primary: resolve_in_doubt decides later
-                raise
-            if outcome is False:
-                self._abort_all(txid, shards[1:])
-                if isinstance(exc, InvalidArgument):   # aborted under us by resolve_in_doubt
-                    raise TransactionConflict(f"batch {txid.hex()} was aborted by in-doubt resolution") from None
-                raise
-        rest = {s: _send(self.refs[s], "commit", [txid, True, False], self.timeout) for s in shards[1:]}
-        failed = [s for s, f in rest.items() if isinstance(_quiet(f), LightningError)]
-        # The decision is durable at the primary: a participant that died
-        # meanwhile is committed again once its worker is back (its PREPARE
-        # is in its WAL), so the batch is whole when this call returns.
-        if all([self._settle_commit(txid, s) for s in failed]):
-            _quiet_call(lambda: self._retry(lambda: self._ask(primary, "forget", [txid])))
-        # else: still unreachable; resolve_in_doubt commits the rest later
-
-    def _settle_commit(self, txid: bytes, shard: int) -> bool:
-        """Commit *txid* on *shard* after an earlier commit ask failed,
-        retrying transient errors; True once it is committed there. A shard
-        that no longer holds it prepared committed it already (the reply was
-        lost, or in-doubt resolution got there first: the decision is commit)."""
-        def attempt() -> None:
-            try:
-                self._ask(shard, "commit", [txid, True, False])
-            except InvalidArgument:
-                pass                     # no such prepared transaction: committed before
-        try:
-            self._retry(attempt)
-            return True
-        except LightningError:
-            return False
-
-    def _settle_primary(self, txid: bytes, primary: int) -> bool | None:
-        """After a failed primary commit: True committed, False aborted, None unknown."""
-        try:       # retried: a primary that died is asked again once its worker is back
-            if self._retry(lambda: self._ask(primary, "abort", [txid])):
-                return False
-            return bool(self._retry(lambda: self._ask(primary, "decided", [txid])))
-        except LightningError:
-            return None
-
-    def _abort_all(self, txid: bytes, shards: Iterable[int]) -> None:
-        """Abort everywhere; a participant that died is asked again once its
-        worker is back (a PREPARE it made durable must not stay in doubt)."""
-        futs = {s: _send(self.refs[s], "abort", [txid], self.timeout) for s in shards}
-        for s, f in futs.items():
-            if isinstance(_quiet(f), TransientError):
-                _quiet_call(lambda s=s: self._retry(lambda: self._ask(s, "abort", [txid])))
+        two_phase(self, parts)
 
     # --- single keys ------------------------------------------------------------------------
     def put(self, key: Any, value: Any, sync: bool | None = None) -> None:
@@ -429,7 +373,7 @@ class ShardRouter(MappingSugar):
         if shared is not None:
             return shared
         snap = self.snapshot()
-        return _ScanIter(self, rng, reverse, snap.seqs, snap)
+        return ScanIter(self, rng, reverse, snap.seqs, snap)
 
     def _shared_scan(self, rng: tuple[bytes | None, bytes | None, int | None], reverse: bool,
                      seqs: Sequence[int] | None = None,
@@ -482,6 +426,19 @@ class ShardRouter(MappingSugar):
         self._check_open()
         self._pipe.barrier()        # the snapshot covers this handle's pipelined writes
         return ShardSnapshot(self)
+
+    # --- transactions (transaction.py, coordinator.py) -----------------------------------------------
+    def _tx_view(self) -> TxView:
+        self._check_open()
+        self._pipe.barrier()        # the transaction reads this handle's pipelined writes
+        return TxView(self)
+
+    def _tx_commit(self, view: TxView | None, ops: list[Op], reads: list[bytes],
+                   ranges: list[tuple[bytes | None, bytes | None]], serializable: bool, sync: bool | None) -> None:
+        self._check_open()
+        self._pipe.barrier()        # after every pipelined write of this handle, in order
+        commit_transaction(self, None if view is None else view.seqs, ops, reads, ranges, serializable,
+                           bool(sync))
 
     # --- maintenance ----------------------------------------------------------------------------
     def flush(self) -> None:
@@ -556,6 +513,7 @@ class ShardRouter(MappingSugar):
             self._closed = True
             for ref in self.refs:
                 ref.disconnect()
+            self.gate.close()
             for i, r in enumerate(self._readers):
                 if r is not None:
                     self._readers[i] = None
@@ -564,87 +522,3 @@ class ShardRouter(MappingSugar):
     @property
     def closed(self) -> bool:
         return self._closed
-class _ScanIter:
-    """A scan's iterator; releases its snapshot when exhausted, closed or collected."""
-
-    def __init__(self, router: ShardRouter, rng: Any, reverse: bool, seqs: Sequence[int],
-                 snap: ShardSnapshot | None) -> None:
-        self._it = router._scan_at(rng, reverse, seqs)
-        self._snap = snap
-
-    def __iter__(self) -> _ScanIter:
-        return self
-
-    def __next__(self) -> tuple[bytes, bytes]:
-        try:
-            return next(self._it)
-        except BaseException:
-            self.close()
-            raise
-
-    def close(self) -> None:
-        snap, self._snap = self._snap, None
-        if snap is not None:
-            snap.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
-
-
-class ShardSnapshot(ReadSugar):
-    """A read view: one seq per shard, acquired on every shard (asks sent
-    together); ``close`` (or ``with``) releases them."""
-
-    def __init__(self, router: ShardRouter) -> None:
-        self._router = router
-        refs, timeout = router.refs, router.timeout
-        got = [_quiet(_send(ref, "snapshot", None, timeout)) for ref in refs]
-        for i, g in enumerate(got):     # a worker that died: nothing of ours stays registered there
-            if isinstance(g, PeerLost):
-                router.retries += 1
-                ref = refs[i]
-                got[i] = _quiet_call(lambda ref=ref: router._retry(lambda: ref.ask("snapshot", None, timeout).result()))
-        errors = [g for g in got if isinstance(g, LightningError)]
-        if errors:                       # give back what was acquired
-            for f in [_send(ref, "release", [g], timeout) for ref, g in zip(refs, got) if isinstance(g, int)]:
-                _quiet(f)
-            raise errors[0]
-        self.seqs: list[int] = got
-        # The engine each seq belongs to: reads from shared memory only while
-        # the shard still runs it (a restarted worker does not hold our seq).
-        self.incs: list[int | None] = [router._incarnation(s) for s in range(len(refs))]
-        self._closed = False
-        router._snapshots.add(self)
-
-    def _check(self) -> None:
-        self._router._check_open()         # a closed handle first: its snapshots went with it
-        if self._closed:
-            raise InvalidArgument("snapshot was released")
-
-    def get(self, key: Any, default: Any = None) -> Any:
-        self._check()
-        return self._router._get(key, default, self.seqs, True, self.incs)
-
-    def get_many(self, keys: Iterable[Any]) -> list[bytes | None]:
-        self._check()
-        return self._router._get_many(keys, self.seqs, self.incs)
-
-    def scan(self, start: Any = None, end: Any = None, prefix: Any = None, reverse: bool = False,
-             limit: int | None = None) -> Iterator[tuple[bytes, bytes]]:
-        self._check()
-        r = self._router
-        rng = _scan_range(r._limits, start, end, prefix, reverse, limit)
-        shared = r._shared_scan(rng, reverse, self.seqs, self.incs)
-        return shared if shared is not None else _ScanIter(r, rng, reverse, self.seqs, None)
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        r = self._router
-        r._snapshots.discard(self)
-        for f in [_send(ref, "release", [seq], r.timeout) for ref, seq in zip(r.refs, self.seqs)]:
-            _quiet(f)

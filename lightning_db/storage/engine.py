@@ -40,8 +40,10 @@ from .published import Publisher
 from .recovery import recover
 from .scan import version_scan
 from .table import TableReader
+from .participant import Participant
+from .txn import ConflictTracker, TxCheck
 from .version import FileMeta, Version, VersionEdit, VersionSet
-from .wal import Op, Wal, encode_abort, encode_batch, encode_marker, encode_prepare
+from .wal import Op, Wal, encode_batch, encode_marker, encode_prepare
 
 _DELETE = int(Kind.DELETE)
 
@@ -57,7 +59,7 @@ class SuperVersion:
         self.version = version
 
 
-class Engine:
+class Engine(Participant):
     """One shard's LSM tree. Thread-safe. Keys and values must already be
     validated (the Database facade does it); ops are (kind, key, value)."""
 
@@ -97,6 +99,10 @@ class Engine:
                 self._pub = Publisher(publish)
             self.versions = VersionSet(self.fs, self.path, self.config.num_levels)
             mem, wal, last_seq, self._prepared, self._decided = recover(self)
+            # Optimistic transactions (storage/txn.py): prepared ops are write intents again.
+            self.txn = ConflictTracker(self.config.transaction_max_age, self.config.transaction_max_keys)
+            for txid, ops in self._prepared.items():
+                self.txn.hold(txid, [op[1] for op in ops])
             self._last_seq = last_seq
             self._sv = SuperVersion(mem, wal, (), self.versions.current)
             self._publish()
@@ -180,87 +186,44 @@ class Engine:
                 self._snapshots[seq] = n - 1
 
     def _smallest_snapshot(self) -> int:
+        if self._write_lock.acquire(blocking=False):     # never wait: a writer may be waiting for us
+            try:
+                self.txn.expire()               # registrations of transactions left open too long
+            finally:
+                self._write_lock.release()
+        tx = self.txn.floor                     # transactions' snapshots count too (read without a lock)
         with self._mutex:
-            return min(self._snapshots, default=self._last_seq)
+            seq = min(self._snapshots, default=self._last_seq)
+        return seq if tx is None else min(seq, tx)
 
     # --- writes -------------------------------------------------------------------------------
-    def write(self, ops: list[Op], sync: bool = False) -> int:
+    def write(self, ops: list[Op], sync: bool = False, check: TxCheck | None = None) -> int:
         """Apply *ops* atomically; return the sequence number of the last one.
         Returns once the WAL holds them (and has fsynced them when *sync* or
-        the policy is ``always``)."""
+        the policy is ``always``). With *check* (a transaction's commit) the
+        check passes first, under the same lock, or nothing is written."""
         if not ops:
+            if check is not None:
+                with self._write_lock:
+                    self.txn.check(check)
             return self._last_seq
-        return self._write(ops, sync, None)
+        return self._write(ops, sync, None, False, check)
 
-    # --- two-phase commit (a participant's side) --------------------------------------------
-    def prepare(self, txid: bytes, ops: list[Op]) -> None:
-        """Make *ops* durable under *txid* without applying them: after this
-        returns, the transaction survives any crash until ``commit_prepared``
-        or ``abort_prepared`` decides it. Always fsynced."""
+    def _write(self, ops: list[Op] | None, sync: bool, commit: bytes | None, remember: bool = False,
+               check: TxCheck | None = None) -> int:
         with self._write_lock:
             if self._write_error is not None or self._bg_error is not None or self._closed:
                 self._raise_write_error()
-            if txid in self._prepared:
-                raise InvalidArgument(f"transaction {txid!r} is already prepared on this shard")
-            wal = self._sv.wal
-            try:
-                target = wal.append(encode_prepare(txid, ops))
-            except LightningError as exc:
-                self._write_error = exc
-                raise
-            self._prepared[txid] = list(ops)
-        self._sync_through(wal, target)
-
-    def commit_prepared(self, txid: bytes, sync: bool = True, remember: bool = False) -> int:
-        """Apply the prepared transaction *txid*; the commit record carries
-        its ops, so it is self-contained. With *remember* this shard is the
-        transaction's primary: the same record is the durable decision, kept
-        (``decided``) until ``forget``. Returns the last sequence number."""
-        return self._write(None, sync, txid, remember)
-
-    def decided(self, txid: bytes) -> bool:
-        """Whether this shard, as primary, committed *txid* and still keeps
-        the decision."""
-        return txid in self._decided
-
-    def forget(self, txid: bytes) -> None:
-        """Every participant has the decision: stop keeping it."""
-        with self._write_lock:
-            if txid not in self._decided or self._write_error is not None or self._closed:
-                return
-            self._sv.wal.append(encode_marker(WalOp.FORGET, txid))
-            self._decided.discard(txid)
-
-    def abort_prepared(self, txid: bytes) -> bool:
-        """Drop the prepared transaction *txid* (False if it is unknown). The
-        abort record need not be synced: a prepare found without a decision
-        after a crash is simply asked about again."""
-        with self._write_lock:
-            if self._write_error is not None or self._closed:
-                self._raise_write_error()
-            if txid not in self._prepared:
-                return False
-            try:
-                self._sv.wal.append(encode_abort(txid))
-            except LightningError as exc:
-                self._write_error = exc
-                raise
-            del self._prepared[txid]
-            return True
-
-    def in_doubt(self) -> dict[bytes, list[Op]]:
-        """Prepared transactions with no decision yet (after recovery too)."""
-        with self._write_lock:
-            return {t: [tuple(op) for op in ops] for t, ops in self._prepared.items()}
-
-    def _write(self, ops: list[Op] | None, sync: bool, commit: bytes | None, remember: bool = False) -> int:
-        with self._write_lock:
-            if self._write_error is not None or self._bg_error is not None or self._closed:
-                self._raise_write_error()
+            txn = self.txn
             if commit is not None:
                 ops = self._prepared.get(commit)
                 if ops is None:
                     raise InvalidArgument(f"no prepared transaction {commit!r} on this shard")
+            elif check is not None:
+                check.writes = [op[1] for op in ops]
+                txn.check(check)
+            elif txn._write_intents:
+                txn.check_plain([op[1] for op in ops])
             n = len(ops)
             nbytes = 32 * n
             for op in ops:
@@ -281,8 +244,11 @@ class Engine:
                 self._last_seq = seq + n - 1
                 if self._pub is not None:
                     self._pub.visible(self._last_seq)
+                if txn.tracked_from is not None:
+                    txn.record(seq, [op[1] for op in ops])
             if commit is not None:
                 del self._prepared[commit]
+                txn.release(commit)
                 if remember:
                     self._decided.add(commit)
             c = self._counters

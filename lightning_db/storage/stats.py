@@ -44,6 +44,7 @@ def engine_stats(engine: "Engine") -> dict[str, Any]:
         "sync_policy": engine.config.sync,
         "snapshots": sum(engine._snapshots.values()),
         "prepared_transactions": len(engine._prepared),
+        **engine.txn.stats(),
         "flushes": c["flushes"],
         "compactions": c["compactions"],
         "trivial_moves": c["trivial_moves"],

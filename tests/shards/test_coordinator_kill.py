@@ -20,6 +20,7 @@ import os, signal, sys
 import lightning_db as ldb
 from tests.waiting import wait_until
 import lightning_db.shards.router as router
+import lightning_db.shards.coordinator as coordinator
 
 path, step, tag = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode()
 sent = 0
@@ -32,8 +33,8 @@ def before(op):
             print("killing before", op, flush=True)
             os.kill(os.getpid(), signal.SIGKILL)
 
-plain_send, plain_ask = router._send, router.ShardRouter._ask
-router._send = lambda ref, op, payload, timeout: (before(op), plain_send(ref, op, payload, timeout))[1]
+plain_send, plain_ask = coordinator._send, router.ShardRouter._ask
+coordinator._send = lambda ref, op, payload, timeout: (before(op), plain_send(ref, op, payload, timeout))[1]
 router.ShardRouter._ask = lambda self, shard, op, payload=None: (before(op), plain_ask(self, shard, op, payload))[1]
 
 db = ldb.open(path)

@@ -6,7 +6,7 @@ applied, nothing is left in doubt and the primary keeps no decision (the
 coordinator asks a restarted worker again), and the keys read the same
 through a new handle and after closing and reopening the database.
 
-The caller is instrumented in this process: ``router._send`` and
+The caller is instrumented in this process: ``coordinator._send`` and
 ``ShardRouter._ask`` are wrapped (as the coordinator test does in its child)
 and SIGKILL the participant's worker, by the pid the database's own stats
 report, at the chosen step. After the kill the test waits until the
@@ -25,7 +25,7 @@ import pytest
 
 import lightning_db as ldb
 from lightning_db.errors import LightningError
-from lightning_db.shards import router
+from lightning_db.shards import coordinator, router
 from tests.waiting import answers, wait_until
 
 KEYS = [b"pk-%03d" % i for i in range(40)]       # spread over both shards
@@ -115,7 +115,7 @@ class Killer:
         return plain_ask(rtr, shard, op, payload)
 
 
-plain_send, plain_ask = router._send, router.ShardRouter._ask
+plain_send, plain_ask = coordinator._send, router.ShardRouter._ask
 
 
 def _close(*handles) -> None:
@@ -153,7 +153,7 @@ def test_participant_killed_at_every_step_leaves_all_or_nothing(tmp_path, monkey
         assert before["pid"] and before["restarts"] == 0, before
 
         killer = Killer(db, victim, step, before["pid"])
-        monkeypatch.setattr(router, "_send", killer.send)
+        monkeypatch.setattr(coordinator, "_send", killer.send)
         monkeypatch.setattr(router.ShardRouter, "_ask",
                             lambda rtr, shard, op, payload=None: killer.ask(rtr, shard, op, payload))
         killer.armed = True

@@ -1,0 +1,189 @@
+"""Commits across shards: two-phase commit and transaction commits (the caller's process).
+
+The router (``router.py``) is the coordinator; these functions take it as
+their first argument. txid = primary shard id (2 bytes, big-endian) + the
+coordinator's pid (4 bytes, so the node can settle what a dead caller left:
+``txid_pid``) + 10 random bytes; the primary is the lowest shard that
+writes.
+
+Two-phase commit (``two_phase``): prepare everywhere (fsynced; each
+participant also validates the transaction's check and takes its keys as
+intents, storage/txn.py); any failure -> abort every participant, raise.
+Else commit on the primary with remember=True (the durable decision),
+commit on the others, then forget on the primary. Commits are always
+synced: a lost commit record on a participant whose primary already forgot
+would otherwise be resolved as an abort. A participant that only validates
+reads (a serializable transaction's) prepares with no ops: its read intents
+live in memory until the commit or abort releases them.
+
+A commit that spans shards holds the commit gate shared (gate.py) over
+its apply phase (two-phase commit: from the primary's commit to the last
+participant's; one writing shard with read-only participants: its write),
+so a snapshot (an exclusive cut) never sees half of one, nor one without a
+commit it depended on: what it depended on was applied before its own
+snapshot was cut, and its validation holds intents until it applies.
+Commits on one shard only are checked and applied in one step and need no
+gate.
+
+Failures: prepare and the primary's commit are never retried (a failed
+prepare aborts; a TransactionConflict there is the answer). What follows a
+failure is: abort toward a participant that died, the question "committed?"
+to a primary that died, and, once the decision is durable, commit toward a
+participant that died and forget at the primary, each retried until the
+restarted worker answers (its PREPARE or decision is in its WAL), so a
+coordinator that lives on leaves nothing in doubt. Only when a worker stays
+unreachable past the deadline is the rest left to ``resolve_in_doubt``.
+
+A transaction with one writing shard and nothing to validate elsewhere
+commits with one "txwrite" (check and write in one step on that shard);
+with read-only participants it prepares those first, then "txwrite"s, then
+releases them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..errors import InvalidArgument, LightningError, TransactionConflict, TransientError
+from .resolve import _quiet, _send
+
+if TYPE_CHECKING:
+    from .router import ShardRouter
+
+__all__ = ["commit_transaction", "make_txid", "settle_commit", "two_phase"]
+
+Op = tuple[int, bytes, bytes]
+
+
+def make_txid(primary: int) -> bytes:
+    return primary.to_bytes(2, "big") + os.getpid().to_bytes(4, "big") + os.urandom(10)
+
+
+def _quiet_call(fn: Any) -> Any:
+    try:
+        return fn()
+    except LightningError as exc:
+        return exc
+
+
+def two_phase(router: "ShardRouter", parts: dict[int, list[Op]], checks: dict[int, list[Any]] | None = None) -> None:
+    """Apply *parts* (shard -> ops, two shards or more; or one writing
+    shard with read-only participants in *checks*) atomically."""
+    checks = checks or {}
+    shards = sorted(set(parts) | set(checks))
+    primary = min(parts)
+    txid = make_txid(primary)
+    refs, timeout = router.refs, router.timeout
+
+    def prepare(s: int) -> list[Any]:
+        return [txid, parts.get(s, []), checks[s]] if s in checks else [txid, parts[s]]
+
+    futs = [_send(refs[s], "prepare", prepare(s), timeout) for s in shards]
+    errors = [r for r in map(_quiet, futs) if isinstance(r, LightningError)]
+    if errors:
+        abort_all(router, txid, shards)
+        conflicts = [e for e in errors if isinstance(e, TransactionConflict)]
+        raise (conflicts or errors)[0]
+    with router.gate.shared(timeout):       # the apply phase: no snapshot is cut inside it
+        try:
+            router._ask(primary, "commit", [txid, True, True])
+        except LightningError as exc:
+            outcome = _settle_primary(router, txid, primary)
+            if outcome is None:          # unreachable primary: resolve_in_doubt decides later
+                raise
+            if outcome is False:
+                abort_all(router, txid, [s for s in shards if s != primary])
+                if isinstance(exc, InvalidArgument):   # aborted under us by resolve_in_doubt
+                    raise TransactionConflict(f"batch {txid.hex()} was aborted by in-doubt resolution") from None
+                raise
+        rest = {s: _send(refs[s], "commit", [txid, True, False], timeout) for s in shards if s != primary}
+        failed = [s for s, f in rest.items() if isinstance(_quiet(f), LightningError)]
+    # The decision is durable at the primary: a participant that died
+    # meanwhile is committed again once its worker is back (its PREPARE
+    # is in its WAL), so the batch is whole when this call returns.
+    if not failed:
+        # Not waited for: a forget that is lost leaves only a decision that
+        # no participant asks about (re-logged, 16 bytes, until the shard's next restart).
+        _send(refs[primary], "forget", [txid], timeout)
+    elif all([settle_commit(router, txid, s) for s in failed]):
+        _quiet_call(lambda: router._retry(lambda: router._ask(primary, "forget", [txid])))
+    # else: still unreachable; resolve_in_doubt commits the rest later
+
+
+def settle_commit(router: "ShardRouter", txid: bytes, shard: int) -> bool:
+    """Commit *txid* on *shard* after an earlier commit ask failed,
+    retrying transient errors; True once it is committed there. A shard
+    that no longer holds it prepared committed it already (the reply was
+    lost, or in-doubt resolution got there first: the decision is commit)."""
+    def attempt() -> None:
+        with router.gate.shared(router.timeout):
+            try:
+                router._ask(shard, "commit", [txid, True, False])
+            except InvalidArgument:
+                pass                     # no such prepared transaction: committed before
+    try:
+        router._retry(attempt)
+        return True
+    except LightningError:
+        return False
+
+
+def _settle_primary(router: "ShardRouter", txid: bytes, primary: int) -> bool | None:
+    """After a failed primary commit: True committed, False aborted, None unknown."""
+    try:       # retried: a primary that died is asked again once its worker is back
+        if router._retry(lambda: router._ask(primary, "abort", [txid])):
+            return False
+        return bool(router._retry(lambda: router._ask(primary, "decided", [txid])))
+    except LightningError:
+        return None
+
+
+def abort_all(router: "ShardRouter", txid: bytes, shards: Iterable[int]) -> None:
+    """Abort everywhere; a participant that died is asked again once its
+    worker is back (a PREPARE it made durable must not stay in doubt)."""
+    futs = {s: _send(router.refs[s], "abort", [txid], router.timeout) for s in shards}
+    for s, f in futs.items():
+        if isinstance(_quiet(f), TransientError):
+            _quiet_call(lambda s=s: router._retry(lambda: router._ask(s, "abort", [txid])))
+
+
+def commit_transaction(router: "ShardRouter", seqs: Sequence[int] | None, ops: list[Op], reads: list[bytes],
+                       ranges: list[tuple[bytes | None, bytes | None]], serializable: bool, sync: bool) -> None:
+    """A transaction's writes, validated on every shard they or its checks
+    touch (snapshot *seqs*: None for a transaction that read nothing)."""
+    ring = router.ring
+    parts = {s: [ops[i] for i in pos] for s, pos in ring.split([op[1] for op in ops]).items()}
+    per_reads: dict[int, list[bytes]] = {}
+    if serializable:
+        for s, pos in ring.split(reads).items():
+            per_reads[s] = [reads[i] for i in pos]
+    wire_ranges = [[lo, hi] for lo, hi in ranges] if serializable else []
+    shards = set(parts) | set(per_reads) | (set(range(len(router.refs))) if wire_ranges else set())
+    checks = {s: [None if seqs is None else seqs[s], per_reads.get(s, []), wire_ranges, serializable]
+              for s in shards}
+    if len(shards) == 1:        # checked and applied in one step: no cut can split it
+        (s,) = shards
+        router._ask(s, "txwrite", [parts[s], sync, checks[s]])
+        return
+    if len(parts) >= 2:
+        two_phase(router, parts, checks)
+        return
+    (writer,) = parts
+    readers = sorted(shards - {writer})
+    txid = make_txid(writer)
+    refs, timeout = router.refs, router.timeout
+    futs = [_send(refs[s], "prepare", [txid, [], checks[s]], timeout) for s in readers]
+    errors = [r for r in map(_quiet, futs) if isinstance(r, LightningError)]
+    try:
+        if errors:
+            conflicts = [e for e in errors if isinstance(e, TransactionConflict)]
+            raise (conflicts or errors)[0]
+        # Under the gate: a snapshot cut between another shard's read and
+        # this write could otherwise order it before what it depended on.
+        with router.gate.shared(timeout):
+            router._ask(writer, "txwrite", [parts[writer], sync, checks[writer]])
+    finally:   # read intents go either way (commit and abort both release them)
+        for f in [_send(refs[s], "abort", [txid], timeout) for s in readers]:
+            _quiet(f)

@@ -1,0 +1,104 @@
+"""The commit gate: cross-shard snapshots are cuts no commit straddles.
+
+Runs in every process attached to a node (callers, the node's settler):
+two lock files in the node's runtime directory, taken with ``flock``.
+
+- A commit that spans shards holds the gate **shared** over its apply
+  phase (coordinator.py): any number of them at once.
+- Taking a snapshot (``ShardSnapshot``) holds it **exclusive** while it
+  asks every shard for its sequence number: no such commit is half applied
+  at that moment, so the vector of seqs never shows part of a batch or
+  transaction, and every commit a transaction depended on is in it.
+- Writer preference: both first pass a turnstile (exclusive, held for an
+  instant by commits, for the whole cut by snapshots), so a stream of
+  commits cannot starve snapshots.
+
+Each acquisition opens its own file descriptors (a ``flock`` belongs to an
+open file description: threads of one process must not share one), and a
+process that dies releases what it held. Waiting polls with a short
+backoff up to a deadline, then raises ``Timeout`` (transient): a commit
+stopped by SIGSTOP while holding the gate does not hang snapshots forever.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+
+from ..errors import Timeout
+
+__all__ = ["CommitGate"]
+
+_SPIN = (0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001)
+
+
+class CommitGate:
+    def __init__(self, directory: str | None = None) -> None:
+        """*directory*: where the lock files live (shared by every process
+        of a node); None: a private one for this process, removed by ``close``."""
+        self._private = directory is None
+        self.directory = tempfile.mkdtemp(prefix="ldb-gate-") if directory is None else directory
+        self._gate = os.path.join(self.directory, "commit.gate")
+        self._turnstile = os.path.join(self.directory, "commit.turnstile")
+
+    def _open(self, path: str) -> int:
+        try:
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:            # the runtime directory went with a stopped node
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+    def _lock(self, path: str, mode: int, deadline: float, what: str) -> int:
+        fd = self._open(path)
+        try:
+            i = 0
+            while True:
+                try:
+                    fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                    return fd
+                except OSError as exc:
+                    if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EINTR):
+                        raise
+                now = time.monotonic()
+                if now >= deadline:
+                    raise Timeout(f"the commit gate stayed held past the deadline while {what}")
+                time.sleep(min(_SPIN[min(i, len(_SPIN) - 1)], deadline - now))
+                i += 1
+        except BaseException:
+            os.close(fd)
+            raise
+
+    @contextlib.contextmanager
+    def shared(self, timeout: float) -> Iterator[None]:
+        """Held by a commit from its first step to its last apply."""
+        deadline = time.monotonic() + timeout
+        os.close(self._lock(self._turnstile, fcntl.LOCK_EX, deadline, "a commit waited to start"))
+        fd = self._lock(self._gate, fcntl.LOCK_SH, deadline, "a commit waited to start")
+        try:
+            yield
+        finally:
+            os.close(fd)
+
+    @contextlib.contextmanager
+    def exclusive(self, timeout: float) -> Iterator[None]:
+        """Held by a snapshot while it reads every shard's seq."""
+        deadline = time.monotonic() + timeout
+        turn = self._lock(self._turnstile, fcntl.LOCK_EX, deadline, "a snapshot waited for commits")
+        try:
+            fd = self._lock(self._gate, fcntl.LOCK_EX, deadline, "a snapshot waited for commits")
+            try:
+                yield
+            finally:
+                os.close(fd)
+        finally:
+            os.close(turn)
+
+    def close(self) -> None:
+        if self._private:
+            shutil.rmtree(self.directory, ignore_errors=True)

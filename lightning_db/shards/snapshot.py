@@ -1,0 +1,182 @@
+"""Cross-shard snapshots: one consistent cut, and the scans read at it (the caller's process).
+
+A ``ShardSnapshot`` is a vector of per-shard sequence numbers taken while
+the commit gate is held exclusive (gate.py): no commit that applies on
+several shards is half applied at that moment, so the vector never shows
+part of a batch or transaction. A commit whose coordinator died (or lost a
+participant) after its decision can still be half applied without holding
+the gate: each shard's answer lists what it holds prepared and what it
+decided as primary, and a transaction decided at its primary but prepared
+elsewhere is committed there (under the gate, shared) before the cut is
+taken again.
+
+A transaction's snapshot (``tx=True``) is also registered on every shard
+for its commit's checks (storage/txn.py); ``close`` says whether every
+registration was still live.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..db import ReadSugar, _scan_range
+from ..errors import InvalidArgument, LightningError, Timeout, TransientError
+from ..supervisor.retry import Backoff
+from .coordinator import _quiet_call, settle_commit
+from .resolve import _quiet, _send
+
+if TYPE_CHECKING:
+    from .router import ShardRouter
+
+__all__ = ["ShardSnapshot", "ScanIter", "take_cut"]
+
+CUT_ATTEMPTS = 64
+
+
+def _release(router: "ShardRouter", seqs: Sequence[Any], tx: bool, wait: bool = True) -> list[Any]:
+    futs = [_send(ref, "release", [seq, tx] if tx else [seq], router.timeout)
+            for ref, seq in zip(router.refs, seqs) if isinstance(seq, int)]
+    return [_quiet(f) for f in futs] if wait else []
+
+
+def take_cut(router: "ShardRouter", tx: bool) -> list[int]:
+    """One seq per shard, registered on each (released by the caller)."""
+    refs, timeout = router.refs, router.timeout
+    deadline = time.monotonic() + timeout
+    backoff = Backoff(attempts=CUT_ATTEMPTS, base=0.01, cap=0.5, deadline=deadline)
+    while True:
+        with router.gate.exclusive(max(0.001, deadline - time.monotonic())):
+            got = [_quiet(_send(ref, "snapshot", [tx], timeout)) for ref in refs]
+        errors = [g for g in got if isinstance(g, LightningError)]
+        seqs = [g[0] if not isinstance(g, LightningError) else None for g in got]
+        half: dict[bytes, list[int]] = {}
+        if not errors:
+            decided = [set(g[2]) for g in got]
+            for s, g in enumerate(got):
+                for txid in g[1]:
+                    p = int.from_bytes(txid[:2], "big")
+                    if p != s and p < len(refs) and txid in decided[p]:
+                        half.setdefault(txid, []).append(s)
+            if not half:
+                return seqs                      # type: ignore[return-value]
+        _release(router, seqs, tx)               # give back what was acquired
+        if errors and not all(isinstance(e, TransientError) for e in errors):
+            raise next(e for e in errors if not isinstance(e, TransientError))
+        # Committed at the primary, prepared elsewhere: finish it, then cut again.
+        for txid, shards in half.items():
+            if all([settle_commit(router, txid, s) for s in shards]):
+                p = int.from_bytes(txid[:2], "big")
+                _quiet_call(lambda p=p, txid=txid: router._ask(p, "forget", [txid]))
+        if errors or half:
+            delay = next(backoff, None)
+            if delay is None:
+                if errors:
+                    raise errors[0]
+                raise Timeout(f"a snapshot could not be cut: transactions {[t.hex() for t in half]} "
+                              "stayed half committed")
+            router.retries += 1
+            time.sleep(delay)
+
+
+class ScanIter:
+    """A scan's iterator; releases its snapshot when exhausted, closed or collected."""
+
+    def __init__(self, router: "ShardRouter", rng: Any, reverse: bool, seqs: Sequence[int],
+                 snap: "ShardSnapshot | None") -> None:
+        self._it = router._scan_at(rng, reverse, seqs)
+        self._snap = snap
+
+    def __iter__(self) -> "ScanIter":
+        return self
+
+    def __next__(self) -> tuple[bytes, bytes]:
+        try:
+            return next(self._it)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        snap, self._snap = self._snap, None
+        if snap is not None:
+            snap.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+class ShardSnapshot(ReadSugar):
+    """A read view: one seq per shard from one cut; ``close`` (or ``with``)
+    releases them. ``tx=True``: a transaction's snapshot (see module doc)."""
+
+    def __init__(self, router: "ShardRouter", tx: bool = False) -> None:
+        self._router = router
+        self._tx = tx
+        self.seqs: list[int] = take_cut(router, tx)
+        # The engine each seq belongs to: reads from shared memory only while
+        # the shard still runs it (a restarted worker does not hold our seq).
+        self.incs: list[int | None] = [router._incarnation(s) for s in range(len(router.refs))]
+        self._closed = False
+        router._snapshots.add(self)
+
+    def _check(self) -> None:
+        self._router._check_open()         # a closed handle first: its snapshots went with it
+        if self._closed:
+            raise InvalidArgument("snapshot was released")
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        self._check()
+        return self._router._get(key, default, self.seqs, True, self.incs)
+
+    def get_many(self, keys: Iterable[Any]) -> list[bytes | None]:
+        self._check()
+        return self._router._get_many(keys, self.seqs, self.incs)
+
+    def scan(self, start: Any = None, end: Any = None, prefix: Any = None, reverse: bool = False,
+             limit: int | None = None) -> Iterator[tuple[bytes, bytes]]:
+        self._check()
+        rng = _scan_range(self._router._limits, start, end, prefix, reverse, limit)
+        return self._scan(rng, reverse)
+
+    def _scan(self, rng: Any, reverse: bool) -> Iterator[tuple[bytes, bytes]]:
+        r = self._router
+        shared = r._shared_scan(rng, reverse, self.seqs, self.incs)
+        return shared if shared is not None else ScanIter(r, rng, reverse, self.seqs, None)
+
+    def close(self, wait: bool = True) -> bool:
+        """Release the seqs; False when a transaction's registration had
+        expired on some shard (or its worker restarted). ``wait=False``:
+        the releases are sent and not waited for (True is returned)."""
+        if self._closed:
+            return True
+        self._closed = True
+        r = self._router
+        r._snapshots.discard(self)
+        answers = _release(r, self.seqs, self._tx, wait)
+        return not self._tx or all(a is True for a in answers)
+
+
+class TxView:
+    """A transaction's view on the sharded database (transaction.py's backend view)."""
+
+    def __init__(self, router: "ShardRouter") -> None:
+        self.snap = ShardSnapshot(router, tx=True)
+        self.seqs = self.snap.seqs
+        self._router = router
+
+    def get(self, key: bytes) -> bytes | None:
+        return self._router._get(key, None, self.seqs, True, self.snap.incs)
+
+    def get_many(self, keys: list[bytes]) -> list[bytes | None]:
+        return self._router._get_many(keys, self.seqs, self.snap.incs)
+
+    def scan(self, lo: bytes | None, hi: bytes | None, reverse: bool) -> Iterator[tuple[bytes, bytes]]:
+        return self.snap._scan((lo, hi, None), reverse)
+
+    def release(self, wait: bool = True) -> bool:
+        return self.snap.close(wait)

@@ -1,0 +1,145 @@
+"""The participant side of commits across shards, and transactions' registrations.
+
+Mixed into ``Engine`` (engine.py), whose write lock, WAL, prepared and
+decided sets and conflict tracker (txn.py) these methods use: the same
+thread-safety rules apply. Two-phase commit: ``prepare`` writes a durable
+PREPARE record that nothing reads and takes the keys as intents,
+``commit_prepared`` writes a self-contained commit record (with
+``remember``, the same record is the primary's durable decision, kept until
+``forget``), ``abort_prepared`` drops it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..errors import InvalidArgument, LightningError
+from .txn import TxCheck
+from .format import WalOp
+from .wal import Op, encode_abort, encode_marker, encode_prepare
+
+__all__ = ["Participant"]
+
+
+class Participant:
+    """Methods of ``Engine``; see the module docstring."""
+
+    if TYPE_CHECKING:
+        _write_lock: Any
+        _prepared: dict[bytes, list[Op]]
+        _decided: set[bytes]
+        _sv: Any
+        _last_seq: int
+        _write_error: Exception | None
+        _bg_error: Exception | None
+        _closed: bool
+        txn: Any
+
+        def _raise_write_error(self) -> None: ...
+        def _sync_through(self, wal: Any, target: int) -> None: ...
+        def _write(self, ops: list[Op] | None, sync: bool, commit: bytes | None, remember: bool = False,
+                   check: TxCheck | None = None) -> int: ...
+
+    # --- transactions (storage/txn.py) ----------------------------------------------------
+    def begin_tx(self) -> int:
+        """Register a transaction's snapshot: the latest seq, from which
+        every write is tracked for its commit's checks (and kept by
+        compaction) until ``end_tx`` or expiry."""
+        with self._write_lock:
+            seq = self._last_seq
+            self.txn.begin(seq)
+            return seq
+
+    def end_tx(self, seq: int) -> bool:
+        """Drop a registration; False when it had expired meanwhile."""
+        with self._write_lock:
+            return self.txn.end(seq)
+
+    def hold_reads(self, txid: bytes, check: TxCheck) -> None:
+        """A cross-shard commit's participant that writes nothing here:
+        validate *check* and hold its read intents until ``commit_prepared``
+        or ``abort_prepared`` (in memory only: nothing to make durable)."""
+        with self._write_lock:
+            self.txn.check(check, txid)
+            self.txn.hold(txid, (), check.reads, check.ranges if check.serializable else ())
+
+
+    # --- two-phase commit (a participant's side) --------------------------------------------
+    def prepare(self, txid: bytes, ops: list[Op], check: TxCheck | None = None) -> None:
+        """Make *ops* durable under *txid* without applying them: after this
+        returns, the transaction survives any crash until ``commit_prepared``
+        or ``abort_prepared`` decides it. Always fsynced. The keys become
+        intents; *check* (a transaction's) is validated first, and without
+        one the ops still may not meet another transaction's intents."""
+        with self._write_lock:
+            if self._write_error is not None or self._bg_error is not None or self._closed:
+                self._raise_write_error()
+            if txid in self._prepared:
+                raise InvalidArgument(f"transaction {txid!r} is already prepared on this shard")
+            keys = [op[1] for op in ops]
+            check = check or TxCheck(None)
+            check.writes = keys
+            self.txn.check(check, txid)
+            wal = self._sv.wal
+            try:
+                target = wal.append(encode_prepare(txid, ops))
+            except LightningError as exc:
+                self._write_error = exc
+                raise
+            self._prepared[txid] = list(ops)
+            self.txn.hold(txid, keys, check.reads, check.ranges if check.serializable else ())
+        self._sync_through(wal, target)
+
+    def commit_prepared(self, txid: bytes, sync: bool = True, remember: bool = False) -> int:
+        """Apply the prepared transaction *txid*; the commit record carries
+        its ops, so it is self-contained. With *remember* this shard is the
+        transaction's primary: the same record is the durable decision, kept
+        (``decided``) until ``forget``. Returns the last sequence number.
+        A transaction that only holds read intents here (``hold_reads``)
+        has them released."""
+        if txid not in self._prepared:
+            with self._write_lock:
+                if txid not in self._prepared and self.txn.release(txid):
+                    return self._last_seq
+        return self._write(None, sync, txid, remember)
+
+    def decided(self, txid: bytes) -> bool:
+        """Whether this shard, as primary, committed *txid* and still keeps
+        the decision."""
+        return txid in self._decided
+
+    def forget(self, txid: bytes) -> None:
+        """Every participant has the decision: stop keeping it."""
+        with self._write_lock:
+            if txid not in self._decided or self._write_error is not None or self._closed:
+                return
+            self._sv.wal.append(encode_marker(WalOp.FORGET, txid))
+            self._decided.discard(txid)
+
+    def abort_prepared(self, txid: bytes) -> bool:
+        """Drop the prepared transaction *txid* (False if it is unknown). The
+        abort record need not be synced: a prepare found without a decision
+        after a crash is simply asked about again."""
+        with self._write_lock:
+            if self._write_error is not None or self._closed:
+                self._raise_write_error()
+            if txid not in self._prepared:
+                return self.txn.release(txid)
+            try:
+                self._sv.wal.append(encode_abort(txid))
+            except LightningError as exc:
+                self._write_error = exc
+                raise
+            del self._prepared[txid]
+            self.txn.release(txid)
+            return True
+
+    def in_doubt(self) -> dict[bytes, list[Op]]:
+        """Prepared transactions with no decision yet (after recovery too),
+        and those holding only read intents here (no ops)."""
+        with self._write_lock:
+            out = {t: [tuple(op) for op in ops] for t, ops in self._prepared.items()}
+            for t in self.txn.held():
+                out.setdefault(t, [])
+            return out
+

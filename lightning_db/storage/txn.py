@@ -1,0 +1,243 @@
+"""Optimistic transactions on one shard: the conflict tracker.
+
+Runs inside the engine, every method under the engine's write lock (the
+engine calls them; nothing here locks). Two jobs:
+
+**Writes since a snapshot.** A transaction reads at a snapshot seq S and
+commits later; it may commit only if nothing it checks was written after S.
+While any transaction is registered, every applied write is recorded (key
+-> seq of its newest write, plus a log of (seq, keys) for ranges), from
+``tracked_from`` on: a check against S < ``tracked_from`` cannot be answered
+and raises ``TransactionExpired``. Registrations older than
+``transaction_max_age`` seconds, and the oldest ones while more than
+``transaction_max_keys`` keys are tracked, are dropped (a transaction held
+open forever must not stop compaction or grow this without bound); the
+records older than the oldest registration left are pruned.
+
+**Intents.** A cross-shard commit validates on every participant first
+(prepare) and applies later; between the two its keys are held as intents:
+write intents (the prepared ops; rebuilt from the WAL after a restart) and,
+for serializable transactions, read intents (keys read and scanned ranges;
+kept in memory only). A transaction whose checks meet another one's intents
+conflicts (first to prepare wins); a plain write to a key under a write
+intent is refused with ``TransactionConflict`` (transient: the router
+retries it until the intent is decided).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from ..errors import TransactionConflict, TransactionExpired
+
+__all__ = ["ConflictTracker", "TxCheck"]
+
+Range = tuple[bytes | None, bytes | None]     # [lo, hi); None: unbounded
+
+
+@dataclass
+class TxCheck:
+    """What a commit must validate: nothing in *keys* (read or written) nor
+    in *ranges* (scanned) was written after *snapshot* on this shard, and
+    none of them meets another transaction's intents."""
+
+    snapshot: int | None                 # None: a transaction that read nothing here (blind writes)
+    reads: Sequence[bytes] = ()
+    ranges: Sequence[Range] = ()
+    serializable: bool = False
+    writes: Sequence[bytes] = field(default=())
+
+
+def _in(key: bytes, r: Range) -> bool:
+    lo, hi = r
+    return (lo is None or key >= lo) and (hi is None or key < hi)
+
+
+class ConflictTracker:
+    def __init__(self, max_age: float, max_keys: int) -> None:
+        self.max_age = max_age
+        self.max_keys = max_keys
+        self.tracked_from: int | None = None        # every write with seq > this is recorded
+        # The oldest registered snapshot (compaction keeps what it sees);
+        # one attribute, so the engine's background thread reads it without a lock.
+        self.floor: int | None = None
+        self._regs: dict[int, list[float]] = {}     # snapshot seq -> registration times
+        self._last: dict[bytes, int] = {}           # key -> seq of its newest recorded write
+        self._log: deque[tuple[int, tuple[bytes, ...]]] = deque()
+        self._write_intents: dict[bytes, bytes] = {}     # key -> txid
+        self._read_intents: dict[bytes, bytes] = {}
+        self._range_intents: dict[bytes, list[Range]] = {}
+        self._held: dict[bytes, tuple[tuple[bytes, ...], tuple[bytes, ...]]] = {}   # txid -> (writes, reads)
+        self._records = 0
+        self.expired = 0                             # registrations dropped by age or size (stats)
+        self.conflicts = 0
+
+    # --- registrations --------------------------------------------------------------------
+    @property
+    def active(self) -> bool:
+        return self.tracked_from is not None
+
+
+    def begin(self, seq: int) -> None:
+        self.expire()
+        if self.tracked_from is None:
+            self.tracked_from = seq
+        self._regs.setdefault(seq, []).append(time.monotonic())
+        self.floor = min(self._regs)
+
+    def end(self, seq: int) -> bool:
+        """Drop one registration at *seq*; False when it had expired."""
+        times = self._regs.get(seq)
+        live = bool(times)
+        if times:
+            times.pop(0)
+            if not times:
+                del self._regs[seq]
+                self._prune()
+        self.expire()
+        return live
+
+    def expire(self) -> None:
+        """Drop registrations older than max_age, and the oldest ones while
+        more than max_keys keys are tracked."""
+        if not self._regs:
+            return
+        cutoff = time.monotonic() - self.max_age
+        old = [s for s, ts in self._regs.items() if ts[-1] < cutoff]
+        for s in old:
+            del self._regs[s]
+        while len(self._last) > self.max_keys and self._regs:
+            del self._regs[min(self._regs)]
+            old.append(0)
+            self._prune()
+        if old:
+            self.expired += len(old)
+            self._prune()
+
+    def _prune(self) -> None:
+        self.floor = min(self._regs) if self._regs else None
+        if not self._regs:
+            self.tracked_from = None
+            self._last.clear()
+            self._log.clear()
+            return
+        floor = min(self._regs)
+        log, last = self._log, self._last
+        while log and log[0][0] <= floor:
+            seq, keys = log.popleft()
+            for k in keys:
+                if last.get(k, floor + 1) <= floor:
+                    del last[k]
+        if self.tracked_from is not None and floor > self.tracked_from:
+            self.tracked_from = floor
+
+    # --- recording ------------------------------------------------------------------------
+    def record(self, first_seq: int, keys: Sequence[bytes]) -> None:
+        """Writes applied with seqs first_seq, first_seq+1, ... (one per key)."""
+        last = self._last
+        seq = first_seq
+        for k in keys:
+            last[k] = seq
+            seq += 1
+        self._log.append((seq - 1, tuple(keys)))
+        self._records += 1
+        if len(last) > self.max_keys or not self._records & 1023:
+            self.expire()
+
+    # --- validation -----------------------------------------------------------------------
+    def check(self, check: TxCheck, txid: bytes | None = None) -> None:
+        """Raise TransactionConflict (or TransactionExpired) when *check*
+        fails; else return (nothing recorded: see ``hold``)."""
+        snap = check.snapshot
+        if snap is not None:
+            if self.tracked_from is None or snap < self.tracked_from or snap not in self._regs:
+                raise TransactionExpired(
+                    f"the transaction's snapshot (seq {snap}) is no longer tracked on this shard: it was "
+                    f"open longer than transaction_max_age ({self.max_age:g} s) or more than "
+                    f"transaction_max_keys ({self.max_keys}) keys were written meanwhile")
+            last = self._last
+            for k in (*check.writes, *check.reads):
+                if last.get(k, 0) > snap:
+                    self._conflict(f"key {k[:40]!r} was written after the transaction's snapshot")
+            if check.ranges:
+                self._check_ranges(snap, check.ranges)
+        wi = self._write_intents
+        if wi:
+            for k in (*check.writes, *check.reads):
+                other = wi.get(k)
+                if other is not None and other != txid:
+                    self._conflict(f"key {k[:40]!r} is held by prepared transaction {other.hex()}")
+            for r in check.ranges:
+                for k, other in wi.items():
+                    if other != txid and _in(k, r):
+                        self._conflict(f"key {k[:40]!r} in a scanned range is held by transaction {other.hex()}")
+        if check.writes and (self._read_intents or self._range_intents):
+            ri = self._read_intents
+            for k in check.writes:
+                other = ri.get(k)
+                if other is not None and other != txid:
+                    self._conflict(f"key {k[:40]!r} was read by prepared transaction {other.hex()}")
+            for other, ranges in self._range_intents.items():
+                if other != txid and any(_in(k, r) for r in ranges for k in check.writes):
+                    self._conflict(f"a written key is in a range scanned by prepared transaction {other.hex()}")
+
+    def _check_ranges(self, snap: int, ranges: Sequence[Range]) -> None:
+        for seq, keys in reversed(self._log):
+            if seq <= snap:
+                break
+            for k in keys:
+                if any(_in(k, r) for r in ranges):
+                    self._conflict(f"key {k[:40]!r} in a scanned range was written after the snapshot")
+
+    def _conflict(self, why: str) -> None:
+        self.conflicts += 1
+        raise TransactionConflict(why)
+
+    def check_plain(self, keys: Iterable[bytes]) -> None:
+        """A write outside any transaction: refused under another's write intent."""
+        wi = self._write_intents
+        for k in keys:
+            other = wi.get(k)
+            if other is not None:
+                raise TransactionConflict(f"key {k[:40]!r} is held by prepared transaction {other.hex()}; "
+                                          "retry once it is decided")
+
+    # --- intents --------------------------------------------------------------------------
+    def hold(self, txid: bytes, writes: Sequence[bytes], reads: Sequence[bytes] = (),
+             ranges: Sequence[Range] = ()) -> None:
+        self.release(txid)
+        for k in writes:
+            self._write_intents[k] = txid
+        for k in reads:
+            self._read_intents[k] = txid
+        if ranges:
+            self._range_intents[txid] = list(ranges)
+        self._held[txid] = (tuple(writes), tuple(reads))
+
+    def release(self, txid: bytes) -> bool:
+        held = self._held.pop(txid, None)
+        self._range_intents.pop(txid, None)
+        if held is None:
+            return False
+        writes, reads = held
+        for k in writes:
+            if self._write_intents.get(k) == txid:
+                del self._write_intents[k]
+        for k in reads:
+            if self._read_intents.get(k) == txid:
+                del self._read_intents[k]
+        return True
+
+    def holds(self, txid: bytes) -> bool:
+        return txid in self._held
+
+    def held(self) -> list[bytes]:
+        return list(self._held)
+
+    def stats(self) -> dict[str, int]:
+        return {"tx_registered": sum(len(t) for t in self._regs.values()), "tx_tracked_keys": len(self._last),
+                "tx_intents": len(self._held), "tx_expired": self.expired, "tx_conflicts": self.conflicts}
+
