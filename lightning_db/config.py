@@ -58,6 +58,9 @@ class Config:
     # --- manifest ---
     max_manifest_size: int = 4 * MiB   # a new manifest (full snapshot) is written past this
 
+    # --- expiring values (storage/ttl.py) ---
+    ttl_sweep_interval: float = 60.0       # seconds between sweeps that delete expired values
+
     # --- transactions (storage/txn.py) ---
     transaction_max_age: float = 60.0      # seconds a transaction may stay open before it expires
     transaction_max_keys: int = 250_000    # keys written meanwhile that a shard tracks for open transactions
@@ -95,7 +98,8 @@ class Config:
         positive("restart_intensity")
         positive("heartbeat_misses")
         positive("transaction_max_keys")
-        for name in ("restart_period", "heartbeat_interval", "shard_stop_timeout", "transaction_max_age"):
+        for name in ("restart_period", "heartbeat_interval", "shard_stop_timeout", "transaction_max_age",
+                     "ttl_sweep_interval"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v < float("inf"):
                 raise InvalidArgument(f"config {name} must be a number of seconds > 0, got {v!r}")

@@ -11,12 +11,14 @@ argument raises ``InvalidArgument`` and nothing is written.
 from __future__ import annotations
 
 import os
+import time
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 from .config import Config
 from .errors import DatabaseClosed, InvalidArgument
 from .storage.engine import Engine
 from .storage.format import CURRENT, Kind
+from .storage.ttl import encode as ttl_encode
 from .storage.txn import TxCheck
 from .transaction import Transactional
 
@@ -25,6 +27,8 @@ if TYPE_CHECKING:
 
 _VALUE = int(Kind.VALUE)
 _DELETE = int(Kind.DELETE)
+_VALUE_TTL = int(Kind.VALUE_TTL)
+_MAX_TTL_S = 1e11                 # seconds: beyond year 5000, also as an absolute time
 _BYTESLIKE = (bytes, bytearray, memoryview)
 
 
@@ -59,6 +63,20 @@ class _Limits:
             raise InvalidArgument(f"value must be at most {self.max_value} bytes (max_value_size), "
                                   f"got {len(value)} bytes")
         return value
+
+    def op(self, key: Any, value: Any, ttl: Any, expire_at: Any) -> tuple[int, bytes, bytes]:
+        """The (kind, key, stored value) of a put, with an expiry when
+        *ttl* (seconds from now) or *expire_at* (Unix seconds) is given."""
+        key, value = self.key(key), self.value(value)
+        if ttl is None and expire_at is None:
+            return _VALUE, key, value
+        if ttl is not None and expire_at is not None:
+            raise InvalidArgument("give ttl or expire_at, not both")
+        t = ttl if ttl is not None else expire_at
+        what = "ttl" if ttl is not None else "expire_at"
+        if not isinstance(t, (int, float)) or isinstance(t, bool) or not 0 < t < _MAX_TTL_S:
+            raise InvalidArgument(f"{what} must be a number of seconds > 0 and < {_MAX_TTL_S:.0e}, got {t!r:.40}")
+        return _VALUE_TTL, key, ttl_encode(value, time.time() + t if ttl is not None else t)
 
     def bound(self, b: Any, what: str) -> bytes | None:
         if b is None:
@@ -164,10 +182,9 @@ class Batch:
         self._sync = sync
         self._done = False
 
-    def put(self, key: Any, value: Any) -> None:
+    def put(self, key: Any, value: Any, *, ttl: float | None = None, expire_at: float | None = None) -> None:
         self._check()
-        lim = self._db._limits
-        self._ops.append((_VALUE, lim.key(key), lim.value(value)))
+        self._ops.append(self._db._limits.op(key, value, ttl, expire_at))
 
     def delete(self, key: Any) -> None:
         self._check()
@@ -270,6 +287,9 @@ class _EngineTxView:
     def get_many(self, keys: list[bytes]) -> list[bytes | None]:
         return self._engine.get_many(keys, self.seq)
 
+    def get_entry(self, key: bytes) -> tuple[bytes, float | None] | None:
+        return self._engine.get_entry(key, self.seq)
+
     def scan(self, lo: bytes | None, hi: bytes | None, reverse: bool) -> Iterator[tuple[bytes, bytes]]:
         return self._engine.scan(lo, hi, reverse, self.seq)
 
@@ -309,10 +329,16 @@ class Database(Transactional, MappingSugar):
         self._engine.write(ops, self._sync_default if sync is None else sync)
 
     # --- single keys ----------------------------------------------------------------
-    def put(self, key: Any, value: Any, sync: bool | None = None) -> None:
+    def put(self, key: Any, value: Any, sync: bool | None = None, *, ttl: float | None = None,
+            expire_at: float | None = None) -> None:
         """Store *value* under *key*. With ``sync=True`` (or the ``always``
-        policy) the call returns only after the WAL is fsynced."""
+        policy) the call returns only after the WAL is fsynced. *ttl*
+        (seconds from now) or *expire_at* (Unix seconds): the value expires
+        then and every read treats the key as absent from that moment."""
         lim = self._limits
+        if ttl is not None or expire_at is not None:
+            self._write([lim.op(key, value, ttl, expire_at)], sync)
+            return
         if not (type(key) is bytes and 0 < len(key) <= lim.max_key
                 and type(value) is bytes and len(value) <= lim.max_value):
             key, value = lim.key(key), lim.value(value)
@@ -320,6 +346,12 @@ class Database(Transactional, MappingSugar):
             self._write([(_VALUE, key, value)], sync)
         else:
             self._engine.write([(_VALUE, key, value)], self._sync_default)
+
+    def get_with_expiry(self, key: Any) -> tuple[bytes, float | None] | None:
+        """(value, expiry in Unix seconds or None for a value that does not
+        expire) of *key*, or None when it is absent or expired."""
+        self._check_open()
+        return self._engine.get_entry(self._limits.key(key))
 
     def get(self, key: Any, default: Any = None, *, copy: bool = True) -> Any:
         """The value of *key*, or *default* (None) when it is absent.

@@ -20,7 +20,7 @@ commit straddles). A transaction open longer than ``transaction_max_age``
 raises ``TransactionExpired`` (a TransactionConflict) on its next call.
 
 Backend interface: ``_tx_view()`` -> a view with ``get(key)``,
-``get_many(keys)``, ``scan(lo, hi, reverse)`` and ``release(wait=True) ->
+``get_many(keys)``, ``get_entry(key)``, ``scan(lo, hi, reverse)`` and ``release(wait=True) ->
 bool`` (False: the shards had dropped it; ``wait=False``: need not wait); ``_tx_commit(view | None, ops, reads,
 ranges, serializable, sync)``; ``_limits``; ``config``.
 """
@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 
 from .errors import InvalidArgument, TransactionConflict, TransactionExpired
 from .storage.format import Kind
+from .storage.ttl import entry, visible
 
 __all__ = ["ISOLATION_LEVELS", "Transaction", "Transactional", "run_transaction"]
 
@@ -119,11 +120,23 @@ class Transaction:
         key = self._limits.key(key)
         mine = self._writes.get(key)
         if mine is not None:
-            return default if mine[0] == _DELETE else mine[1]
+            v = visible(*mine)
+            return default if v is None else v
         if self._serializable:
             self._reads.add(key)
         v = self._snap().get(key)
         return default if v is None else v
+
+    def get_with_expiry(self, key: Any) -> tuple[bytes, float | None] | None:
+        """(value, expiry in Unix seconds or None) of *key*, or None."""
+        self._check()
+        key = self._limits.key(key)
+        mine = self._writes.get(key)
+        if mine is not None:
+            return entry(mine)
+        if self._serializable:
+            self._reads.add(key)
+        return self._snap().get_entry(key)
 
     def get_many(self, keys: Iterable[Any]) -> list[bytes | None]:
         self._check()
@@ -136,7 +149,7 @@ class Transaction:
         out: list[bytes | None] = []
         for k in keys:
             mine = self._writes.get(k)
-            out.append(got.get(k) if mine is None else (None if mine[0] == _DELETE else mine[1]))
+            out.append(got.get(k) if mine is None else visible(*mine))
         return out
 
     def __getitem__(self, key: Any) -> bytes:
@@ -174,7 +187,7 @@ class Transaction:
                 continue
             prev = k
             rec.last = k
-            if kind == _DELETE:
+            if kind != _VALUE and (v := visible(kind, v)) is None:
                 continue
             yield k, v
             count += 1
@@ -183,9 +196,11 @@ class Transaction:
         rec.done = True
 
     # --- writes ---------------------------------------------------------------------------------
-    def put(self, key: Any, value: Any) -> None:
+    def put(self, key: Any, value: Any, *, ttl: float | None = None, expire_at: float | None = None) -> None:
+        """Write *value* (expiring after *ttl* seconds or at *expire_at*, Unix seconds, if given)."""
         self._check()
-        self._writes[self._limits.key(key)] = (_VALUE, self._limits.value(value))
+        kind, key, stored = self._limits.op(key, value, ttl, expire_at)
+        self._writes[key] = (kind, stored)
 
     def delete(self, key: Any) -> None:
         self._check()
@@ -230,7 +245,7 @@ class Transaction:
         view, self._view = self._view, None
         self._writes.clear()
         if view is not None:
-            view.release()
+            view.release(wait=False)
 
     def __enter__(self) -> "Transaction":
         return self

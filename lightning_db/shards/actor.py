@@ -11,6 +11,7 @@ Messages (op, payload) -> reply; payloads are msgpack lists, bytes stay bytes:
     "write"    [ops, sync]                          -> last seq
     "get"      [key, seq|None]                      -> bytes | None
     "get_many" [keys, seq|None]                     -> [bytes | None, ...]
+    "get_entry" [key, seq|None]                     -> [value, expiry (Unix s) | None] | None
     "scan"     [start, end, reverse, seq, page, after] -> [[key, value], ...]
                at most ``page`` pairs in scan order, strictly after ``after``
                (None: from the bound); a short page means the end
@@ -24,7 +25,8 @@ Messages (op, payload) -> reply; payloads are msgpack lists, bytes stay bytes:
     "flush", "compact", "verify" -> dict | None
     "checkpoint" [dir] -> dict   "stats" -> engine stats + shard_id
 
-ops are [kind, key, value] with kind 1 (VALUE) or 0 (DELETE); a check is
+ops are [kind, key, value] with kind 1 (VALUE), 2 (VALUE_TTL: the value
+starts with its expiry, storage/ttl.py) or 0 (DELETE); a check is
 [snapshot seq | None, read keys, ranges [[lo|None, hi|None], ...], serializable]
 (storage/txn.py); a prepare with no ops and a check holds read intents only.
 A payload of
@@ -58,6 +60,7 @@ from ..errors import CorruptionError, InvalidArgument, LightningError, Transacti
 from ..storage import restore
 from ..storage.engine import Engine
 from ..storage.format import Kind, parse_name
+from ..storage.ttl import EXPIRY_BYTES
 from ..storage.txn import TxCheck
 from ..storage.fs import OSFileSystem
 from ..supervisor.quarantine import QUARANTINE_DIR, quarantine
@@ -66,7 +69,8 @@ __all__ = ["MAX_PAGE", "ShardActor"]
 
 MAX_PAGE = 1 << 16           # pairs per scan page, at most
 _ABORTED_MEMORY = 4096       # unknown txids whose abort is remembered
-_KINDS = (int(Kind.VALUE), int(Kind.DELETE))
+_KINDS = (int(Kind.VALUE), int(Kind.DELETE), int(Kind.VALUE_TTL))
+_VALUE_TTL = int(Kind.VALUE_TTL)
 _DELETE = int(Kind.DELETE)
 
 
@@ -229,8 +233,10 @@ class ShardActor(Actor):
             kind, k, v = o
             if not 0 < len(k) <= maxk:
                 raise InvalidArgument(f"key must be 1 to {maxk} bytes (max_key_size), got {len(k)} bytes")
-            if len(v) > maxv:
+            if len(v) > maxv + (EXPIRY_BYTES if kind == _VALUE_TTL else 0):
                 raise InvalidArgument(f"value must be at most {maxv} bytes (max_value_size), got {len(v)} bytes")
+            if kind == _VALUE_TTL and len(v) < EXPIRY_BYTES:
+                raise InvalidArgument(f"an expiring value starts with its {EXPIRY_BYTES}-byte expiry")
             if kind == _DELETE and v:
                 raise InvalidArgument("a delete op carries an empty value")
             out.append((kind, k, v))
@@ -249,6 +255,11 @@ class ShardActor(Actor):
     def _get(self, p: Any) -> bytes | None:
         key, seq = _shape(p, 2, "get")
         return self._engine().get(self._key(key), _seq(seq))
+
+    def _get_entry(self, p: Any) -> list[Any] | None:
+        key, seq = _shape(p, 2, "get_entry")
+        e = self._engine().get_entry(self._key(key), _seq(seq))
+        return None if e is None else [e[0], e[1]]
 
     def _get_many(self, p: Any) -> list[bytes | None]:
         keys, seq = _shape(p, 2, "get_many")
@@ -377,6 +388,7 @@ class ShardActor(Actor):
 
 _HANDLERS = {
     "write": ShardActor._write, "get": ShardActor._get, "get_many": ShardActor._get_many,
+    "get_entry": ShardActor._get_entry,
     "scan": ShardActor._scan, "snapshot": ShardActor._snapshot, "release": ShardActor._release,
     "txwrite": ShardActor._txwrite, "prepare": ShardActor._prepare, "commit": ShardActor._commit, "abort": ShardActor._abort,
     "in_doubt": ShardActor._in_doubt, "decided": ShardActor._decided, "forget": ShardActor._forget,

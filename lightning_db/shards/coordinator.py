@@ -103,11 +103,7 @@ def two_phase(router: "ShardRouter", parts: dict[int, list[Op]], checks: dict[in
     # The decision is durable at the primary: a participant that died
     # meanwhile is committed again once its worker is back (its PREPARE
     # is in its WAL), so the batch is whole when this call returns.
-    if not failed:
-        # Not waited for: a forget that is lost leaves only a decision that
-        # no participant asks about (re-logged, 16 bytes, until the shard's next restart).
-        _send(refs[primary], "forget", [txid], timeout)
-    elif all([settle_commit(router, txid, s) for s in failed]):
+    if all([settle_commit(router, txid, s) for s in failed]):
         _quiet_call(lambda: router._retry(lambda: router._ask(primary, "forget", [txid])))
     # else: still unreachable; resolve_in_doubt commits the rest later
 

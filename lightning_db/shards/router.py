@@ -55,6 +55,7 @@ from ..db import Batch, MappingSugar, _limited, _Limits, _scan_range
 from ..errors import DatabaseClosed, InvalidArgument, LightningError, Timeout, TransactionConflict, TransientError
 from ..storage.format import Kind
 from ..storage.published import UNAVAILABLE, PublishedReader
+from ..storage.ttl import visible
 from ..supervisor.breaker import CircuitBreaker
 from ..supervisor.retry import Backoff, retry
 from ..transaction import Transactional
@@ -227,8 +228,26 @@ class ShardRouter(Transactional, MappingSugar):
         two_phase(self, parts)
 
     # --- single keys ------------------------------------------------------------------------
-    def put(self, key: Any, value: Any, sync: bool | None = None) -> None:
-        self._single(_VALUE, self._limits.key(key), self._limits.value(value), sync)
+    def put(self, key: Any, value: Any, sync: bool | None = None, *, ttl: float | None = None,
+            expire_at: float | None = None) -> None:
+        if ttl is None and expire_at is None:
+            self._single(_VALUE, self._limits.key(key), self._limits.value(value), sync)
+        else:
+            self._single(*self._limits.op(key, value, ttl, expire_at), sync)
+
+    def get_with_expiry(self, key: Any) -> tuple[bytes, float | None] | None:
+        """(value, expiry in Unix seconds or None) of *key*, or None when it
+        is absent or expired (asked of the shard, after this handle's
+        pipelined writes)."""
+        self._check_open()
+        key = self._limits.key(key)
+        self._pipe.barrier()
+        return self._get_entry(key, None)
+
+    def _get_entry(self, key: bytes, seqs: Sequence[int] | None) -> tuple[bytes, float | None] | None:
+        s = self.ring.shard_of(key)
+        r = self._ask_retry(s, "get_entry", [key, None if seqs is None else seqs[s]])
+        return None if r is None else (r[0], r[1])
 
     def _single(self, kind: int, key: bytes, value: bytes, sync: bool | None) -> None:
         if sync is None and self._pipelined and not self._closed:
@@ -289,7 +308,8 @@ class ShardRouter(Transactional, MappingSugar):
         if seqs is None and self._pipe.overlay:
             mine = self._pipe.overlay.get(key)           # this process's write still in flight
             if mine is not None:
-                return default if mine[0] == _DELETE else mine[1]
+                v = visible(mine[0], mine[1])
+                return default if v is None else v
         s = self.ring.shard_of(key)
         if seqs is None or (incs is not None and incs[s] is not None):
             # The hot path: the shard's published version (a snapshot: only its own engine's).
@@ -355,7 +375,7 @@ class ShardRouter(Transactional, MappingSugar):
             for i, v in zip(pos, answers[s]):
                 out[i] = v
         for i, (kind, value, _) in mine.items():
-            out[i] = None if kind == _DELETE else value
+            out[i] = visible(kind, value)
         return out
 
     def batch(self, sync: bool | None = None) -> Batch:

@@ -175,6 +175,9 @@ class TxView:
     def get_many(self, keys: list[bytes]) -> list[bytes | None]:
         return self._router._get_many(keys, self.seqs, self.snap.incs)
 
+    def get_entry(self, key: bytes) -> tuple[bytes, float | None] | None:
+        return self._router._get_entry(key, self.seqs)
+
     def scan(self, lo: bytes | None, hi: bytes | None, reverse: bool) -> Iterator[tuple[bytes, bytes]]:
         return self.snap._scan((lo, hi, None), reverse)
 

@@ -40,6 +40,7 @@ _LOW32 = np.uint64(0xFFFFFFFF)
 _SHIFT32 = np.uint64(32)
 _SEVEN = np.uint64(7)
 _THREE = np.uint64(3)
+_CHUNK = 1 << 14                  # may_contain_many: hashes per (n, k) probe array
 
 #: The one hash used for bloom filters and memtable slots: xxh3_64 of the key.
 key_hash: Callable[[bytes], int] = xxhash.xxh3_64_intdigest
@@ -127,18 +128,23 @@ class BloomFilter:
         return _make_probe(self._bits, self.nbits, self.k)(h)
 
     def may_contain_many(self, hashes: Sequence[int] | np.ndarray) -> np.ndarray:
-        """Vectorized ``may_contain``: a bool array, one answer per hash."""
+        """Vectorized ``may_contain``: a bool array, one answer per hash.
+        All k probes of a chunk of hashes are computed and tested as one
+        (n, k) array: a handful of numpy calls per batch, not per probe."""
         h = np.asarray(hashes, dtype=np.uint64).ravel()
         if self.nbits == 0:
             return np.ones(len(h), dtype=bool)
         arr = np.frombuffer(self._bits, dtype=np.uint8)
         m = np.uint64(self.nbits)
-        h1 = h & _LOW32
-        h2 = h >> _SHIFT32
-        out = np.ones(len(h), dtype=bool)
-        for i in range(self.k):
-            p = (h1 + np.uint64(i) * h2) % m
-            out &= ((arr[p >> _THREE] >> (p & _SEVEN).astype(np.uint8)) & 1).astype(bool)
+        steps = np.arange(self.k, dtype=np.uint64)
+        out = np.empty(len(h), dtype=bool)
+        for lo in range(0, len(h), _CHUNK):
+            c = h[lo:lo + _CHUNK]
+            p = (c & _LOW32)[:, None] + steps * (c >> _SHIFT32)[:, None]
+            p %= m
+            bits = arr[p >> _THREE] >> (p & _SEVEN).astype(np.uint8)
+            np.bitwise_and(bits, 1, out=bits)
+            bits.all(axis=1, out=out[lo:lo + _CHUNK])
         return out
 
     @property

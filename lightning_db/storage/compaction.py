@@ -28,9 +28,11 @@ from typing import Callable, Iterable, Iterator
 from ..config import Config
 from .format import Kind, table_name
 from .table_builder import TableWriter
+from .ttl import expired, now_ms
 from .version import FileMeta, Version, VersionEdit
 
 _DELETE = int(Kind.DELETE)
+VALUE_TTL = int(Kind.VALUE_TTL)
 
 
 @dataclass
@@ -171,7 +173,8 @@ def write_tables(fs, dirname: str, config: Config, records: Iterator[tuple[bytes
     split at target_file_size between user keys.
     """
     outputs: list[FileMeta] = []
-    counts = {"read": 0, "dropped": 0, "written": 0, "bytes_written": 0}
+    counts = {"read": 0, "dropped": 0, "written": 0, "bytes_written": 0, "expired": 0, "expiring": 0}
+    now = now_ms()
     writer: TableWriter | None = None
     number = 0
     current: bytes | None = None
@@ -194,6 +197,12 @@ def write_tables(fs, dirname: str, config: Config, records: Iterator[tuple[bytes
                 last_seq_for_key = seq
                 continue
             last_seq_for_key = seq
+            if (sk & 0xFF) == VALUE_TTL:
+                if expired(value, now):
+                    sk, value = (sk & ~0xFF) | _DELETE, b""   # expired: a tombstone from now on (ttl.py)
+                    counts["expired"] += 1
+                else:
+                    counts["expiring"] += 1
             if (sk & 0xFF) == _DELETE and seq <= smallest_snapshot and is_base is not None and is_base(key):
                 counts["dropped"] += 1            # tombstone at the bottom for this key
                 continue

@@ -38,14 +38,16 @@ from .lookup import lookup
 from .memtable import Memtable
 from .published import Publisher
 from .recovery import recover
-from .scan import version_scan
 from .table import TableReader
 from .participant import Participant
+from .scan import newest_entries, version_scan
+from .ttl import VALUE_TTL, entry, expired, now_ms, visible
 from .txn import ConflictTracker, TxCheck
 from .version import FileMeta, Version, VersionEdit, VersionSet
 from .wal import Op, Wal, encode_batch, encode_marker, encode_prepare
 
 _DELETE = int(Kind.DELETE)
+_VALUE = int(Kind.VALUE)
 
 
 class SuperVersion:
@@ -84,10 +86,12 @@ class Engine(Participant):
         self._write_error: Exception | None = None
         self._bg_error: Exception | None = None
         self._snapshots: dict[int, int] = {}
+        self._ttl_seen = False             # expiring values written (or met by compaction): sweep them
+        self._next_sweep = time.monotonic() + self.config.ttl_sweep_interval
         self._manual_compaction = False
         self._counters = dict(flushes=0, compactions=0, trivial_moves=0, compaction_bytes_read=0,
                               compaction_bytes_written=0, flush_bytes_written=0, user_bytes_written=0,
-                              wal_bytes_written=0, write_stalls=0, records_dropped=0, wal_syncs_closed=0,
+                              wal_bytes_written=0, write_stalls=0, records_dropped=0, records_expired=0, records_swept=0, wal_syncs_closed=0,
                               restore_points=0, restore_point_errors=0)
         self.fs.makedirs(self.path)
         self._lock = self.fs.lock(os.path.join(self.path, LOCK))
@@ -153,7 +157,15 @@ class Engine(Participant):
             r = lookup(sv.imm_mems, sv.version, key, seq, copy)
             if r is None:
                 return None
-        return None if r[0] == _DELETE else r[1]
+        return r[1] if r[0] == _VALUE else visible(*r)
+
+    def get_entry(self, key: bytes, seq: int | None = None) -> tuple[bytes, float | None] | None:
+        """(value, expiry in Unix seconds or None) of *key* as of *seq*, or None."""
+        if seq is None:
+            seq = self._last_seq
+        sv = self._sv
+        r = sv.mem.get(key, seq)
+        return entry(r if r is not None else lookup(sv.imm_mems, sv.version, key, seq))
 
     def get_many(self, keys: list[bytes], seq: int | None = None) -> list[bytes | None]:
         if seq is None:
@@ -210,10 +222,16 @@ class Engine(Participant):
         return self._write(ops, sync, None, False, check)
 
     def _write(self, ops: list[Op] | None, sync: bool, commit: bytes | None, remember: bool = False,
-               check: TxCheck | None = None) -> int:
+               check: TxCheck | None = None, keep: Callable[[list[Op]], list[Op]] | None = None) -> int:
+        """The write path. *keep* (the expiry sweep) filters *ops* under the
+        lock and makes this return how many were written."""
         with self._write_lock:
             if self._write_error is not None or self._bg_error is not None or self._closed:
                 self._raise_write_error()
+            if keep is not None:
+                ops = keep(ops)
+                if not ops:
+                    return 0
             txn = self.txn
             if commit is not None:
                 ops = self._prepared.get(commit)
@@ -240,6 +258,11 @@ class Engine(Participant):
                 self._write_error = exc       # a partial frame may be on disk: no more appends
                 raise
             if n:
+                if not self._ttl_seen:
+                    for op in ops:
+                        if op[0] == VALUE_TTL:
+                            self._ttl_seen = True
+                            break
                 mem.add_batch(seq, ops)
                 self._last_seq = seq + n - 1
                 if self._pub is not None:
@@ -256,6 +279,8 @@ class Engine(Participant):
             c["wal_bytes_written"] += len(payload)
         if sync or self._sync_always:
             self._sync_through(wal, target)
+        if keep is not None:
+            return n
         return self._last_seq if not n else seq + n - 1
 
     def _sync_through(self, wal: Wal, target: int) -> None:
@@ -340,12 +365,17 @@ class Engine(Participant):
             while True:
                 with self._mutex:
                     while not self._closing and (self._bg_error is not None or not self._bg_pending()):
-                        self._bg_cv.wait()
+                        if self._sweep_due():
+                            break
+                        self._bg_cv.wait(self._sweep_wait())
                     if self._closing:
                         return
                     imm = self._sv.imms[-1] if self._sv.imms else None
+                    sweep = imm is None and self._bg_error is None and self._sweep_due()
                 try:
-                    if imm is not None:
+                    if sweep:
+                        self.sweep_expired()
+                    elif imm is not None:
                         self._flush_one(imm)
                         self._maybe_restore_point()
                     else:
@@ -359,6 +389,37 @@ class Engine(Participant):
             # A simulated crash (fault-injection tests) or interpreter exit:
             # the thread ends; the engine is abandoned by whoever crashed it.
             return
+
+    # --- the expiry sweep (ttl.py) ---------------------------------------------------------------
+    def _sweep_due(self) -> bool:
+        return self._ttl_seen and time.monotonic() >= self._next_sweep
+
+    def _sweep_wait(self) -> float:
+        """How long the background thread may sleep (it wakes to look at
+        least every interval: an expiring value may have been written)."""
+        return max(0.0, self._next_sweep - time.monotonic()) if self._ttl_seen else self.config.ttl_sweep_interval
+
+    def sweep_expired(self) -> int:
+        """Write a tombstone for every key whose newest version is an expired
+        value (the background thread does it every ``ttl_sweep_interval``
+        seconds once expiring values exist); the number written. Flushes and
+        compactions then reclaim the space as for any tombstone."""
+        self._next_sweep = time.monotonic() + self.config.ttl_sweep_interval
+        sv, seq, now = self._sv, self._last_seq, now_ms()
+        found = [k for k, kind, v in newest_entries([sv.mem, *sv.imm_mems], sv.version, seq)
+                 if kind == VALUE_TTL and expired(v, now)]
+        swept = 0
+
+        def still_expired(ops: list[Op]) -> list[Op]:   # under the write lock: nothing newer landed
+            sv, seq = self._sv, self._last_seq
+            return [op for op in ops if _newest_expired(sv, op[1], seq, now)]
+        for i in range(0, len(found), 1024):
+            if self._closed:
+                break
+            swept += self._write([(_DELETE, k, b"") for k in found[i:i + 1024]], False, None, False, None,
+                                 still_expired)
+        self._counters["records_swept"] += swept
+        return swept
 
     def _flush_one(self, imm: tuple[Memtable, Wal]) -> None:
         """Background thread: write the oldest immutable memtable to L0."""
@@ -384,6 +445,8 @@ class Engine(Participant):
             self._counters["flushes"] += 1
             self._counters["flush_bytes_written"] += counts["bytes_written"]
             self._counters["records_dropped"] += counts["dropped"]
+            self._counters["records_expired"] += counts["expired"]
+            self._ttl_seen = self._ttl_seen or counts["expiring"] > 0
             # The manifest no longer needs this WAL: its contents are durable
             # in a table. Unlink before waking waiters, so flush() returns
             # with the directory in its final state.
@@ -451,6 +514,8 @@ class Engine(Participant):
                 cnt["compaction_bytes_read"] += c.input_bytes()
                 cnt["compaction_bytes_written"] += counts["bytes_written"]
                 cnt["records_dropped"] += counts["dropped"]
+                cnt["records_expired"] += counts["expired"]
+                self._ttl_seen = self._ttl_seen or counts["expiring"] > 0
             self._bg_cv.notify_all()
         if not c.is_trivial_move():
             for _, number in edit.deleted:
@@ -572,3 +637,11 @@ class Engine(Participant):
             self._lock.release()
         if error is not None:
             raise error
+
+
+def _newest_expired(sv: SuperVersion, key: bytes, seq: int, now: int) -> bool:
+    """Whether the newest version of *key* in *sv* is an expired value."""
+    r = sv.mem.get(key, seq)
+    if r is None:
+        r = lookup(sv.imm_mems, sv.version, key, seq)
+    return r is not None and r[0] == VALUE_TTL and expired(r[1], now)

@@ -19,7 +19,8 @@ class Kind(IntEnum):
 
     DELETE = 0
     VALUE = 1
-    # 2, 3 reserved. (Two-phase commit lives in the WAL's record types.)
+    VALUE_TTL = 2      # value = expiry (ms since the Unix epoch, u64 big-endian) + the user's value (ttl.py)
+    # 3 reserved. (Two-phase commit lives in the WAL's record types.)
 
 
 # An internal record's sequence number and kind travel packed in one integer:

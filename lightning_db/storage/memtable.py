@@ -32,8 +32,11 @@ import os
 import struct
 import threading
 from bisect import bisect_left
-from typing import Any, Iterator
+from itertools import repeat
+from operator import eq
+from typing import TYPE_CHECKING, Any, Iterator
 
+import numpy as np
 import xxhash
 
 from ..errors import CorruptionError, InvalidArgument
@@ -43,11 +46,15 @@ from .fs import OSFileSystem, wrap_oserror
 
 __all__ = ["Memtable", "SegmentReader", "segment_slots", "segment_size"]
 
+if TYPE_CHECKING:
+    from .batch import KeyBatch
+
 _key_hash = xxhash.xxh3_64_intdigest   # same function as bloom.key_hash
 _REC_SIZE = SEGMENT_RECORD.size        # 24
 _KIND_MASK = (1 << KIND_BITS) - 1
 _MAX_LOAD_NUM, _MAX_LOAD_DEN = 3, 4    # index load factor limit: 0.75
 _MIN_SLOTS = 1024
+_SCALAR_PROBES = 8                     # SegmentReader.get_many: this few keys go on one by one
 
 # Byte offsets of header fields (magic:8s version:u32 flags:u32 capacity:u64
 # slots:u64 arena_used:u64 count:u64 generation:u64).
@@ -389,6 +396,9 @@ class SegmentReader:
         self._base = SEGMENT_HEADER_SIZE + 8 * nslots
         self._mv = memoryview(mm)
         self._slots = self._mv[SEGMENT_HEADER_SIZE:self._base].cast("Q")
+        # The whole segment as u64 words, for batch probes (over a slice of
+        # the view, so that the view itself can be released).
+        self._words: np.ndarray | None = np.frombuffer(self._mv[:size & ~7], dtype=np.uint64)
         # Ordered reads (built on the first scan, then extended): every key
         # seen so far, sorted, and the newest record of each, from the part
         # of the append-only arena read up to ``_done``.
@@ -408,6 +418,75 @@ class SegmentReader:
     @property
     def entries(self) -> int:
         return _USED_COUNT.unpack_from(self._mm, _OFF_USED)[1]
+
+    def get_many(self, kb: KeyBatch, idx: np.ndarray, snapshot_seq: int) -> None:
+        """``get`` for the keys ``kb.keys[i]``, i in *idx*, at once: each key
+        found goes to *kb* (``KeyBatch.add``). The probe sequences are walked
+        for the batch in numpy (the last few keys alone); only a key whose
+        newest version is too new for *snapshot_seq* walks its chain alone."""
+        flags, _, _, used = _FLAGS_TO_USED.unpack_from(self._mm, _OFF_FLAGS)
+        if not used or not idx.size:
+            return
+        limit = used if flags & SEGMENT_FLAG_IMMUTABLE else self.capacity
+        words, mask, at0, keys = self._words, self._mask, self._base - 1, kb.keys
+        getb = self._mm.__getitem__
+        si = (kb.hashes[idx] & np.uint64(mask)).astype(np.int64)
+        lens = kb.lens()[idx]
+        for _ in range(mask + 1):
+            if idx.size <= _SCALAR_PROBES:
+                for i in idx.tolist():
+                    r = self.get(keys[i], snapshot_seq)
+                    if r is not None:
+                        kb.add([i], [r[0]], [r[1]])
+                return
+            ref = words[(SEGMENT_HEADER_SIZE >> 3) + si].astype(np.int64)
+            live = ref != 0
+            if not live.all():
+                if not live.any():
+                    return
+                idx, si, ref, lens = idx[live], si[live], ref[live], lens[live]
+            if (((ref & 7) != 1) | (ref - 1 + _REC_SIZE > limit)).any():
+                list(map(self._record, ref.tolist(), repeat(limit)))   # raises for the first bad one
+            off = at0 + ref
+            w0 = words[off >> 3]
+            klen = (w0 & np.uint64(0xFFFFFFFF)).astype(np.int64)
+            if (ref - 1 + _REC_SIZE + klen + (w0 >> np.uint64(32)).astype(np.int64) > limit).any():
+                list(map(self._record, ref.tolist(), repeat(limit)))
+            at = np.flatnonzero(klen == lens)
+            if at.size:
+                ks = off[at] + _REC_SIZE
+                mine = map(keys.__getitem__, idx[at].tolist())
+                at = at[np.fromiter(map(eq, map(getb, map(slice, ks.tolist(), (ks + klen[at]).tolist())), mine),
+                                    dtype=bool, count=at.size)]
+            if at.size:                             # found: the newest visible version, or none
+                self._newest_many(kb, idx[at], off[at], w0[at], snapshot_seq, limit)
+                keep = np.ones(idx.size, dtype=bool)
+                keep[at] = False
+                idx, si, lens = idx[keep], si[keep], lens[keep]
+                if not idx.size:
+                    return
+            si = (si + 1) & mask
+
+    def _newest_many(self, kb: KeyBatch, idx: np.ndarray, off: np.ndarray, w0: np.ndarray,
+                     snapshot_seq: int, limit: int) -> None:
+        """The newest version with seq <= snapshot_seq of each key found
+        (its newest record at *off*, first header word *w0*) goes to *kb*."""
+        sk = self._words[(off >> 3) + 1]
+        fresh = (sk >> np.uint64(8)) <= np.uint64(snapshot_seq)
+        mm = self._mm
+        if fresh.any():
+            p = off[fresh] + _REC_SIZE + (w0[fresh] & np.uint64(0xFFFFFFFF)).astype(np.int64)
+            q = p + (w0[fresh] >> np.uint64(32)).astype(np.int64)
+            kb.add(idx[fresh].tolist(), (sk[fresh] & np.uint64(_KIND_MASK)).tolist(),
+                   map(mm.__getitem__, map(slice, p.tolist(), q.tolist())))
+        if not fresh.all():
+            for i, o in zip(idx[~fresh].tolist(), off[~fresh].tolist()):
+                klen, vlen, seqkind, prev = SEGMENT_RECORD.unpack_from(mm, o)
+                while seqkind >> 8 > snapshot_seq and prev:
+                    o, (klen, vlen, seqkind, prev) = self._record(prev, limit)
+                if seqkind >> 8 <= snapshot_seq:
+                    p = o + 24 + klen
+                    kb.add([i], [seqkind & _KIND_MASK], [mm[p:p + vlen]])
 
     def get(self, key: bytes, snapshot_seq: int, copy: bool = True) -> tuple[int, Any] | None:
         """Same answer as ``Memtable.get`` on the writer's side."""
@@ -508,6 +587,7 @@ class SegmentReader:
     def close(self) -> None:
         if self._mm is None:
             return
+        self._words = None
         self._slots.release()
         self._mv.release()
         try:

@@ -38,6 +38,7 @@ from typing import Any
 import msgpack
 
 from ..errors import CorruptionError
+from .batch import values_many
 from .cache import make_cache
 from .format import (FORMAT_VERSION, PUBLISHED_HEADER, PUBLISHED_MAGIC, PUBLISHED_SIZE,
                      segment_name, table_name)
@@ -46,6 +47,7 @@ from .lookup import lookup
 from .memtable import SegmentReader
 from .scan import version_scan
 from .table import TableReader
+from .ttl import visible
 from .version import FileMeta, Version
 
 __all__ = ["UNAVAILABLE", "Publisher", "PublishedReader"]
@@ -55,7 +57,7 @@ _OFF_SEQ = 16
 _Q_SEQ = _OFF_SEQ // 8                      # seq, incarnation, generation, visible as u64 slots 2..5
 _SEQ = struct.Struct("<Q")
 _STATE = struct.Struct("<QQQQ")             # seq incarnation generation visible
-_DELETE = 0
+_VALUE = 1
 _RETRIES = 8                                # superblock re-reads when a file is gone
 
 
@@ -212,20 +214,16 @@ class PublishedReader:
                 return UNAVAILABLE
             cur, at = view
         r = lookup(cur.mems, cur.version, key, at, copy)
-        return None if r is None or r[0] == _DELETE else r[1]
+        return None if r is None else r[1] if r[0] == _VALUE else visible(*r)
 
     def get_many(self, keys: list[bytes], seq: int | None = None, expect: int | None = None) -> Any:
-        """Values in order, or UNAVAILABLE."""
+        """Values in order, or UNAVAILABLE. Each source of the version is
+        asked once for the whole batch (``batch.values_many``)."""
         view = self._view(seq, expect)
         if view is None:
             return UNAVAILABLE
         cur, at = view
-        mems, version = cur.mems, cur.version
-        out = []
-        for k in keys:
-            r = lookup(mems, version, k, at)
-            out.append(None if r is None or r[0] == _DELETE else r[1])
-        return out
+        return values_many(cur.mems, cur.version, keys, at)
 
     def scan(self, start: bytes | None, end: bytes | None, reverse: bool = False, seq: int | None = None,
              expect: int | None = None) -> Any:

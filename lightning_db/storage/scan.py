@@ -11,7 +11,10 @@ from __future__ import annotations
 import heapq
 from typing import Any, Iterator
 
+from .ttl import VALUE_TTL, visible
+
 Source = Iterator[tuple[bytes, int, bytes]]
+_VALUE = 1
 
 
 def _tag(src: Source, i: int) -> Iterator[tuple[bytes, int, int, bytes]]:
@@ -34,7 +37,9 @@ def merge_visible(sources: list[Source], reverse: bool) -> Iterator[tuple[bytes,
 
 def _live(src: Source) -> Iterator[tuple[bytes, bytes]]:
     for k, kind, v in src:
-        if kind:
+        if kind == _VALUE:
+            yield k, v
+        elif kind == VALUE_TTL and (v := visible(kind, v)) is not None:
             yield k, v
 
 
@@ -44,7 +49,9 @@ def _dedup(merged: Iterator[tuple[bytes, int, int, bytes]]) -> Iterator[tuple[by
         if k == prev:
             continue
         prev = k
-        if kind:
+        if kind == _VALUE:
+            yield k, v
+        elif kind == VALUE_TTL and (v := visible(kind, v)) is not None:
             yield k, v
 
 
@@ -73,6 +80,11 @@ def version_scan(mems: list[Any], version: Any, start: bytes | None, end: bytes 
                 if (files := version.overlapping(lvl, start, end))]
         if len(deep) == 1:           # one sorted run serves the scan alone (e.g. after compaction)
             return level_live(deep[0], start, end, reverse, seq)
+    return merge_visible(_sources(mems, version, start, end, reverse, seq), reverse)
+
+
+def _sources(mems: list[Any], version: Any, start: bytes | None, end: bytes | None, reverse: bool,
+             seq: int) -> list[Source]:
     sources = [m.iter_visible(start, end, reverse, seq) for m in mems]
     for f in version.levels[0]:
         if (end is None or f.smallest < end) and (start is None or f.largest >= start):
@@ -81,4 +93,15 @@ def version_scan(mems: list[Any], version: Any, start: bytes | None, end: bytes 
         files = version.overlapping(lvl, start, end)
         if files:
             sources.append(level_iter(files, start, end, reverse, seq))
-    return merge_visible(sources, reverse)
+    return sources
+
+
+def newest_entries(mems: list[Any], version: Any, seq: int) -> Iterator[tuple[bytes, int, Any]]:
+    """(key, kind, stored value) of the newest version of every key as of
+    *seq*, tombstones included, in key order (the expiry sweep)."""
+    tagged = [_tag(src, i) for i, src in enumerate(_sources(mems, version, None, None, False, seq))]
+    prev = None
+    for k, _, kind, v in heapq.merge(*tagged):
+        if k != prev:
+            prev = k
+            yield k, kind, v

@@ -47,6 +47,8 @@ def engine_stats(engine: "Engine") -> dict[str, Any]:
         **engine.txn.stats(),
         "flushes": c["flushes"],
         "compactions": c["compactions"],
+        "records_expired": c["records_expired"],          # expiring values turned into tombstones (ttl.py)
+        "records_swept": c["records_swept"],              # expired values deleted by the sweep
         "trivial_moves": c["trivial_moves"],
         "write_stalls": c["write_stalls"],
         "restore_points": c["restore_points"],            # taken since open (storage/restore.py)

@@ -22,9 +22,10 @@ from __future__ import annotations
 from bisect import bisect_left
 from itertools import repeat
 from operator import and_
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import msgpack
+import numpy as np
 import zstandard
 from crc32c import crc32c
 
@@ -33,8 +34,12 @@ from .bloom import BloomFilter, key_hash
 from .cache import CachePolicy
 from .format import (BLOCK_TRAILER, FORMAT_VERSION, TABLE_FOOTER, TABLE_MAGIC, Compression,
                      Kind, mask_crc)
+from .ttl import visible
 
 __all__ = ["TableWriter", "TableReader", "TableMeta", "PROPS_FIELDS"]
+
+if TYPE_CHECKING:
+    from .batch import KeyBatch
 
 # The writer lives in table_builder.py; its names are re-exported here.
 from .table_builder import FOOTER_CRC_SPAN, PROPS_FIELDS, TableMeta, TableWriter  # noqa: E402
@@ -44,8 +49,13 @@ _FOOTER = TABLE_FOOTER.size
 _MAX_BLOCK = 1 << 31                 # sanity bound on a decompressed block
 _NONE, _ZSTD = int(Compression.NONE), int(Compression.ZSTD)
 _BYTES, _INT = {bytes}, {int}
-_DELETE_KIND, _VALUE_KIND = int(Kind.DELETE), int(Kind.VALUE)
+_DELETE_KIND, _VALUE_KIND, _TTL_KIND = int(Kind.DELETE), int(Kind.VALUE), int(Kind.VALUE_TTL)
+_JUST_VALUES = {_VALUE_KIND}
 _M40 = (1 << 40) - 1
+_NP_M40, _NP_M32 = np.uint64(_M40), np.uint64(0xFFFFFFFF)
+_NP_41 = np.uint64(41)
+_WINDOW = np.arange(4)               # get_many: slots probed per key in one gather
+_FEW_KEYS = 16                       # get_many: up to this many keys probe in plain Python
 _INT_PROPS = ("entries", "tombstones", "min_seq", "max_seq", "block_count", "pindex_size")
 
 
@@ -94,9 +104,10 @@ def _decode_data(view: memoryview, off: int, size: int, path: str) -> tuple[tupl
         raise CorruptionError(f"data block at offset {off}: malformed", path)
     kvs, sks = obj
     keys = kvs[0::2]
-    # plain: one version per key and no tombstone, so a scan whose snapshot
-    # covers max(sks) can zip keys and values at C speed (checked in C here).
-    plain = len(set(keys)) == len(keys) and _DELETE_KIND not in map(and_, sks, repeat(0xFF))
+    # plain: one version per key and only plain values (no tombstone, no
+    # expiring value), so a scan whose snapshot covers max(sks) can zip keys
+    # and values at C speed (checked in C here).
+    plain = len(set(keys)) == len(keys) and set(map(and_, sks, repeat(0xFF))) == _JUST_VALUES
     return (keys, sks, kvs[1::2], plain, max(sks)), n
 
 
@@ -154,6 +165,10 @@ class TableReader:
             raise CorruptionError(f"filter block: {exc}", path) from None
         self._pslots: memoryview | None = None
         self._pmask = 0
+        self._pa = self._pb = None
+        # The file's bytes as a numpy array (batch reads parse record headers
+        # with it); over a slice of the view, so the view itself can be released.
+        self._u8: np.ndarray | None = np.frombuffer(view[:], dtype=np.uint8)
         if pindex_size:
             raw = _read_block(view, pindex_off, pindex_size, path, "point index")
             nslots = len(raw) // 16
@@ -161,6 +176,9 @@ class TableReader:
                 raise CorruptionError("point index block is malformed", path)
             self._pslots = raw.cast("Q")
             self._pmask = nslots - 1
+            # The same slots for batch probes (get_many): A words, B words.
+            words = np.frombuffer(raw, dtype=np.uint64)
+            self._pa, self._pb = words[0::2], words[1::2]
         self._mm = self._rf._mm if self._rf is not None else None
         if (type(index) is not list or len(index) != 3 or not all(type(x) is list for x in index)
                 or not len(index[0]) == len(index[1]) == len(index[2]) == props["block_count"]
@@ -270,6 +288,107 @@ class TableReader:
             j += 1
         return None
 
+    def get_many(self, kb: KeyBatch, idx: np.ndarray, snapshot_seq: int, check_filter: bool = True) -> None:
+        """``get`` for the keys ``kb.keys[i]``, i in *idx*, at once.
+
+        With *check_filter* the bloom filter screens the keys first (one
+        numpy pass). Without a usable point index (none, or a snapshot
+        older than the table) each key that passes is looked up alone and
+        its answer goes to ``kb.add``. Otherwise the point index is probed
+        for all of them on fingerprints in numpy, and the records the
+        probes end on are copied out of the mapping and handed to
+        ``kb.defer``: ``batch.check_points`` verifies them (crc, key) for
+        the whole batch at the end."""
+        hashes = kb.hashes
+        if check_filter and idx.size:
+            idx = idx[self.filter.may_contain_many(hashes[idx])]
+        if not idx.size:
+            return
+        pa = self._pa
+        if pa is None or snapshot_seq < self.max_seq or self._rf is None:
+            self._get_each(kb, idx, snapshot_seq)
+            return
+        if idx.size <= _FEW_KEYS:
+            self._probe_few(kb, idx)
+            return
+        mask = self._pmask
+        h = hashes[idx]
+        fp = h >> _NP_41
+        home = (h & np.uint64(mask)).view(np.int64)
+        # A window of slots per key in one gather: the first slot that is
+        # empty or holds the key's fingerprint ends its probe sequence; a
+        # key whose window is all taken by others probes on alone.
+        win = pa[(home[:, None] + _WINDOW) & mask]
+        stop = np.minimum((win >> _NP_41) ^ fp[:, None], win) == 0
+        j = stop.argmax(axis=1)
+        rows = np.arange(idx.size)
+        a = win[rows, j]
+        slot = (home + j) & mask
+        more = ~stop.any(axis=1)
+        if more.any():
+            a[more], slot[more] = self._probe_each(fp[more], (home[more] + (_WINDOW.size - 1)) & mask)
+        found = a != 0
+        if not found.all():
+            if not found.any():
+                return
+            idx, a, slot = idx[found], a[found], slot[found]
+        b = self._pb[slot]
+        off = (a & _NP_M40).view(np.int64)
+        end = off + (b & _NP_M32).view(np.int64)
+        # One numpy gather touches the records' cache lines first (those
+        # loads overlap; the copies below would wait for each miss in turn).
+        np.take(self._u8, np.concatenate((off, off + 64, end - 1)), mode="clip")
+        mm = self._mm
+        get = mm.__getitem__ if mm is not None else (lambda s: self._view[s].tobytes())
+        kb.defer(self, idx, a, b, list(map(get, map(slice, off.tolist(), end.tolist()))))
+
+    def _probe_few(self, kb: KeyBatch, idx: np.ndarray) -> None:
+        """``get_many``'s point-index probe for a few keys, one at a time in
+        Python (cheaper than numpy's per-call cost there)."""
+        slots, mask, mm = self._pslots, self._pmask, self._mm
+        get = mm.__getitem__ if mm is not None else (lambda s: self._view[s].tobytes())
+        at, aa, bb, recs = [], [], [], []
+        for i, h in zip(idx.tolist(), kb.hashes[idx].tolist()):
+            f, s = h >> 41, h & mask
+            while True:
+                a = slots[2 * s]
+                if not a:
+                    break
+                if a >> 41 == f:
+                    b = slots[2 * s + 1]
+                    o = a & _M40
+                    at.append(i)
+                    aa.append(a)
+                    bb.append(b)
+                    recs.append(get(slice(o, o + (b & 0xFFFFFFFF))))
+                    break
+                s = (s + 1) & mask
+        if at:
+            kb.defer(self, at, aa, bb, recs)
+
+    def _probe_each(self, fp: np.ndarray, slot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Go on probing past the window, one key at a time (from the last
+        slot of its window, *slot*): (A word, slot) where each probe ended."""
+        slots, mask = self._pslots, self._pmask
+        out_a, out_s = [], []
+        for f, s in zip(fp.tolist(), slot.tolist()):
+            while True:
+                s = (s + 1) & mask
+                a = slots[2 * s]
+                if not a or a >> 41 == f:
+                    break
+            out_a.append(a)
+            out_s.append(s)
+        return np.array(out_a, dtype=np.uint64), np.array(out_s, dtype=np.intp)
+
+    def _get_each(self, kb: KeyBatch, idx: np.ndarray, snapshot_seq: int) -> None:
+        """``get_many`` one key at a time (no point index, an older snapshot)."""
+        keys, get = kb.keys, self.get
+        for i, h in zip(idx.tolist(), kb.hashes[idx].tolist()):
+            r = get(keys[i], snapshot_seq, h, False)
+            if r is not None:
+                kb.add([i], [r[0]], [r[1]])
+
     # --- scans ---
     def _walk(self, start: bytes | None, end: bytes | None,
               reverse: bool) -> Iterator[tuple[tuple, int, int]]:
@@ -325,7 +444,9 @@ class TableReader:
                     yield from zip(keys, vals)
             else:
                 for k, kind, v in _visible(keys, sks, vals, lo, hi, limit, reverse):
-                    if kind:
+                    if kind == _VALUE_KIND:
+                        yield k, v
+                    elif kind == _TTL_KIND and (v := visible(kind, v)) is not None:
                         yield k, v
 
     def iter_internal(self) -> Iterator[tuple[bytes, int, bytes]]:
@@ -385,6 +506,7 @@ class TableReader:
     def close(self) -> None:
         if self._rf is not None:
             self._cache_get = None    # later reads go to _fill, which refuses
+            self._u8 = self._pa = self._pb = None      # their exports would pin the mapping
             if self._pslots is not None:
                 self._pslots.release()
                 self._pslots = None

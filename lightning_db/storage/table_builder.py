@@ -157,6 +157,11 @@ class TableWriter:
         kvs[1::2] = vals
         payload = msgpack.packb([kvs, sks])
         block = self._encode(payload, True)
+        kinds = bytes(map(and_, sks, repeat(0xFF)))
+        if self._point is not None and kinds.count(Kind.VALUE_TTL):
+            # The point index keeps one kind bit (value or tombstone): a
+            # table holding expiring values has none, its reads search blocks.
+            self._point = None
         if self._point is not None:
             if block[-_TRAILER] != _NONE:
                 raise AssertionError("point index needs uncompressed blocks")
@@ -167,7 +172,7 @@ class TableWriter:
         if self._smallest is None:
             self._smallest = keys[0]
         self._flushed += len(keys)
-        self._tombstones += bytes(map(and_, sks, repeat(0xFF))).count(Kind.DELETE)
+        self._tombstones += kinds.count(Kind.DELETE)
         lo, hi = min(sks) >> 8, max(sks) >> 8
         self._min_seq = lo if self._min_seq is None else min(lo, self._min_seq)
         self._max_seq = max(hi, self._max_seq)
