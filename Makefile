@@ -15,9 +15,10 @@ BENCH_STAMP := $(VENV)/.installed-bench
 
 PYTEST_ARGS ?=
 RUN_ARGS    ?=
+DEMO_ARGS   ?=
 BENCH_ARGS  ?=
 
-.PHONY: all venv run test bench clean distclean
+.PHONY: all venv run demo test bench clean distclean
 
 all: test
 
@@ -38,8 +39,12 @@ $(BENCH_STAMP): pyproject.toml $(STAMP)
 
 venv: $(STAMP)
 
+# The Redis-protocol server on ./data (port 6380) until Ctrl-C.
 run: $(STAMP)
-	$(VENV)/bin/lightning-db run --data ./data $(RUN_ARGS)
+	$(VENV)/bin/lightning-db serve --data ./data $(RUN_ARGS)
+
+demo: $(STAMP)
+	$(VENV)/bin/lightning-db run --data ./data $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(VPY) -m pytest -q $(PYTEST_ARGS)

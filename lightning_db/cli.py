@@ -1,8 +1,9 @@
 """Command line front ends.
 
-``lightning-db``: the embedded demo workload (``run``) and one-shot data
+``lightning-db``: the embedded demo workload (``run``), one-shot data
 commands (``get``, ``put``, ``del``, ``scan``, ``stats``, ``compact``,
-``checkpoint``) against a data directory. ``lightning-admin``: maintenance of
+``checkpoint``) and an interactive shell (``repl``, repl.py) against a data
+directory; ``serve``, the Redis-protocol server (server/serve.py). ``lightning-admin``: maintenance of
 an existing database (``stats``, ``verify``, ``compact``, ``checkpoint``).
 
 Every command opens the database as the directory holds it (``shards=None``:
@@ -235,6 +236,20 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 # --- parsers and dispatch ---------------------------------------------------
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .server.serve import run_args
+    return run_args(args)
+
+
+def _cmd_repl(args: argparse.Namespace) -> int:
+    from .repl import run
+    db = _open(args.data, create=False)
+    try:
+        return run(db, os.path.basename(os.path.abspath(args.data)))
+    finally:
+        db.close()
+
+
 def _dispatch(prog: str, args: argparse.Namespace) -> int:
     try:
         return int(args.func(args))
@@ -294,6 +309,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add(sub, "stats", _cmd_stats, "print db.stats()").add_argument("--json", action="store_true")
     _add(sub, "compact", _cmd_compact, "run a full compaction and wait for it")
     _add(sub, "checkpoint", _cmd_checkpoint, "write a consistent copy of the database to DIR").add_argument("dir")
+    _add(sub, "repl", _cmd_repl, "an interactive shell (history, help, tab completion of commands and keys)")
+    from .server.serve import add_arguments as _serve_arguments
+    p = sub.add_parser("serve", help="serve the database over the Redis protocol (RESP2/RESP3)",
+                       description="Serve the database over the Redis protocol (RESP2/RESP3) until SIGINT or "
+                                   "SIGTERM; redis-cli, redis-py and other Redis clients connect to --port.")
+    _serve_arguments(p)
+    p.set_defaults(func=_cmd_serve)
 
     args = parser.parse_args(argv)
     return _dispatch(parser.prog, args)

@@ -49,3 +49,40 @@ def test_bad_input_is_a_usage_error_and_writes_nothing(tmp_path):
     r = run("get", "--data", str(tmp_path / "missing"), "k")
     assert r.returncode == 1 and "no database" in r.stderr
     assert not (tmp_path / "missing").exists()
+
+
+def test_repl_runs_commands_and_survives_errors(tmp_path):
+    """The shell over piped input: every command, a bad one, an error, quit."""
+    import io
+
+    import lightning_db as ldb
+    from lightning_db.repl import Repl
+    with ldb.open(tmp_path / "db", shards=0) as db:
+        script = "\n".join([
+            "put a 1", "put b\\xff 2", "put t v 3600", "get a", "get nope", "mget a nope", "ttl t", "ttl a",
+            "ttl nope", "scan", "scan b 1", "count", "del a", "get a", "put", "frobnicate", "put k v -1",
+            "flush", "compact", "stats", "help get", "quit", "get b\\xff",
+        ]) + "\n"
+        out = io.StringIO()
+        Repl(db, stdin=io.StringIO(script), stdout=out).cmdloop()
+        lines = out.getvalue().splitlines()
+    assert lines[:7] == ["OK", "OK", "OK", "1", "(absent)", "a: 1", "nope: (absent)"]
+    assert 3500 < float(lines[7]) <= 3600 and lines[8:10] == ["(no expiry)", "(absent)"]
+    assert lines[10:14] == ["a: 1", "b\\xff: 2", "t: v", "(3 shown)"]
+    assert lines[14:16] == ["b\\xff: 2", "(1 shown)"] and lines[16] == "3"
+    assert lines[17:19] == ["OK", "(absent)"]
+    assert lines[19].startswith("(bad argument) usage: put KEY VALUE")
+    assert lines[20].startswith("unknown command 'frobnicate'")
+    assert lines[21].startswith("(bad argument) ttl must be a number of seconds > 0")
+    assert lines[22:24] == ["OK", "OK"] and any(line.startswith("sequence:") for line in lines)
+    assert lines[-1].startswith("get KEY")          # help get; nothing runs after quit
+
+
+def test_repl_command_reads_piped_input(tmp_path):
+    import lightning_db as ldb
+    data = tmp_path / "db"
+    with ldb.open(data, shards=0) as db:
+        db.put(b"k", b"v")
+    r = subprocess.run([*CLI, "repl", "--data", str(data)], input="get k\nquit\n", capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.splitlines()[0] == "v", (r.stdout, r.stderr)

@@ -18,6 +18,7 @@ Messages (op, payload) -> reply; payloads are msgpack lists, bytes stay bytes:
     "snapshot" -> seq            "release" [seq]
     "snapshot" [tx] -> [seq, prepared txids, decided txids]   (tx: a transaction's, tracked)
     "release"  [seq, tx] -> bool (False: the transaction's registration had expired)
+    "register" [seq, tx]  a snapshot taken from the published version at seq (told, not asked)
     "txwrite"  [ops, sync, check]                   -> last seq (check passes first, or nothing is written)
     "prepare"  [txid, ops(, check)]  "commit" [txid, sync, remember] -> seq
     "abort"    [txid] -> bool    "in_doubt" -> [[txid, ops], ...]
@@ -300,6 +301,16 @@ class ShardActor(Actor):
         # What a cut must not straddle: prepared here, decided here as primary.
         return [seq, list(engine._prepared), list(engine._decided)]
 
+    def _register(self, p: Any) -> None:
+        seq, tx = _shape(p, 2, "register")
+        seq = _seq(seq)
+        if seq is None:
+            raise InvalidArgument("register needs a seq")
+        if _flag(tx, "tx"):
+            self._engine().begin_tx(seq)
+        else:
+            self._engine().acquire_snapshot_at(seq)
+
     def _release(self, p: Any) -> Any:
         if not isinstance(p, (list, tuple)) or len(p) not in (1, 2):
             raise InvalidArgument(f"'release' takes [seq] or [seq, tx], got {p!r:.80}")
@@ -390,6 +401,7 @@ _HANDLERS = {
     "write": ShardActor._write, "get": ShardActor._get, "get_many": ShardActor._get_many,
     "get_entry": ShardActor._get_entry,
     "scan": ShardActor._scan, "snapshot": ShardActor._snapshot, "release": ShardActor._release,
+    "register": ShardActor._register,
     "txwrite": ShardActor._txwrite, "prepare": ShardActor._prepare, "commit": ShardActor._commit, "abort": ShardActor._abort,
     "in_doubt": ShardActor._in_doubt, "decided": ShardActor._decided, "forget": ShardActor._forget,
     "flush": ShardActor._flush, "compact": ShardActor._compact, "checkpoint": ShardActor._checkpoint,

@@ -52,7 +52,7 @@ from .resolve import _quiet, _send
 if TYPE_CHECKING:
     from .router import ShardRouter
 
-__all__ = ["commit_transaction", "make_txid", "settle_commit", "two_phase"]
+__all__ = ["commit_transaction", "make_txid", "settle_commit", "settle_marked", "two_phase"]
 
 Op = tuple[int, bytes, bytes]
 
@@ -87,6 +87,7 @@ def two_phase(router: "ShardRouter", parts: dict[int, list[Op]], checks: dict[in
         conflicts = [e for e in errors if isinstance(e, TransactionConflict)]
         raise (conflicts or errors)[0]
     with router.gate.shared(timeout):       # the apply phase: no snapshot is cut inside it
+        marker = router.gate.mark(txid, shards)
         try:
             router._ask(primary, "commit", [txid, True, True])
         except LightningError as exc:
@@ -95,6 +96,7 @@ def two_phase(router: "ShardRouter", parts: dict[int, list[Op]], checks: dict[in
                 raise
             if outcome is False:
                 abort_all(router, txid, [s for s in shards if s != primary])
+                router.gate.unmark(marker)
                 if isinstance(exc, InvalidArgument):   # aborted under us by resolve_in_doubt
                     raise TransactionConflict(f"batch {txid.hex()} was aborted by in-doubt resolution") from None
                 raise
@@ -104,8 +106,9 @@ def two_phase(router: "ShardRouter", parts: dict[int, list[Op]], checks: dict[in
     # meanwhile is committed again once its worker is back (its PREPARE
     # is in its WAL), so the batch is whole when this call returns.
     if all([settle_commit(router, txid, s) for s in failed]):
+        router.gate.unmark(marker)
         _quiet_call(lambda: router._retry(lambda: router._ask(primary, "forget", [txid])))
-    # else: still unreachable; resolve_in_doubt commits the rest later
+    # else: still unreachable; a snapshot or resolve_in_doubt commits the rest later
 
 
 def settle_commit(router: "ShardRouter", txid: bytes, shard: int) -> bool:
@@ -183,3 +186,23 @@ def commit_transaction(router: "ShardRouter", seqs: Sequence[int] | None, ops: l
     finally:   # read intents go either way (commit and abort both release them)
         for f in [_send(refs[s], "abort", [txid], timeout) for s in readers]:
             _quiet(f)
+
+
+def settle_marked(router: "ShardRouter", path: str, txid: bytes, shards: list[int]) -> bool:
+    """Finish a two-phase commit whose apply phase is still marked (its
+    coordinator died or gave up there): decided at the primary -> commit
+    on every participant; prepared there undecided -> abort everywhere;
+    neither -> it was committed everywhere and forgotten. True once settled
+    (the marker is gone)."""
+    p = int.from_bytes(txid[:2], "big")
+    try:        # each commit holds the gate (settle_commit); asks, aborts and forgets need not
+        if router._ask(p, "decided", [txid]):
+            if not all([settle_commit(router, txid, s) for s in shards if s != p]):
+                return False
+            router._ask(p, "forget", [txid])
+        elif router._ask(p, "abort", [txid]):
+            abort_all(router, txid, [s for s in shards if s != p])
+    except LightningError:
+        return False
+    router.gate.unmark(path)
+    return True

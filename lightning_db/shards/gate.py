@@ -13,6 +13,11 @@ two lock files in the node's runtime directory, taken with ``flock``.
   instant by commits, for the whole cut by snapshots), so a stream of
   commits cannot starve snapshots.
 
+A two-phase commit also leaves a marker file for its apply phase
+(``mark``/``unmark``): a coordinator that dies there releases its hold on
+the gate with its life, and the next snapshot finds the marker and
+finishes the commit (or aborts it) before it cuts.
+
 Each acquisition opens its own file descriptors (a ``flock`` belongs to an
 open file description: threads of one process must not share one), and a
 process that dies releases what it held. Waiting polls with a short
@@ -31,10 +36,13 @@ import tempfile
 import time
 from collections.abc import Iterator
 
+import msgpack
+
 from ..errors import Timeout
 
 __all__ = ["CommitGate"]
 
+_MARK = "applying."
 _SPIN = (0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001)
 
 
@@ -98,6 +106,43 @@ class CommitGate:
                 os.close(fd)
         finally:
             os.close(turn)
+
+    # --- apply markers ----------------------------------------------------------------------------
+    def mark(self, txid: bytes, shards: list[int]) -> str:
+        """A two-phase commit is entering its apply phase: a file naming it
+        and its participants, so that a snapshot finds it if the coordinator
+        dies before ``unmark`` (its shared hold on the gate dies with it)."""
+        path = os.path.join(self.directory, _MARK + txid.hex())
+        fd = self._open(path + ".tmp")
+        try:
+            os.write(fd, msgpack.packb([txid, shards]))
+        finally:
+            os.close(fd)
+        os.rename(path + ".tmp", path)
+        return path
+
+    def unmark(self, path: str) -> None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+    def markers(self) -> list[tuple[str, bytes, list[int]]]:
+        """(path, txid, participants) of every apply phase still marked."""
+        out = []
+        try:
+            names = [n for n in os.listdir(self.directory) if n.startswith(_MARK) and not n.endswith(".tmp")]
+        except FileNotFoundError:
+            return out
+        for n in names:
+            path = os.path.join(self.directory, n)
+            try:
+                with open(path, "rb") as f:
+                    txid, shards = msgpack.unpackb(f.read())
+            except (OSError, ValueError, msgpack.UnpackException):
+                continue
+            out.append((path, txid, list(shards)))
+        return out
 
     def close(self) -> None:
         if self._private:

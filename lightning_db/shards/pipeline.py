@@ -6,7 +6,9 @@ write still in flight, so this process reads its own writes at once); one
 sender thread per shard, started on first use, takes everything buffered
 (up to ``BATCH_OPS`` ops or ``BATCH_BYTES`` bytes), sends it as one "write"
 (one WAL record on the shard) through the router's retried, breaker-guarded
-ask, and waits for the answer before it sends the next: writes to a shard
+ask (a batch that still meets a transient error is sent again until the
+router's timeout has passed: a worker restart never drops writes), and
+waits for the answer before it sends the next: writes to a shard
 stay in the order they were made, even across a worker restart (a failed
 batch is sent again before anything after it). Batching is natural: while
 one batch is on the wire the next one fills.
@@ -25,9 +27,10 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
-from ..errors import BackgroundError, DatabaseClosed, FatalError, LightningError
+from ..errors import BackgroundError, DatabaseClosed, FatalError, LightningError, TransientError
 
 if TYPE_CHECKING:
     from .router import ShardRouter
@@ -128,6 +131,9 @@ class WritePipeline:
                 if t is not None:
                     t.join(30)
 
+    def _closing_now(self) -> bool:
+        return isinstance(self._error, FatalError)
+
     def _send_loop(self, shard: int) -> None:
         wake, buf = self._wake[shard], self._bufs[shard]
         while True:
@@ -146,12 +152,25 @@ class WritePipeline:
                 self._busy[shard] = True
                 self._idle.notify_all()       # writers held back by the buffer limit
             error = None
-            try:
-                self._router._ask_retry(shard, "write", [[(k, key, v) for k, key, v, _ in batch], False])
-            except LightningError as exc:
-                error = exc
-            except BaseException as exc:  # noqa: BLE001 - never leave a barrier waiting
-                error = BackgroundError(f"pipelined write to shard {shard} failed: {exc!r}")
+            payload = [[(k, key, v) for k, key, v, _ in batch], False]
+            deadline = time.monotonic() + self._router.timeout
+            while True:
+                try:
+                    self._router._ask_retry(shard, "write", payload)
+                except TransientError as exc:
+                    # A worker being restarted: the batch was not applied (or
+                    # was, and writing it again sets the same values). Keep
+                    # trying for the router's whole timeout, not only its
+                    # retry attempts: nobody can send these writes again.
+                    if time.monotonic() < deadline and not self._closing_now():
+                        time.sleep(0.05)
+                        continue
+                    error = exc
+                except LightningError as exc:
+                    error = exc
+                except BaseException as exc:  # noqa: BLE001 - never leave a barrier waiting
+                    error = BackgroundError(f"pipelined write to shard {shard} failed: {exc!r}")
+                break
             with self._lock:
                 overlay = self.overlay
                 for _, key, _, ticket in batch:

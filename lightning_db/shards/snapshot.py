@@ -10,9 +10,12 @@ decided as primary, and a transaction decided at its primary but prepared
 elsewhere is committed there (under the gate, shared) before the cut is
 taken again.
 
-A transaction's snapshot (``tx=True``) is also registered on every shard
-for its commit's checks (storage/txn.py); ``close`` says whether every
-registration was still live.
+The cut is normally read from shared memory (``shared_cut``: every shard's
+published visible seq, no message; the registrations follow as messages
+not waited for, and a marked apply phase of a dead coordinator is finished
+first); ``take_cut`` asks every shard when one does not serve from shared
+memory. A transaction's snapshot (``tx=True``) is also registered on every
+shard for its commit's checks (storage/txn.py).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from ..db import ReadSugar, _scan_range
 from ..errors import InvalidArgument, LightningError, Timeout, TransientError
 from ..supervisor.retry import Backoff
-from .coordinator import _quiet_call, settle_commit
+from .coordinator import _quiet_call, settle_commit, settle_marked
 from .resolve import _quiet, _send
 
 if TYPE_CHECKING:
@@ -35,10 +38,59 @@ __all__ = ["ShardSnapshot", "ScanIter", "take_cut"]
 CUT_ATTEMPTS = 64
 
 
+def _tell(ref: Any, op: str, payload: Any) -> None:
+    try:
+        ref.tell(op, payload)
+    except LightningError:
+        pass                    # a worker gone: nothing of ours stays registered there
+
+
 def _release(router: "ShardRouter", seqs: Sequence[Any], tx: bool, wait: bool = True) -> list[Any]:
+    if not wait:
+        for ref, seq in zip(router.refs, seqs):
+            if isinstance(seq, int):
+                _tell(ref, "release", [seq, tx])
+        return []
     futs = [_send(ref, "release", [seq, tx] if tx else [seq], router.timeout)
             for ref, seq in zip(router.refs, seqs) if isinstance(seq, int)]
-    return [_quiet(f) for f in futs] if wait else []
+    return [_quiet(f) for f in futs]
+
+
+def shared_cut(router: "ShardRouter", tx: bool) -> tuple[list[int], list[int | None]] | None:
+    """The cut from the shards' published versions: every shard's visible
+    seq read from shared memory under the gate held exclusive, then
+    registered by a message that is not waited for (the shard keeps what a
+    snapshot of the last SNAPSHOT_LAG_S seconds sees until it arrives). A
+    marked apply phase (its coordinator died in it) is finished first. None
+    when a shard is not serving from shared memory (ask instead)."""
+    n = len(router.refs)
+    readers = [router._reader(s) for s in range(n)]
+    if any(r is None for r in readers):
+        return None
+    deadline = time.monotonic() + router.timeout
+    backoff = Backoff(attempts=CUT_ATTEMPTS, base=0.01, cap=0.5, deadline=deadline)
+    while True:
+        try:
+            with router.gate.exclusive(max(0.001, deadline - time.monotonic())):
+                states = [r.state() for r in readers]          # type: ignore[union-attr]
+                marks = router.gate.markers()
+        except (OSError, ValueError):
+            return None
+        if not all(st[0] for st in states):
+            return None
+        if not marks:
+            seqs = [st[2] for st in states]
+            for ref, seq in zip(router.refs, seqs):
+                _tell(ref, "register", [seq, tx])
+            return seqs, [st[0] for st in states]
+        for path, txid, shards in marks:
+            settle_marked(router, path, txid, shards)
+        delay = next(backoff, None)
+        if delay is None:
+            raise Timeout(f"a snapshot could not be cut: commits {[t.hex() for _, t, _ in marks]} "
+                          "stayed half applied")
+        router.retries += 1
+        time.sleep(delay)
 
 
 def take_cut(router: "ShardRouter", tx: bool) -> list[int]:
@@ -117,10 +169,14 @@ class ShardSnapshot(ReadSugar):
     def __init__(self, router: "ShardRouter", tx: bool = False) -> None:
         self._router = router
         self._tx = tx
-        self.seqs: list[int] = take_cut(router, tx)
-        # The engine each seq belongs to: reads from shared memory only while
-        # the shard still runs it (a restarted worker does not hold our seq).
-        self.incs: list[int | None] = [router._incarnation(s) for s in range(len(router.refs))]
+        cut = shared_cut(router, tx)
+        if cut is not None:
+            self.seqs, self.incs = cut
+        else:
+            self.seqs = take_cut(router, tx)
+            # The engine each seq belongs to: reads from shared memory only while
+            # the shard still runs it (a restarted worker does not hold our seq).
+            self.incs = [router._incarnation(s) for s in range(len(router.refs))]
         self._closed = False
         router._snapshots.add(self)
 

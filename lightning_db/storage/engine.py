@@ -48,6 +48,7 @@ from .wal import Op, Wal, encode_batch, encode_marker, encode_prepare
 
 _DELETE = int(Kind.DELETE)
 _VALUE = int(Kind.VALUE)
+SNAPSHOT_LAG_S = 10.0        # how late a snapshot taken from shared memory may be registered
 
 
 class SuperVersion:
@@ -104,7 +105,13 @@ class Engine(Participant):
             self.versions = VersionSet(self.fs, self.path, self.config.num_levels)
             mem, wal, last_seq, self._prepared, self._decided = recover(self)
             # Optimistic transactions (storage/txn.py): prepared ops are write intents again.
-            self.txn = ConflictTracker(self.config.transaction_max_age, self.config.transaction_max_keys)
+            # Published (shard) engines: snapshots are taken from shared memory
+            # and registered up to SNAPSHOT_LAG_S later (shards/snapshot.py).
+            self._lag = publish is not None
+            self.txn = ConflictTracker(self.config.transaction_max_age, self.config.transaction_max_keys,
+                                       SNAPSHOT_LAG_S if self._lag else 0.0)
+            if self._lag:
+                self.txn.sample(last_seq)
             for txid, ops in self._prepared.items():
                 self.txn.hold(txid, [op[1] for op in ops])
             self._last_seq = last_seq
@@ -203,10 +210,12 @@ class Engine(Participant):
                 self.txn.expire()               # registrations of transactions left open too long
             finally:
                 self._write_lock.release()
-        tx = self.txn.floor                     # transactions' snapshots count too (read without a lock)
+        tx, lag = self.txn.floor, self.txn.lag_floor     # read without a lock
         with self._mutex:
             seq = min(self._snapshots, default=self._last_seq)
-        return seq if tx is None else min(seq, tx)
+        # Transactions' snapshots count too, and so does every seq of the
+        # last SNAPSHOT_LAG_S seconds (snapshots registered late).
+        return min(x for x in (seq, tx, lag) if x is not None)
 
     # --- writes -------------------------------------------------------------------------------
     def write(self, ops: list[Op], sync: bool = False, check: TxCheck | None = None) -> int:
@@ -269,6 +278,8 @@ class Engine(Participant):
                     self._pub.visible(self._last_seq)
                 if txn.tracked_from is not None:
                     txn.record(seq, [op[1] for op in ops])
+                if self._lag:
+                    txn.sample(self._last_seq)
             if commit is not None:
                 del self._prepared[commit]
                 txn.release(commit)

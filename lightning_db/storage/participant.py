@@ -26,6 +26,8 @@ class Participant:
 
     if TYPE_CHECKING:
         _write_lock: Any
+        _mutex: Any
+        _snapshots: dict[int, int]
         _prepared: dict[bytes, list[Op]]
         _decided: set[bytes]
         _sv: Any
@@ -41,14 +43,22 @@ class Participant:
                    check: TxCheck | None = None) -> int: ...
 
     # --- transactions (storage/txn.py) ----------------------------------------------------
-    def begin_tx(self) -> int:
-        """Register a transaction's snapshot: the latest seq, from which
-        every write is tracked for its commit's checks (and kept by
-        compaction) until ``end_tx`` or expiry."""
+    def begin_tx(self, seq: int | None = None) -> int:
+        """Register a transaction's snapshot: *seq* (one taken from shared
+        memory, at most SNAPSHOT_LAG_S ago) or the latest. Every write after
+        it is tracked for its commit's checks (and compaction keeps what it
+        sees) until ``end_tx`` or expiry."""
         with self._write_lock:
-            seq = self._last_seq
-            self.txn.begin(seq)
-            return seq
+            at = self._last_seq if seq is None else min(seq, self._last_seq)
+            self.txn.begin(at, self._last_seq)
+            return at
+
+    def acquire_snapshot_at(self, seq: int) -> None:
+        """Register a snapshot taken from shared memory at *seq* (at most
+        SNAPSHOT_LAG_S ago; until then the lag floor keeps what it sees)."""
+        with self._mutex:
+            seq = min(seq, self._last_seq)
+            self._snapshots[seq] = self._snapshots.get(seq, 0) + 1
 
     def end_tx(self, seq: int) -> bool:
         """Drop a registration; False when it had expired meanwhile."""

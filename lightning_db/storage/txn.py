@@ -57,16 +57,24 @@ def _in(key: bytes, r: Range) -> bool:
 
 
 class ConflictTracker:
-    def __init__(self, max_age: float, max_keys: int) -> None:
+    def __init__(self, max_age: float, max_keys: int, lag: float = 0.0) -> None:
+        """*lag* > 0 (a shard serving other processes): snapshots may be
+        registered after they were taken from shared memory, up to *lag*
+        seconds late; writes stay tracked, and versions kept, that long."""
         self.max_age = max_age
         self.max_keys = max_keys
+        self.lag = lag
         self.tracked_from: int | None = None        # every write with seq > this is recorded
-        # The oldest registered snapshot (compaction keeps what it sees);
-        # one attribute, so the engine's background thread reads it without a lock.
+        # The oldest snapshot compaction must keep (registrations, and the
+        # seq of *lag* seconds ago); one attribute, so the engine's
+        # background thread reads it without a lock.
         self.floor: int | None = None
         self._regs: dict[int, list[float]] = {}     # snapshot seq -> registration times
         self._last: dict[bytes, int] = {}           # key -> seq of its newest recorded write
         self._log: deque[tuple[int, tuple[bytes, ...]]] = deque()
+        self._samples: deque[tuple[float, int]] = deque()    # (monotonic time, last seq), with a lag
+        self.lag_floor: int | None = None          # the seq of *lag* seconds ago (or older)
+        self._idle_until = 0.0                      # tracking goes on until then without registrations
         self._write_intents: dict[bytes, bytes] = {}     # key -> txid
         self._read_intents: dict[bytes, bytes] = {}
         self._range_intents: dict[bytes, list[Range]] = {}
@@ -80,13 +88,17 @@ class ConflictTracker:
     def active(self) -> bool:
         return self.tracked_from is not None
 
-
-    def begin(self, seq: int) -> None:
+    def begin(self, seq: int, last_seq: int) -> None:
+        """Register a snapshot at *seq* (the shard is at *last_seq*). A
+        shard that was not tracking starts at *last_seq*: a snapshot older
+        than that cannot be checked (its commit raises TransactionExpired)."""
         self.expire()
+        now = time.monotonic()
         if self.tracked_from is None:
-            self.tracked_from = seq
-        self._regs.setdefault(seq, []).append(time.monotonic())
-        self.floor = min(self._regs)
+            self.tracked_from = last_seq
+        self._idle_until = now + self.max_age
+        self._regs.setdefault(seq, []).append(now)
+        self._prune()
 
     def end(self, seq: int) -> bool:
         """Drop one registration at *seq*; False when it had expired."""
@@ -102,29 +114,54 @@ class ConflictTracker:
 
     def expire(self) -> None:
         """Drop registrations older than max_age, and the oldest ones while
-        more than max_keys keys are tracked."""
-        if not self._regs:
+        more than max_keys keys are tracked; stop tracking when idle."""
+        if self.tracked_from is None:
             return
         cutoff = time.monotonic() - self.max_age
         old = [s for s, ts in self._regs.items() if ts[-1] < cutoff]
         for s in old:
             del self._regs[s]
-        while len(self._last) > self.max_keys and self._regs:
-            del self._regs[min(self._regs)]
-            old.append(0)
-            self._prune()
+        if len(self._last) > self.max_keys:
+            while len(self._last) > self.max_keys and self._regs:
+                del self._regs[min(self._regs)]
+                old.append(0)
+                self._prune()
+            if len(self._last) > self.max_keys:       # the lag window alone holds too much
+                self._cut_to(self._log[len(self._log) // 2][0])
         if old:
             self.expired += len(old)
-            self._prune()
+        self._prune()
+
+    def sample(self, last_seq: int) -> None:
+        """The shard is at *last_seq* now (every write, with a lag): keeps
+        ``lag_floor``, the seq of at least *lag* seconds ago, current."""
+        now = time.monotonic()
+        samples = self._samples
+        if samples and now - samples[-1][0] < 0.05:
+            return
+        samples.append((now, last_seq))
+        while len(samples) > 1 and samples[1][0] <= now - self.lag:
+            samples.popleft()
+        self.lag_floor = samples[0][1]
 
     def _prune(self) -> None:
-        self.floor = min(self._regs) if self._regs else None
-        if not self._regs:
-            self.tracked_from = None
+        if self.tracked_from is None:
+            return
+        now = time.monotonic()
+        if not self._regs and now >= self._idle_until:
+            self.tracked_from = self.floor = None      # idle: stop tracking
             self._last.clear()
             self._log.clear()
             return
-        floor = min(self._regs)
+        floors = [f for f in (min(self._regs) if self._regs else None, self.lag_floor) if f is not None]
+        if not floors:
+            floors = [self._log[-1][0]] if self._log else [self.tracked_from]
+        self._cut_to(min(floors))
+        self.floor = min(floors)
+
+    def _cut_to(self, floor: int) -> None:
+        """Forget the writes at or below *floor*: checks of snapshots older
+        than it raise TransactionExpired."""
         log, last = self._log, self._last
         while log and log[0][0] <= floor:
             seq, keys = log.popleft()
@@ -153,7 +190,7 @@ class ConflictTracker:
         fails; else return (nothing recorded: see ``hold``)."""
         snap = check.snapshot
         if snap is not None:
-            if self.tracked_from is None or snap < self.tracked_from or snap not in self._regs:
+            if self.tracked_from is None or snap < self.tracked_from:
                 raise TransactionExpired(
                     f"the transaction's snapshot (seq {snap}) is no longer tracked on this shard: it was "
                     f"open longer than transaction_max_age ({self.max_age:g} s) or more than "

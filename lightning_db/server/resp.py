@@ -1,0 +1,447 @@
+"""RESP framing: requests in (hiredis), replies out (RESP2 and RESP3).
+
+Which process runs what: a front-end process (frontend.py), on its event
+loop, one ``RequestParser`` per connection; replies are encoded wherever the
+command ran (event loop or a worker thread).
+
+Requests are arrays of bulk strings (``*N\\r\\n$L\\r\\n...``) or, as in
+Redis, inline commands (a line of words) when a request starts with any
+byte other than ``*``. hiredis parses the arrays; it knows nothing of limits
+and waits for as many bytes as a header announces, so the parser walks the
+headers of the one request that is still incomplete after each read and
+refuses, as Redis does, an argument count over ``max_args``, a bulk length
+over ``max_bulk`` and an incomplete request over ``max_buffer`` bytes. Where
+that request starts is known from the sizes of the complete ones: hiredis
+accepts only canonical lengths (no sign, no leading zeros), so a request's
+size follows from its arguments. A protocol error ends the connection: the
+commands before it still run, then the error is sent and the socket closed.
+
+Replies are Python values: ``bytes``/``str`` bulk strings, ``Status``
+simple strings, ``int``, ``None`` (null), ``NULL_ARRAY``, ``list``/``tuple``
+arrays, ``dict`` maps (flat arrays in RESP2), ``float`` doubles (bulk strings
+in RESP2), ``bool`` (integers in RESP2), ``Verbatim`` text (bulk in RESP2),
+``ReplyError`` errors.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import hiredis
+
+__all__ = [
+    "NULL_ARRAY",
+    "OK",
+    "PONG",
+    "QUEUED",
+    "Limits",
+    "ProtocolError",
+    "ReplyError",
+    "RequestParser",
+    "Status",
+    "Verbatim",
+    "encode",
+    "error_line",
+]
+
+MAX_INLINE = 64 * 1024        # Redis's PROTO_INLINE_MAX_SIZE: longest inline request and header line
+DEFAULT_MAX_ARGS = 1024 * 1024
+
+
+class Status(str):
+    """A simple-string reply (``+OK``)."""
+
+    __slots__ = ()
+
+
+class Verbatim(str):
+    """Text shown as is (INFO, CLIENT LIST): RESP3 verbatim string ``txt``."""
+
+    __slots__ = ()
+
+
+class ReplyError(Exception):
+    """An error reply; the message starts with its code (``ERR ...``,
+    ``EXECABORT ...``). Raised by command handlers, or kept as an element
+    of an array (EXEC)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class _NullArray:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NULL_ARRAY"
+
+
+NULL_ARRAY = _NullArray()
+OK = Status("OK")
+QUEUED = Status("QUEUED")
+PONG = Status("PONG")
+
+
+class ProtocolError(Exception):
+    """The request stream is broken; the message is the reply text
+    (``Protocol error: ...``) and the connection is closed after it."""
+
+
+class _StreamReply(Exception):
+    """hiredis's ``replyError`` class: an error frame sent by a client."""
+
+
+class Limits:
+    """Request limits of one front end: argument count, bulk length and
+    bytes buffered for one incomplete request."""
+
+    __slots__ = ("max_args", "max_buffer", "max_bulk")
+
+    def __init__(self, max_bulk: int, max_buffer: int, max_args: int = DEFAULT_MAX_ARGS) -> None:
+        self.max_bulk, self.max_buffer, self.max_args = max_bulk, max_buffer, max_args
+
+
+def _frame_size(cmd: list[Any]) -> int:
+    """Bytes of *cmd* as a canonical RESP array of bulk strings."""
+    n = len(cmd)
+    size = len(str(n)) + 3
+    for a in cmd:
+        la = len(a)
+        size += la + (6 if la < 10 else 7 if la < 100 else 5 + len(str(la)))
+    return size
+
+
+def _type_byte(obj: Any) -> str:
+    if isinstance(obj, bool):
+        return "#"
+    if isinstance(obj, int):
+        return ":"
+    if isinstance(obj, float):
+        return ","
+    if isinstance(obj, list):
+        return "*"
+    if isinstance(obj, _StreamReply):
+        return "-"
+    if isinstance(obj, dict):
+        return "%"
+    return "?"
+
+
+def _hiredis_message(exc: Exception) -> str:
+    text = str(exc)
+    if "ulti-bulk length" in text:
+        return "Protocol error: invalid multibulk length"
+    if "ulk string length" in text:
+        return "Protocol error: invalid bulk length"
+    if "as reply type byte" in text:
+        got = text.split('"')[1] if text.count('"') >= 2 else "?"
+        return f"Protocol error: expected '$', got '{got}'"
+    return f"Protocol error: {text}"
+
+
+class RequestParser:
+    """Requests of one connection. ``feed(data)`` returns the commands
+    completed so far (lists of bytes); after a protocol error it sets
+    ``error`` (the reply text) and accepts nothing more."""
+
+    def __init__(self, limits: Limits) -> None:
+        self._limits = limits
+        self._reader = hiredis.Reader(protocolError=ProtocolError, replyError=_StreamReply)
+        self.error: str | None = None
+        self._fed = 0                    # stream bytes given to hiredis
+        self._done = 0                   # stream offset where the incomplete request starts
+        self._inline: bytearray | None = None
+        # Header walk of the incomplete request: the bytes from _tail_off on
+        # (only those not yet walked past), the walk position and the bulk
+        # headers still to come (-1: the array header itself).
+        self._tail = bytearray()
+        self._tail_off = 0
+        self._walk_start = -1
+        self._walk_pos = 0
+        self._walk_left = -1
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for the incomplete request (client query buffer)."""
+        return (self._fed - self._done) + (len(self._inline) if self._inline else 0)
+
+    def feed(self, data: bytes) -> list[list[bytes]]:
+        out: list[list[bytes]] = []
+        if self.error is not None or not data:
+            return out
+        try:
+            view = memoryview(data)
+            pos = 0
+            while pos < len(data):
+                if self._inline is not None or (self._fed == self._done and data[pos] != 0x2A):
+                    pos = self._feed_inline(data, pos, out)
+                else:
+                    pos += self._feed_resp(view[pos:], out)
+        except ProtocolError as exc:
+            self.error = str(exc)
+        return out
+
+    # --- inline requests --------------------------------------------------------------------
+    def _feed_inline(self, data: bytes, pos: int, out: list[list[bytes]]) -> int:
+        nl = data.find(b"\n", pos)
+        if nl < 0:
+            if self._inline is None:
+                self._inline = bytearray()
+            self._inline += data[pos:]
+            if len(self._inline) > MAX_INLINE:
+                raise ProtocolError("Protocol error: too big inline request")
+            return len(data)
+        line = bytes(data[pos:nl])
+        if self._inline is not None:
+            line = bytes(self._inline) + line
+            self._inline = None
+        if len(line) > MAX_INLINE:
+            raise ProtocolError("Protocol error: too big inline request")
+        args = _split_inline(line.rstrip(b"\r"))
+        if args:
+            if len(args) > self._limits.max_args:
+                raise ProtocolError("Protocol error: invalid multibulk length")
+            out.append(args)
+        return nl + 1
+
+    # --- arrays of bulk strings -------------------------------------------------------------
+    def _feed_resp(self, seg: memoryview, out: list[list[bytes]]) -> int:
+        """Feed *seg* to hiredis; the bytes of it used: all, or up to an
+        inline request that follows a complete one."""
+        reader, limits = self._reader, self._limits
+        before = self._fed
+        was_partial = self._walk_start >= 0
+        reader.feed(seg)
+        self._fed += len(seg)
+        done = self._done
+        try:
+            while True:
+                cmd = reader.gets()
+                if cmd is False:
+                    break
+                if type(cmd) is not list:
+                    if cmd is None:                          # *-1: ignored, as by Redis
+                        done += 5
+                        if done < self._fed and seg[done - before] != 0x2A:
+                            return self._restart(done) - before
+                        continue
+                    raise ProtocolError(f"Protocol error: expected '*', got '{_type_byte(cmd)}'")
+                for a in cmd:
+                    if type(a) is not bytes:
+                        raise ProtocolError(f"Protocol error: expected '$', got '{_type_byte(a)}'")
+                if len(cmd) > limits.max_args:
+                    raise ProtocolError("Protocol error: invalid multibulk length")
+                done += _frame_size(cmd)
+                if cmd:                                      # *0: ignored
+                    out.append(cmd)
+                if done < self._fed and seg[done - before] != 0x2A:
+                    return self._restart(done) - before     # an inline request follows
+        except ProtocolError as exc:
+            msg = str(exc)
+            raise ProtocolError(msg if msg.startswith("Protocol error: ") else _hiredis_message(exc)) from None
+        if done >= self._fed:                               # nothing incomplete
+            self._done = self._fed
+            self._walk_start = -1
+            self._tail = bytearray()
+            return len(seg)
+        self._done = done
+        if was_partial:
+            self._tail += seg
+        else:
+            self._tail = bytearray(seg[done - before:])
+            self._tail_off = done
+        if self._walk_start != done:
+            self._walk_start, self._walk_pos, self._walk_left = done, done, -1
+        self._walk()
+        if self._fed - self._done > limits.max_buffer:
+            raise ProtocolError(f"Protocol error: request larger than the client query buffer limit "
+                                f"({limits.max_buffer} bytes)")
+        return len(seg)
+
+    def _restart(self, done: int) -> int:
+        """A fresh hiredis reader from stream offset *done* on (hiredis never
+        parses past the reply it returned, so nothing after it is lost)."""
+        self._reader = hiredis.Reader(protocolError=ProtocolError, replyError=_StreamReply)
+        self._fed = self._done = done
+        self._walk_start = -1
+        self._tail = bytearray()
+        return done
+
+    def _walk(self) -> None:
+        """Check the headers of the incomplete request as far as they are here."""
+        t, off, limits = self._tail, self._tail_off, self._limits
+        pos, left = self._walk_pos, self._walk_left
+        end = off + len(t)
+        while pos < end and left != 0:
+            i = pos - off
+            j = t.find(b"\r\n", i, i + MAX_INLINE)
+            if j < 0:
+                if end - pos > MAX_INLINE:
+                    what = "mbulk" if left < 0 else "bulk"
+                    raise ProtocolError(f"Protocol error: too big {what} count string")
+                break
+            head, body = t[i], t[i + 1:j]
+            if left < 0:
+                if head != 0x2A:                             # not a request array: left to hiredis
+                    left = 0
+                    break
+                n = _header_int(body)
+                if n is None or n > limits.max_args:
+                    raise ProtocolError("Protocol error: invalid multibulk length")
+                left = max(n, 0)
+                pos = off + j + 2
+            else:
+                if head != 0x24:
+                    raise ProtocolError(f"Protocol error: expected '$', got '{chr(head)}'")
+                n = _header_int(body)
+                if n is None or n < 0 or n > limits.max_bulk:
+                    raise ProtocolError("Protocol error: invalid bulk length")
+                left -= 1
+                pos = off + j + 2 + n + 2
+        self._walk_pos, self._walk_left = pos, left
+        cut = min(pos, end) - off
+        if cut > 0:
+            del t[:cut]
+            self._tail_off += cut
+
+
+def _header_int(body: bytearray) -> int | None:
+    if not body or len(body) > 20:
+        return None
+    try:
+        return int(body)
+    except ValueError:
+        return None
+
+
+def _split_inline(line: bytes) -> list[bytes]:
+    """Words of an inline request; "..." and '...' quote (Redis's sdssplitargs)."""
+    if b'"' not in line and b"'" not in line:
+        return line.split()
+    args: list[bytes] = []
+    i, n = 0, len(line)
+    while True:
+        while i < n and line[i] in b" \t\n\r\v\f":
+            i += 1
+        if i >= n:
+            return args
+        cur = bytearray()
+        quote = 0
+        while i < n:
+            c = line[i]
+            if quote == 0x22:                                # "..." with \-escapes
+                if c == 0x5C and i + 1 < n:
+                    i += 1
+                    esc = line[i]
+                    cur.append({0x6E: 10, 0x72: 13, 0x74: 9, 0x62: 8, 0x61: 7}.get(esc, esc))
+                elif c == 0x22:
+                    if i + 1 < n and line[i + 1] not in b" \t\n\r\v\f":
+                        raise ProtocolError("Protocol error: unbalanced quotes in request")
+                    quote = 0
+                    i += 1
+                    break
+                else:
+                    cur.append(c)
+            elif quote == 0x27:
+                if c == 0x27:
+                    if i + 1 < n and line[i + 1] not in b" \t\n\r\v\f":
+                        raise ProtocolError("Protocol error: unbalanced quotes in request")
+                    quote = 0
+                    i += 1
+                    break
+                cur.append(c)
+            elif c in b" \t\n\r\v\f":
+                break
+            elif c in (0x22, 0x27) and not cur:
+                quote = c
+            else:
+                cur.append(c)
+            i += 1
+        if quote:
+            raise ProtocolError("Protocol error: unbalanced quotes in request")
+        args.append(bytes(cur))
+
+
+# --- replies ----------------------------------------------------------------------------------
+
+_CRLF = b"\r\n"
+_SIMPLE = {OK: b"+OK\r\n", QUEUED: b"+QUEUED\r\n", PONG: b"+PONG\r\n"}
+
+
+def error_line(message: str) -> bytes:
+    """``-message\\r\\n`` with any line breaks in *message* made spaces."""
+    return b"-" + message.replace("\r", " ").replace("\n", " ").encode("utf-8", "replace") + _CRLF
+
+
+def _double(v: float) -> bytes:
+    if math.isinf(v):
+        return b"inf" if v > 0 else b"-inf"
+    if math.isnan(v):
+        return b"nan"
+    return repr(v).encode()
+
+
+def encode(value: Any, resp3: bool = False) -> bytes:
+    """One reply in RESP2 (default) or RESP3."""
+    t = type(value)
+    if t is bytes:
+        return b"$%d\r\n%s\r\n" % (len(value), value)
+    if t is Status:
+        return _SIMPLE.get(value) or b"+" + value.encode() + _CRLF
+    if t is int:
+        return b":%d\r\n" % value
+    if value is None:
+        return b"_\r\n" if resp3 else b"$-1\r\n"
+    out: list[bytes] = []
+    _encode(value, resp3, out)
+    return b"".join(out)
+
+
+def _encode(value: Any, resp3: bool, out: list[bytes]) -> None:
+    t = type(value)
+    if t is bytes:
+        out.append(b"$%d\r\n" % len(value))
+        out.append(value)
+        out.append(_CRLF)
+    elif t is int:
+        out.append(b":%d\r\n" % value)
+    elif t is Status:
+        out.append(_SIMPLE.get(value) or b"+" + value.encode() + _CRLF)
+    elif value is None:
+        out.append(b"_\r\n" if resp3 else b"$-1\r\n")
+    elif t is list or t is tuple:
+        out.append(b"*%d\r\n" % len(value))
+        for v in value:
+            _encode(v, resp3, out)
+    elif t is dict:
+        out.append((b"%%%d\r\n" if resp3 else b"*%d\r\n") % (len(value) if resp3 else 2 * len(value)))
+        for k, v in value.items():
+            _encode(k, resp3, out)
+            _encode(v, resp3, out)
+    elif t is str:
+        _encode(value.encode("utf-8", "surrogateescape"), resp3, out)
+    elif t is Verbatim:
+        data = value.encode("utf-8", "replace")
+        if resp3:
+            out.append(b"=%d\r\ntxt:%s\r\n" % (len(data) + 4, data))
+        else:
+            _encode(data, resp3, out)
+    elif t is bool:
+        out.append((b"#t\r\n" if value else b"#f\r\n") if resp3 else (b":1\r\n" if value else b":0\r\n"))
+    elif t is float:
+        if resp3:
+            out.append(b"," + _double(value) + _CRLF)
+        else:
+            _encode(_double(value), resp3, out)
+    elif value is NULL_ARRAY:
+        out.append(b"_\r\n" if resp3 else b"*-1\r\n")
+    elif isinstance(value, ReplyError):
+        out.append(error_line(value.message))
+    elif isinstance(value, int):                              # IntEnum and friends
+        out.append(b":%d\r\n" % int(value))
+    elif isinstance(value, str):
+        _encode(str(value).encode("utf-8", "surrogateescape"), resp3, out)
+    else:
+        raise TypeError(f"cannot encode {t.__name__} as a RESP reply")

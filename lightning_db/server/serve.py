@@ -1,0 +1,344 @@
+"""``lightning-db serve``: the database behind a Redis-protocol (RESP) port.
+
+Which process runs what: the serve process (this module's ``serve``, main
+thread) opens the database, which starts the node and its shard workers
+(or attaches to the node already serving the directory), then starts the
+front ends (frontend.py), each a process of its own in its own session,
+all listening on the same port (SO_REUSEPORT). It supervises them as
+permanent children: one that exits is started again, unless more than
+``RESTART_INTENSITY`` restarts fall within ``RESTART_PERIOD`` seconds or it
+reports that the database shut down; then everything stops.
+
+SIGINT or SIGTERM stops in order: the front ends first (they stop
+accepting, finish the commands they are running, close their database
+handles), then the database is flushed and closed, and serve waits for a
+node it started to exit (the node stops its shards once its last caller
+is gone), so nothing outlives it. Exit status: 0 after a signal, 1 when a
+front end or the database failed, 2 for a usage error.
+
+The serve process also answers HTTP on ``--http-port`` (default 9090; 0:
+none): ``/metrics`` in Prometheus text format and ``/health`` (metrics.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import logging
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+import psutil
+
+from ..config import Config
+from ..errors import InvalidArgument, LightningError
+from .metrics import MULTIPROC_ENV, MetricsServer
+
+__all__ = ["DEFAULT_PORT", "EXIT_FATAL", "EXIT_USAGE", "add_arguments", "main", "run_args", "serve"]
+
+DEFAULT_PORT = 6380
+DEFAULT_HTTP_PORT = 9090
+READY_TIMEOUT = 120.0          # seconds a front end may take to listen
+STOP_TIMEOUT = 20.0            # seconds a front end may take to stop before it is killed
+NODE_EXIT_TIMEOUT = 60.0       # seconds to wait for a node this process started
+RESTART_INTENSITY, RESTART_PERIOD = 5, 60.0
+EXIT_USAGE, EXIT_FATAL = 2, 3  # front-end exit status: cannot listen or bad arguments; the database shut down
+
+log = logging.getLogger("lightning_db.server")
+
+
+class _StopFlag:
+    """Set by the SIGINT/SIGTERM handler. Not a threading.Event: a handler
+    runs between two bytecodes of the main thread, possibly inside
+    Event.wait while it holds the event's lock, and Event.set would then
+    wait for that lock forever."""
+
+    def __init__(self) -> None:
+        self.value = False
+
+    def set(self) -> None:
+        self.value = True
+
+    def is_set(self) -> bool:
+        return self.value
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep up to *timeout* seconds (less once set); whether it is set."""
+        deadline = time.monotonic() + timeout
+        while not self.value and time.monotonic() < deadline:
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+        return self.value
+
+
+def default_frontends() -> int:
+    """One front end per usable CPU, at most 8."""
+    return max(1, min(8, len(os.sched_getaffinity(0))))
+
+
+class _Frontends:
+    """The front-end processes of one serve call."""
+
+    def __init__(self, data: str, host: str, port: int, count: int, config: Config, workers: int,
+                 metrics_dir: str | None = None) -> None:
+        self.count = count
+        self._base = [sys.executable, "-m", "lightning_db.server.frontend", "--data", data, "--host", host,
+                      "--port", str(port), "--frontends", str(count), "--workers", str(workers),
+                      "--config", json.dumps(config.to_dict())]
+        env = dict(os.environ)
+        paths = [os.path.abspath(p or os.curdir) for p in sys.path]
+        if env.get("PYTHONPATH"):
+            paths.append(env["PYTHONPATH"])
+        env["PYTHONPATH"] = os.pathsep.join(paths)
+        if metrics_dir is not None:
+            env[MULTIPROC_ENV] = metrics_dir        # the front ends' metrics (metrics.py)
+        self.metrics_dir = metrics_dir
+        self._env = env
+        self.procs: list[subprocess.Popen[bytes] | None] = [None] * count
+        self._restarts: list[float] = []
+
+    def start(self, i: int, ready_fd: int | None = None) -> subprocess.Popen[bytes]:
+        cmd = self._base + ["--index", str(i)]
+        fds: tuple[int, ...] = ()
+        if ready_fd is not None:
+            cmd += ["--ready-fd", str(ready_fd)]
+            fds = (ready_fd,)
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=self._env, pass_fds=fds, close_fds=True,
+                                start_new_session=True)
+        self.procs[i] = proc
+        return proc
+
+    def start_all(self, stop: _StopFlag) -> bool:
+        """Start every front end and wait until each listens; False when one
+        failed (or *stop* was set) first."""
+        pipes: dict[int, int] = {}
+        try:
+            for i in range(self.count):
+                r, w = os.pipe()
+                try:
+                    self.start(i, w)
+                finally:
+                    os.close(w)
+                pipes[r] = i
+            deadline = time.monotonic() + READY_TIMEOUT
+            while pipes:
+                if stop.is_set() or time.monotonic() > deadline:
+                    return False
+                readable, _, _ = select.select(list(pipes), [], [], 0.2)
+                for r in readable:
+                    if os.read(r, 64).startswith(b"ready"):
+                        os.close(r)
+                        del pipes[r]
+                    else:                          # closed without a word: it exited
+                        i = pipes.pop(r)
+                        os.close(r)
+                        log.error("front end %d exited before it was ready (status %s)", i,
+                                  self.procs[i].wait() if self.procs[i] is not None else None)
+                        return False
+            return True
+        finally:
+            for r in pipes:
+                os.close(r)
+
+    def check(self) -> int | None:
+        """Restart front ends that exited; a status to exit with when that
+        is over (the database shut down, or restarts too frequent)."""
+        for i, proc in enumerate(self.procs):
+            code = None if proc is None else proc.poll()
+            if proc is None or code is None:
+                continue
+            if code == EXIT_FATAL:
+                log.error("front end %d reports that the database shut down", i)
+                return 1
+            now = time.monotonic()
+            self._restarts = [t for t in self._restarts if now - t < RESTART_PERIOD] + [now]
+            if len(self._restarts) > RESTART_INTENSITY:
+                log.error("front ends exited %d times within %gs; giving up", len(self._restarts), RESTART_PERIOD)
+                return 1
+            log.warning("front end %d exited with status %s; starting it again", i, code)
+            self._dead(proc.pid)
+            self.start(i)
+        return None
+
+    def _dead(self, pid: int) -> None:
+        if self.metrics_dir is not None:
+            from prometheus_client.multiprocess import mark_process_dead
+            mark_process_dead(pid, self.metrics_dir)
+
+    def stop(self) -> None:
+        """SIGTERM every front end, wait, SIGKILL what is left; all reaped."""
+        live = [p for p in self.procs if p is not None and p.poll() is None]
+        for p in live:
+            try:
+                p.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + STOP_TIMEOUT
+        for p in live:
+            try:
+                p.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("front end pid %d did not stop in %gs; killing it", p.pid, STOP_TIMEOUT)
+                p.kill()
+                p.wait()
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    """Whether something listens on the port already. The front ends share
+    it with SO_REUSEPORT, which would also let them share it silently with
+    another server of the same user; a plain bind tells."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, port))
+        return False
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return True
+        raise
+
+
+def _node_of(db: Any) -> psutil.Process | None:
+    """The node process when this process started it (it is our child)."""
+    session = getattr(db, "_session", None)
+    pid = getattr(session, "node_pid", None)
+    if pid is None:
+        return None
+    try:
+        node = psutil.Process(pid)
+        return node if node.ppid() == os.getpid() else None
+    except psutil.Error:
+        return None
+
+
+def _await_exit(proc: psutil.Process, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.Error:
+            return
+        time.sleep(0.05)
+    log.warning("the node (pid %d) is still running after %gs", proc.pid, timeout)
+
+
+def serve(data_dir: str | os.PathLike[str], port: int = DEFAULT_PORT, shards: int | None = None,
+          frontends: int | None = None, config: Config | None = None, *, host: str = "127.0.0.1",
+          workers: int = 16, out: TextIO | None = None, http_port: int = DEFAULT_HTTP_PORT) -> int:
+    """Serve the database at *data_dir* over RESP until SIGINT/SIGTERM;
+    the exit status (see the module docstring). Main thread only.
+    *http_port*: ``/metrics`` and ``/health`` (metrics.py); 0: none."""
+    import lightning_db
+    from lightning_db.storage.format import CURRENT
+
+    out = out or sys.stdout
+    path = os.path.abspath(os.fspath(data_dir))
+    if not isinstance(port, int) or not 0 < port < 65536:
+        raise InvalidArgument(f"port must be 1..65535, got {port!r}")
+    if shards is not None and (not isinstance(shards, int) or shards < 1):
+        raise InvalidArgument(f"serve needs shards >= 1 (front ends are processes of their own), got {shards!r}")
+    if os.path.exists(os.path.join(path, CURRENT)):
+        raise InvalidArgument(f"{path} holds an in-process database (shards=0); serve needs a sharded one")
+    count = default_frontends() if frontends is None else frontends
+    if not isinstance(count, int) or count < 1:
+        raise InvalidArgument(f"frontends must be >= 1, got {frontends!r}")
+    config = config or Config()
+    if not isinstance(http_port, int) or not 0 <= http_port < 65536:
+        raise InvalidArgument(f"http port must be 0 (none) or 1..65535, got {http_port!r}")
+    for p in (port, http_port):
+        if p and _port_in_use(host, p):
+            log.error("%s:%d is in use by another process", host, p)
+            return 1
+    metrics_dir = tempfile.mkdtemp(prefix="ldb-metrics-") if http_port else None
+
+    stop = _StopFlag()
+    previous = {sig: signal.signal(sig, lambda signum, frame: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    status = 1
+    try:
+        db = lightning_db.open(path, shards, config=config)
+        node = _node_of(db)
+        fronts = _Frontends(path, host, port, count, config, workers, metrics_dir)
+        http = MetricsServer(db.stats, host, http_port, metrics_dir).start() if http_port else None
+        try:
+            if fronts.start_all(stop):
+                shard_count = len(getattr(db, "refs", ())) or "?"
+                print(f"lightning-db: serving {path} on {host}:{port} ({count} front ends, {shard_count} shards); "
+                      f"connect with: redis-cli -p {port}", file=out, flush=True)
+                status = 0
+                while not stop.wait(0.2):
+                    code = fronts.check()
+                    if code is not None:
+                        status = code
+                        break
+            elif stop.is_set():
+                status = 0
+        finally:
+            fronts.stop()
+            if http is not None:
+                http.stop()
+            try:
+                db.flush()
+            except LightningError as exc:
+                log.error("flush at shutdown failed: %s", exc)
+                status = status or 1
+            db.close()
+            if node is not None:
+                _await_exit(node, NODE_EXIT_TIMEOUT)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+    return status
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``serve`` (shared with ``lightning-db serve``)."""
+    p.add_argument("--data", default="./data", metavar="DIR", help="data directory (default ./data)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"RESP port (default {DEFAULT_PORT})")
+    p.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT, metavar="PORT",
+                   help=f"/metrics and /health (default {DEFAULT_HTTP_PORT}; 0: none)")
+    p.add_argument("--shards", type=int, default=None, metavar="N",
+                   help="for a new directory: shard worker processes (default one per usable CPU)")
+    p.add_argument("--frontends", type=int, default=None, metavar="N",
+                   help="front-end processes sharing the port (default one per usable CPU, at most 8)")
+    p.add_argument("--workers", type=int, default=16, metavar="N",
+                   help="threads per front end for database calls (default 16)")
+    p.add_argument("--config", default=None, metavar="FILE", help="YAML or TOML file of Config settings")
+
+
+def run_args(args: argparse.Namespace) -> int:
+    """Serve as the parsed *args* say (``lightning-db serve``)."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="lightning-db serve [%(process)d] %(levelname)s %(message)s")
+    config = Config.from_file(args.config) if args.config else None
+    return serve(args.data, args.port, args.shards, args.frontends, config, host=args.host, workers=args.workers,
+                 http_port=args.http_port)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="lightning-db serve",
+                                description="Serve a Lightning DB over the Redis protocol (RESP2/RESP3).")
+    add_arguments(p)
+    args = p.parse_args(argv)
+    try:
+        return run_args(args)
+    except LightningError as exc:
+        print(f"lightning-db serve: error: {type(exc).__name__}: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2 if isinstance(exc, InvalidArgument) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

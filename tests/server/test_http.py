@@ -1,0 +1,67 @@
+"""``/metrics`` (Prometheus text, front ends' counters merged with the
+database's per-shard figures) and ``/health`` of ``lightning-db serve``."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.waiting import wait_until
+
+
+def _get(server, path: str) -> tuple[int, str, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}{path}", timeout=60) as resp:
+            return resp.status, resp.headers.get("Content-Type", ""), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers.get("Content-Type", ""), exc.read()
+
+
+def _samples(server) -> dict[tuple[str, tuple], float]:
+    code, ctype, body = _get(server, "/metrics")
+    assert code == 200 and ctype.startswith("text/plain"), (code, ctype)
+    out = {}
+    for fam in text_string_to_metric_families(body.decode()):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def test_metrics_count_commands_latencies_bytes_and_shards(server, r):
+    for i in range(20):
+        r.set(f"m{i}", "v")
+    r.get("m1")
+    try:
+        r.execute_command("NOSUCHCOMMAND")
+    except Exception:
+        pass
+
+    def counted() -> bool:
+        s = _samples(server)
+        return s.get(("ldb_commands_total", (("command", "set"),)), 0) >= 20
+    wait_until(counted, timeout=60, what="the SETs to show in /metrics")
+    s = _samples(server)
+    assert s[("ldb_commands_total", (("command", "get"),))] >= 1
+    assert s[("ldb_command_errors_total", (("command", "unknown"),))] >= 1
+    assert s[("ldb_command_seconds_count", (("command", "set"),))] >= 20
+    assert ("ldb_command_seconds_bucket", (("command", "set"), ("le", "0.001"))) in s
+    assert s[("ldb_bytes_received_total", ())] > 0 and s[("ldb_bytes_sent_total", ())] > 0
+    assert s[("ldb_connections", ())] >= 1
+    assert s[("ldb_database_up", ())] == 1
+    for shard in ("0", "1"):
+        assert s[("ldb_shard_up", (("shard", shard),))] == 1
+        assert s[("ldb_shard_breaker_state", (("shard", shard),))] == 0
+        assert ("ldb_shard_compactions_total", (("shard", shard),)) in s
+    assert sum(v for (n, _), v in s.items() if n == "ldb_shard_user_bytes_written_total") > 0
+
+
+def test_health_and_unknown_paths(server):
+    code, ctype, body = _get(server, "/health")
+    assert code == 200 and ctype == "application/json"
+    doc = json.loads(body)
+    assert doc["status"] == "ok" and doc["shards"] == 2 and doc["workers_down"] == []
+    code, _, body = _get(server, "/nope")
+    assert code == 404 and b"/metrics" in body
