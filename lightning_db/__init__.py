@@ -3,6 +3,9 @@
 The public surface is exactly ``__all__``; everything else is private.
 """
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
 from .config import Config
 from .db import Batch, Database, Snapshot, open
 from .errors import (
@@ -24,10 +27,30 @@ from .errors import (
     WriteStalled,
 )
 
+if TYPE_CHECKING:
+    from .remote import AsyncRemoteDatabase, RemoteDatabase
+
 __version__ = "0.1.0"
+
+
+def connect(url_or_urls: "str | Sequence[str]", **pool_options: Any) -> "RemoteDatabase":
+    """A database served by native server(s) at *url_or_urls* ("tcp://HOST:PORT"
+    or a list), with the methods of Database, over a connection pool (see
+    lightning_db.remote; zmq is loaded on first use)."""
+    from .remote import connect as _connect
+    return _connect(url_or_urls, **pool_options)
+
+
+async def connect_async(url_or_urls: "str | Sequence[str]", **pool_options: Any) -> "AsyncRemoteDatabase":
+    """The asyncio variant of ``connect``."""
+    from .remote import connect_async as _connect_async
+    return await _connect_async(url_or_urls, **pool_options)
+
 
 __all__ = [
     "open",
+    "connect",
+    "connect_async",
     "Database",
     "Batch",
     "Snapshot",

@@ -54,6 +54,15 @@ def _open(path: str, *, create: bool, shards: int | None = None) -> Database:
     return lightning_db.open(path, shards)
 
 
+def _target(args: argparse.Namespace, *, create: bool) -> Any:
+    """The database the command works on: a server (``--url``, the native
+    protocol) or the data directory."""
+    url = getattr(args, "url", None)
+    if url:
+        return lightning_db.connect(url, min_size=1, max_size=1)
+    return _open(args.data, create=create)
+
+
 def _text(b: bytes) -> str:
     return bytes(b).decode("utf-8", "backslashreplace")
 
@@ -170,7 +179,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_get(args: argparse.Namespace) -> int:
-    with _open(args.data, create=False) as db:
+    with _target(args, create=False) as db:
         value = db.get(args.key.encode())
     if value is None:
         raise _Failure(f"key not found: {args.key!r}")
@@ -179,13 +188,13 @@ def _cmd_get(args: argparse.Namespace) -> int:
 
 
 def _cmd_put(args: argparse.Namespace) -> int:
-    with _open(args.data, create=True) as db:
+    with _target(args, create=True) as db:
         db.put(args.key.encode(), args.value.encode())
     return 0
 
 
 def _cmd_del(args: argparse.Namespace) -> int:
-    with _open(args.data, create=False) as db:
+    with _target(args, create=False) as db:
         db.delete(args.key.encode())
     return 0
 
@@ -194,7 +203,7 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     def enc(s: str | None) -> bytes | None:
         return None if s is None else s.encode()
 
-    with _open(args.data, create=False) as db:
+    with _target(args, create=False) as db:
         for key, value in db.scan(start=enc(args.start), end=enc(args.end), prefix=enc(args.prefix),
                                   reverse=args.reverse, limit=args.limit):
             print(f"{_text(key)}\t{_text(value)}")
@@ -202,14 +211,14 @@ def _cmd_scan(args: argparse.Namespace) -> int:
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
-    with _open(args.data, create=False) as db:
+    with _target(args, create=False) as db:
         stats = db.stats()
     _print_dict(f"stats of {args.data}", stats, args.json)
     return 0
 
 
 def _cmd_compact(args: argparse.Namespace) -> int:
-    with _open(args.data, create=False) as db:
+    with _target(args, create=False) as db:
         t0 = time.perf_counter()
         db.compact()
         print(f"compacted {args.data} in {time.perf_counter() - t0:.2f} s")
@@ -243,9 +252,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _cmd_repl(args: argparse.Namespace) -> int:
     from .repl import run
-    db = _open(args.data, create=False)
+    db = _target(args, create=False)
     try:
-        return run(db, os.path.basename(os.path.abspath(args.data)))
+        return run(db, args.url or os.path.basename(os.path.abspath(args.data)))
     finally:
         db.close()
 
@@ -271,10 +280,13 @@ def _dispatch(prog: str, args: argparse.Namespace) -> int:
         return 130
 
 
-def _add(sub: Any, name: str, func: Any, help: str, data: bool = True) -> argparse.ArgumentParser:
+def _add(sub: Any, name: str, func: Any, help: str, data: bool = True, url: bool = False) -> argparse.ArgumentParser:
     p: argparse.ArgumentParser = sub.add_parser(name, help=help, description=help)
     if data:
         p.add_argument("--data", default="./data", metavar="DIR", help="data directory (default ./data)")
+    if url:
+        p.add_argument("--url", default=None, metavar="URL",
+                       help="a server instead of --data: tcp://HOST:PORT (lightning-db serve --native-port)")
     p.set_defaults(func=func)
     return p
 
@@ -293,23 +305,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--shards", type=int, default=None,
                    help="for a new directory: worker processes (default one per usable CPU; 0 in-process)")
 
-    _add(sub, "get", _cmd_get, "print the value of KEY (exit 1 if absent)").add_argument("key")
-    p = _add(sub, "put", _cmd_put, "set KEY to VALUE")
+    _add(sub, "get", _cmd_get, "print the value of KEY (exit 1 if absent)", url=True).add_argument("key")
+    p = _add(sub, "put", _cmd_put, "set KEY to VALUE", url=True)
     p.add_argument("key")
     p.add_argument("value")
-    _add(sub, "del", _cmd_del, "delete KEY (not an error if absent)").add_argument("key")
+    _add(sub, "del", _cmd_del, "delete KEY (not an error if absent)", url=True).add_argument("key")
 
-    p = _add(sub, "scan", _cmd_scan, "print key<TAB>value lines in key order")
+    p = _add(sub, "scan", _cmd_scan, "print key<TAB>value lines in key order", url=True)
     p.add_argument("--prefix", help="only keys starting with P")
     p.add_argument("--start", help="first key (inclusive)")
     p.add_argument("--end", help="last key (exclusive)")
     p.add_argument("--reverse", action="store_true", help="descending key order")
     p.add_argument("--limit", type=int, help="at most N pairs")
 
-    _add(sub, "stats", _cmd_stats, "print db.stats()").add_argument("--json", action="store_true")
-    _add(sub, "compact", _cmd_compact, "run a full compaction and wait for it")
+    _add(sub, "stats", _cmd_stats, "print db.stats()", url=True).add_argument("--json", action="store_true")
+    _add(sub, "compact", _cmd_compact, "run a full compaction and wait for it", url=True)
     _add(sub, "checkpoint", _cmd_checkpoint, "write a consistent copy of the database to DIR").add_argument("dir")
-    _add(sub, "repl", _cmd_repl, "an interactive shell (history, help, tab completion of commands and keys)")
+    _add(sub, "repl", _cmd_repl, "an interactive shell (history, help, tab completion of commands and keys)",
+         url=True)
     from .server.serve import add_arguments as _serve_arguments
     p = sub.add_parser("serve", help="serve the database over the Redis protocol (RESP2/RESP3)",
                        description="Serve the database over the Redis protocol (RESP2/RESP3) until SIGINT or "

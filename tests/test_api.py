@@ -103,6 +103,8 @@ class Pairs(collections.abc.Mapping):
 
 EXPECTED_ALL = [
     "open",
+    "connect",
+    "connect_async",
     "Database",
     "Batch",
     "Snapshot",

@@ -17,7 +17,9 @@ is gone), so nothing outlives it. Exit status: 0 after a signal, 1 when a
 front end or the database failed, 2 for a usage error.
 
 The serve process also answers HTTP on ``--http-port`` (default 9090; 0:
-none): ``/metrics`` in Prometheus text format and ``/health`` (metrics.py).
+none): ``/metrics`` in Prometheus text format and ``/health`` (metrics.py),
+and the native protocol on ``--native-port`` (default 7379; 0: none) for
+``lightning_db.connect`` (remote/server.py, threads of this process).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ __all__ = ["DEFAULT_PORT", "EXIT_FATAL", "EXIT_USAGE", "add_arguments", "main", 
 
 DEFAULT_PORT = 6380
 DEFAULT_HTTP_PORT = 9090
+DEFAULT_NATIVE_PORT = 7379
 READY_TIMEOUT = 120.0          # seconds a front end may take to listen
 STOP_TIMEOUT = 20.0            # seconds a front end may take to stop before it is killed
 NODE_EXIT_TIMEOUT = 60.0       # seconds to wait for a node this process started
@@ -235,10 +238,12 @@ def _await_exit(proc: psutil.Process, timeout: float) -> None:
 
 def serve(data_dir: str | os.PathLike[str], port: int = DEFAULT_PORT, shards: int | None = None,
           frontends: int | None = None, config: Config | None = None, *, host: str = "127.0.0.1",
-          workers: int = 16, out: TextIO | None = None, http_port: int = DEFAULT_HTTP_PORT) -> int:
+          workers: int = 16, out: TextIO | None = None, http_port: int = DEFAULT_HTTP_PORT,
+          native_port: int = DEFAULT_NATIVE_PORT) -> int:
     """Serve the database at *data_dir* over RESP until SIGINT/SIGTERM;
     the exit status (see the module docstring). Main thread only.
-    *http_port*: ``/metrics`` and ``/health`` (metrics.py); 0: none."""
+    *http_port*: ``/metrics`` and ``/health`` (metrics.py); *native_port*:
+    the native protocol for ``lightning_db.connect`` (remote/); 0: none."""
     import lightning_db
     from lightning_db.storage.format import CURRENT
 
@@ -254,9 +259,10 @@ def serve(data_dir: str | os.PathLike[str], port: int = DEFAULT_PORT, shards: in
     if not isinstance(count, int) or count < 1:
         raise InvalidArgument(f"frontends must be >= 1, got {frontends!r}")
     config = config or Config()
-    if not isinstance(http_port, int) or not 0 <= http_port < 65536:
-        raise InvalidArgument(f"http port must be 0 (none) or 1..65535, got {http_port!r}")
-    for p in (port, http_port):
+    for what, p in (("http", http_port), ("native", native_port)):
+        if not isinstance(p, int) or isinstance(p, bool) or not 0 <= p < 65536:
+            raise InvalidArgument(f"{what} port must be 0 (none) or 1..65535, got {p!r}")
+    for p in (port, http_port, native_port):
         if p and _port_in_use(host, p):
             log.error("%s:%d is in use by another process", host, p)
             return 1
@@ -270,6 +276,10 @@ def serve(data_dir: str | os.PathLike[str], port: int = DEFAULT_PORT, shards: in
         node = _node_of(db)
         fronts = _Frontends(path, host, port, count, config, workers, metrics_dir)
         http = MetricsServer(db.stats, host, http_port, metrics_dir).start() if http_port else None
+        native = None
+        if native_port:
+            from ..remote import NativeServer
+            native = NativeServer(db, f"tcp://{host}:{native_port}").start()
         try:
             if fronts.start_all(stop):
                 shard_count = len(getattr(db, "refs", ())) or "?"
@@ -285,6 +295,8 @@ def serve(data_dir: str | os.PathLike[str], port: int = DEFAULT_PORT, shards: in
                 status = 0
         finally:
             fronts.stop()
+            if native is not None:
+                native.stop()
             if http is not None:
                 http.stop()
             try:
@@ -310,6 +322,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"RESP port (default {DEFAULT_PORT})")
     p.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT, metavar="PORT",
                    help=f"/metrics and /health (default {DEFAULT_HTTP_PORT}; 0: none)")
+    p.add_argument("--native-port", type=int, default=DEFAULT_NATIVE_PORT, metavar="PORT",
+                   help=f"the native protocol for lightning_db.connect (default {DEFAULT_NATIVE_PORT}; 0: none)")
     p.add_argument("--shards", type=int, default=None, metavar="N",
                    help="for a new directory: shard worker processes (default one per usable CPU)")
     p.add_argument("--frontends", type=int, default=None, metavar="N",
@@ -325,7 +339,7 @@ def run_args(args: argparse.Namespace) -> int:
                         format="lightning-db serve [%(process)d] %(levelname)s %(message)s")
     config = Config.from_file(args.config) if args.config else None
     return serve(args.data, args.port, args.shards, args.frontends, config, host=args.host, workers=args.workers,
-                 http_port=args.http_port)
+                 http_port=args.http_port, native_port=args.native_port)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

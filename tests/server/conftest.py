@@ -39,11 +39,11 @@ needs_expiry = pytest.mark.skipif(not has_expiry(), reason="the engine has no TT
 
 class ServerProcess:
     def __init__(self, data: Path, shards: int = 2, frontends: int = 2) -> None:
-        self.data, self.port, self.http_port = data, free_port(), free_port()
+        self.data, self.port, self.http_port, self.native_port = data, free_port(), free_port(), free_port()
         self.log = data.parent / f"{data.name}-serve.log"
         cmd = [sys.executable, "-m", "lightning_db.server.serve", "--data", str(data), "--port", str(self.port),
                "--shards", str(shards), "--frontends", str(frontends), "--workers", "8",
-               "--http-port", str(self.http_port)]
+               "--http-port", str(self.http_port), "--native-port", str(self.native_port)]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
