@@ -26,12 +26,11 @@ from the newest to the oldest version (seq descending).
 
 from __future__ import annotations
 
-import heapq
 import mmap
 import os
 import struct
 import threading
-from bisect import bisect_left
+from bisect import bisect_left, insort
 from itertools import repeat
 from operator import eq
 from typing import TYPE_CHECKING, Any, Iterator
@@ -69,6 +68,18 @@ _Q_USED, _Q_COUNT = _OFF_USED // 8, _OFF_USED // 8 + 1      # header fields as u
 assert SEGMENT_HEADER.size <= SEGMENT_HEADER_SIZE and _REC_SIZE == 24
 
 
+def merged(keys: list[bytes], new: list[bytes]) -> list[bytes]:
+    """A new sorted list of *keys* and *new* (both sorted, disjoint): a few
+    new keys are inserted into a copy, many are merged by a sort that finds
+    the two runs (both in C: a scan after an insert costs a copy, not a sort)."""
+    if len(new) <= 64:
+        out = keys.copy()
+        for k in new:
+            insort(out, k)
+        return out
+    return sorted(keys + new)
+
+
 def segment_slots(capacity: int) -> int:
     """Number of index slots for an arena of *capacity* bytes: the next power
     of two >= max(1024, capacity // 64)."""
@@ -101,6 +112,7 @@ class Memtable:
         self._slots = self._mv[SEGMENT_HEADER_SIZE:self._base].cast("Q")
         self._hdr = self._mv[:SEGMENT_HEADER_SIZE].cast("Q")    # header fields as u64 slots
         self._index: dict[bytes, int] = {}                   # key -> slot number
+        self._added: list[bytes] = []                       # keys in the order they were first added
         self._sorted: list[bytes] | None = None             # sorted keys, built on demand
         self._used = 0
         self._count = 0
@@ -137,6 +149,7 @@ class Memtable:
         slots = self._slots
         index = self._index
         index_get = index.get
+        added = self._added.append
         pack = SEGMENT_RECORD.pack_into
         khash = _key_hash
         mask = self._mask
@@ -177,6 +190,7 @@ class Memtable:
                 used += size
                 if not prev:                          # new key: Python index last
                     index[key] = si
+                    added(key)
                     new_keys += 1
                 seq += 1
         finally:
@@ -193,8 +207,6 @@ class Memtable:
                 if not self._first_seq:
                     self._first_seq = first_seq
                 self._last_seq = seq - 1
-            if new_keys:
-                self._sorted = None                   # never mutate a list an iterator holds
 
     @property
     def mapping(self) -> mmap.mmap:
@@ -229,19 +241,19 @@ class Memtable:
         return None
 
     def _sorted_keys(self) -> list[bytes]:
-        # Keys are only ever added, so a list as long as the index holds
-        # exactly its keys; the length test also covers a writer adding a key
-        # while another thread rebuilds the cache.
+        # Keys are only ever added, in the order of ``_added``: a sorted list
+        # of its first n keys is brought up to date by merging in the rest
+        # (a new list each time: an iterator may hold the old one).
+        added = self._added
+        n = len(added)                                # a writer may be appending meanwhile
         keys = self._sorted
-        index = self._index
-        if keys is None or len(keys) != len(index):
-            while True:
-                try:
-                    keys = sorted(index)
-                    break
-                except RuntimeError:                  # dict changed size mid-copy
-                    continue
-            self._sorted = keys
+        if keys is None:
+            keys = sorted(added[:n])
+        elif len(keys) != n:
+            keys = merged(keys, sorted(added[len(keys):n]))
+        else:
+            return keys
+        self._sorted = keys
         return keys
 
     def iter_visible(self, start: bytes | None, end: bytes | None, reverse: bool,
@@ -547,7 +559,7 @@ class SegmentReader:
             self._done = off
             if new:
                 new.sort()
-                self._keys = list(heapq.merge(self._keys, new))     # a new list: iterators keep theirs
+                self._keys = merged(self._keys, new)     # a new list: iterators keep theirs
             return self._keys, newest
 
     def iter_visible(self, start: bytes | None, end: bytes | None, reverse: bool,
