@@ -126,6 +126,10 @@ class Dispatcher:
         cmd = self.resolve(argv)
         if isinstance(cmd, ReplyError):
             if client.multi is not None:
+                if argv[0].lower() == b"exec":       # as Redis: a bad EXEC ends the transaction
+                    client.reset_multi()
+                    return ReplyError("EXECABORT Transaction discarded because of: "
+                                      + cmd.message.removeprefix("ERR "))
                 client.multi_dirty = True
             return cmd
         client.last_cmd = cmd.name
@@ -171,7 +175,7 @@ class Dispatcher:
         pairs = {c[1]: c[2] for c in cmds[i:i + n]}           # the last SET of a key wins
         started = time.perf_counter()
         try:
-            self.server.direct.put_many(list(pairs.items()))
+            self.server.direct.put_each_shard(list(pairs.items()))
         except LightningError as exc:
             self.server.stats["total_error_replies"] += n
             replies = [error_line(self._db_failure(client, exc).message)] * n

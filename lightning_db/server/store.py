@@ -24,6 +24,8 @@ an expiry answer an error.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
@@ -42,44 +44,53 @@ def has_expiry(db: Any) -> bool:
     return callable(getattr(db, "get_with_expiry", None))
 
 
-class Store:
+class Store(ABC):
     """The operations command handlers use; see the module docstring."""
 
     expiry: bool = False
     in_transaction: bool = False
 
+    @abstractmethod
     def get(self, key: bytes) -> bytes | None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def get_many(self, keys: list[bytes]) -> list[bytes | None]:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def get_ex(self, key: bytes) -> tuple[bytes, int | None] | None:
         """(value, expiry in unix milliseconds or None), or None when absent."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def put(self, key: bytes, value: bytes, expire_ms: int | None = None) -> None:
         """Store *value* expiring at *expire_ms* (unix milliseconds; None:
         never, clearing an old expiry); an expiry already past deletes the key."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def put_many(self, pairs: list[tuple[bytes, bytes]]) -> None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def delete(self, key: bytes) -> None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def delete_many(self, keys: list[bytes]) -> None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def scan(self, start: bytes | None = None, prefix: bytes | None = None, limit: int | None = None,
              reverse: bool = False) -> Iterator[tuple[bytes, bytes]]:
         """(key, value) pairs from *start* on (inclusive) in key order, or
         backwards from the end with *reverse*."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def atomic(self, fn: Callable[[Store], T]) -> T:
-        raise NotImplementedError
+        ...
 
     def _check_expiry(self, expire_ms: int | None) -> bool:
         """True when the write must be a delete (expiry in the past)."""
@@ -130,6 +141,17 @@ class DirectStore(Store):
 
     def put_many(self, pairs: list[tuple[bytes, bytes]]) -> None:
         self.db.put_many(pairs, sync=False)
+
+    def put_each_shard(self, pairs: list[tuple[bytes, bytes]]) -> None:
+        """Write *pairs* as one batch per shard (not atomic across shards:
+        a pipelined run of SETs, which Redis does not make atomic either,
+        needs no two-phase commit)."""
+        ring = getattr(self.db, "ring", None)
+        if ring is None:
+            self.db.put_many(pairs, sync=False)
+            return
+        for pos in ring.split([k for k, _ in pairs]).values():
+            self.db.put_many([pairs[i] for i in pos], sync=False)
 
     def delete(self, key: bytes) -> None:
         self.db.delete(key, sync=False)

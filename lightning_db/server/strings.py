@@ -10,9 +10,10 @@ SETEX replace it.
 
 from __future__ import annotations
 
-import math
 from decimal import Decimal
 from typing import Any
+
+import numpy as np
 
 from .commands import (
     INT_MAX,
@@ -182,6 +183,8 @@ def getex(ctx: Context, argv: list[bytes]) -> Any:
     flags, raw = set_options(argv, 2, False)
     if not flags:
         return ctx.store.get(key)
+    if ctx.store.get(key) is None:         # as Redis: a missing key is nil before the expire time is checked
+        return None
     when = None if raw is None else parse_expire(raw, flags, "getex")
 
     def rmw(s: Store) -> Any:
@@ -349,13 +352,21 @@ def decrby(ctx: Context, argv: list[bytes]) -> Any:
     return _incr(ctx, argv[1], -delta)
 
 
-def format_float(x: float) -> bytes:
-    """Shortest round-trip digits, never an exponent, no trailing zeros
-    (what Redis prints for INCRBYFLOAT, from double instead of long double)."""
+def format_float(x: Any) -> bytes:
+    """What Redis prints for INCRBYFLOAT: 17 decimals of the long double
+    (``%.17Lf``), trailing zeros and point dropped, never an exponent."""
+    if isinstance(x, np.longdouble):
+        return np.format_float_positional(x, precision=17, unique=False, fractional=True, trim="-").encode()
     s = format(Decimal(repr(x)), "f")
     if "." in s:
         s = s.rstrip("0").rstrip(".")
     return s.encode()
+
+
+def _long_double(b: bytes) -> np.longdouble:
+    """A number as Redis's string2ld reads it, in long double precision."""
+    parse_float(b)                     # the syntax check and its error
+    return np.longdouble(b.decode())
 
 
 @command("incrbyfloat", 3, "write denyoom fast", (1, 1, 1), group="string", since="2.6.0",
@@ -363,12 +374,12 @@ def format_float(x: float) -> bytes:
                  "Uses 0 as initial value if the key doesn't exist.")
 def incrbyfloat(ctx: Context, argv: list[bytes]) -> Any:
     key = argv[1]
-    delta = parse_float(argv[2])
+    delta = _long_double(argv[2])
 
     def rmw(s: Store) -> bytes:
         cur = s.get_ex(key)
-        x = (0.0 if cur is None else parse_float(cur[0])) + delta
-        if math.isnan(x) or math.isinf(x):
+        x = (np.longdouble(0) if cur is None else _long_double(cur[0])) + delta
+        if np.isnan(x) or np.isinf(x):
             raise ReplyError("ERR increment would produce NaN or Infinity")
         out = format_float(x)
         s.put(key, out, None if cur is None else cur[1])
