@@ -18,7 +18,6 @@ import psutil
 import pytest
 import redis
 
-import lightning_db
 from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,13 +27,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def has_expiry() -> bool:
-    return hasattr(lightning_db.Database, "get_with_expiry")
-
-
-needs_expiry = pytest.mark.skipif(not has_expiry(), reason="the engine has no TTL API yet (get_with_expiry)")
 
 
 class ServerProcess:

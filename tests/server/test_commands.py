@@ -10,7 +10,6 @@ import time
 import pytest
 import redis
 
-from tests.server.conftest import needs_expiry
 from tests.waiting import wait_until
 
 
@@ -138,7 +137,6 @@ def test_database_limits_answer_errors(r):
 # --- expiry -----------------------------------------------------------------------------------
 
 
-@needs_expiry
 def test_set_expiry_options(r):
     assert r.set("e", "v", ex=100) and 80 <= r.ttl("e") <= 100
     assert r.set("e", "v", px=100000) and 80000 < r.pttl("e") <= 100000
@@ -155,7 +153,6 @@ def test_set_expiry_options(r):
     assert error(r.execute_command, "PSETEX", "sx", -1, "v") == "invalid expire time in 'psetex' command"
 
 
-@needs_expiry
 def test_keys_expire(r):
     r.set("short", "v", px=150)
     r.set("stays", "v")
@@ -164,7 +161,6 @@ def test_keys_expire(r):
     assert b"short" not in r.keys("*")
 
 
-@needs_expiry
 def test_expire_family_ttl_persist(r):
     r.set("k", "v")
     assert r.ttl("k") == -1 and r.pttl("k") == -1 and r.ttl("none") == -2 and r.pttl("none") == -2
@@ -200,7 +196,6 @@ def test_expire_family_ttl_persist(r):
     assert error(r.execute_command, "EXPIRE", "n", str(2**62)) == "invalid expire time in 'expire' command"
 
 
-@needs_expiry
 def test_getex(r):
     r.set("g", "v")
     assert r.getex("g") == b"v" and r.ttl("g") == -1
@@ -285,7 +280,6 @@ def test_randomkey_rename_dbsize_flush(r):
     assert error(r.execute_command, "FLUSHDB", "FOO") == "syntax error"
 
 
-@needs_expiry
 def test_rename_keeps_expiry(r):
     r.set("src", "v", ex=100)
     r.rename("src", "dst")
