@@ -48,6 +48,7 @@ and the temporary directories are removed.
 from __future__ import annotations
 
 import argparse
+from abc import ABC, abstractmethod
 import datetime
 import multiprocessing as mp
 import os
@@ -115,7 +116,7 @@ class Host:
             close()
 
 
-class TxEngine:
+class TxEngine(ABC):
     name = "?"
     durability = "?"
     settings = "?"
@@ -135,11 +136,13 @@ class TxEngine:
         return "?"
 
     @classmethod
+    @abstractmethod
     def host(cls, path: str, keys: int, shards: int) -> Host:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def txn(self, ka: bytes, kb: bytes) -> None:
-        raise NotImplementedError
+        ...
 
     def close(self) -> None:
         pass

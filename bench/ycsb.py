@@ -339,7 +339,7 @@ class _Ycsb:
     SCAN_NA: str | None = None
 
     def scan(self, start: bytes, n: int) -> list[Any]:
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} has no range scan ({self.SCAN_NA}); workload E skips it")
 
     def barrier(self) -> None:
         """Wait until every write so far is acknowledged by the engine."""

