@@ -250,6 +250,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return run_args(args)
 
 
+def _cmd_stress(args: argparse.Namespace) -> int:
+    from .stress.run import run_args
+    return run_args(args)
+
+
 def _cmd_repl(args: argparse.Namespace) -> int:
     from .repl import run
     db = _target(args, create=False)
@@ -329,6 +334,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    "SIGTERM; redis-cli, redis-py and other Redis clients connect to --port.")
     _serve_arguments(p)
     p.set_defaults(func=_cmd_serve)
+    from .stress.run import add_arguments as _stress_arguments
+    p = sub.add_parser("stress", help="drive load and faults, then check the history (linearizability, "
+                                      "durability, transactions)",
+                       description="Drive load and faults against Lightning DB and check that nothing "
+                                   "acknowledged was lost and every key stayed linearizable; exit 1 when a "
+                                   "checker fails.")
+    _stress_arguments(p)
+    p.set_defaults(func=_cmd_stress)
 
     args = parser.parse_args(argv)
     return _dispatch(parser.prog, args)

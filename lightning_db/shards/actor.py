@@ -8,7 +8,8 @@ the engine. The client side (routing, paging, merging, two-phase commit) is
 
 Messages (op, payload) -> reply; payloads are msgpack lists, bytes stay bytes:
 
-    "write"    [ops, sync]                          -> last seq
+    "write"    [ops, sync(, token)]                 -> last seq (a token seen before: nothing
+               written again, storage/dedupe.py)
     "get"      [key, seq|None]                      -> bytes | None
     "get_many" [keys, seq|None]                     -> [bytes | None, ...]
     "get_entry" [key, seq|None]                     -> [value, expiry (Unix s) | None] | None
@@ -60,6 +61,7 @@ from ..config import Config
 from ..errors import CorruptionError, InvalidArgument, LightningError, TransactionConflict
 from ..storage import restore
 from ..storage.engine import Engine
+from ..storage.dedupe import WRITER_ID_BYTES
 from ..storage.format import Kind, parse_name
 from ..storage.ttl import EXPIRY_BYTES
 from ..storage.txn import TxCheck
@@ -94,6 +96,15 @@ def _shape(payload: Any, n: int, op: str) -> list[Any]:
     if not isinstance(payload, (list, tuple)) or len(payload) != n:
         raise InvalidArgument(f"{op!r} takes a list of {n} items, got {payload!r:.80}")
     return list(payload)
+
+
+def _token(t: Any) -> tuple[bytes, int, int]:
+    """A write token [writer (12 bytes), n >= 1, lo (1..n)] (storage/dedupe.py)."""
+    if (isinstance(t, (list, tuple)) and len(t) == 3 and isinstance(t[0], bytes) and len(t[0]) == WRITER_ID_BYTES
+            and type(t[1]) is int and type(t[2]) is int and 1 <= t[2] <= t[1] < 1 << 63):
+        return (t[0], t[1], t[2])
+    raise InvalidArgument(f"a write token is [writer id of {WRITER_ID_BYTES} bytes, n >= 1, lo in 1..n], "
+                          f"got {t!r:.80}")
 
 
 def _bytes(x: Any, what: str, optional: bool = False) -> bytes | None:
@@ -250,6 +261,9 @@ class ShardActor(Actor):
 
     # --- ops ----------------------------------------------------------------------------------
     def _write(self, p: Any) -> int:
+        if isinstance(p, (list, tuple)) and len(p) == 3:
+            ops, sync, token = p
+            return self._engine().write(self._ops(ops), _flag(sync, "sync"), token=_token(token))
         ops, sync = _shape(p, 2, "write")
         return self._engine().write(self._ops(ops), _flag(sync, "sync"))
 

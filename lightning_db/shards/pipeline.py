@@ -21,6 +21,13 @@ down) is raised by every later ``put`` at once as well.
 
 Backpressure: a caller that writes faster than a shard applies waits while
 that shard has more than ``MAX_BUFFERED_BYTES`` buffered.
+
+Every "write" this process sends, pipelined or not, carries a write token
+from ``WriteTokens`` (storage/dedupe.py): every attempt of one write has the
+same token, so a retry of a write the shard had applied before its answer
+was lost (the worker killed after applying it, a deadline passed while it
+was queued) is not applied a second time, after a newer write of the same
+key from another process.
 """
 
 from __future__ import annotations
@@ -31,16 +38,51 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BackgroundError, DatabaseClosed, FatalError, LightningError, TransientError
+from ..storage.dedupe import new_writer_id
 
 if TYPE_CHECKING:
     from .router import ShardRouter
 
-__all__ = ["BATCH_BYTES", "BATCH_OPS", "MAX_BUFFERED_BYTES", "WritePipeline"]
+__all__ = ["BATCH_BYTES", "BATCH_OPS", "MAX_BUFFERED_BYTES", "TokenSource", "WritePipeline"]
 
 BATCH_OPS = 4096
 BATCH_BYTES = 1 << 20
 MAX_BUFFERED_BYTES = 16 << 20
 _OVERHEAD = 32                     # bytes charged per op beside key and value
+
+
+class TokenSource:
+    """Write tokens [writer, n, lo] of this process, per shard (storage/dedupe.py):
+    ``n`` counts the writes sent to the shard, ``lo`` is the smallest ``n``
+    still in flight. Thread-safe; a forked child gets a writer id of its own."""
+
+    def __init__(self, shards: int) -> None:
+        self._lock = threading.Lock()
+        self._shards = shards
+        self._reset()
+
+    def _reset(self) -> None:
+        self._pid = os.getpid()
+        self.writer = new_writer_id()
+        self._next = [0] * self._shards
+        self._in_flight: list[set[int]] = [set() for _ in range(self._shards)]
+
+    def take(self, shard: int) -> list[Any]:
+        """The token of a new write to *shard*; ``done`` it once answered (or given up)."""
+        if self._pid != os.getpid():        # before the lock: a fork may have copied it held
+            self._lock = threading.Lock()
+            self._reset()
+        with self._lock:
+            self._next[shard] += 1
+            n = self._next[shard]
+            live = self._in_flight[shard]
+            live.add(n)
+            return [self.writer, n, min(live)]
+
+    def done(self, shard: int, token: list[Any]) -> None:
+        with self._lock:
+            if token[0] == self.writer:
+                self._in_flight[shard].discard(token[1])
 
 
 class WritePipeline:
@@ -152,7 +194,9 @@ class WritePipeline:
                 self._busy[shard] = True
                 self._idle.notify_all()       # writers held back by the buffer limit
             error = None
-            payload = [[(k, key, v) for k, key, v, _ in batch], False]
+            tokens = self._router.tokens
+            token = tokens.take(shard)
+            payload = [[(k, key, v) for k, key, v, _ in batch], False, token]
             deadline = time.monotonic() + self._router.timeout
             while True:
                 try:
@@ -171,6 +215,7 @@ class WritePipeline:
                 except BaseException as exc:  # noqa: BLE001 - never leave a barrier waiting
                     error = BackgroundError(f"pipelined write to shard {shard} failed: {exc!r}")
                 break
+            tokens.done(shard, token)
             with self._lock:
                 overlay = self.overlay
                 for _, key, _, ticket in batch:

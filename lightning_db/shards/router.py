@@ -26,9 +26,9 @@ as the connection drops (or ``Timeout`` at their deadline). Idempotent
 single-shard asks are retried on ``TransientError`` with
 ``supervisor.retry`` (full jitter, RETRY_ATTEMPTS calls, deadline = now +
 the router's timeout): get, get_many (only the shards that failed are asked
-again), scan pages, single-shard writes ("write" with the same ops sets the
-same values again, and a retry before the ack is linearizable: the caller
-has not been told anything yet), flush, compact, stats and verify. A
+again), scan pages, single-shard writes (each carries a write token: the
+shard applies a write once however many times it arrives, pipeline.py),
+flush, compact, stats and verify. A
 snapshot's cut is taken again as a whole after a transient error
 (snapshot.py); a release is never retried. A retried scan
 page is read again at the scan's snapshot seq; a restarted worker no longer
@@ -61,7 +61,7 @@ from ..supervisor.retry import Backoff, retry
 from ..transaction import Transactional
 from .coordinator import commit_transaction, two_phase
 from .gate import CommitGate
-from .pipeline import WritePipeline
+from .pipeline import TokenSource, WritePipeline
 from .resolve import _quiet, _send, resolve_in_doubt, txid_pid
 from .ring import HashRing
 from .snapshot import ScanIter, ShardSnapshot, TxView
@@ -118,6 +118,7 @@ class ShardRouter(Transactional, MappingSugar):
         self.config = config or Config()
         # put/delete return before the shard answers (shards/pipeline.py),
         # unless the call asks for sync=True or the database for sync="always".
+        self.tokens = TokenSource(len(self.refs))       # one write applied once per token
         self._pipe = WritePipeline(self, len(self.refs))
         self._pipelined = self.config.sync != "always"
         self.timeout = timeout
@@ -207,7 +208,11 @@ class ShardRouter(Transactional, MappingSugar):
         groups = self.ring.split([op[1] for op in ops])
         if len(groups) == 1:
             (s,) = groups
-            self._ask_retry(s, "write", [ops, bool(sync)])
+            token = self.tokens.take(s)
+            try:
+                self._ask_retry(s, "write", [ops, bool(sync), token])
+            finally:
+                self.tokens.done(s, token)
         else:
             # Blind writes: a batch that met a transaction's intents (the
             # TransactionConflict of a prepare) is simply tried again.

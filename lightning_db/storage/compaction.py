@@ -20,12 +20,14 @@ Rules (LevelDB's, see doc/impl.md):
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import os
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
 from ..config import Config
+from ..errors import LightningError
 from .format import Kind, table_name
 from .table_builder import TableWriter
 from .ttl import expired, now_ms
@@ -214,12 +216,26 @@ def write_tables(fs, dirname: str, config: Config, records: Iterator[tuple[bytes
         if writer is not None:
             outputs.append(_finish(writer, number))
             writer = None
-    except BaseException:
+    except BaseException as exc:
         if writer is not None:
             writer.abandon()
+        if isinstance(exc, LightningError):     # a full disk: the finished outputs go too
+            discard(fs, dirname, outputs)
         raise
     counts["bytes_written"] = sum(f.file_size for f in outputs)
     return outputs, counts
+
+
+def discard(fs, dirname: str, outputs: list[FileMeta]) -> None:
+    """Remove tables written for a flush or compaction that failed before
+    the manifest named them (they only hold space)."""
+    for f in outputs:
+        if f.reader is not None:
+            with contextlib.suppress(Exception):
+                f.reader.close()
+            f.reader = None
+        with contextlib.suppress(OSError, LightningError):
+            fs.remove(os.path.join(dirname, table_name(f.number)))
 
 
 def _finish(writer: TableWriter, number: int) -> FileMeta:

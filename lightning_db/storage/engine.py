@@ -23,13 +23,14 @@ does too. Reads keep working from what is in memory and on disk.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
 from typing import Any, Callable, Iterator
 
 from ..config import Config
-from ..errors import BackgroundError, DatabaseClosed, InvalidArgument, LightningError, WriteStalled
+from ..errors import BackgroundError, DatabaseClosed, DiskFull, InvalidArgument, LightningError, WriteStalled
 from . import compaction, restore
 from .cache import make_cache
 from .format import LOCK, Kind, WalOp, manifest_name, segment_name, table_name, wal_name
@@ -44,11 +45,12 @@ from .scan import newest_entries, version_scan
 from .ttl import VALUE_TTL, entry, expired, now_ms, visible
 from .txn import ConflictTracker, TxCheck
 from .version import FileMeta, Version, VersionEdit, VersionSet
-from .wal import Op, Wal, encode_batch, encode_marker, encode_prepare
+from .wal import Op, Wal, encode_batch, encode_marker, encode_prepare, encode_tokened, encode_tokens
 
 _DELETE = int(Kind.DELETE)
 _VALUE = int(Kind.VALUE)
 SNAPSHOT_LAG_S = 10.0        # how late a snapshot taken from shared memory may be registered
+BG_DISK_FULL_RETRY_S = 0.5  # a flush or compaction that met a full disk is tried again this much later
 
 
 class SuperVersion:
@@ -92,7 +94,7 @@ class Engine(Participant):
         self._manual_compaction = False
         self._counters = dict(flushes=0, compactions=0, trivial_moves=0, compaction_bytes_read=0,
                               compaction_bytes_written=0, flush_bytes_written=0, user_bytes_written=0,
-                              wal_bytes_written=0, write_stalls=0, records_dropped=0, records_expired=0, records_swept=0, wal_syncs_closed=0,
+                              wal_bytes_written=0, write_stalls=0, background_disk_full=0, records_dropped=0, records_expired=0, records_swept=0, wal_syncs_closed=0,
                               restore_points=0, restore_point_errors=0)
         self.fs.makedirs(self.path)
         self._lock = self.fs.lock(os.path.join(self.path, LOCK))
@@ -103,7 +105,7 @@ class Engine(Participant):
             if publish is not None:
                 self._pub = Publisher(publish)
             self.versions = VersionSet(self.fs, self.path, self.config.num_levels)
-            mem, wal, last_seq, self._prepared, self._decided = recover(self)
+            mem, wal, last_seq, self._prepared, self._decided, self.tokens = recover(self)
             # Optimistic transactions (storage/txn.py): prepared ops are write intents again.
             # Published (shard) engines: snapshots are taken from shared memory
             # and registered up to SNAPSHOT_LAG_S later (shards/snapshot.py).
@@ -218,78 +220,94 @@ class Engine(Participant):
         return min(x for x in (seq, tx, lag) if x is not None)
 
     # --- writes -------------------------------------------------------------------------------
-    def write(self, ops: list[Op], sync: bool = False, check: TxCheck | None = None) -> int:
+    def write(self, ops: list[Op], sync: bool = False, check: TxCheck | None = None,
+              token: tuple[bytes, int, int] | None = None) -> int:
         """Apply *ops* atomically; return the sequence number of the last one.
         Returns once the WAL holds them (and has fsynced them when *sync* or
         the policy is ``always``). With *check* (a transaction's commit) the
-        check passes first, under the same lock, or nothing is written."""
+        check passes first, under the same lock, or nothing is written. With
+        *token* (writer, n, lo) a write already applied under the same token
+        is not applied again (dedupe.py): the current sequence is returned."""
         if not ops:
             if check is not None:
                 with self._write_lock:
                     self.txn.check(check)
             return self._last_seq
-        return self._write(ops, sync, None, False, check)
+        return self._write(ops, sync, None, False, check, token=token)
 
     def _write(self, ops: list[Op] | None, sync: bool, commit: bytes | None, remember: bool = False,
-               check: TxCheck | None = None, keep: Callable[[list[Op]], list[Op]] | None = None) -> int:
+               check: TxCheck | None = None, keep: Callable[[list[Op]], list[Op]] | None = None,
+               token: tuple[bytes, int, int] | None = None) -> int:
         """The write path. *keep* (the expiry sweep) filters *ops* under the
         lock and makes this return how many were written."""
         with self._write_lock:
             if self._write_error is not None or self._bg_error is not None or self._closed:
                 self._raise_write_error()
-            if keep is not None:
-                ops = keep(ops)
-                if not ops:
-                    return 0
-            txn = self.txn
-            if commit is not None:
-                ops = self._prepared.get(commit)
-                if ops is None:
-                    raise InvalidArgument(f"no prepared transaction {commit!r} on this shard")
-            elif check is not None:
-                check.writes = [op[1] for op in ops]
-                txn.check(check)
-            elif txn._write_intents:
-                txn.check_plain([op[1] for op in ops])
-            n = len(ops)
-            nbytes = 32 * n
-            for op in ops:
-                nbytes += len(op[1]) + len(op[2])
-            mem = self._sv.mem
-            if not mem.fits(nbytes, n):
-                mem = self._make_room(nbytes, n)
-            wal = self._sv.wal
-            seq = self._last_seq + 1
-            payload = encode_batch(seq, ops, commit, remember)
-            try:
-                target = wal.append(payload)
-            except LightningError as exc:
-                self._write_error = exc       # a partial frame may be on disk: no more appends
-                raise
-            if n:
-                if not self._ttl_seen:
-                    for op in ops:
-                        if op[0] == VALUE_TTL:
-                            self._ttl_seen = True
-                            break
-                mem.add_batch(seq, ops)
-                self._last_seq = seq + n - 1
-                if self._pub is not None:
-                    self._pub.visible(self._last_seq)
-                if txn.tracked_from is not None:
-                    txn.record(seq, [op[1] for op in ops])
-                if self._lag:
-                    txn.sample(self._last_seq)
-            if commit is not None:
-                del self._prepared[commit]
-                txn.release(commit)
-                if remember:
-                    self._decided.add(commit)
-            c = self._counters
-            c["user_bytes_written"] += nbytes - 32 * n
-            c["wal_bytes_written"] += len(payload)
+            dup: int | None = None
+            if token is not None and self.tokens.seen(*token):
+                # Applied before (a retry whose first answer was lost): write
+                # nothing; a sync covers what the WAL already holds.
+                wal, target, dup = self._sv.wal, self._sv.wal.size, self._last_seq
+            else:
+                if keep is not None:
+                    ops = keep(ops)
+                    if not ops:
+                        return 0
+                txn = self.txn
+                if commit is not None:
+                    ops = self._prepared.get(commit)
+                    if ops is None:
+                        raise InvalidArgument(f"no prepared transaction {commit!r} on this shard")
+                elif check is not None:
+                    check.writes = [op[1] for op in ops]
+                    txn.check(check)
+                elif txn._write_intents:
+                    txn.check_plain([op[1] for op in ops])
+                n = len(ops)
+                nbytes = 32 * n
+                for op in ops:
+                    nbytes += len(op[1]) + len(op[2])
+                mem = self._sv.mem
+                if not mem.fits(nbytes, n):
+                    mem = self._make_room(nbytes, n)
+                wal = self._sv.wal
+                seq = self._last_seq + 1
+                payload = (encode_batch(seq, ops, commit, remember) if token is None
+                           else encode_tokened(seq, ops, token))
+                try:
+                    target = wal.append(payload)
+                except LightningError as exc:
+                    if wal.torn:                  # a partial frame is on disk: no more appends
+                        self._write_error = exc
+                    raise                         # else nothing was written (a full disk): writes go on
+                if n:
+                    if not self._ttl_seen:
+                        for op in ops:
+                            if op[0] == VALUE_TTL:
+                                self._ttl_seen = True
+                                break
+                    mem.add_batch(seq, ops)
+                    self._last_seq = seq + n - 1
+                    if self._pub is not None:
+                        self._pub.visible(self._last_seq)
+                    if txn.tracked_from is not None:
+                        txn.record(seq, [op[1] for op in ops])
+                    if self._lag:
+                        txn.sample(self._last_seq)
+                if commit is not None:
+                    del self._prepared[commit]
+                    txn.release(commit)
+                    if remember:
+                        self._decided.add(commit)
+                if token is not None:
+                    self.tokens.add(*token)
+                c = self._counters
+                c["user_bytes_written"] += nbytes - 32 * n
+                c["wal_bytes_written"] += len(payload)
         if sync or self._sync_always:
             self._sync_through(wal, target)
+        if dup is not None:
+            return dup
         if keep is not None:
             return n
         return self._last_seq if not n else seq + n - 1
@@ -343,20 +361,35 @@ class Engine(Participant):
         sv = self._sv
         number = self.versions.new_file_number()
         wal = Wal(self.fs, self._file(wal_name(number)), number)
+        mem: Memtable | None = None
         try:
             self.fs.sync_dir(self.path)
             mem = self._new_memtable(number, needed)
-        except BaseException:
+            # Prepared transactions and kept decisions follow into the new WAL:
+            # the old one is unlinked once its memtable is flushed; they must not be.
+            if self._prepared or self._decided:
+                for txid, ops in self._prepared.items():
+                    wal.append(encode_prepare(txid, ops))
+                for txid in self._decided:
+                    wal.append(encode_marker(WalOp.DECISION, txid))
+                wal.sync_to(wal.size)
+            # So do the write tokens of writes that may still be retried
+            # (dedupe.py); not synced: a retry needs them only after a process
+            # kill, which keeps the page cache, never after a power loss.
+            self.tokens.prune()
+            if len(self.tokens):
+                wal.append(encode_tokens(self.tokens.dump()))
+        except BaseException as exc:
             wal.close(sync=False)
+            if mem is not None:
+                mem.close()
+            if isinstance(exc, LightningError):
+                # A full disk: the write that needed room fails, the live
+                # memtable and WAL stay, and the new files go (they hold space).
+                for name in (wal_name(number), segment_name(number)):
+                    with contextlib.suppress(LightningError):
+                        self._remove(name)
             raise
-        # Prepared transactions and kept decisions follow into the new WAL:
-        # the old one is unlinked once its memtable is flushed; they must not be.
-        if self._prepared or self._decided:
-            for txid, ops in self._prepared.items():
-                wal.append(encode_prepare(txid, ops))
-            for txid in self._decided:
-                wal.append(encode_marker(WalOp.DECISION, txid))
-            wal.sync_to(wal.size)
         sv.mem.freeze()
         self._sv = SuperVersion(mem, wal, ((sv.mem, sv.wal),) + sv.imms, sv.version)
         self._publish()             # before any write goes into the new memtable
@@ -394,6 +427,17 @@ class Engine(Participant):
                             self._compact_once(None)
                 except Exception as exc:
                     with self._mutex:
+                        manifest = self.versions.manifest
+                        if isinstance(exc, DiskFull) and not (manifest is not None and manifest.torn):
+                            # A full disk: nothing was installed and the
+                            # partial outputs are gone; try again shortly
+                            # (writes stall meanwhile once memtables pile up).
+                            self._counters["background_disk_full"] += 1
+                            self._bg_cv.notify_all()
+                            until = time.monotonic() + BG_DISK_FULL_RETRY_S
+                            while not self._closing and (left := until - time.monotonic()) > 0:
+                                self._bg_cv.wait(left)
+                            continue
                         self._bg_error = exc
                         self._bg_cv.notify_all()
         except BaseException:
@@ -439,10 +483,6 @@ class Engine(Participant):
         outputs, counts = compaction.write_tables(
             self.fs, self.path, self.config, compaction.merge_internal([mem.iter_internal()]),
             smallest, None, self._new_number, cut=False)
-        if outputs:
-            self.fs.sync_dir(self.path)    # the new tables' names are durable before the manifest names them
-        for f in outputs:
-            self._open_reader(f)
         with self._mutex:
             sv = self._sv
             assert sv.imms and sv.imms[-1] is imm
@@ -450,7 +490,7 @@ class Engine(Participant):
             next_log = rest[-1][1].number if rest else sv.wal.number
             edit = VersionEdit(added=[(0, f) for f in outputs], log_number=next_log,
                                last_seq=self._last_seq)
-            old_manifest = self.versions.log_and_apply(edit, self.config.max_manifest_size)
+            old_manifest = self._install(edit, outputs)
             self._sv = SuperVersion(sv.mem, sv.wal, rest, self.versions.current)
             self._publish()         # before the segment and the WAL go
             self._counters["flushes"] += 1
@@ -508,12 +548,8 @@ class Engine(Participant):
             return False
         smallest = self._smallest_snapshot()
         edit, outputs, counts = compaction.run(self.fs, self.path, self.config, c, smallest, self._new_number)
-        if outputs:
-            self.fs.sync_dir(self.path)    # the new tables' names are durable before the manifest names them
-        for f in outputs:
-            self._open_reader(f)
         with self._mutex:
-            old_manifest = self.versions.log_and_apply(edit, self.config.max_manifest_size)
+            old_manifest = self._install(edit, [] if c.is_trivial_move() else outputs, outputs)
             sv = self._sv
             self._sv = SuperVersion(sv.mem, sv.wal, sv.imms, self.versions.current)
             self._publish()         # before the inputs are unlinked
@@ -535,6 +571,24 @@ class Engine(Participant):
         if old_manifest:
             self._remove_manifest(old_manifest)
         return True
+
+    def _install(self, edit: VersionEdit, written: list[FileMeta], outputs: list[FileMeta] | None = None) -> int:
+        """REQUIRES: mutex. Name the *outputs* of a flush or compaction in the
+        manifest (their directory entries durable first, their readers open);
+        the tables *written* for it are removed when that fails (a full disk),
+        so a failed attempt holds no space. Returns log_and_apply's result."""
+        outputs = written if outputs is None else outputs
+        try:
+            if written:
+                self.fs.sync_dir(self.path)    # the new tables' names are durable before the manifest names them
+            for f in outputs:
+                self._open_reader(f)
+            return self.versions.log_and_apply(edit, self.config.max_manifest_size)
+        except LightningError:
+            manifest = self.versions.manifest
+            if manifest is not None and not manifest.torn:   # the manifest does not name them
+                compaction.discard(self.fs, self.path, written)
+            raise
 
     def _remove(self, name: str) -> None:
         try:

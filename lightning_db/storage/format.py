@@ -57,6 +57,8 @@ class WalOp(IntEnum):
     ABORT = 3     # (ABORT, 0, [], txid): the prepared transaction is dropped
     DECISION = 4  # (DECISION, 0, [], txid): txid committed; kept until FORGET
     FORGET = 5    # (FORGET, 0, [], txid): every participant has the decision
+    TOKENED = 6   # (TOKENED, first_seq, ops, writer, n, lo): a BATCH with its write token
+    TOKENS = 7    # (TOKENS, 0, [], state): every write token still kept (dedupe.py)
 
 
 # --- memtable segments -------------------------------------------------------

@@ -11,6 +11,7 @@ OS errors are wrapped here, at the boundary: ENOSPC/EDQUOT become
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import mmap
@@ -57,6 +58,11 @@ class WritableFile:
 
     def sync(self) -> None:
         self.fs._sync(self)
+
+    def rollback(self, size: int) -> None:
+        """Cut the file back to *size* bytes (a write that failed part way:
+        ENOSPC after some bytes went out) and append from there again."""
+        self.fs._rollback(self, size)
 
     def close(self) -> None:
         if not self.closed:
@@ -133,6 +139,13 @@ class OSFileSystem:
         except OSError as exc:
             raise wrap_oserror(exc, "write", f.path) from exc
 
+    def _rollback(self, f: WritableFile, size: int) -> None:
+        def go() -> None:
+            os.ftruncate(f.fd, size)
+            os.lseek(f.fd, size, os.SEEK_SET)
+            f.size = size
+        _io("truncate", f.path, go)
+
     def _sync(self, f: WritableFile) -> None:
         _io("fsync", f.path, lambda: os.fsync(f.fd))
 
@@ -165,14 +178,27 @@ class OSFileSystem:
 
     def map_segment(self, path: str, size: int) -> mmap.mmap:
         """Create a file of *size* bytes and map it shared read-write. Used for
-        memtable segments, which are never a durability artifact (the WAL is)."""
+        memtable segments, which are never a durability artifact (the WAL is).
+        Its blocks are allocated up front: a sparse file on a full disk would
+        turn the first store into an unallocatable page into SIGBUS, where
+        this raises ``DiskFull`` (the file is removed again)."""
         def go() -> mmap.mmap:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
-                os.ftruncate(fd, size)
+                try:
+                    os.posix_fallocate(fd, 0, size)
+                except OSError as exc:
+                    if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                        os.close(fd)
+                        fd = -1
+                        with contextlib.suppress(OSError):
+                            os.remove(path)
+                        raise
+                    os.ftruncate(fd, size)       # a file system without fallocate
                 return mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
             finally:
-                os.close(fd)
+                if fd >= 0:
+                    os.close(fd)
         return _io("map", path, go)
 
     def truncate(self, path: str, size: int) -> None:

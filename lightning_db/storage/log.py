@@ -13,9 +13,11 @@ is a ``CorruptionError``: the log is never replayed past a bad record.
 
 from __future__ import annotations
 
+import contextlib
+
 from crc32c import crc32c
 
-from ..errors import CorruptionError
+from ..errors import CorruptionError, IOFault, LightningError
 from .format import FORMAT_VERSION, LOG_FILE_HEADER, LOG_FRAME, mask_crc
 from .fs import OSFileSystem, WritableFile
 
@@ -32,13 +34,20 @@ class LogWriter:
     """Appends framed records to one log file. ``add`` hands the frame to the
     OS in one write call, so a killed process loses nothing it wrote."""
 
-    __slots__ = ("file", "synced_size", "closed")
+    __slots__ = ("file", "synced_size", "closed", "torn")
 
     def __init__(self, fs: OSFileSystem, path: str, magic: bytes) -> None:
         self.file: WritableFile = fs.create(path)
-        self.file.write(LOG_FILE_HEADER.pack(magic, FORMAT_VERSION))
         self.synced_size = 0
         self.closed = False
+        self.torn = False        # a failed add could not be cut back: no more adds
+        try:
+            self.file.write(LOG_FILE_HEADER.pack(magic, FORMAT_VERSION))
+        except BaseException:
+            self.file.close()
+            with contextlib.suppress(OSError, LightningError):
+                fs.remove(path)
+            raise
 
     @property
     def path(self) -> str:
@@ -49,9 +58,23 @@ class LogWriter:
         return self.file.size
 
     def add(self, payload: bytes) -> None:
+        """Append one frame. A write that fails (a full disk) is cut back
+        off the file, so the log stays whole and later adds may succeed; when
+        even that fails, ``torn`` is set and the caller must stop adding."""
+        if self.torn:
+            raise IOFault(f"log {self.file.path} holds a partial frame; it takes no more records")
         n = len(payload)
-        self.file.write(_pack_frame(mask_crc(crc32c(n.to_bytes(4, "little"))), n,
-                                    mask_crc(crc32c(payload))) + payload)
+        f = self.file
+        size = f.size
+        try:
+            f.write(_pack_frame(mask_crc(crc32c(n.to_bytes(4, "little"))), n,
+                                mask_crc(crc32c(payload))) + payload)
+        except LightningError:
+            try:
+                f.rollback(size)
+            except LightningError:
+                self.torn = True
+            raise
 
     def sync(self) -> None:
         size = self.file.size

@@ -94,7 +94,8 @@ class Participant:
             try:
                 target = wal.append(encode_prepare(txid, ops))
             except LightningError as exc:
-                self._write_error = exc
+                if wal.torn:
+                    self._write_error = exc
                 raise
             self._prepared[txid] = list(ops)
             self.txn.hold(txid, keys, check.reads, check.ranges if check.serializable else ())
@@ -138,7 +139,8 @@ class Participant:
             try:
                 self._sv.wal.append(encode_abort(txid))
             except LightningError as exc:
-                self._write_error = exc
+                if self._sv.wal.torn:
+                    self._write_error = exc
                 raise
             del self._prepared[txid]
             self.txn.release(txid)

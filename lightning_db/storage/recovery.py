@@ -10,7 +10,8 @@ Steps (each durable before the next may depend on it):
    tail is cut off (never replayed); damage before the tail is corruption.
    Prepared transactions without a commit or abort record are in doubt, and
    decisions this shard keeps as a primary are not yet forgotten: both are
-   written again into the new WAL and handed to the engine.
+   written again into the new WAL and handed to the engine, and so are the
+   write tokens of retried writes (dedupe.py).
 4. The replayed records are written to L0 tables, a new WAL is created, and a
    new manifest holding the whole state is made durable and named by CURRENT.
 5. Only then are the old manifest, the replayed WALs (archived instead while
@@ -26,11 +27,12 @@ from typing import TYPE_CHECKING
 from ..errors import CorruptionError
 from . import compaction
 from .format import CURRENT, parse_name, table_name, wal_name
+from .dedupe import WriteTokens
 from .memtable import Memtable
 from .restore import archive_wal
 from .version import FileMeta, VersionEdit
 from .format import WalOp
-from .wal import Wal, encode_marker, encode_prepare, read_wal
+from .wal import Wal, encode_marker, encode_prepare, encode_tokens, read_wal
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -44,7 +46,7 @@ def _flush_recovered(engine: "Engine", mem: Memtable, last_seq: int) -> list[Fil
     return outputs
 
 
-def recover(engine: "Engine") -> tuple[Memtable, Wal, int, dict[bytes, list], set[bytes]]:
+def recover(engine: "Engine") -> tuple[Memtable, Wal, int, dict[bytes, list], set[bytes], WriteTokens]:
     fs, path, vs = engine.fs, engine.path, engine.versions
     names = fs.listdir(path)
     parsed = {n: parse_name(n) for n in names}
@@ -75,6 +77,7 @@ def recover(engine: "Engine") -> tuple[Memtable, Wal, int, dict[bytes, list], se
     last_seq = vs.last_seq
     prepared: dict[bytes, list] = {}       # txid -> ops: prepared, no decision seen
     decided: set[bytes] = set()            # commits this shard keeps as the primary
+    tokens = WriteTokens()                 # writes that may be sent again (dedupe.py)
     added: list[FileMeta] = []
     mem: Memtable | None = None
     for num in replay:
@@ -95,6 +98,14 @@ def recover(engine: "Engine") -> tuple[Memtable, Wal, int, dict[bytes, list], se
             if rec.op == WalOp.FORGET:
                 decided.discard(rec.txid)
                 continue
+            if rec.op == WalOp.TOKENS:
+                try:
+                    tokens.load(rec.txid)
+                except (ValueError, TypeError) as exc:
+                    raise CorruptionError(f"malformed write tokens record ({exc})", wpath) from exc
+                continue
+            if rec.token is not None:
+                tokens.add(*rec.token)
             if rec.txid is not None:                   # the commit of a prepared transaction
                 prepared.pop(rec.txid, None)
                 if rec.remember:
@@ -132,6 +143,9 @@ def recover(engine: "Engine") -> tuple[Memtable, Wal, int, dict[bytes, list], se
             wal.append(encode_marker(WalOp.DECISION, txid))
         if prepared or decided:
             wal.sync_to(wal.size)
+        tokens.prune()             # not synced: see Engine._rotate
+        if len(tokens):
+            wal.append(encode_tokens(tokens.dump()))
         vs.current = vs._apply(VersionEdit(added=[(0, f) for f in added], log_number=number,
                                            last_seq=last_seq), vs.current, path)
         vs.write_new_manifest()     # syncs the directory: the new WAL's entry too
@@ -157,4 +171,4 @@ def recover(engine: "Engine") -> tuple[Memtable, Wal, int, dict[bytes, list], se
                 fs.remove(os.path.join(path, name))
             except FileNotFoundError:
                 pass
-    return live, wal, last_seq, prepared, decided
+    return live, wal, last_seq, prepared, decided, tokens

@@ -44,6 +44,8 @@ def engine_stats(engine: "Engine") -> dict[str, Any]:
         "sync_policy": engine.config.sync,
         "snapshots": sum(engine._snapshots.values()),
         "prepared_transactions": len(engine._prepared),
+        "write_token_writers": len(engine.tokens),           # writers whose retries are recognised (dedupe.py)
+        "duplicate_writes": engine.tokens.duplicates,       # retried writes answered without applying them again
         **engine.txn.stats(),
         "flushes": c["flushes"],
         "compactions": c["compactions"],
@@ -51,6 +53,7 @@ def engine_stats(engine: "Engine") -> dict[str, Any]:
         "records_swept": c["records_swept"],              # expired values deleted by the sweep
         "trivial_moves": c["trivial_moves"],
         "write_stalls": c["write_stalls"],
+        "background_disk_full": c["background_disk_full"],   # flushes/compactions that met a full disk (retried)
         "restore_points": c["restore_points"],            # taken since open (storage/restore.py)
         "restore_point_errors": c["restore_point_errors"],
         "bytes_written_user": user,

@@ -14,6 +14,7 @@ Runs in the shard process, under the engine's state mutex.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from bisect import bisect_left
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from typing import Any
 
 import msgpack
 
-from ..errors import CorruptionError
+from ..errors import CorruptionError, DiskFull, LightningError
 from .format import CURRENT, MANIFEST_MAGIC, manifest_name
 from .fs import OSFileSystem
 from .log import LogWriter, read_log
@@ -208,10 +209,24 @@ class VersionSet:
         try:
             writer.add(self.snapshot_edit().encode())
             writer.sync()
-        except BaseException:
+            set_current(self.fs, self.dirname, manifest_name(number))
+        except BaseException as exc:
+            if isinstance(exc, LightningError) and self._names(manifest_name(number)):
+                # Renamed, but the directory sync failed: CURRENT names the new
+                # manifest, so it takes the edits from now on (the old one is
+                # kept: the rename may not be durable yet).
+                if self.manifest is not None:
+                    self.manifest.close()
+                self.manifest, self.manifest_number = writer, number
+                raise
             writer.close()
+            if isinstance(exc, LightningError):
+                # CURRENT still names the old manifest (a full disk): the new
+                # one goes, and the old one goes on taking edits.
+                for name in (path, os.path.join(self.dirname, f"CURRENT.{manifest_name(number)[9:]}.tmp")):
+                    with contextlib.suppress(OSError, LightningError):
+                        self.fs.remove(name)
             raise
-        set_current(self.fs, self.dirname, manifest_name(number))
         old = self.manifest_number
         if self.manifest is not None:
             self.manifest.close()
@@ -228,12 +243,26 @@ class VersionSet:
         if edit.last_seq is None:
             edit.last_seq = self.last_seq
         new = self._apply(edit, self.current, self.manifest.path)
-        self.manifest.add(edit.encode())
-        self.manifest.sync()
+        self.manifest.add(edit.encode())       # a failed add leaves the manifest whole (log.py)
+        try:
+            self.manifest.sync()
+        except BaseException:
+            self.manifest.torn = True          # it holds an edit this version set never applied
+            raise
         self.current = new
         if self.manifest.size > max_manifest_size:
-            return self.write_new_manifest()
+            try:
+                return self.write_new_manifest()
+            except DiskFull:
+                return 0                       # the edit is durable; a later edit tries again
         return 0
+
+    def _names(self, manifest: str) -> bool:
+        """Whether CURRENT names *manifest*."""
+        try:
+            return self.fs.read_file(os.path.join(self.dirname, CURRENT)).decode("ascii").strip() == manifest
+        except (OSError, LightningError, UnicodeDecodeError):
+            return False
 
     def close(self) -> None:
         if self.manifest is not None:

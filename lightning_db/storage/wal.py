@@ -35,6 +35,15 @@ def encode_batch(first_seq: int, ops: list[Op], txid: bytes | None = None, remem
     return msgpack.packb(rec, use_bin_type=True)
 
 
+def encode_tokened(first_seq: int, ops: list[Op], token: tuple[bytes, int, int]) -> bytes:
+    """A plain batch tagged with its write token (storage/dedupe.py)."""
+    return msgpack.packb((WalOp.TOKENED, first_seq, ops, *token), use_bin_type=True)
+
+
+def encode_tokens(state: bytes) -> bytes:
+    return msgpack.packb((WalOp.TOKENS, 0, [], state), use_bin_type=True)
+
+
 def encode_marker(op: WalOp, txid: bytes) -> bytes:
     """DECISION or FORGET of *txid*."""
     return msgpack.packb((op, 0, [], txid), use_bin_type=True)
@@ -52,8 +61,9 @@ class WalRecord(NamedTuple):
     op: int
     first_seq: int
     ops: list[Op]
-    txid: bytes | None
+    txid: bytes | None             # a TOKENS record: the state
     remember: bool = False
+    token: tuple[bytes, int, int] | None = None    # a TOKENED batch's (writer, n, lo)
 
 
 def decode_record(payload: bytes, path: str) -> WalRecord:
@@ -61,6 +71,10 @@ def decode_record(payload: bytes, path: str) -> WalRecord:
         rec = msgpack.unpackb(payload, use_list=True, raw=False)
     except Exception as exc:   # a record that passed its crc but does not decode
         raise CorruptionError(f"undecodable WAL record ({exc})", path) from exc
+    if (isinstance(rec, list) and len(rec) == 6 and rec[0] == WalOp.TOKENED and isinstance(rec[1], int)
+            and isinstance(rec[2], list) and isinstance(rec[3], bytes)
+            and type(rec[4]) is int and type(rec[5]) is int):
+        return WalRecord(WalOp.BATCH, rec[1], rec[2], None, False, (rec[3], rec[4], rec[5]))
     if (not isinstance(rec, list) or len(rec) not in (3, 4, 5) or rec[0] not in _OPS
             or not isinstance(rec[1], int) or not isinstance(rec[2], list)
             or (len(rec) >= 4 and not isinstance(rec[3], bytes))
@@ -69,7 +83,7 @@ def decode_record(payload: bytes, path: str) -> WalRecord:
     return WalRecord(rec[0], rec[1], rec[2], rec[3] if len(rec) >= 4 else None, len(rec) == 5 and rec[4] == 1)
 
 
-_OPS = frozenset(int(o) for o in WalOp)
+_OPS = frozenset(int(o) for o in WalOp if o != WalOp.TOKENED)   # TOKENED: its own shape above
 
 
 class WalReplay:
@@ -107,8 +121,14 @@ class Wal:
     def synced_size(self) -> int:
         return self.log.synced_size
 
+    @property
+    def torn(self) -> bool:
+        """A failed append left part of a frame behind: no more appends."""
+        return self.log.torn
+
     def append(self, payload: bytes) -> int:
         """Write one record; return the file size after it (the sync target).
+        A failed append (a full disk) leaves the WAL as it was unless ``torn``.
         REQUIRES: the engine's write lock."""
         self.log.add(payload)
         return self.log.size

@@ -1,11 +1,14 @@
 """I/O errors from the disk: EIO on the WAL's fsync, ENOSPC on a WAL write,
-EIO in a background flush or compaction.
+EIO in a background flush or compaction, ENOSPC in a background flush.
 
 The rules (DESIGN §5, errors.py, wal.py): the write that met the error is not
 acknowledged and raises a classified error (IOFault / DiskFull, both
 RecoverableError); a failed fsync is never retried, so every later write is
 refused until the database is reopened; reads keep working; a reopen (with a
-healthy disk) finds every acknowledged write.
+healthy disk) finds every acknowledged write. A full disk is not sticky: the
+failed WAL write is cut back off the file and later writes succeed once
+there is room again; a flush that met it removes its partial tables and is
+tried again.
 """
 
 from __future__ import annotations
@@ -212,14 +215,9 @@ def test_enospc_on_wal_write(tmp_path):
         # Not acknowledged, and not visible: the record never reached the WAL.
         assert db.get(_k(9)) == old
         _check_reads(db, model, {})
-        # Later writes are either refused with a classified error or accepted
-        # for good (then they must survive the reopen like any other).
-        try:
-            db.put(b"later", b"written after ENOSPC", sync=True)
-        except RecoverableError:
-            pass
-        else:
-            model[b"later"] = b"written after ENOSPC"
+        # The failed frame was cut back off the WAL: with room again, writes go on.
+        db.put(b"later", b"written after ENOSPC", sync=True)
+        model[b"later"] = b"written after ENOSPC"
         _check_reads(db, model, {})
         db.verify()
     finally:
@@ -233,7 +231,6 @@ BACKGROUND_FAULTS = [
     ("flush: table fsync EIO", "sync", ".ldb", 0),
     ("flush: manifest fsync EIO", "sync", "MANIFEST", 0),
     ("compaction: output fsync EIO", "sync", ".ldb", 1),
-    ("flush: table write ENOSPC", "write", ".ldb", 0),
 ]
 
 
@@ -290,3 +287,38 @@ def test_background_io_error(tmp_path, case, op, where, after):
         assert on_disk == live, f"orphan tables after reopen: {sorted(on_disk - live)}"
     finally:
         db.close()
+
+
+@pytest.mark.parametrize("where", [".ldb", "MANIFEST"])
+def test_a_full_disk_in_a_flush_is_retried(tmp_path, where):
+    """ENOSPC while a flush writes its table (or the manifest edit naming
+    it): the partial outputs are removed at once, the flush is tried again
+    and succeeds once there is room, and writes never stop."""
+    path = str(tmp_path / "db")
+    fs = FaultInjectingFileSystem()
+    db = open_db(path, fs, sync="never", **SMALL)
+    model: dict[bytes, bytes] = {}
+    rng = random.Random(6)
+    try:
+        _fill(db, model, rng, 40, sync=None)
+        fs.inject("write", errno.ENOSPC, path_contains=where, count=2)
+        i = 0
+        while db.stats()["background_disk_full"] < 1:
+            assert i < 5000, "the flush never met the full disk"
+            db.put(_k(i % 400), _v(i, 8))
+            model[_k(i % 400)] = _v(i, 8)
+            i += 1
+        wait_until(lambda: not db.stats()["immutable_memtables"], 60, "the retried flush")
+        stats = db.stats()
+        assert stats["background_error"] is None and stats["background_disk_full"] >= 1
+        db.put(b"after", b"the full disk", sync=True)
+        model[b"after"] = b"the full disk"
+        db.flush()
+        live = {f.number for f in db._engine._sv.version.files()}
+        on_disk = {p[1] for p in map(parse_name, os.listdir(path)) if p and p[0] == "table"}
+        assert on_disk == live, f"tables left by the failed flush: {sorted(on_disk - live)}"
+        _check_reads(db, model, {})
+        db.verify()
+    finally:
+        db.close()
+    _reopen_and_check(path, model, {})

@@ -113,3 +113,36 @@ def test_kill_9_random_workers_during_writes(tmp_path):
             psutil.Process(node_pid).wait(60)
         except psutil.NoSuchProcess:
             pass
+
+
+def test_a_retried_write_is_applied_once_across_a_worker_restart(tmp_path):
+    """The race the stress harness found, made deterministic: a write the
+    worker applied but whose answer was lost (the worker killed right after)
+    is sent again after another caller's newer write of the same key was
+    acknowledged. Its token makes the restarted worker answer without
+    applying it a second time."""
+    path = str(tmp_path / "db")
+    db = ldb.open(path, shards=2, restart_intensity=100, restart_period=60.0)
+    node_pid = db._session.node_pid
+    try:
+        key = b"contended"
+        shard = db.ring.shard_of(key)
+        ref = db.refs[shard]
+        token = db.tokens.take(shard)
+        ref.ask("write", [[(1, key, b"first attempt")], False, token], 30).result()
+        db.put(key, b"newer, acknowledged", sync=True)
+        before = _node_shards(db)[shard]
+        os.kill(before["pid"], signal.SIGKILL)
+        wait_until(lambda: _node_shards(db)[shard]["pid"] not in (None, before["pid"]) and answers(ref),
+                   timeout=60, what=f"shard {shard} to be restarted and answer")
+        # The retry, at the restarted worker (its tokens come from the WAL).
+        ref.ask("write", [[(1, key, b"first attempt")], False, token], 30).result()
+        assert db.get(key) == b"newer, acknowledged"
+        assert ref.ask("stats", None, 30).result()["duplicate_writes"] == 1
+        db.tokens.done(shard, token)
+    finally:
+        db.close()
+        try:
+            psutil.Process(node_pid).wait(60)
+        except psutil.NoSuchProcess:
+            pass
