@@ -26,6 +26,7 @@ in RESP2), ``bool`` (integers in RESP2), ``Verbatim`` text (bulk in RESP2),
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import hiredis
@@ -97,10 +98,16 @@ class Limits:
     """Request limits of one front end: argument count, bulk length and
     bytes buffered for one incomplete request."""
 
-    __slots__ = ("max_args", "max_buffer", "max_bulk")
+    __slots__ = ("max_args", "max_buffer", "max_bulk", "big_count")
 
     def __init__(self, max_bulk: int, max_buffer: int, max_args: int = DEFAULT_MAX_ARGS) -> None:
         self.max_bulk, self.max_buffer, self.max_args = max_bulk, max_buffer, max_args
+        # An array count with as many digits as max_args may be over it:
+        # hiredis would allocate its list before any limit is checked.
+        self.big_count = re.compile(rb"\*(\d{%d,})" % len(str(max_args)))
+
+
+_HEADER_TAIL = re.compile(rb"\*\d{0,20}\r?\Z")    # an array header not yet ended by its CRLF
 
 
 def _frame_size(cmd: list[Any]) -> int:
@@ -153,6 +160,7 @@ class RequestParser:
         self._fed = 0                    # stream bytes given to hiredis
         self._done = 0                   # stream offset where the incomplete request starts
         self._inline: bytearray | None = None
+        self._held = b""                 # an array header cut by the read, held until its CRLF comes
         # Header walk of the incomplete request: the bytes from _tail_off on
         # (only those not yet walked past), the walk position and the bulk
         # headers still to come (-1: the array header itself).
@@ -165,34 +173,64 @@ class RequestParser:
     @property
     def buffered(self) -> int:
         """Bytes held for the incomplete request (client query buffer)."""
-        return (self._fed - self._done) + (len(self._inline) if self._inline else 0)
+        return (self._fed - self._done) + (len(self._inline) if self._inline else 0) + len(self._held)
 
     def feed(self, data: bytes) -> list[list[bytes]]:
         out: list[list[bytes]] = []
         if self.error is not None or not data:
             return out
+        if self._held:
+            data, self._held = self._held + data, b""
         try:
+            # hiredis allocates an array's list as soon as it has read the
+            # header line, so an array count over max_args is refused before
+            # hiredis sees it: a header cut by the read waits for its CRLF,
+            # and a long count is fed only once it is known not to start a
+            # request or an argument (inside a bulk string it is data).
+            end = len(data)
+            tail = _HEADER_TAIL.search(data, max(0, end - 23))
+            if tail is not None:
+                end = tail.start()
+                self._held = data[end:]
             view = memoryview(data)
+            big = self._limits.big_count
             pos = 0
-            while pos < len(data):
+            while pos < end:
                 if self._inline is not None or (self._fed == self._done and data[pos] != 0x2A):
-                    pos = self._feed_inline(data, pos, out)
+                    pos = self._feed_inline(data, pos, out, end)
+                    continue
+                m = big.search(data, pos, end)
+                if m is None:
+                    pos += self._feed_resp(view[pos:end], out)
+                elif m.start() > pos:
+                    pos += self._feed_resp(view[pos:m.start()], out)
                 else:
-                    pos += self._feed_resp(view[pos:], out)
+                    self._check_count(int(m.group(1)))
+                    pos += self._feed_resp(view[pos:m.end()], out)
         except ProtocolError as exc:
             self.error = str(exc)
         return out
 
+    def _check_count(self, n: int) -> None:
+        """An array header at the next stream byte: refused when it starts
+        a request with more than max_args arguments, or stands where the
+        incomplete request's next argument header belongs."""
+        if self._fed == self._done:
+            if n > self._limits.max_args:
+                raise ProtocolError("Protocol error: invalid multibulk length")
+        elif self._walk_left != 0 and self._walk_pos == self._fed:
+            raise ProtocolError("Protocol error: expected '$', got '*'")
+
     # --- inline requests --------------------------------------------------------------------
-    def _feed_inline(self, data: bytes, pos: int, out: list[list[bytes]]) -> int:
-        nl = data.find(b"\n", pos)
+    def _feed_inline(self, data: bytes, pos: int, out: list[list[bytes]], end: int) -> int:
+        nl = data.find(b"\n", pos, end)
         if nl < 0:
             if self._inline is None:
                 self._inline = bytearray()
-            self._inline += data[pos:]
+            self._inline += data[pos:end]
             if len(self._inline) > MAX_INLINE:
                 raise ProtocolError("Protocol error: too big inline request")
-            return len(data)
+            return end
         line = bytes(data[pos:nl])
         if self._inline is not None:
             line = bytes(self._inline) + line

@@ -55,6 +55,7 @@ SHARDS_FILE, START_LOCK = "SHARDS", "START.lock"
 SHARDS_FORMAT = 1
 MAX_SHARDS = 1024
 PING_TIMEOUT_S = 5.0
+ATTACH_TIMEOUT_S = 10.0       # one attach request; a node that stopped meanwhile is looked up again
 LOG_TAIL_BYTES = 4000
 
 _started: list[subprocess.Popen] = []     # nodes this process started (and still runs)
@@ -146,10 +147,16 @@ def attach(path: str | os.PathLike[str], shards: int | None = None, config: dict
                 proc = _start_node(data, count, config_json, actor)
                 info = _await_node(data, proc, deadline)
             try:
-                reply = _request(info["control"], "attach", [me.pid, me.create_time()], _left(deadline))
+                reply = _request(info["control"], "attach", [me.pid, me.create_time()],
+                                 min(ATTACH_TIMEOUT_S, _left(deadline)))
                 break
             except (DatabaseShutdown, PeerLost):           # stopping (its socket may close under us)
                 _await_gone_or_fatal(data, info, deadline)   # then start a fresh one
+            except Timeout:
+                # It answered the ping but not the attach: it began to stop
+                # in between (its last caller detached) and its socket went
+                # without a disconnect to see, or it is very slow. Look again.
+                _left(deadline)
     if len(reply["shards"]) != count:
         _request(info["control"], "detach", reply["session"], PING_TIMEOUT_S)
         raise InvalidArgument(f"the node of {data} serves {len(reply['shards'])} shard(s), "

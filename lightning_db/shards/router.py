@@ -59,6 +59,7 @@ from ..storage.ttl import visible
 from ..supervisor.breaker import CircuitBreaker
 from ..supervisor.retry import Backoff, retry
 from ..transaction import Transactional
+from .combine import WriteCombiner
 from .coordinator import commit_transaction, two_phase
 from .gate import CommitGate
 from .pipeline import TokenSource, WritePipeline
@@ -119,6 +120,7 @@ class ShardRouter(Transactional, MappingSugar):
         # put/delete return before the shard answers (shards/pipeline.py),
         # unless the call asks for sync=True or the database for sync="always".
         self.tokens = TokenSource(len(self.refs))       # one write applied once per token
+        self._combiner = WriteCombiner(len(self.refs), self._send_write)
         self._pipe = WritePipeline(self, len(self.refs))
         self._pipelined = self.config.sync != "always"
         self.timeout = timeout
@@ -208,11 +210,7 @@ class ShardRouter(Transactional, MappingSugar):
         groups = self.ring.split([op[1] for op in ops])
         if len(groups) == 1:
             (s,) = groups
-            token = self.tokens.take(s)
-            try:
-                self._ask_retry(s, "write", [ops, bool(sync), token])
-            finally:
-                self.tokens.done(s, token)
+            self._combiner.write(s, ops, bool(sync))     # with other threads' writes to s (combine.py)
         else:
             # Blind writes: a batch that met a transaction's intents (the
             # TransactionConflict of a prepare) is simply tried again.
@@ -228,6 +226,14 @@ class ShardRouter(Transactional, MappingSugar):
                         raise
                     self.retries += 1
                     time.sleep(delay)
+
+    def _send_write(self, shard: int, ops: list[Op], sync: bool) -> None:
+        """One "write" to *shard* with its token, retried (combine.py sends these)."""
+        token = self.tokens.take(shard)
+        try:
+            self._ask_retry(shard, "write", [ops, sync, token])
+        finally:
+            self.tokens.done(shard, token)
 
     def _two_phase(self, parts: dict[int, list[Op]]) -> None:
         two_phase(self, parts)
@@ -513,6 +519,7 @@ class ShardRouter(Transactional, MappingSugar):
             if name not in skip and all(type(v) is int for v in vals):
                 out[name] = sum(vals)
         out["pipeline"] = self._pipe.stats()
+        out["write_combining"] = self._combiner.stats()
         out["shared_reads"] = self.shared_reads
         return out
 

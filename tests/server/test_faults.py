@@ -218,7 +218,7 @@ def malformed_frame(rng: random.Random) -> bytes:
     if kind == 3:                                         # negative lengths
         return rng.choice([b"*1\r\n$-5\r\n", b"*2\r\n$3\r\nGET\r\n$-2\r\nab\r\n", b"*-7\r\n$3\r\nGET\r\n",
                            b"*1\r\n$-1\r\n"])
-    if kind == 4:                                         # huge lengths (see the xfail tests below)
+    if kind == 4:                                         # huge lengths (see the array count tests below)
         count = rng.choice([1024 * 1024 + 1, 2**63, 10**30, 2**64 + 5])
         size = rng.choice([2**31, 2**63, 10**30, 512 * 1024 * 1024 + 1, 2**64 + 5])
         return rng.choice([b"*%d\r\n" % count, b"*1\r\n$%d\r\n" % size, b"*2\r\n$3\r\nSET\r\n$%d\r\nabc\r\n" % size])
@@ -306,28 +306,22 @@ def test_malformed_frames_leave_the_server_answering_with_bounded_memory(server)
           + ", ".join(f"{start[p] >> 20}/{peak[p] >> 20}/{end[p] >> 20}" for p in start))
 
 
-# --- known issues: an array count between the server's limit and hiredis's ----------------------------------
+# --- array counts between the server's limit and hiredis's ---------------------------------------------------
 #
-# The parser feeds a request to hiredis before it checks the array count
-# against ``max_args`` (1,048,576), and hiredis allocates the reply list as
-# soon as it reads the count. ``*4294967295\r\n`` (hiredis's own limit is
-# 2**32 - 1) raises MemoryError in the front end, which closes the connection
-# without the protocol error reply. ``*1073741824\r\n`` (13 bytes) makes the
-# front end allocate an 8 GiB list; the error reply comes at once, but freeing
-# the list when the connection ends blocks the front end's event loop for
-# seconds, and every client of that front end waits.
+# hiredis allocates an array's list as soon as it reads the count, so the
+# parser refuses a count over ``max_args`` (1,048,576) before hiredis sees it:
+# ``*4294967295`` (hiredis's own limit) would raise MemoryError in the front
+# end, and ``*1073741824`` (13 bytes) would make it allocate 8 GiB and block
+# its event loop for seconds while freeing it.
 
 
-@pytest.mark.xfail(strict=True, reason="*4294967295 raises MemoryError in the front end: closed without a reply")
-def test_known_issue_array_count_at_hiredis_limit_gets_the_error_reply(server):
+def test_array_count_at_hiredis_limit_gets_the_error_reply(server):
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
         s.sendall(b"*4294967295\r\n")
         assert s.recv(256) == b"-ERR Protocol error: invalid multibulk length\r\n"
 
 
-@pytest.mark.xfail(strict=True, reason="a 2**30 array count is allocated by hiredis before the max_args check; "
-                                       "freeing it blocks the front end's event loop for seconds")
-def test_known_issue_huge_array_count_does_not_stall_other_clients(server):
+def test_huge_array_count_does_not_stall_other_clients(server):
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
         s.sendall(b"*1073741824\r\n")
         assert s.recv(256) == b"-ERR Protocol error: invalid multibulk length\r\n"

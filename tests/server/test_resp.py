@@ -5,6 +5,7 @@ and Redis glob patterns."""
 from __future__ import annotations
 
 import random
+import re
 
 import hiredis
 import pytest
@@ -83,6 +84,46 @@ def test_protocol_errors(data, message):
         p = parser()
         feed_in_pieces(p, data, cuts)
         assert p.error == message, cuts
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"*1073741824\r\n", "Protocol error: invalid multibulk length"),
+    (b"*4294967295\r\n", "Protocol error: invalid multibulk length"),
+    (frame(b"PING") + b"*1073741824\r\n", "Protocol error: invalid multibulk length"),
+    (b"*2\r\n$3\r\nGET\r\n*1073741824\r\n", "Protocol error: expected '$', got '*'"),
+])
+def test_array_counts_over_the_limit_never_reach_hiredis(monkeypatch, data, message):
+    """hiredis allocates an array's list when it reads the count: a count
+    over max_args is refused before hiredis sees it, wherever the reads cut
+    the header (a list of 2**30 would be 8 GiB)."""
+    counts: list[int] = []
+    real = hiredis.Reader
+
+    class Spy:
+        def __init__(self, *a, **kw):
+            self._r = real(*a, **kw)
+
+        def feed(self, buf, *a):
+            counts.extend(int(x) for x in re.findall(rb"\*(\d{7,})", bytes(buf)))
+            return self._r.feed(buf, *a)
+
+        def gets(self, *a):
+            return self._r.gets(*a)
+    monkeypatch.setattr("lightning_db.server.resp.hiredis.Reader", Spy)
+    for cuts in ([], *([c] for c in range(1, len(data)))):
+        p = RequestParser(Limits(1 << 20, 4 << 20, 1024 * 1024))
+        feed_in_pieces(p, data, cuts)
+        assert p.error == message, cuts
+        assert counts == [], cuts
+
+
+def test_a_long_count_inside_a_value_is_data():
+    cmds = [[b"SET", b"k", b"*1073741824\r\n"], [b"ECHO", b"x*99999999"], [b"GET", b"k"]]
+    stream = b"".join(frame(*c) for c in cmds)
+    for cut in range(len(stream) + 1):
+        p = RequestParser(Limits(1 << 20, 4 << 20, 1024 * 1024))
+        assert feed_in_pieces(p, stream, [cut]) == cmds, cut
+        assert p.error is None and p.buffered == 0
 
 
 def test_commands_before_an_error_are_returned():
