@@ -44,21 +44,27 @@ def _writers(comb: WriteCombiner, n: int, shard: int = 0, sync_every: int = 0) -
     return threads, errors
 
 
-def test_writes_queued_behind_one_in_flight_go_as_one_message():
-    shard = Shard()
-    comb = WriteCombiner(2, shard.send)
-    first, _ = _writers(comb, 1)
+def _queued_behind_one(comb: WriteCombiner, shard: Shard, n: int, sync_every: int = 0) -> list:
+    """One write in flight (held by *shard*), n - 1 more queued behind it,
+    then released; every writer's error (None: acknowledged)."""
+    first, first_errors = _writers(comb, 1)
     first[0].start()
     assert shard.entered.wait(30)
-    threads, errors = _writers(comb, 8, sync_every=4)
+    threads, errors = _writers(comb, n, sync_every=sync_every)
     threads = threads[1:]                       # k0 is the one in flight
     for t in threads:
         t.start()
-    wait_until(lambda: len(comb._queues[0]) == 7, 30, "the writers to queue up")
+    wait_until(lambda: len(comb._queues[0]) == n - 1, 30, "the writers to queue up")
     shard.release.set()
     for t in first + threads:
         t.join(30)
-    assert errors == [None] * 8
+    return first_errors + errors[1:]
+
+
+def test_writes_queued_behind_one_in_flight_go_as_one_message():
+    shard = Shard()
+    comb = WriteCombiner(2, shard.send)
+    assert _queued_behind_one(comb, shard, 8, sync_every=4) == [None] * 8
     assert len(shard.messages) == 2
     keys = sorted(op[1] for op in shard.messages[1][1])
     assert keys == sorted(b"k%d" % i for i in range(1, 8))
@@ -69,18 +75,8 @@ def test_writes_queued_behind_one_in_flight_go_as_one_message():
 def test_a_failed_message_fails_every_write_in_it():
     shard = Shard(fail_second=True)
     comb = WriteCombiner(1, shard.send)
-    first, first_errors = _writers(comb, 1)
-    first[0].start()
-    assert shard.entered.wait(30)
-    threads, errors = _writers(comb, 5)
-    threads = threads[1:]
-    for t in threads:
-        t.start()
-    wait_until(lambda: len(comb._queues[0]) == 4, 30, "the writers to queue up")
-    shard.release.set()
-    for t in first + threads:
-        t.join(30)
-    assert first_errors == [None]
+    errors = _queued_behind_one(comb, shard, 5)
+    assert errors[0] is None
     assert all(isinstance(e, IOFault) for e in errors[1:])
 
 
@@ -88,18 +84,7 @@ def test_a_message_is_bounded(monkeypatch):
     monkeypatch.setattr(combine, "MAX_OPS", 3)
     shard = Shard()
     comb = WriteCombiner(1, shard.send)
-    first, _ = _writers(comb, 1)
-    first[0].start()
-    assert shard.entered.wait(30)
-    threads, errors = _writers(comb, 8)
-    threads = threads[1:]
-    for t in threads:
-        t.start()
-    wait_until(lambda: len(comb._queues[0]) == 7, 30, "the writers to queue up")
-    shard.release.set()
-    for t in first + threads:
-        t.join(30)
-    assert errors == [None] * 8
+    assert _queued_behind_one(comb, shard, 8) == [None] * 8
     assert [len(m[1]) for m in shard.messages] == [1, 3, 3, 1]
 
 
