@@ -187,6 +187,20 @@ class Dispatcher:
                 self.metrics.command("set", each, replies[0][:1] == b"-")
         return replies
 
+    def set_reply(self, client: ClientState, error: LightningError | None, seconds: float) -> bytes:
+        """Account one plain SET written by the SetWriter; its reply."""
+        self.server.stats["total_commands_processed"] += 1
+        client.commands += 1
+        client.last_cmd = "set"
+        if error is None:
+            reply = _OK_LINE
+        else:
+            self.server.stats["total_error_replies"] += 1
+            reply = error_line(self._db_failure(client, error).message)
+        if self.metrics is not None:
+            self.metrics.command("set", seconds, error is not None)
+        return reply
+
     def run_queued(self, ctx: Context, argv: list[bytes]) -> Any:
         """One command of an EXEC block against its transaction; its reply
         (an error reply for its own failure). A conflict or a database fault

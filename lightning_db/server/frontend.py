@@ -10,7 +10,9 @@ Per connection, on the event loop: read a chunk, parse (resp.py), run the
 commands in order, write the replies, read again. Commands marked inline
 (no database call, or only reads served from shared memory) run on the
 loop; the others run in a worker thread (``Settings.workers``), a batch at
-a time, so a slow command of one client never holds up another. While its
+a time, so a slow command of one client never holds up another, except
+plain SETs: the SetWriter (setwriter.py) sends those of every connection
+from the loop itself, one message per shard per loop turn. While its
 commands run a connection is not read, so a client that sends faster than
 it is served (or reads its replies slower) is held back by TCP instead of
 growing buffers: memory per connection is bounded by the parser's limits,
@@ -38,9 +40,11 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from ..errors import LightningError
 from .dispatch import Dispatcher
 from .resp import RequestParser, error_line
 from .serve import EXIT_FATAL, EXIT_USAGE
+from .setwriter import SetWriter
 from .state import ClientState, ServerState, Settings
 
 __all__ = ["Frontend", "main", "settings_for"]
@@ -70,6 +74,7 @@ class Frontend:
         self._tasks: dict[int, asyncio.Task[Any]] = {}
         self._busy: set[int] = set()
         self._stop: asyncio.Event | None = None
+        self._sets: SetWriter | None = None       # plain SETs without a thread (setwriter.py)
         self.stopping = False
         self.stop_reason = ""
 
@@ -88,6 +93,9 @@ class Frontend:
         s = self.server.settings
         self._stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        db = self.server.db
+        if all(hasattr(db, a) for a in ("ring", "refs", "tokens", "_send_write")):
+            self._sets = SetWriter(db, loop, self._pool)
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
                 loop.add_signal_handler(sig, self.request_stop, f"signal {signal.Signals(sig).name}")
@@ -211,6 +219,18 @@ class Frontend:
                 continue
             if self.stopping:
                 return
+            sets = self._sets
+            if (sets is not None and client.multi is None and sets.plain(cmds[i])
+                    and not dispatcher.set_run(client, cmds, i)):
+                started = time.perf_counter()
+                try:
+                    await sets.set(cmds[i][1], cmds[i][2])
+                    error = None
+                except LightningError as exc:
+                    error = exc
+                await self._write(writer, [dispatcher.set_reply(client, error, time.perf_counter() - started)])
+                i += 1
+                continue
             self._busy.add(client.id)
             try:
                 out, i = await loop.run_in_executor(self._pool, self._run_batch, client, cmds, i)

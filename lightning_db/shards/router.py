@@ -227,9 +227,10 @@ class ShardRouter(Transactional, MappingSugar):
                     self.retries += 1
                     time.sleep(delay)
 
-    def _send_write(self, shard: int, ops: list[Op], sync: bool) -> None:
-        """One "write" to *shard* with its token, retried (combine.py sends these)."""
-        token = self.tokens.take(shard)
+    def _send_write(self, shard: int, ops: list[Op], sync: bool, token: list[Any] | None = None) -> None:
+        """One "write" to *shard* with its token (a new one, or the token of
+        an attempt that already went out), retried; combine.py sends these."""
+        token = token or self.tokens.take(shard)
         try:
             self._ask_retry(shard, "write", [ops, sync, token])
         finally:
