@@ -80,10 +80,6 @@ _DELETE = int(Kind.DELETE)
 Op = tuple[int, bytes, bytes]
 
 
-def _first(pair: tuple[bytes, bytes]) -> bytes:
-    return pair[0]
-
-
 def _hung(exc: BaseException) -> bool:
     """What a shard's breaker counts: an attempt that timed out."""
     return isinstance(exc, Timeout)
@@ -420,7 +416,10 @@ class ShardRouter(Transactional, MappingSugar):
         its = [self._shared(s, "scan", lo, hi, reverse, *at[s]) for s in range(len(self.refs))]
         if any(it is UNAVAILABLE for it in its):
             return None
-        return _limited(heapq.merge(*its, key=_first, reverse=reverse), n)
+        # No key function: pairs compare by key first, and a key lives on one
+        # shard only, so values are never compared (a key function costs a
+        # Python call per pair).
+        return _limited(heapq.merge(*its, reverse=reverse), n)
 
     def _scan_at(self, rng: tuple[bytes | None, bytes | None, int | None], reverse: bool,
                  seqs: Sequence[int]) -> Iterator[tuple[bytes, bytes]]:
@@ -429,7 +428,7 @@ class ShardRouter(Transactional, MappingSugar):
             return iter(())
         page = SCAN_PAGE if limit is None else max(1, min(limit, SCAN_PAGE))
         its = [self._pages(s, start, end, reverse, seqs[s], page) for s in range(len(self.refs))]
-        return _limited(heapq.merge(*its, key=_first, reverse=reverse), limit)
+        return _limited(heapq.merge(*its, reverse=reverse), limit)
 
     def _pages(self, shard: int, start: bytes | None, end: bytes | None, reverse: bool, seq: int,
                page: int) -> Iterator[tuple[bytes, bytes]]:

@@ -85,20 +85,23 @@ def _read_block(view: memoryview, off: int, size: int, path: str, what: str) -> 
                               path) from None
 
 
-def _unpack(view: memoryview, off: int, size: int, path: str, what: str) -> Any:
+def _unpack(view: memoryview, off: int, size: int, path: str, what: str, use_list: bool = True) -> Any:
     """The verified block at *off*, msgpack-decoded."""
     raw = _read_block(view, off, size, path, what)
     try:
-        return msgpack.unpackb(raw), len(raw)
+        return msgpack.unpackb(raw, use_list=use_list), len(raw)
     except Exception as exc:
         raise CorruptionError(f"{what} block at offset {off}: undecodable ({exc!r})",
                               path) from None
 
 
 def _decode_data(view: memoryview, off: int, size: int, path: str) -> tuple[tuple, int]:
-    """(keys, seqkinds, values) of the data block at *off*, and its decoded size."""
-    obj, n = _unpack(view, off, size, path, "data")
-    if (type(obj) is not list or len(obj) != 2 or not all(type(x) is list for x in obj)
+    """(keys, seqkinds, values) of the data block at *off*, and its decoded size.
+    Tuples, not lists: a tuple of bytes and ints leaves the cyclic garbage
+    collector's lists after its first pass, so the blocks held by the cache
+    cost no collection time (lists of them made a cold scan 1.5x slower)."""
+    obj, n = _unpack(view, off, size, path, "data", use_list=False)
+    if (type(obj) is not tuple or len(obj) != 2 or not all(type(x) is tuple for x in obj)
             or len(obj[0]) != 2 * len(obj[1]) or not obj[1]
             or not set(map(type, obj[0])) == _BYTES or not set(map(type, obj[1])) == _INT):
         raise CorruptionError(f"data block at offset {off}: malformed", path)
@@ -517,7 +520,7 @@ class TableReader:
         return f"TableReader({self.path!r}, number={self.number}, entries={self.entries})"
 
 
-def _visible(keys: list, sks: list, vals: list, lo: int, hi: int, limit: int,
+def _visible(keys: tuple, sks: tuple, vals: tuple, lo: int, hi: int, limit: int,
              reverse: bool) -> Iterator[tuple[bytes, int, bytes]]:
     """Newest version with seqkind <= limit of each key in keys[lo:hi]; lo and
     hi sit on version-group boundaries (bisect_left results)."""
@@ -527,9 +530,7 @@ def _visible(keys: list, sks: list, vals: list, lo: int, hi: int, limit: int,
     n = len(ks)
     if max(ss) <= limit and len(set(ks)) == n:       # common case: C-speed zip
         if reverse:
-            ks.reverse()
-            ss.reverse()
-            vs.reverse()
+            ks, ss, vs = ks[::-1], ss[::-1], vs[::-1]
         yield from zip(ks, map(and_, ss, repeat(0xFF)), vs)
         return
     if not reverse:
