@@ -38,7 +38,7 @@ LONG = float(os.environ.get("LDB_STRESS_SECONDS") or 0)
 CYCLES: dict[str, int] = {}
 CAMPAIGNS = ("workers", "serve", "corrupt", "txn", "txn-serve")      # and disk-full where it can run
 # Cycles every CI run reaches on a loaded 2-core machine, all campaigns together
-# (150 to 210 there, about 2 minutes and 15 seconds for tests/stress/).
+# (166 in a run on a loaded 2-core machine, about 2 minutes and 30 seconds for tests/stress/).
 TOTAL_FLOOR = 120
 
 
