@@ -23,6 +23,7 @@ during the fault.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import importlib.util
 import json
@@ -121,7 +122,7 @@ def disk_problem() -> str | None:
             os.rmdir(probe)
 
 
-class Target:
+class Target(abc.ABC):
     """What the harness does with the database; see the module docstring."""
 
     kind = "target"
@@ -136,17 +137,20 @@ class Target:
         self.server_restarts = 0
         self.options = dict(NODE_OPTIONS if options is None else options)   # Config fields for the node
 
+    @abc.abstractmethod
     def describe(self) -> str:
-        raise NotImplementedError
+        """One line naming the target (the run's header)."""
 
+    @abc.abstractmethod
     def start(self, run_dir: str) -> None:
-        raise NotImplementedError
+        """Make the target ready for clients (its files under *run_dir*)."""
 
     def clients_started(self) -> None:
         """The clients are attached: the harness lets go of what held the database for them."""
 
+    @abc.abstractmethod
     def client_target(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """What a client process needs to reach the target."""
 
     def workers(self) -> list[dict[str, Any]] | None:
         """The node's shard workers (id, pid, state, restarts), None when unknown."""
@@ -167,17 +171,22 @@ class Target:
         return True
 
     def kill_server(self) -> tuple[str, Any]:
-        raise NotImplementedError
+        """kill -9 the server (or node); (what was killed, a token for await_server).
+        Only targets that list kill-server in ``faults`` are asked."""
+        raise RuntimeError(f"a {self.kind} target has no server process of the harness's to kill")
 
     def await_server(self, token: Any, timeout: float) -> bool:
-        raise NotImplementedError
+        """Wait until the server killed with *token* serves again (True), or *timeout*."""
+        raise RuntimeError(f"a {self.kind} target has no server process of the harness's to restart")
 
+    @abc.abstractmethod
     def final_values(self, keys: list[str], list_keys: list[str]) -> tuple[dict[str, str | None],
                                                                           dict[str, list[Any]]]:
-        raise NotImplementedError
+        """The values of *keys* and the lists of *list_keys* after the run."""
 
+    @abc.abstractmethod
     def stop(self) -> None:
-        raise NotImplementedError
+        """Release everything the harness started or made."""
 
 
     def _take_directory(self) -> None:
