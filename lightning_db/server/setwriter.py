@@ -27,6 +27,7 @@ from ..errors import LightningError, TransientError
 __all__ = ["SetWriter"]
 
 _VALUE = 1
+MAX_SETS = 4096               # SETs in one message
 Op = tuple[int, bytes, bytes]
 
 
@@ -36,6 +37,7 @@ class SetWriter:
         self._loop = loop
         self._pool = pool
         self._pending: dict[int, list[tuple[Op, asyncio.Future[None]]]] = {}
+        self._in_flight: set[int] = set()      # shards with a message out
         self._scheduled = False
         config = router.config
         self._max_key, self._max_value = config.max_key_size, config.max_value_size
@@ -60,20 +62,32 @@ class SetWriter:
 
     def _flush(self) -> None:
         self._scheduled = False
-        pending, self._pending = self._pending, {}
+        ready = [s for s in self._pending if s not in self._in_flight]
+        for shard in ready:
+            self._send(shard, self._take(shard))
+
+    def _take(self, shard: int) -> list[tuple[Op, asyncio.Future[None]]]:
+        """The SETs queued for *shard* that fit one message (the rest wait)."""
+        items = self._pending.pop(shard, [])
+        if len(items) > MAX_SETS:
+            self._pending[shard] = items[MAX_SETS:]
+            items = items[:MAX_SETS]
+        return items
+
+    def _send(self, shard: int, items: list[tuple[Op, asyncio.Future[None]]]) -> None:
         router = self._router
-        for shard, items in pending.items():
-            ops = [op for op, _ in items]
-            futs = [f for _, f in items]
-            token = router.tokens.take(shard)
-            self.messages += 1
-            self.sets += len(ops)
-            try:
-                cf = router.refs[shard].ask("write", [ops, False, token], router.attempt_timeout)
-            except LightningError as exc:
-                self._finish(shard, ops, token, futs, exc)
-                continue
-            cf.add_done_callback(self._on_answer(shard, ops, token, futs))
+        self._in_flight.add(shard)
+        ops = [op for op, _ in items]
+        futs = [f for _, f in items]
+        token = router.tokens.take(shard)
+        self.messages += 1
+        self.sets += len(ops)
+        try:
+            cf = router.refs[shard].ask("write", [ops, False, token], router.attempt_timeout)
+        except LightningError as exc:
+            self._finish(shard, ops, token, futs, exc)
+            return
+        cf.add_done_callback(self._on_answer(shard, ops, token, futs))
 
     def _on_answer(self, shard: int, ops: list[Op], token: list[Any],
                    futs: list[asyncio.Future[None]]) -> Callable[[Future[Any]], None]:
@@ -87,10 +101,17 @@ class SetWriter:
         if isinstance(exc, TransientError):
             # Retried in a worker thread with the same token, as any write of the router.
             retry = self._loop.run_in_executor(self._pool, self._router._send_write, shard, ops, False, token)
-            retry.add_done_callback(lambda f: self._settle(futs, f.exception()))
+            retry.add_done_callback(lambda f: self._answered(shard, futs, f.exception()))
             return
         self._router.tokens.done(shard, token)
+        self._answered(shard, futs, exc)
+
+    def _answered(self, shard: int, futs: list[asyncio.Future[None]], exc: BaseException | None) -> None:
         self._settle(futs, exc)
+        self._in_flight.discard(shard)
+        items = self._take(shard)
+        if items:
+            self._send(shard, items)        # what queued up meanwhile, as one message
 
     @staticmethod
     def _settle(futs: list[asyncio.Future[None]], exc: BaseException | None) -> None:
