@@ -60,7 +60,8 @@ def shared_cut(router: "ShardRouter", tx: bool) -> tuple[list[int], list[int | N
     """The cut from the shards' published versions: every shard's visible
     seq read from shared memory under the gate held exclusive, then
     registered by a message that is not waited for (the shard keeps what a
-    snapshot of the last SNAPSHOT_LAG_S seconds sees until it arrives). A
+    snapshot of the last SNAPSHOT_LAG_S seconds sees until it arrives, for
+    as long as cuts are noted: ``note_cut``, storage/published.py). A
     marked apply phase (its coordinator died in it) is finished first. None
     when a shard is not serving from shared memory (ask instead)."""
     n = len(router.refs)
@@ -72,6 +73,8 @@ def shared_cut(router: "ShardRouter", tx: bool) -> tuple[list[int], list[int | N
     while True:
         try:
             with router.gate.exclusive(max(0.001, deadline - time.monotonic())):
+                for r in readers:
+                    r.note_cut()          # type: ignore[union-attr]  # before the seqs are read
                 states = [r.state() for r in readers]          # type: ignore[union-attr]
                 marks = router.gate.markers()
         except (OSError, ValueError):

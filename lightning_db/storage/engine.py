@@ -213,10 +213,13 @@ class Engine(Participant):
             finally:
                 self._write_lock.release()
         tx, lag = self.txn.floor, self.txn.lag_floor     # read without a lock
+        if lag is not None and self._pub is not None and not self._pub.cut_within(SNAPSHOT_LAG_S + 1.0):
+            lag = None       # no snapshot was cut from shared memory lately: none is unregistered
         with self._mutex:
             seq = min(self._snapshots, default=self._last_seq)
         # Transactions' snapshots count too, and so does every seq of the
-        # last SNAPSHOT_LAG_S seconds (snapshots registered late).
+        # last SNAPSHOT_LAG_S seconds while snapshots are being cut from
+        # shared memory (registered late; published.py).
         return min(x for x in (seq, tx, lag) if x is not None)
 
     # --- writes -------------------------------------------------------------------------------

@@ -24,6 +24,19 @@ new engine, e.g. after a restore, starts a new incarnation and readers drop
 everything they mapped); the shard unlinks a file only after publishing a
 version without it, a file already mapped stays readable after the unlink,
 and a reader that finds a file gone reads the superblock again.
+
+Snapshot cuts. A process that takes a snapshot from shared memory (a cut
+of every shard's visible sequence number) registers it on the shards by a
+message it does not wait for, so a shard keeps every version of the last
+``SNAPSHOT_LAG_S`` seconds for snapshots not registered yet. Before it
+reads the sequence numbers of a cut, the process stores the time (the
+system-wide monotonic clock) in ``<superblock>.cuts`` (``note_cut``); the
+shard keeps that window only while the last cut is that recent
+(``Publisher.cut_within``), so a shard no snapshot is taken of compacts
+overwritten versions at once. Storing before reading is what makes it safe:
+a compaction that saw no recent cut drops only versions older than the
+newest one at that moment, and a cut noted later reads sequence numbers
+at least that new.
 """
 
 from __future__ import annotations
@@ -33,6 +46,7 @@ import os
 import random
 import struct
 import threading
+import time
 from typing import Any
 
 import msgpack
@@ -61,9 +75,36 @@ _VALUE = 1
 _RETRIES = 8                                # superblock re-reads when a file is gone
 
 
+CUTS_SUFFIX = ".cuts"
+_CUT = struct.Struct("<q")       # monotonic nanoseconds of the last snapshot cut
+
+
+def last_cut(path: str) -> float | None:
+    """When (``time.monotonic()`` seconds) a process last noted a snapshot
+    cut of the shard whose superblock is *path*; None: never."""
+    try:
+        fd = os.open(path + CUTS_SUFFIX, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        raw = os.pread(fd, _CUT.size, 0)
+    finally:
+        os.close(fd)
+    return _CUT.unpack(raw)[0] / 1e9 if len(raw) == _CUT.size else None
+
+
 class Publisher:
     """The shard's side. Thread-safe (the write path and the background
     thread both publish)."""
+
+    def cut_within(self, seconds: float) -> bool:
+        """Whether a process noted a snapshot cut in the last *seconds*
+        (an unreadable note counts as one: the window is kept)."""
+        try:
+            t = last_cut(self.path)
+        except OSError:
+            return True
+        return t is not None and time.monotonic() - t <= seconds
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -172,6 +213,7 @@ class PublishedReader:
         self._tables: dict[int, TableReader] = {}
         self._segments: dict[int, SegmentReader] = {}
         self._lock = threading.Lock()           # loading only; reads take no lock
+        self._cut_fd = -1
         self.loads = 0
 
     def state(self) -> tuple[int, int, int]:
@@ -274,8 +316,25 @@ class PublishedReader:
             self.loads += 1
             return loaded
 
+    def note_cut(self) -> None:
+        """A snapshot cut is about to read this shard's visible sequence
+        number (see the module docstring). Raises OSError."""
+        fd = self._cut_fd
+        if fd < 0:
+            fd = os.open(self.path + CUTS_SUFFIX, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            with self._lock:
+                if self._cut_fd < 0:
+                    self._cut_fd = fd
+                else:
+                    os.close(fd)
+                    fd = self._cut_fd
+        os.pwrite(fd, _CUT.pack(time.monotonic_ns()), 0)
+
     def close(self) -> None:
         with self._lock:
+            if self._cut_fd >= 0:
+                os.close(self._cut_fd)
+                self._cut_fd = -1
             self._loaded = None
             self._tables, self._segments = {}, {}
             if self._mm is not None:
