@@ -20,7 +20,7 @@ from .storage.engine import Engine
 from .storage.format import CURRENT, Kind
 from .storage.ttl import encode as ttl_encode
 from .storage.txn import TxCheck
-from .transaction import Transactional
+from .transaction import KeyAccess, Transactional
 
 if TYPE_CHECKING:
     from .shards.client import ShardedDatabase
@@ -127,20 +127,11 @@ def _first(it: Iterator[tuple[bytes, bytes]], limit: int) -> Iterator[tuple[byte
             return
 
 
-class ReadSugar:
+class ReadSugar(KeyAccess):
     """Read-side sugar shared by database handles and snapshots, in terms of
     get and close: ``x[k]`` (KeyError if absent), ``k in x``, and ``with``."""
 
     __slots__ = ()
-
-    def __getitem__(self, key: Any) -> bytes:
-        v = self.get(key)  # type: ignore[attr-defined]
-        if v is None:
-            raise KeyError(key)
-        return v
-
-    def __contains__(self, key: Any) -> bool:
-        return self.get(key) is not None  # type: ignore[attr-defined]
 
     def __enter__(self) -> Any:
         return self

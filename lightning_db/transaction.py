@@ -77,7 +77,23 @@ class _Scanned:
         return self.lo, self.last + b"\x00"
 
 
-class Transaction:
+class KeyAccess:
+    """``x[k]`` (KeyError if absent) and ``k in x``, in terms of ``get``:
+    shared by database handles, snapshots and transactions (db.ReadSugar)."""
+
+    __slots__ = ()
+
+    def __getitem__(self, key: Any) -> bytes:
+        v = self.get(key)  # type: ignore[attr-defined]
+        if v is None:
+            raise KeyError(key)
+        return v
+
+    def __contains__(self, key: Any) -> bool:
+        return self.get(key) is not None  # type: ignore[attr-defined]
+
+
+class Transaction(KeyAccess):
     """One optimistic transaction; see the module docstring."""
 
     def __init__(self, db: Any, isolation: str = "snapshot", sync: bool | None = None) -> None:
@@ -151,15 +167,6 @@ class Transaction:
             mine = self._writes.get(k)
             out.append(got.get(k) if mine is None else visible(*mine))
         return out
-
-    def __getitem__(self, key: Any) -> bytes:
-        v = self.get(key)
-        if v is None:
-            raise KeyError(key)
-        return v
-
-    def __contains__(self, key: Any) -> bool:
-        return self.get(key) is not None
 
     def scan(self, start: Any = None, end: Any = None, prefix: Any = None, reverse: bool = False,
              limit: int | None = None) -> Iterator[tuple[bytes, bytes]]:

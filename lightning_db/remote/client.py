@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from ..config import Config
-from ..db import MappingSugar, _Limits, _scan_range
+from ..db import Batch, MappingSugar, _Limits, _scan_range
 from ..errors import DatabaseClosed, InvalidArgument
 from ..transaction import run_transaction
 from .pool import Pool
@@ -41,18 +41,15 @@ _DELETE = int(Write.DELETE)
 _BYTESLIKE = (bytes, bytearray, memoryview)
 
 
-class RemoteBatch:
+class RemoteBatch(Batch):
     """Writes collected here in order and sent as one request on commit,
     applied atomically by the server: all of them or none. Used as
-    ``with db.batch() as b:``; an exception inside the block discards it."""
+    ``with db.batch() as b:``; an exception inside the block discards it.
+    Only the ops' wire form and the commit differ from ``Batch``."""
 
-    __slots__ = ("_db", "_ops", "_sync", "_done")
-
-    def __init__(self, db: RemoteDatabase, sync: bool | None) -> None:
-        self._db = db
-        self._ops: list[list[Any]] = []
-        self._sync = sync
-        self._done = False
+    __slots__ = ()
+    _db: RemoteDatabase           # type: ignore[assignment]
+    _ops: list[Any]               # type: ignore[assignment]
 
     def put(self, key: Any, value: Any, *, ttl: float | None = None, expire_at: float | None = None) -> None:
         self._check()
@@ -62,19 +59,6 @@ class RemoteBatch:
         self._check()
         self._ops.append([_DELETE, self._db._limits.key(key)])
 
-    def __setitem__(self, key: Any, value: Any) -> None:
-        self.put(key, value)
-
-    def __delitem__(self, key: Any) -> None:
-        self.delete(key)
-
-    def __len__(self) -> int:
-        return len(self._ops)
-
-    def _check(self) -> None:
-        if self._done:
-            raise InvalidArgument("this batch was already committed or discarded")
-
     def commit(self) -> None:
         self._check()
         self._done = True
@@ -82,19 +66,6 @@ class RemoteBatch:
             db = self._db
             db._check_sync(self._sync)
             db._call("batch", [self._ops, self._sync])
-
-    def discard(self) -> None:
-        self._done = True
-        self._ops = []
-
-    def __enter__(self) -> RemoteBatch:
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.discard()
 
 
 class RemoteDatabase(MappingSugar):

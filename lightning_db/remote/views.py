@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..db import ReadSugar, _scan_range
 from ..errors import InvalidArgument, LightningError, TransactionConflict
-from ..transaction import check_isolation
+from ..transaction import KeyAccess, check_isolation
 from .pool import Connection, is_link_error
 from .protocol import PAGE_ROWS, TxAction, Write
 
@@ -195,7 +195,7 @@ class RemoteSnapshot(ReadSugar):
             self._conn.pool.defer(self._conn, self._id)
 
 
-class RemoteTransaction:
+class RemoteTransaction(KeyAccess):
     """One optimistic transaction run by the server (``transaction.py``
     there); the same methods and semantics as the local one."""
 
@@ -277,15 +277,6 @@ class RemoteTransaction:
         lk = self._limits.key
         keys = [lk(k) for k in keys]
         return self._call(TxAction.GET_MANY, [keys]) if keys else []
-
-    def __getitem__(self, key: Any) -> bytes:
-        v = self.get(key)
-        if v is None:
-            raise KeyError(key)
-        return v
-
-    def __contains__(self, key: Any) -> bool:
-        return self.get(key) is not None
 
     def scan(self, start: Any = None, end: Any = None, prefix: Any = None, reverse: bool = False,
              limit: int | None = None) -> Iterator[tuple[bytes, bytes]]:

@@ -33,9 +33,12 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Callable
+from typing import Any
 
 import msgpack
 import psutil
+
+from .wal import encode_tokens
 
 __all__ = ["MAX_WRITERS", "WRITER_ID_BYTES", "WriteTokens", "new_writer_id", "writer_pid"]
 
@@ -110,6 +113,14 @@ class WriteTokens:
         """Drop the writers whose process is gone."""
         for writer in [w for w in self._writers if not self._alive(writer_pid(w))]:
             del self._writers[writer]
+
+    def carry_into(self, wal: Any) -> None:
+        """Start *wal* (a new one) with the state of the writers still alive.
+        Not synced: a retry needs it only after a process kill, which keeps
+        the page cache, never after a power loss."""
+        self.prune()
+        if self._writers:
+            wal.append(encode_tokens(self.dump()))
 
     def dump(self) -> bytes:
         """The whole state, for a ``WalOp.TOKENS`` record."""

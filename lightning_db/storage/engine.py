@@ -45,7 +45,7 @@ from .scan import newest_entries, version_scan
 from .ttl import VALUE_TTL, entry, expired, now_ms, visible
 from .txn import ConflictTracker, TxCheck
 from .version import FileMeta, Version, VersionEdit, VersionSet
-from .wal import Op, Wal, encode_batch, encode_marker, encode_prepare, encode_tokened, encode_tokens
+from .wal import Op, Wal, encode_batch, encode_marker, encode_prepare, encode_tokened
 
 _DELETE = int(Kind.DELETE)
 _VALUE = int(Kind.VALUE)
@@ -376,12 +376,8 @@ class Engine(Participant):
                 for txid in self._decided:
                     wal.append(encode_marker(WalOp.DECISION, txid))
                 wal.sync_to(wal.size)
-            # So do the write tokens of writes that may still be retried
-            # (dedupe.py); not synced: a retry needs them only after a process
-            # kill, which keeps the page cache, never after a power loss.
-            self.tokens.prune()
-            if len(self.tokens):
-                wal.append(encode_tokens(self.tokens.dump()))
+            # So do the write tokens of writes that may still be retried (dedupe.py).
+            self.tokens.carry_into(wal)
         except BaseException as exc:
             wal.close(sync=False)
             if mem is not None:

@@ -32,7 +32,7 @@ from .memtable import Memtable
 from .restore import archive_wal
 from .version import FileMeta, VersionEdit
 from .format import WalOp
-from .wal import Wal, encode_marker, encode_prepare, encode_tokens, read_wal
+from .wal import Wal, encode_marker, encode_prepare, read_wal
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -143,9 +143,7 @@ def recover(engine: "Engine") -> tuple[Memtable, Wal, int, dict[bytes, list], se
             wal.append(encode_marker(WalOp.DECISION, txid))
         if prepared or decided:
             wal.sync_to(wal.size)
-        tokens.prune()             # not synced: see Engine._rotate
-        if len(tokens):
-            wal.append(encode_tokens(tokens.dump()))
+        tokens.carry_into(wal)
         vs.current = vs._apply(VersionEdit(added=[(0, f) for f in added], log_number=number,
                                            last_seq=last_seq), vs.current, path)
         vs.write_new_manifest()     # syncs the directory: the new WAL's entry too

@@ -25,8 +25,7 @@ class FakeRef:
 
 
 class FakePipe:
-    def pending(self) -> int:
-        return 0
+    overlay: dict = {}
 
 
 class FakeRing:
