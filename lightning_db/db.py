@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+from itertools import islice
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 from .config import Config
@@ -111,20 +112,7 @@ def _scan_range(limits: _Limits, start: Any, end: Any, prefix: Any, reverse: Any
 
 
 def _limited(it: Iterator[tuple[bytes, bytes]], limit: int | None) -> Iterator[tuple[bytes, bytes]]:
-    if limit is None:
-        return it
-    return _first(it, limit)
-
-
-def _first(it: Iterator[tuple[bytes, bytes]], limit: int) -> Iterator[tuple[bytes, bytes]]:
-    if limit <= 0:
-        return
-    n = 0
-    for kv in it:
-        yield kv
-        n += 1
-        if n >= limit:
-            return
+    return it if limit is None else islice(it, max(limit, 0))
 
 
 class ReadSugar(KeyAccess):

@@ -11,7 +11,7 @@ come first from each shard's published version in shared memory
 (``storage/published.py``: get, get_many, scan, no message); a shard that is
 not serving is asked instead: get_many sends one ask per shard, a scan
 merges per-shard paged iterators (the next page is requested before the
-current one is consumed) with ``heapq.merge``, all read at one snapshot
+current one is consumed) with ``storage.scan.merge_chunks``, all read at one snapshot
 vector. put/delete are pipelined (``pipeline.py``).
 
 Cross-shard commits (two-phase commit for batches and transactions, the
@@ -42,9 +42,9 @@ Checkpoint is never retried.
 
 from __future__ import annotations
 
-import heapq
 import os
 import time
+from itertools import chain
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
@@ -55,6 +55,7 @@ from ..db import Batch, MappingSugar, _limited, _Limits, _scan_range
 from ..errors import DatabaseClosed, InvalidArgument, LightningError, Timeout, TransactionConflict, TransientError
 from ..storage.format import Kind
 from ..storage.published import UNAVAILABLE, PublishedReader
+from ..storage.scan import merge_chunks
 from ..storage.ttl import visible
 from ..supervisor.breaker import CircuitBreaker
 from ..supervisor.retry import Backoff, retry
@@ -413,13 +414,12 @@ class ShardRouter(Transactional, MappingSugar):
         if (lo is not None and hi is not None and lo >= hi) or n == 0 or (incs is not None and None in incs):
             return None
         at = [()] * len(self.refs) if seqs is None else [(q, i) for q, i in zip(seqs, incs or ())]
-        its = [self._shared(s, "scan", lo, hi, reverse, *at[s]) for s in range(len(self.refs))]
+        its = [self._shared(s, "scan_chunks", lo, hi, reverse, *at[s]) for s in range(len(self.refs))]
         if any(it is UNAVAILABLE for it in its):
             return None
-        # No key function: pairs compare by key first, and a key lives on one
-        # shard only, so values are never compared (a key function costs a
-        # Python call per pair).
-        return _limited(heapq.merge(*its, reverse=reverse), n)
+        # A key lives on one shard only: merge_chunks merges the shards'
+        # runs a few hundred pairs at a time, in C.
+        return _limited(chain.from_iterable(merge_chunks(its, reverse)), n)
 
     def _scan_at(self, rng: tuple[bytes | None, bytes | None, int | None], reverse: bool,
                  seqs: Sequence[int]) -> Iterator[tuple[bytes, bytes]]:
@@ -428,10 +428,11 @@ class ShardRouter(Transactional, MappingSugar):
             return iter(())
         page = SCAN_PAGE if limit is None else max(1, min(limit, SCAN_PAGE))
         its = [self._pages(s, start, end, reverse, seqs[s], page) for s in range(len(self.refs))]
-        return _limited(heapq.merge(*its, reverse=reverse), limit)
+        return _limited(chain.from_iterable(merge_chunks(its, reverse)), limit)
 
     def _pages(self, shard: int, start: bytes | None, end: bytes | None, reverse: bool, seq: int,
-               page: int) -> Iterator[tuple[bytes, bytes]]:
+               page: int) -> Iterator[list[tuple[bytes, bytes]]]:
+        """The shard's pairs at *seq*, one page per list."""
         ref, timeout = self.refs[shard], self.timeout
 
         def ask(after: bytes | None) -> Future:
@@ -448,8 +449,8 @@ class ShardRouter(Transactional, MappingSugar):
             if len(rows) >= page:       # prefetch the next page while this one is consumed
                 after = rows[-1][0]
                 fut = ask(after)
-            for k, v in rows:           # msgpack gives lists; the API yields tuples
-                yield k, v
+            if rows:                    # msgpack gives lists; the API yields tuples
+                yield list(map(tuple, rows))
             if len(rows) < page:
                 return
 

@@ -47,6 +47,7 @@ import random
 import struct
 import threading
 import time
+from itertools import chain
 from typing import Any
 
 import msgpack
@@ -59,7 +60,7 @@ from .format import (FORMAT_VERSION, PUBLISHED_HEADER, PUBLISHED_MAGIC, PUBLISHE
 from .fs import OSFileSystem
 from .lookup import lookup
 from .memtable import SegmentReader
-from .scan import version_scan
+from .scan import version_chunks
 from .table import TableReader
 from .ttl import visible
 from .version import FileMeta, Version
@@ -273,11 +274,17 @@ class PublishedReader:
         of now (or of *seq* in incarnation *expect*), or UNAVAILABLE. The
         iterator holds the version it started from (its files stay mapped):
         a consistent view, whatever the shard flushes or compacts meanwhile."""
+        chunks = self.scan_chunks(start, end, reverse, seq, expect)
+        return chunks if chunks is UNAVAILABLE else chain.from_iterable(chunks)
+
+    def scan_chunks(self, start: bytes | None, end: bytes | None, reverse: bool = False,
+                    seq: int | None = None, expect: int | None = None) -> Any:
+        """``scan`` in lists of pairs (storage/scan.py), or UNAVAILABLE."""
         view = self._view(seq, expect)
         if view is None:
             return UNAVAILABLE
         cur, at = view
-        return version_scan(list(cur.mems), cur.version, start, end, reverse, at)
+        return version_chunks(list(cur.mems), cur.version, start, end, reverse, at)
 
     def _load(self, inc: int, gen: int) -> _Loaded | None:
         """Map the version *gen* names; None when a file is already gone."""

@@ -9,12 +9,22 @@ newest first, so when several hold the same key the lowest index wins.
 from __future__ import annotations
 
 import heapq
+from bisect import bisect_right
+from itertools import chain, islice
+from operator import itemgetter
 from typing import Any, Iterator
 
 from .ttl import VALUE_TTL, visible
 
 Source = Iterator[tuple[bytes, int, bytes]]
+Pair = tuple[bytes, bytes]
+Chunks = Iterator[list[Pair]]
 _VALUE = 1
+# Scans hand pairs on in lists ("chunks") that grow from CHUNK_MIN to
+# CHUNK_MAX pairs: a short scan (a limit, a page) reads little ahead, a long
+# one runs in C between chunks.
+CHUNK_MIN, CHUNK_MAX = 32, 1024
+_key = itemgetter(0)
 
 
 def _tag(src: Source, i: int) -> Iterator[tuple[bytes, int, int, bytes]]:
@@ -62,25 +72,95 @@ def level_iter(files: list[Any], start: bytes | None, end: bytes | None, reverse
         yield from f.reader.iter_visible(start, end, reverse, seq)
 
 
-def level_live(files: list[Any], start: bytes | None, end: bytes | None, reverse: bool,
-               seq: int) -> Iterator[tuple[bytes, bytes]]:
-    """Live pairs of one level that serves a scan alone (no merge needed)."""
+def chunked(pairs: Iterator[Pair]) -> Chunks:
+    """*pairs* in non-empty lists of growing size."""
+    size = CHUNK_MIN
+    while part := list(islice(pairs, size)):
+        yield part
+        size = min(size * 2, CHUNK_MAX)
+
+
+def level_chunks(files: list[Any], start: bytes | None, end: bytes | None, reverse: bool,
+                 seq: int) -> Chunks:
+    """Live pairs of one level that serves a scan alone (no merge needed),
+    a table block or more per chunk."""
+    want, out = CHUNK_MIN, []
     for f in (reversed(files) if reverse else files):
-        yield from f.reader.iter_live(start, end, reverse, seq)
+        for part in f.reader.live_chunks(start, end, reverse, seq):
+            out += part
+            if len(out) >= want:
+                yield out
+                want, out = min(want * 2, CHUNK_MAX), []
+    if out:
+        yield out
 
 
-def version_scan(mems: list[Any], version: Any, start: bytes | None, end: bytes | None, reverse: bool,
-                 seq: int) -> Iterator[tuple[bytes, bytes]]:
+def version_chunks(mems: list[Any], version: Any, start: bytes | None, end: bytes | None, reverse: bool,
+                   seq: int) -> Chunks:
     """Live (key, value) pairs of memtables *mems* (newest first, each with
     ``entries`` and ``iter_visible``) over the tables of *version*, as of
-    *seq*: the engine's scan and a published-version reader's alike."""
+    *seq*, in chunks: the engine's scan and a published-version reader's
+    alike."""
     mems = [m for m in mems if m.entries]
     if not mems and not version.levels[0]:
         deep = [files for lvl in range(1, len(version.levels))
                 if (files := version.overlapping(lvl, start, end))]
         if len(deep) == 1:           # one sorted run serves the scan alone (e.g. after compaction)
-            return level_live(deep[0], start, end, reverse, seq)
-    return merge_visible(_sources(mems, version, start, end, reverse, seq), reverse)
+            return level_chunks(deep[0], start, end, reverse, seq)
+    return chunked(merge_visible(_sources(mems, version, start, end, reverse, seq), reverse))
+
+
+def version_scan(mems: list[Any], version: Any, start: bytes | None, end: bytes | None, reverse: bool,
+                 seq: int) -> Iterator[Pair]:
+    """``version_chunks`` pair by pair."""
+    return chain.from_iterable(version_chunks(mems, version, start, end, reverse, seq))
+
+
+def merge_chunks(sources: list[Chunks], reverse: bool) -> Chunks:
+    """Merge chunked sources whose keys are disjoint (shards) into one
+    chunked run in key order (descending with *reverse*). Each round takes,
+    from every source, what lies up to the nearest last key of the sources'
+    current chunks (nothing later can come before it) and sorts that in C:
+    the runs are merged by the sort, values are never compared."""
+    heads = [[c, 0, it] for it in sources if (c := _next_chunk(it))]
+    while len(heads) > 1:
+        lasts = [c[-1][0] for c, _, _ in heads]
+        bound = max(lasts) if reverse else min(lasts)
+        out: list[Pair] = []
+        for h in heads:
+            c, pos, it = h
+            cut = _cut_desc(c, pos, bound) if reverse else bisect_right(c, bound, pos, key=_key)
+            out += c[pos:cut] if pos or cut < len(c) else c
+            if cut == len(c):
+                h[0], h[1] = _next_chunk(it), 0
+            else:
+                h[1] = cut
+        heads = [h for h in heads if h[0]]
+        out.sort(reverse=reverse)
+        yield out
+    if heads:
+        c, pos, it = heads[0]
+        yield c[pos:] if pos else c
+        yield from it
+
+
+def _next_chunk(it: Chunks) -> list[Pair] | None:
+    for c in it:
+        if c:
+            return c
+    return None
+
+
+def _cut_desc(c: list[Pair], lo: int, bound: bytes) -> int:
+    """The first index >= lo of descending *c* whose key is below *bound*."""
+    hi = len(c)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if c[mid][0] < bound:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
 
 
 def _sources(mems: list[Any], version: Any, start: bytes | None, end: bytes | None, reverse: bool,

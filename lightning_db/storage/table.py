@@ -13,7 +13,8 @@ all versions of one user key share a block. A point index (format.py) maps
 key hashes to record offsets for reads straight from the mapped file.
 Index payload: msgpack ``[last_keys, offsets, sizes]`` (size includes the
 trailer). Filter payload: ``bloom.build_filter`` over ``key_hash`` of each
-distinct user key. Props payload: msgpack dict (``PROPS_FIELDS``).
+distinct user key. Props payload: msgpack dict (``PROPS_FIELDS``, plus
+"expiring", the count of expiring values, absent in tables of older builds).
 All I/O goes through the ``fs`` seam.
 """
 
@@ -47,6 +48,7 @@ from .table_builder import FOOTER_CRC_SPAN, PROPS_FIELDS, TableMeta, TableWriter
 _TRAILER = BLOCK_TRAILER.size
 _FOOTER = TABLE_FOOTER.size
 _MAX_BLOCK = 1 << 31                 # sanity bound on a decompressed block
+SCAN_FILL_BLOCKS = 16                # blocks a scan puts into the block cache (per table)
 _NONE, _ZSTD = int(Compression.NONE), int(Compression.ZSTD)
 _BYTES, _INT = {bytes}, {int}
 _DELETE_KIND, _VALUE_KIND, _TTL_KIND = int(Kind.DELETE), int(Kind.VALUE), int(Kind.VALUE_TTL)
@@ -95,18 +97,26 @@ def _unpack(view: memoryview, off: int, size: int, path: str, what: str, use_lis
                               path) from None
 
 
-def _decode_data(view: memoryview, off: int, size: int, path: str) -> tuple[tuple, int]:
-    """(keys, seqkinds, values) of the data block at *off*, and its decoded size.
-    Tuples, not lists: a tuple of bytes and ints leaves the cyclic garbage
-    collector's lists after its first pass, so the blocks held by the cache
-    cost no collection time (lists of them made a cold scan 1.5x slower)."""
+def _decode_data(view: memoryview, off: int, size: int, path: str,
+                 top: int | None = None) -> tuple[tuple, int]:
+    """(keys, seqkinds, values, plain, top) of the data block at *off*, and
+    its decoded size. Tuples, not lists: a tuple of bytes and ints leaves the
+    cyclic garbage collector's lists after its first pass, so the blocks held
+    by the cache cost no collection time (lists of them made a cold scan 1.5x
+    slower). *top*: the table is plain (its props say so) and this is its
+    largest seqkind, so the block need not be checked for it."""
     obj, n = _unpack(view, off, size, path, "data", use_list=False)
     if (type(obj) is not tuple or len(obj) != 2 or not all(type(x) is tuple for x in obj)
-            or len(obj[0]) != 2 * len(obj[1]) or not obj[1]
-            or not set(map(type, obj[0])) == _BYTES or not set(map(type, obj[1])) == _INT):
+            or len(obj[0]) != 2 * len(obj[1]) or not obj[1] or not set(map(type, obj[1])) == _INT):
         raise CorruptionError(f"data block at offset {off}: malformed", path)
     kvs, sks = obj
+    try:
+        b"".join(kvs)          # every key and value is bytes (C speed; str, ints, ext types raise)
+    except TypeError:
+        raise CorruptionError(f"data block at offset {off}: malformed", path) from None
     keys = kvs[0::2]
+    if top is not None:
+        return (keys, sks, kvs[1::2], True, top), n
     # plain: one version per key and only plain values (no tombstone, no
     # expiring value), so a scan whose snapshot covers max(sks) can zip keys
     # and values at C speed (checked in C here).
@@ -206,6 +216,13 @@ class TableReader:
         self.max_seq: int = props["max_seq"]
         self.entries: int = props["entries"]
         self.tombstones: int = props["tombstones"]
+        expiring = props.get("expiring")       # absent in tables of older builds
+        if expiring is not None and type(expiring) is not int:
+            raise CorruptionError("props block is malformed", path)
+        # Plain table: each key once, no tombstone, no expiring value; its
+        # blocks are plain without being checked one by one.
+        plain = expiring == 0 and self.tombstones == 0 and props["distinct_keys"] == self.entries
+        self._plain_top: int | None = (self.max_seq << 8) | 0xFF if plain else None
 
     # --- blocks ---
     def _block(self, i: int, fill: bool = True) -> tuple:
@@ -218,7 +235,7 @@ class TableReader:
     def _fill(self, i: int, put: bool = True) -> tuple:
         if self._rf is None:
             raise ValueError(f"table reader for {self.path} is closed")
-        block, charge = _decode_data(self._view, self._offsets[i], self._sizes[i], self.path)
+        block, charge = _decode_data(self._view, self._offsets[i], self._sizes[i], self.path, self._plain_top)
         if put and self._cache is not None:
             self._cache.put(self._ckeys[i], block, charge)
         return block
@@ -395,14 +412,19 @@ class TableReader:
     # --- scans ---
     def _walk(self, start: bytes | None, end: bytes | None,
               reverse: bool) -> Iterator[tuple[tuple, int, int]]:
-        """(block, lo, hi) for every block meeting [start, end), in order."""
+        """(block, lo, hi) for every block meeting [start, end), in order.
+        Only the first SCAN_FILL_BLOCKS blocks read go into the block cache:
+        a long scan does not push out what point reads and short scans use
+        (and reuses its memory instead of growing the heap)."""
         if start is not None and end is not None and start >= end:
             return
         last_keys, nblocks = self._last_keys, self._nblocks
         if not reverse:
             i = bisect_left(last_keys, start) if start is not None else 0
+            n = 0
             while i < nblocks:
-                block = self._block(i)
+                block = self._block(i, n < SCAN_FILL_BLOCKS)
+                n += 1
                 keys = block[0]
                 lo = bisect_left(keys, start) if start is not None else 0
                 last = end is not None and end <= last_keys[i]
@@ -413,10 +435,12 @@ class TableReader:
                 i += 1
         else:
             i = nblocks - 1 if end is None else min(bisect_left(last_keys, end), nblocks - 1)
+            n = 0
             while i >= 0:
                 if start is not None and last_keys[i] < start:
                     return
-                block = self._block(i)
+                block = self._block(i, n < SCAN_FILL_BLOCKS)
+                n += 1
                 keys = block[0]
                 lo = bisect_left(keys, start) if start is not None else 0
                 hi = bisect_left(keys, end) if end is not None else len(keys)
@@ -431,26 +455,26 @@ class TableReader:
         for (keys, sks, vals, _, _), lo, hi in self._walk(start, end, reverse):
             yield from _visible(keys, sks, vals, lo, hi, limit, reverse)
 
-    def iter_live(self, start: bytes | None, end: bytes | None, reverse: bool,
-                  snapshot_seq: int) -> Iterator[tuple[bytes, bytes]]:
-        """(key, value) of live keys only: ``iter_visible`` without the
-        tombstones, for a scan this table serves alone. Plain blocks are
-        zipped at C speed."""
+    def live_chunks(self, start: bytes | None, end: bytes | None, reverse: bool,
+                    snapshot_seq: int) -> Iterator[list[tuple[bytes, bytes]]]:
+        """(key, value) of live keys only, one non-empty list per block:
+        ``iter_visible`` without the tombstones, for a scan this table
+        serves alone. Plain blocks are zipped at C speed."""
         limit = (snapshot_seq << 8) | 0xFF
         for (keys, sks, vals, plain, top), lo, hi in self._walk(start, end, reverse):
             if plain and top <= limit:
                 if lo or hi != len(keys):
                     keys, vals = keys[lo:hi], vals[lo:hi]
-                if reverse:
-                    yield from zip(reversed(keys), reversed(vals))
-                else:
-                    yield from zip(keys, vals)
+                part = list(zip(reversed(keys), reversed(vals))) if reverse else list(zip(keys, vals))
             else:
+                part = []
                 for k, kind, v in _visible(keys, sks, vals, lo, hi, limit, reverse):
                     if kind == _VALUE_KIND:
-                        yield k, v
+                        part.append((k, v))
                     elif kind == _TTL_KIND and (v := visible(kind, v)) is not None:
-                        yield k, v
+                        part.append((k, v))
+            if part:
+                yield part
 
     def iter_internal(self) -> Iterator[tuple[bytes, int, bytes]]:
         """Every record (key, seqkind, value) in internal order (compaction).

@@ -74,7 +74,7 @@ class TableWriter:
         # address the file's bytes directly).
         self._point: list[tuple[int, int, int, int, int]] | None = (
             [] if self._zstd is None and config.point_index else None)
-        self._flushed = self._tombstones = self._max_seq = 0
+        self._flushed = self._tombstones = self._expiring = self._max_seq = 0
         self._min_seq: int | None = None
         self._smallest: bytes | None = None
         self._last_key: bytes | None = None
@@ -173,6 +173,7 @@ class TableWriter:
             self._smallest = keys[0]
         self._flushed += len(keys)
         self._tombstones += kinds.count(Kind.DELETE)
+        self._expiring += kinds.count(Kind.VALUE_TTL)
         lo, hi = min(sks) >> 8, max(sks) >> 8
         self._min_seq = lo if self._min_seq is None else min(lo, self._min_seq)
         self._max_seq = max(hi, self._max_seq)
@@ -198,7 +199,7 @@ class TableWriter:
         min_seq = self._min_seq or 0
         props = {
             "entries": self._flushed, "distinct_keys": len(self._hashes),
-            "tombstones": self._tombstones, "smallest": smallest, "largest": largest,
+            "tombstones": self._tombstones, "expiring": self._expiring, "smallest": smallest, "largest": largest,
             "min_seq": min_seq, "max_seq": self._max_seq, "data_size": data_size,
             "index_size": len(index), "filter_size": len(filt),
             "compression": self._compression, "format_version": FORMAT_VERSION,

@@ -18,7 +18,7 @@ from lightning_db.storage.cache import LRUCache
 from lightning_db.storage.format import (BLOCK_TRAILER, FORMAT_VERSION, TABLE_FOOTER, TABLE_MAGIC,
                                          Kind, mask_crc, pack_seqkind)
 from lightning_db.storage.fs import OSFileSystem
-from lightning_db.storage.table import PROPS_FIELDS, TableReader, TableWriter
+from lightning_db.storage.table import PROPS_FIELDS, SCAN_FILL_BLOCKS, TableReader, TableWriter
 
 FS = OSFileSystem()
 V, D = int(Kind.VALUE), int(Kind.DELETE)
@@ -217,7 +217,8 @@ def test_block_cache_hits_and_evictions(tmp_path):
     r = TableReader.open(FS, str(tmp_path / "t.ldb"), 9, small)
     assert list(r.iter_visible(None, None, False, 1 << 30)) == [(k, V, v) for k, _, v in records]
     s = small.stats()
-    assert s["evictions"] >= nblocks - 3 and s["size"] <= 3000
+    # A scan caches its first SCAN_FILL_BLOCKS blocks only (evicting as it goes).
+    assert s["evictions"] >= SCAN_FILL_BLOCKS - 3 and s["size"] <= 3000
     r.close()
 
 
@@ -436,4 +437,35 @@ def test_precomputed_hash_and_deep_history(tmp_path):
         for i in range(40):
             k = b"key%03d" % i
             assert r.get(k, snap, key_hash(k)) == got.get(k)
+    r.close()
+
+
+def test_a_long_scan_caches_only_its_first_blocks(tmp_path):
+    records = [(b"%05d" % i, pack_seqkind(i + 1, V), b"v" * 40) for i in range(2000)]
+    write_table(tmp_path / "t.ldb", records, block_size=1024, point_index=False)
+    cache = LRUCache(1 << 20)
+    r = TableReader.open(FS, str(tmp_path / "t.ldb"), 9, cache)
+    assert r.props["block_count"] > 3 * SCAN_FILL_BLOCKS
+    assert len(list(r.iter_visible(None, None, False, 1 << 30))) == len(records)
+    assert cache.stats()["entries"] == SCAN_FILL_BLOCKS
+    assert len(list(r.iter_visible(None, None, True, 1 << 30))) == len(records)   # from the other end
+    assert cache.stats()["entries"] == 2 * SCAN_FILL_BLOCKS
+    r.get(records[1000][0], 1 << 30)          # a point read caches its block
+    assert cache.stats()["entries"] == 2 * SCAN_FILL_BLOCKS + 1
+    r.close()
+
+
+def test_plain_tables_say_so_in_their_props(tmp_path):
+    plain = [(b"%05d" % i, pack_seqkind(i + 1, V), b"v") for i in range(100)]
+    write_table(tmp_path / "p.ldb", plain)
+    r = TableReader.open(FS, str(tmp_path / "p.ldb"), 1, None)
+    assert r.props["expiring"] == 0 and r._plain_top == (100 << 8) | 0xFF
+    assert list(r.iter_visible(None, None, False, 1 << 30)) == [(k, V, v) for k, _, v in plain]
+    r.close()
+    two = [(b"a", pack_seqkind(5, V), b"new"), (b"a", pack_seqkind(2, V), b"old")]
+    write_table(tmp_path / "v.ldb", two)
+    r = TableReader.open(FS, str(tmp_path / "v.ldb"), 2, None)
+    assert r._plain_top is None            # two versions of one key: blocks are checked
+    assert list(r.live_chunks(None, None, False, 3)) == [[(b"a", b"old")]]
+    assert list(r.live_chunks(None, None, False, 9)) == [[(b"a", b"new")]]
     r.close()
