@@ -31,6 +31,7 @@ _DELETE = int(Kind.DELETE)
 _VALUE_TTL = int(Kind.VALUE_TTL)
 _MAX_TTL_S = 1e11                 # seconds: beyond year 5000, also as an absolute time
 _BYTESLIKE = (bytes, bytearray, memoryview)
+_JUST_BYTES = {bytes}
 
 
 def _type_error(what: str, obj: object) -> InvalidArgument:
@@ -54,6 +55,15 @@ class _Limits:
         if n == 0 or n > self.max_key:
             raise InvalidArgument(f"{what} must be 1 to {self.max_key} bytes (max_key_size), got {n} bytes")
         return key
+
+    def keys(self, keys: Iterable[Any]) -> list[bytes]:
+        """``key`` of each; a batch of plain ``bytes`` keys is checked in C."""
+        keys = list(keys)
+        if (keys and set(map(type, keys)) == _JUST_BYTES and min(map(len, keys)) > 0
+                and max(map(len, keys)) <= self.max_key):
+            return keys
+        key = self.key
+        return [key(k) for k in keys]
 
     def value(self, value: Any) -> bytes:
         if type(value) is not bytes:

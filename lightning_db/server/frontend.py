@@ -93,6 +93,7 @@ class Frontend:
         s = self.server.settings
         self._stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        self.server.loop_api = "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
         db = self.server.db
         if all(hasattr(db, a) for a in ("ring", "refs", "tokens", "_send_write")):
             self._sets = SetWriter(db, loop, self._pool)
@@ -284,6 +285,16 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop (libuv: less CPU per request than asyncio's own
+    loop, bench/RESULTS.md) where it is installed, else asyncio's (None)."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def settings_for(config: Any, **fields: Any) -> Settings:
     """Front-end settings whose limits follow the database's: a bulk string
     may be as long as the largest key or value, an incomplete request may
@@ -317,7 +328,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 os.close(args.ready_fd)
 
         try:
-            return asyncio.run(frontend.run(ready))
+            with asyncio.Runner(loop_factory=loop_factory()) as runner:
+                return runner.run(frontend.run(ready))
         except OSError as exc:
             log.error("cannot listen on %s:%d: %s", args.host, args.port, exc)
             return EXIT_USAGE

@@ -58,6 +58,7 @@ class ServerState:
              "total_net_input_bytes", "total_net_output_bytes", "keyspace_hits", "keyspace_misses",
              "total_error_replies", "unexpected_error_replies"), 0)
         self.fatal: BaseException | None = None     # the database is gone: the front end stops
+        self.loop_api = "asyncio"        # the event loop serving it: "uvloop" or "asyncio" (INFO)
 
     def next_client_id(self) -> int:
         """Ids unique across front ends: n * frontends + index."""

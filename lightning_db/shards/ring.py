@@ -50,7 +50,10 @@ class HashRing:
 
     def shards_of(self, keys: Iterable[bytes]) -> np.ndarray:
         """Vectorised ``shard_of`` for a batch of keys."""
-        hashes = np.fromiter((_hash(k) for k in keys), dtype=np.uint64)
+        keys = keys if isinstance(keys, list) else list(keys)
+        return self._owners_of(np.fromiter(map(_hash, keys), dtype=np.uint64, count=len(keys)))
+
+    def _owners_of(self, hashes: np.ndarray) -> np.ndarray:
         if self.shards == 1:
             return np.zeros(len(hashes), dtype=np.int32)
         idx = np.searchsorted(self._np_points, hashes, side="left")
@@ -59,10 +62,23 @@ class HashRing:
 
     def split(self, keys: Iterable[bytes]) -> dict[int, list[int]]:
         """Positions of *keys* grouped by shard, each group in input order."""
-        groups: dict[int, list[int]] = {}
-        for pos, s in enumerate(self.shards_of(list(keys)).tolist()):
-            groups.setdefault(s, []).append(pos)
-        return groups
+        return {s: pos.tolist() for s, pos in self.split_hashed(list(keys))[1].items()}
+
+    def split_hashed(self, keys: list[bytes]) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+        """(the keys' hashes, positions grouped by shard in input order): the
+        hashes are the storage's ``key_hash`` too, so a batch read passes
+        them on instead of hashing again."""
+        hashes = np.fromiter(map(_hash, keys), dtype=np.uint64, count=len(keys))
+        owners = self._owners_of(hashes)
+        if not owners.size:
+            return hashes, {}
+        first = int(owners[0])
+        if (owners == first).all():
+            return hashes, {first: np.arange(owners.size)}
+        order = np.argsort(owners, kind="stable")
+        ranked = owners[order]
+        cuts = (np.flatnonzero(ranked[1:] != ranked[:-1]) + 1).tolist()
+        return hashes, {int(ranked[lo]): order[lo:hi] for lo, hi in zip([0, *cuts], [*cuts, order.size])}
 
     def describe(self) -> dict[str, int]:
         return {"shards": self.shards, "vnodes": self.vnodes}

@@ -356,33 +356,40 @@ class ShardRouter(Transactional, MappingSugar):
 
     def _get_many(self, keys: Iterable[Any], seqs: Sequence[int] | None,
                   incs: Sequence[int | None] | None = None) -> list[bytes | None]:
-        lk = self._limits.key
-        keys = [lk(k) for k in keys]
+        keys = self._limits.keys(keys)
         if not keys:
             return []
         # This process's writes still in flight, taken before the shards are
         # read: one answered meanwhile is then in what the shards return.
         overlay = self._pipe.overlay if seqs is None else None
         mine = {i: w for i, k in enumerate(keys) if (w := overlay.get(k)) is not None} if overlay else {}
-        groups = self.ring.split(keys)
-        answers: dict[int, Any] = {}
+        hashes, groups = self.ring.split_hashed(keys)
+        parts: dict[int, tuple[list[int], list[bytes], Any]] = {}
         for s, pos in groups.items():
+            if len(groups) == 1:
+                parts[s] = (list(range(len(keys))), keys, hashes)
+            else:
+                at = pos.tolist()
+                parts[s] = (at, list(map(keys.__getitem__, at)), hashes[pos])
+        answers: dict[int, Any] = {}
+        for s, (_, sub, subh) in parts.items():
             if seqs is None:
-                v = self._shared(s, "get_many", [keys[i] for i in pos])
+                v = self._shared(s, "get_many", sub, None, None, subh)
             elif incs is not None and incs[s] is not None:
-                v = self._shared(s, "get_many", [keys[i] for i in pos], seqs[s], incs[s])
+                v = self._shared(s, "get_many", sub, seqs[s], incs[s], subh)
             else:
                 continue
             if v is not UNAVAILABLE:
                 answers[s] = v
-        ask = {s: [[keys[i] for i in pos], None if seqs is None else seqs[s]]
-               for s, pos in groups.items() if s not in answers}
+        ask = {s: [sub, None if seqs is None else seqs[s]] for s, (_, sub, _) in parts.items() if s not in answers}
         if ask:
             answers.update(self._ask_all("get_many", ask, idempotent=True))
-        out: list[bytes | None] = [None] * len(keys)
-        for s, pos in groups.items():
-            for i, v in zip(pos, answers[s]):
-                out[i] = v
+        if len(parts) == 1:
+            out = list(answers.popitem()[1])
+        else:
+            out = [None] * len(keys)
+            for s, (at, _, _) in parts.items():
+                list(map(out.__setitem__, at, answers[s]))
         for i, (kind, value, _) in mine.items():
             out[i] = visible(kind, value)
         return out

@@ -73,10 +73,10 @@ class KeyBatch:
     __slots__ = ("_arr", "_lens", "_mat", "_new", "hashes", "keys", "kinds", "pending", "points", "pos",
                  "todo", "vals")
 
-    def __init__(self, keys: Sequence[bytes]) -> None:
+    def __init__(self, keys: Sequence[bytes], hashes: np.ndarray | None = None) -> None:
         n = len(keys)
         self.keys = keys
-        self.hashes = np.fromiter(map(key_hash, keys), dtype=np.uint64, count=n)
+        self.hashes = np.fromiter(map(key_hash, keys), dtype=np.uint64, count=n) if hashes is None else hashes
         self.pending = np.ones(n, dtype=bool)
         self.todo = np.arange(n)
         self._arr: np.ndarray | None = None
@@ -292,12 +292,13 @@ def _route(b: KeyBatch, files: Sequence[Any], largest: list[bytes]) -> tuple[np.
     return fi[ok], todo[ok]
 
 
-def _collect(mems: Sequence[Any], version: Version, keys: Sequence[bytes], seq: int) -> KeyBatch:
+def _collect(mems: Sequence[Any], version: Version, keys: Sequence[bytes], seq: int,
+             hashes: np.ndarray | None = None) -> KeyBatch:
     """Every source in lookup order, each for the keys still unresolved;
     then the point-index records found are verified for the whole batch,
     and a key whose record turns out to hold another key is looked up
     alone."""
-    b = KeyBatch(keys)
+    b = KeyBatch(keys, hashes)
     _ask(b, mems, version, keys, seq)
     if b.points:
         twins = check_points(b, b.points)
@@ -360,16 +361,18 @@ def lookup_many(mems: Sequence[Any], version: Version, keys: Sequence[bytes],
     return out
 
 
-def values_many(mems: Sequence[Any], version: Version, keys: Sequence[bytes], seq: int) -> list[Any]:
+def values_many(mems: Sequence[Any], version: Version, keys: Sequence[bytes], seq: int,
+                hashes: np.ndarray | None = None) -> list[Any]:
     """The value of each key as ``lookup_many`` finds it, None for a key
-    that is missing or deleted (``get_many``)."""
+    that is missing or deleted (``get_many``). *hashes*: ``key_hash`` of
+    each key, where the caller has them already (uint64 array)."""
     if len(keys) < max(MIN_BATCH, 1):
         out = []
         for k in keys:
             r = lookup(mems, version, k, seq)
             out.append(None if r is None else r[1] if r[0] == _VALUE else visible(*r))
         return out
-    b = _collect(mems, version, keys, seq)
+    b = _collect(mems, version, keys, seq, hashes)
     out = [None] * len(keys)
     if b.pos:
         if _DELETE in b.kinds or VALUE_TTL in b.kinds:

@@ -112,6 +112,7 @@ def test_command_config_info(server, r):
     r.mset({"i1": "a", "i2": "b"})
     info = r.info()
     assert info["redis_version"] and info["connected_clients"] >= 1 and info["role"] == "master"
+    assert info["multiplexing_api"] == "uvloop"      # a dependency: the front ends run on its loop
     assert r.info("keyspace") == {"db0": {"keys": 2}}
     assert r.info("stats")["total_commands_processed"] > 0
 

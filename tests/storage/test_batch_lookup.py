@@ -347,3 +347,18 @@ def test_a_damaged_segment_reference_raises_like_get(tmp_path):
     finally:
         r.close()
         m.close()
+
+
+def test_the_ring_hashes_keys_as_the_storage_does() -> None:
+    # get_many hands the ring's hashes to the shards' batch lookups.
+    from lightning_db.shards import ring
+    from lightning_db.storage.bloom import key_hash
+    keys = [b"a", b"key-1", bytes(range(40))]
+    assert [ring._hash(k) for k in keys] == [key_hash(k) for k in keys]
+    r = ring.HashRing(3)
+    hashes, groups = r.split_hashed(keys + keys)
+    assert hashes.tolist() == [key_hash(k) for k in keys + keys]
+    assert sorted(i for pos in groups.values() for i in pos.tolist()) == list(range(6))
+    assert {s: pos.tolist() for s, pos in groups.items()} == r.split(keys + keys)
+    for s, pos in groups.items():
+        assert all(r.shard_of((keys + keys)[i]) == s for i in pos.tolist())
