@@ -10,7 +10,8 @@ Two-phase commit (``two_phase``): prepare everywhere (fsynced; each
 participant also validates the transaction's check and takes its keys as
 intents, storage/txn.py); any failure -> abort every participant, raise.
 Else commit on the primary with remember=True (the durable decision),
-commit on the others, then forget on the primary. Commits are always
+commit on the others, then forget on the primary (sent without waiting for
+its answer: ``settle_forgets`` checks it later, and closing waits for it). Commits are always
 synced: a lost commit record on a participant whose primary already forgot
 would otherwise be resolved as an abort. A participant that only validates
 reads (a serializable transaction's) prepares with no ops: its read intents
@@ -52,7 +53,7 @@ from .resolve import _quiet, _send
 if TYPE_CHECKING:
     from .router import ShardRouter
 
-__all__ = ["commit_transaction", "make_txid", "settle_commit", "settle_marked", "two_phase"]
+__all__ = ["commit_transaction", "make_txid", "settle_commit", "settle_forgets", "settle_marked", "two_phase"]
 
 Op = tuple[int, bytes, bytes]
 
@@ -71,6 +72,8 @@ def _quiet_call(fn: Any) -> Any:
 def two_phase(router: "ShardRouter", parts: dict[int, list[Op]], checks: dict[int, list[Any]] | None = None) -> None:
     """Apply *parts* (shard -> ops, two shards or more; or one writing
     shard with read-only participants in *checks*) atomically."""
+    if router.forgets:
+        settle_forgets(router, False)
     checks = checks or {}
     shards = sorted(set(parts) | set(checks))
     primary = min(parts)
@@ -107,8 +110,23 @@ def two_phase(router: "ShardRouter", parts: dict[int, list[Op]], checks: dict[in
     # is in its WAL), so the batch is whole when this call returns.
     if all([settle_commit(router, txid, s) for s in failed]):
         router.gate.unmark(marker)
-        _quiet_call(lambda: router._retry(lambda: router._ask(primary, "forget", [txid])))
+        # Not waited for: the batch is whole already; the primary only stops
+        # keeping the decision (settle_forgets sends a failed one again).
+        router.forgets.append((primary, txid, _send(refs[primary], "forget", [txid], timeout)))
     # else: still unreachable; a snapshot or resolve_in_doubt commits the rest later
+
+
+def settle_forgets(router: "ShardRouter", wait: bool) -> None:
+    """The forgets ``two_phase`` sent without waiting: drop the answered
+    ones, send a failed one again (retried until its primary answers or the
+    deadline passes); with *wait* (closing), wait for every one."""
+    queue = router.forgets
+    for _ in range(len(queue)):
+        primary, txid, fut = queue.popleft()
+        if not (wait or fut.done()):
+            queue.append((primary, txid, fut))
+        elif isinstance(_quiet(fut), LightningError):
+            _quiet_call(lambda: router._retry(lambda: router._ask(primary, "forget", [txid])))
 
 
 def settle_commit(router: "ShardRouter", txid: bytes, shard: int) -> bool:

@@ -45,6 +45,7 @@ from __future__ import annotations
 import os
 import time
 from itertools import chain
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
@@ -61,7 +62,7 @@ from ..supervisor.breaker import CircuitBreaker
 from ..supervisor.retry import Backoff, retry
 from ..transaction import Transactional
 from .combine import WriteCombiner
-from .coordinator import commit_transaction, two_phase
+from .coordinator import commit_transaction, settle_forgets, two_phase
 from .gate import CommitGate
 from .pipeline import TokenSource, WritePipeline
 from .resolve import _quiet, _send, resolve_in_doubt, txid_pid
@@ -126,6 +127,8 @@ class ShardRouter(Transactional, MappingSugar):
         self._closed = False
         self._snapshots: set[ShardSnapshot] = set()
         self.retries = 0            # transient failures retried by this router (metrics, tests)
+        # (primary, txid, future) of forgets sent without waiting (coordinator.py)
+        self.forgets: deque[tuple[int, bytes, Future]] = deque()
         # Point calls (get, single-shard writes, scan pages) go through a
         # breaker per shard and wait at most ATTEMPT_TIMEOUT per attempt: a
         # shard that keeps timing out (a hung worker) opens its breaker and
@@ -548,6 +551,7 @@ class ShardRouter(Transactional, MappingSugar):
         try:
             self._pipe.close()
         finally:
+            settle_forgets(self, True)
             for s in list(self._snapshots):
                 s.close()
             self._closed = True

@@ -24,7 +24,9 @@ import contextlib
 import heapq
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
+from itertools import repeat
+from operator import and_
+from typing import Any, Callable, Iterable, Iterator
 
 from ..config import Config
 from ..errors import LightningError
@@ -224,6 +226,33 @@ def write_tables(fs, dirname: str, config: Config, records: Iterator[tuple[bytes
         raise
     counts["bytes_written"] = sum(f.file_size for f in outputs)
     return outputs, counts
+
+
+def write_flush(fs, dirname: str, config: Config, mem: Any, smallest_snapshot: int,
+                new_number: Callable[[], int]) -> tuple[list[FileMeta], dict[str, int]]:
+    """``write_tables`` for a flush of memtable *mem* to L0. A memtable with
+    one version per key and no expiring value (the common case) has nothing
+    to drop or expire: its records go into one table in bulk
+    (``TableWriter.add_many``); any other goes record by record."""
+    lists = mem.newest_lists()
+    if lists is None or VALUE_TTL in set(map(and_, lists[1], repeat(0xFF))):
+        return write_tables(fs, dirname, config, merge_internal([mem.iter_internal()]), smallest_snapshot,
+                            None, new_number, cut=False)
+    keys, sks, vals = lists
+    n = len(keys)
+    counts = {"read": n, "dropped": 0, "written": n, "bytes_written": 0, "expired": 0, "expiring": 0}
+    if not n:
+        return [], counts
+    number = new_number()
+    writer = TableWriter(fs, os.path.join(dirname, table_name(number)), config)
+    try:
+        writer.add_many(keys, sks, vals)
+        out = _finish(writer, number)
+    except BaseException:
+        writer.abandon()
+        raise
+    counts["bytes_written"] = out.file_size
+    return [out], counts
 
 
 def discard(fs, dirname: str, outputs: list[FileMeta]) -> None:

@@ -479,9 +479,8 @@ class Engine(Participant):
         """Background thread: write the oldest immutable memtable to L0."""
         mem, wal = imm
         smallest = self._smallest_snapshot()
-        outputs, counts = compaction.write_tables(
-            self.fs, self.path, self.config, compaction.merge_internal([mem.iter_internal()]),
-            smallest, None, self._new_number, cut=False)
+        outputs, counts = compaction.write_flush(self.fs, self.path, self.config, mem, smallest,
+                                                 self._new_number)
         with self._mutex:
             sv = self._sv
             assert sv.imms and sv.imms[-1] is imm

@@ -306,6 +306,31 @@ class Memtable:
                 yield key, seqkind, mm[p:p + vlen]
                 ref = prev
 
+    def newest_lists(self) -> tuple[list[bytes], list[int], list[bytes]] | None:
+        """(keys, seqkinds, values) of every record, key ascending, when each
+        key has one version only (else None: ``iter_internal``). Headers are
+        gathered in numpy, values sliced in C: flush's bulk path."""
+        if self._count != len(self._index):
+            return None
+        keys = self._sorted_keys()
+        n = len(keys)
+        if n != self._count:
+            return None
+        index, slots = self._index, self._slots
+        off = np.fromiter(map(slots.__getitem__, map(index.__getitem__, keys)), dtype=np.int64, count=n)
+        off += self._base - 1                     # records start 8-aligned (sizes are rounded up)
+        mv = self._mv
+        words32 = np.frombuffer(mv, dtype=np.uint32, count=len(mv) // 4)
+        words64 = np.frombuffer(mv, dtype=np.uint64, count=len(mv) // 8)
+        klen = words32[off >> 2].astype(np.int64)
+        vlen = words32[(off >> 2) + 1].astype(np.int64)
+        sks = words64[(off >> 3) + 1].tolist()
+        del words32, words64                      # no export of the mapping outlives the call
+        vstart = off + 24 + klen
+        mm = self._mm
+        vals = list(map(mm.__getitem__, map(slice, vstart.tolist(), (vstart + vlen).tolist())))
+        return keys, sks, vals
+
     # --- accounting ---------------------------------------------------------------
     @property
     def entries(self) -> int:

@@ -7,13 +7,13 @@ All I/O goes through the ``fs`` seam.
 
 from __future__ import annotations
 
-from array import array
 from dataclasses import dataclass
-from itertools import repeat
-from operator import and_
+from itertools import islice, repeat
+from operator import and_, lt, ne
 from typing import Any
 
 import msgpack
+import numpy as np
 import zstandard
 from crc32c import crc32c
 
@@ -69,10 +69,11 @@ class TableWriter:
         self._offset = 0
         self._ix: tuple[list, list, list] = ([], [], [])   # last_keys, offsets, sizes
         self._hashes: list[int] = []
-        # Point-index entries (hash, file offset, span, kind, crc) of the newest
-        # version of each key; only for uncompressed tables (offsets must
-        # address the file's bytes directly).
-        self._point: list[tuple[int, int, int, int, int]] | None = (
+        # Point-index entries of the newest version of each key, a block at
+        # a time: (file offsets, spans, kinds, crcs), in the order of
+        # ``_hashes``; only for uncompressed tables (offsets must address the
+        # file's bytes directly).
+        self._point: list[tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]] | None = (
             [] if self._zstd is None and config.point_index else None)
         self._flushed = self._tombstones = self._expiring = self._max_seq = 0
         self._min_seq: int | None = None
@@ -114,25 +115,61 @@ class TableWriter:
         self._vals.append(value)
         self._pending += len(key) + len(value) + _ENTRY_OVERHEAD
 
+    def add_many(self, keys: list[bytes], sks: list[int], vals: list[bytes]) -> None:
+        """``add`` for each record, with one version per key (keys strictly
+        ascending, after every key added so far): the same table, with the
+        block cuts found in numpy instead of record by record."""
+        n = len(keys)
+        if self._done:
+            raise ValueError(f"table writer for {self.path} is already finished")
+        if not n:
+            return
+        last = self._last_key
+        if (last is not None and keys[0] <= last) or not all(map(lt, keys, islice(keys, 1, None))):
+            for k, sk, v in zip(keys, sks, vals):       # add says what is out of order
+                self.add(k, sk, v)
+            return
+        self._hashes += map(key_hash, keys)
+        size = (np.fromiter(map(len, keys), dtype=np.int64, count=n)
+                + np.fromiter(map(len, vals), dtype=np.int64, count=n) + _ENTRY_OVERHEAD)
+        ends = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(size, out=ends[1:])
+        bs = self._block_size
+        i = 0
+        while i < n:
+            if self._pending >= bs:                     # a new key after a full block: cut
+                self._flush()
+            j = min(n, int(ends.searchsorted(ends[i] + bs - self._pending, "left")))
+            self._keys += keys[i:j]
+            self._sks += sks[i:j]
+            self._vals += vals[i:j]
+            self._block_distinct += j - i
+            self._pending += int(ends[j] - ends[i])
+            i = j
+        self._last_key, self._last_sk = keys[-1], sks[-1]
+
     def _index_points(self, payload: bytes, block_off: int, keys: list[bytes], sks: list[int],
                       vals: list[bytes]) -> None:
         """Record where the newest version of each key of this block sits in
-        the file, for the point index (see format.py). The block's distinct
-        keys are the last entries of ``_hashes``, in order."""
-        n2 = 2 * len(keys)
+        the file, for the point index (see format.py): the records' spans
+        follow from the key and value lengths (msgpack bin headers), their
+        crcs are taken in one pass."""
+        n = len(keys)
+        n2 = 2 * n
         rel = 1 + (1 if n2 < 16 else 3 if n2 < 65536 else 5)     # [ kvs-array-header ...
+        kl = np.fromiter(map(len, keys), dtype=np.int64, count=n)
+        vl = np.fromiter(map(len, vals), dtype=np.int64, count=n)
+        span = _bin_header(kl) + kl + _bin_header(vl) + vl
+        end = np.cumsum(span) + rel
+        kinds = np.fromiter(map(and_, sks, repeat(0xFF)), dtype=np.uint64, count=n)
+        if self._block_distinct != n:                           # older versions too: the first of each key
+            first = np.ones(n, dtype=bool)
+            first[1:] = np.fromiter(map(ne, keys[1:], keys), dtype=bool, count=n - 1)
+            span, end, kinds = span[first], end[first], kinds[first]
+        start = end - span
         view = memoryview(payload)
-        append = self._point.append
-        hashes = iter(self._hashes[len(self._hashes) - self._block_distinct:])
-        prev = None
-        for k, sk, v in zip(keys, sks, vals):
-            kl, vl = len(k), len(v)
-            span = ((2 if kl < 256 else 3 if kl < 65536 else 5) + kl
-                    + (2 if vl < 256 else 3 if vl < 65536 else 5) + vl)
-            if k != prev:                                        # the newest version of k
-                append((next(hashes), block_off + rel, span, sk & 0xFF, crc32c(view[rel:rel + span])))
-                prev = k
-            rel += span
+        crcs = [crc32c(view[a:b]) for a, b in zip(start.tolist(), end.tolist())]
+        self._point.append((start + block_off, span, kinds, crcs))  # type: ignore[union-attr]
 
     def _encode(self, payload: bytes, compress: bool) -> bytes:
         comp = _NONE
@@ -181,6 +218,20 @@ class TableWriter:
         self._pending = 0
         self._block_distinct = 0
 
+    def _point_index(self) -> bytes:
+        """The point index over every block's entries: slot words A = offset
+        | kind << 40 | (hash >> 41) << 41, B = span | crc << 32."""
+        parts = self._point or []
+        hashes = np.array(self._hashes, dtype=np.uint64)
+        off = np.concatenate([p[0] for p in parts]).astype(np.uint64)
+        span = np.concatenate([p[1] for p in parts]).astype(np.uint64)
+        kinds = np.concatenate([p[2] for p in parts])
+        crcs = np.array([c for p in parts for c in p[3]], dtype=np.uint64)
+        if not hashes.size == off.size == crcs.size:
+            raise AssertionError("point index entries do not match the table's keys")
+        a = off | (kinds << np.uint64(40)) | ((hashes >> np.uint64(41)) << np.uint64(41))
+        return build_point_index(hashes, a, span | (crcs << np.uint64(32)))
+
     def finish(self) -> TableMeta:
         """Write filter, props, index and footer; sync and close the file."""
         if self._done:
@@ -192,7 +243,7 @@ class TableWriter:
         index = self._encode(msgpack.packb(list(self._ix)), True)
         filt = self._encode(build_filter(self._hashes, self._bits_per_key), False)
         filter_off = self._write(filt)
-        pindex = self._encode(build_point_index(self._point), False) if self._point else b""
+        pindex = self._encode(self._point_index(), False) if self._point else b""
         if pindex:
             self._write(pindex)
         smallest, largest = self._smallest or b"", self._last_key or b""
@@ -228,18 +279,40 @@ class TableWriter:
                 pass
 
 
-def build_point_index(points: list[tuple[int, int, int, int, int]]) -> bytes:
-    """Open-addressing table (linear probing, load <= 0.75) of 16-byte slots:
-    A = offset | kind << 40 | (hash >> 41) << 41, B = span | crc << 32."""
+def build_point_index(hashes: np.ndarray, a: np.ndarray, b: np.ndarray) -> bytes:
+    """Open-addressing table (linear probing, load <= 0.75) of 16-byte slots
+    (A, B words, uint64 each) holding the entries with *hashes*, placed in
+    numpy rounds: each round every entry not yet placed tries its current
+    slot, the first of those trying a free slot takes it, the rest move one
+    slot on. Every slot an entry passed was taken when it passed, so a
+    probe from its home slot meets it before an empty slot, as with
+    entries inserted one by one."""
+    n = hashes.size
     nslots = 8
-    while nslots * 3 < len(points) * 4:
+    while nslots * 3 < n * 4:
         nslots *= 2
     mask = nslots - 1
-    slots = [0] * (2 * nslots)
-    for h, off, span, kind, crc in points:
-        i = (h & mask) << 1
-        while slots[i]:
-            i = (i + 2) & (2 * mask + 1)
-        slots[i] = off | (kind << 40) | ((h >> 41) << 41)
-        slots[i + 1] = span | (crc << 32)
-    return array("Q", slots).tobytes()
+    out = np.zeros(2 * nslots, dtype=np.uint64)
+    taken = np.zeros(nslots, dtype=bool)
+    slot = np.empty(n, dtype=np.int64)
+    pos = (hashes & np.uint64(mask)).astype(np.int64)
+    todo = np.arange(n)
+    while todo.size:
+        p = pos[todo]
+        free = ~taken[p]
+        won, first = np.unique(p[free], return_index=True)
+        winners = todo[free][first]
+        taken[won] = True
+        slot[winners] = won
+        left = np.ones(todo.size, dtype=bool)
+        left[np.flatnonzero(free)[first]] = False
+        todo = todo[left]
+        pos[todo] = (pos[todo] + 1) & mask
+    out[2 * slot] = a
+    out[2 * slot + 1] = b
+    return out.tobytes()
+
+
+def _bin_header(n: np.ndarray) -> np.ndarray:
+    """msgpack bin header sizes for payload lengths *n*."""
+    return np.where(n < 256, 2, np.where(n < 65536, 3, 5))

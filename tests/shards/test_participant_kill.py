@@ -185,6 +185,9 @@ def test_participant_killed_at_every_step_leaves_all_or_nothing(tmp_path, monkey
         #    database again: the coordinator finished (or undid) the batch itself.
         reads = {"caller, after the restart": _state(db.get_many(KEYS))}
         doubt = {"after the restart": _in_doubt(db)}
+        # A forget that met the dead primary goes again at the caller's next
+        # batch or when it closes (settle_forgets); settle it now.
+        coordinator.settle_forgets(db, True)
         kept = db.refs[0].ask("decided", [killer.txid], 30).result(30)   # a decision nobody forgot
 
         # 2. In-doubt resolution (a new open settles what is in doubt), read through both handles.

@@ -423,3 +423,41 @@ def test_two_phase_commit_steps_are_not_retried():
         r.put_many({k: b"v" for k in keys})
     assert refs[0].asks.count("prepare") == 1 and "commit" not in refs[0].asks + refs[1].asks
     assert refs[0].asks.count("abort") == 1 and refs[1].asks.count("abort") == 1
+
+
+def test_forgets_go_out_without_waiting_and_closing_waits_for_them(fresh):
+    r = fresh.router()
+    keys = keys_on_distinct_shards(fresh.ring, b"fg")
+    txids: list[bytes] = []
+    r.forgets = _Recording(r.forgets, txids)
+    try:
+        for i in range(5):
+            r.put_many({k: b"%d" % i for k in keys})
+        assert len(txids) == 5                      # each batch left its forget to be checked later
+        assert len(r.forgets) <= 5
+    finally:
+        r.close()
+    assert not r.forgets                            # closing settled every one
+    for t in txids:                                 # and the primary (the lowest shard) keeps no decision
+        assert fresh.refs[0].ask("decided", [t], T).result() is False
+
+
+class _Recording:
+    """A deque that also records the txid of each forget appended."""
+
+    def __init__(self, dq, seen):
+        self._dq, self._seen = dq, seen
+
+    def append(self, item):                         # settle_forgets puts back the unanswered ones
+        if item[1] not in self._seen:
+            self._seen.append(item[1])
+        self._dq.append(item)
+
+    def __getattr__(self, name):
+        return getattr(self._dq, name)
+
+    def __len__(self):
+        return len(self._dq)
+
+    def __bool__(self):
+        return bool(self._dq)

@@ -344,3 +344,26 @@ def test_segment_reader_from_spawned_process(tmp_path):
     assert got == expect
     assert mt.get(keys[1], seq) is not None             # the writer's mmap stayed open
     mt.close()
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.binary(min_size=1, max_size=40), st.binary(max_size=300), st.sampled_from([V, D])),
+                max_size=120))
+def test_newest_lists_is_iter_internal_when_each_key_has_one_version(tmp_path, rows):
+    m = Memtable(OSFileSystem(), str(tmp_path / "n.seg"), 9, CAP)
+    try:
+        fit = []
+        for k, v, kind in rows:
+            if not m.fits(len(k) + len(v)):
+                break
+            m.add(len(fit) + 1, kind, k, b"" if kind == D else v)
+            fit.append(k)
+        got = m.newest_lists()
+        if len(set(fit)) == len(fit):
+            want = list(m.iter_internal())
+            assert got is not None
+            assert list(zip(*got)) == [(k, sk, bytes(v)) for k, sk, v in want]
+        else:                                   # a key written twice: the record by record path
+            assert got is None
+    finally:
+        m.close()

@@ -469,3 +469,44 @@ def test_plain_tables_say_so_in_their_props(tmp_path):
     assert list(r.live_chunks(None, None, False, 3)) == [[(b"a", b"old")]]
     assert list(r.live_chunks(None, None, False, 9)) == [[(b"a", b"new")]]
     r.close()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.binary(min_size=1, max_size=300), st.binary(max_size=2000), st.sampled_from([V, D])),
+                max_size=300, unique_by=lambda r: r[0]),
+       st.integers(0, 300), st.sampled_from([256, 1024, 4096]))
+def test_add_many_writes_the_table_add_writes(tmp_path_factory, rows, split, block_size):
+    rows.sort()
+    records = [(k, pack_seqkind(i + 1, kind), b"" if kind == D else v) for i, (k, v, kind) in enumerate(rows)]
+    d = tmp_path_factory.mktemp("many")
+    one = write_table(d / "one.ldb", records, block_size=block_size)
+    w = TableWriter(FS, str(d / "many.ldb"), Config(block_size=block_size))
+    head, tail = records[:split], records[split:]
+    for r in head[:3]:                              # some one by one, then in bulk (twice)
+        w.add(*r)
+    for part in (head[3:], tail):
+        w.add_many([r[0] for r in part], [r[1] for r in part], [r[2] for r in part])
+    many = w.finish()
+    assert (d / "one.ldb").read_bytes() == (d / "many.ldb").read_bytes()
+    assert (one.entries, one.tombstones) == (many.entries, many.tombstones)
+
+
+def test_add_many_refuses_keys_out_of_order(tmp_path):
+    w = TableWriter(FS, str(tmp_path / "t.ldb"), Config())
+    w.add(b"m", pack_seqkind(1, V), b"")
+    with pytest.raises(ValueError, match="out of order"):
+        w.add_many([b"a"], [pack_seqkind(2, V)], [b""])
+    with pytest.raises(ValueError, match="out of order"):
+        w.add_many([b"x", b"w"], [pack_seqkind(3, V), pack_seqkind(4, V)], [b"", b""])
+    w.abandon()
+
+
+def test_the_point_index_finds_every_key_and_no_other(tmp_path):
+    records = [(b"%08d" % i, pack_seqkind(i + 1, V), b"v%d" % i) for i in range(0, 60000, 3)]
+    write_table(tmp_path / "t.ldb", records)
+    r = TableReader.open(FS, str(tmp_path / "t.ldb"), 1, None)
+    assert r._pslots is not None
+    for k, _, v in records:
+        assert r.get(k, 1 << 30) == (V, v)
+    assert all(r.get(b"%08d" % i, 1 << 30) is None for i in range(1, 60000, 3))
+    r.close()
