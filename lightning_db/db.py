@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import os
 import time
-from itertools import islice
+from itertools import islice, repeat
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 from .config import Config
@@ -32,6 +33,8 @@ _VALUE_TTL = int(Kind.VALUE_TTL)
 _MAX_TTL_S = 1e11                 # seconds: beyond year 5000, also as an absolute time
 _BYTESLIKE = (bytes, bytearray, memoryview)
 _JUST_BYTES = {bytes}
+_JUST_TUPLE, _JUST_TWO = {tuple}, {2}
+_first, _second = itemgetter(0), itemgetter(1)
 
 
 def _type_error(what: str, obj: object) -> InvalidArgument:
@@ -64,6 +67,19 @@ class _Limits:
             return keys
         key = self.key
         return [key(k) for k in keys]
+
+    def value_ops(self, pairs: Iterable[Any]) -> list[tuple[int, bytes, bytes]]:
+        """(VALUE, key, value) of each (key, value) pair, checked; a batch of
+        plain ``bytes`` pairs is checked in C."""
+        pairs = list(pairs)
+        if pairs and set(map(type, pairs)) == _JUST_TUPLE and set(map(len, pairs)) == _JUST_TWO:
+            keys, vals = list(map(_first, pairs)), list(map(_second, pairs))
+            if (set(map(type, keys)) == _JUST_BYTES and set(map(type, vals)) == _JUST_BYTES
+                    and min(map(len, keys)) > 0 and max(map(len, keys)) <= self.max_key
+                    and max(map(len, vals)) <= self.max_value):
+                return list(zip(repeat(_VALUE), keys, vals))
+        key, value = self.key, self.value
+        return [(_VALUE, key(k), value(v)) for k, v in pairs]
 
     def value(self, value: Any) -> bytes:
         if type(value) is not bytes:

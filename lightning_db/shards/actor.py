@@ -389,6 +389,9 @@ class ShardActor(Actor):
         (txid,) = _shape(p, 1, "forget")
         self._engine().forget(_txid(txid))
 
+    def _sync(self, p: Any) -> None:
+        self._engine().sync_wal()
+
     def _flush(self, p: Any) -> None:
         self._engine().flush()
 
@@ -418,6 +421,6 @@ _HANDLERS = {
     "register": ShardActor._register,
     "txwrite": ShardActor._txwrite, "prepare": ShardActor._prepare, "commit": ShardActor._commit, "abort": ShardActor._abort,
     "in_doubt": ShardActor._in_doubt, "decided": ShardActor._decided, "forget": ShardActor._forget,
-    "flush": ShardActor._flush, "compact": ShardActor._compact, "checkpoint": ShardActor._checkpoint,
+    "sync": ShardActor._sync, "flush": ShardActor._flush, "compact": ShardActor._compact, "checkpoint": ShardActor._checkpoint,
     "stats": ShardActor._stats, "verify": ShardActor._verify,
 }

@@ -9,11 +9,14 @@ writes.
 Two-phase commit (``two_phase``): prepare everywhere (fsynced; each
 participant also validates the transaction's check and takes its keys as
 intents, storage/txn.py); any failure -> abort every participant, raise.
-Else commit on the primary with remember=True (the durable decision),
-commit on the others, then forget on the primary (sent without waiting for
-its answer: ``settle_forgets`` checks it later, and closing waits for it). Commits are always
-synced: a lost commit record on a participant whose primary already forgot
-would otherwise be resolved as an abort. A participant that only validates
+Else commit on the primary with remember=True (the durable decision,
+synced), then on the others (not synced: the decision covers them), then
+forget on the primary, later: a lost commit record on a participant whose
+primary already forgot would be resolved as an abort, so the forget waits
+until each other participant made a later record durable (a later
+prepare's fsync covers every record before it, or an explicit "sync" at
+close). ``settle_forgets`` sends the forgets that are due at each batch
+and every one at close, without waiting on the batch's critical path. A participant that only validates
 reads (a serializable transaction's) prepares with no ops: its read intents
 live in memory until the commit or abort releases them.
 
@@ -44,6 +47,7 @@ releases them.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -72,8 +76,6 @@ def _quiet_call(fn: Any) -> Any:
 def two_phase(router: "ShardRouter", parts: dict[int, list[Op]], checks: dict[int, list[Any]] | None = None) -> None:
     """Apply *parts* (shard -> ops, two shards or more; or one writing
     shard with read-only participants in *checks*) atomically."""
-    if router.forgets:
-        settle_forgets(router, False)
     checks = checks or {}
     shards = sorted(set(parts) | set(checks))
     primary = min(parts)
@@ -83,12 +85,16 @@ def two_phase(router: "ShardRouter", parts: dict[int, list[Op]], checks: dict[in
     def prepare(s: int) -> list[Any]:
         return [txid, parts.get(s, []), checks[s]] if s in checks else [txid, parts[s]]
 
+    sent = time.monotonic_ns()
     futs = [_send(refs[s], "prepare", prepare(s), timeout) for s in shards]
     errors = [r for r in map(_quiet, futs) if isinstance(r, LightningError)]
     if errors:
         abort_all(router, txid, shards)
         conflicts = [e for e in errors if isinstance(e, TransactionConflict)]
         raise (conflicts or errors)[0]
+    router.note_durable(parts, sent)        # each prepare that wrote was synced, and all before it
+    if router.forgets:
+        settle_forgets(router, False)       # earlier batches' forgets that this made due
     with router.gate.shared(timeout):       # the apply phase: no snapshot is cut inside it
         marker = router.gate.mark(txid, shards)
         try:
@@ -103,28 +109,47 @@ def two_phase(router: "ShardRouter", parts: dict[int, list[Op]], checks: dict[in
                 if isinstance(exc, InvalidArgument):   # aborted under us by resolve_in_doubt
                     raise TransactionConflict(f"batch {txid.hex()} was aborted by in-doubt resolution") from None
                 raise
-        rest = {s: _send(refs[s], "commit", [txid, True, False], timeout) for s in shards if s != primary}
+        rest = {s: _send(refs[s], "commit", [txid, False, False], timeout) for s in shards if s != primary}
         failed = [s for s, f in rest.items() if isinstance(_quiet(f), LightningError)]
+        committed = time.monotonic_ns()
     # The decision is durable at the primary: a participant that died
     # meanwhile is committed again once its worker is back (its PREPARE
     # is in its WAL), so the batch is whole when this call returns.
     if all([settle_commit(router, txid, s) for s in failed]):
         router.gate.unmark(marker)
-        # Not waited for: the batch is whole already; the primary only stops
-        # keeping the decision (settle_forgets sends a failed one again).
-        router.forgets.append((primary, txid, _send(refs[primary], "forget", [txid], timeout)))
+        # Later: the batch is whole already; the primary only stops keeping
+        # the decision, once the other commits are durable (settle_forgets).
+        router.forgets.append([primary, txid, committed, [s for s in parts if s != primary], None])
     # else: still unreachable; a snapshot or resolve_in_doubt commits the rest later
 
 
 def settle_forgets(router: "ShardRouter", wait: bool) -> None:
-    """The forgets ``two_phase`` sent without waiting: drop the answered
-    ones, send a failed one again (retried until its primary answers or the
-    deadline passes); with *wait* (closing), wait for every one."""
+    """Send the forgets that are due: a batch's once each other writing
+    participant made a record durable after its commit (``note_durable``),
+    and resend one that failed (retried until its primary answers or the
+    deadline passes). With *wait* (closing): ask the participants still
+    behind to sync, and wait for every forget. One whose participants stay
+    unreachable is dropped: its primary keeps the decision, which is safe."""
     queue = router.forgets
     for _ in range(len(queue)):
-        primary, txid, fut = queue.popleft()
+        entry = queue.popleft()
+        primary, txid, committed, others, fut = entry
+        if fut is None:
+            behind = [s for s in others if router.durable[s] <= committed]
+            if behind and wait:
+                for s in behind:
+                    asked = time.monotonic_ns()
+                    if not isinstance(_quiet_call(lambda s=s: router._retry(lambda: router._ask(s, "sync"))),
+                                      LightningError):
+                        router.note_durable([s], asked)
+                behind = [s for s in others if router.durable[s] <= committed]
+            if behind:
+                if not wait:
+                    queue.append(entry)
+                continue
+            fut = entry[4] = _send(router.refs[primary], "forget", [txid], router.timeout)
         if not (wait or fut.done()):
-            queue.append((primary, txid, fut))
+            queue.append(entry)
         elif isinstance(_quiet(fut), LightningError):
             _quiet_call(lambda: router._retry(lambda: router._ask(primary, "forget", [txid])))
 

@@ -45,6 +45,7 @@ from __future__ import annotations
 import os
 import time
 from itertools import chain
+from operator import itemgetter
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
@@ -79,6 +80,7 @@ SCAN_PAGE = 1024
 RETRY_ATTEMPTS, RETRY_BASE, RETRY_CAP = 8, 0.05, 1.0
 _VALUE = int(Kind.VALUE)
 _DELETE = int(Kind.DELETE)
+_op_key = itemgetter(1)
 Op = tuple[int, bytes, bytes]
 
 
@@ -124,11 +126,16 @@ class ShardRouter(Transactional, MappingSugar):
         self.timeout = timeout
         self._limits = _Limits(self.config)
         self._max_key = self.config.max_key_size
+        self._max_value = self.config.max_value_size
         self._closed = False
         self._snapshots: set[ShardSnapshot] = set()
         self.retries = 0            # transient failures retried by this router (metrics, tests)
-        # (primary, txid, future) of forgets sent without waiting (coordinator.py)
-        self.forgets: deque[tuple[int, bytes, Future]] = deque()
+        # Forgets of two-phase commits not yet settled (coordinator.py):
+        # [primary, txid, commit time, other writing shards, future or None].
+        self.forgets: deque[list[Any]] = deque()
+        # Per shard: the send time (monotonic ns) of the latest answered
+        # synced request, so every record written there before it is durable.
+        self.durable = [0] * len(self.refs)
         # Point calls (get, single-shard writes, scan pages) go through a
         # breaker per shard and wait at most ATTEMPT_TIMEOUT per attempt: a
         # shard that keeps timing out (a hung worker) opens its breaker and
@@ -207,14 +214,14 @@ class ShardRouter(Transactional, MappingSugar):
         self._pipe.barrier()        # after every pipelined write of this handle, in order
         if not ops:
             return
-        groups = self.ring.split([op[1] for op in ops])
+        _, groups = self.ring.split_hashed(list(map(_op_key, ops)))
         if len(groups) == 1:
             (s,) = groups
             self._combiner.write(s, ops, bool(sync))     # with other threads' writes to s (combine.py)
         else:
             # Blind writes: a batch that met a transaction's intents (the
             # TransactionConflict of a prepare) is simply tried again.
-            parts = {s: [ops[i] for i in pos] for s, pos in groups.items()}
+            parts = {s: list(map(ops.__getitem__, pos.tolist())) for s, pos in groups.items()}
             backoff = Backoff(attempts=RETRY_ATTEMPTS * 4, base=RETRY_BASE / 10, cap=RETRY_CAP,
                               deadline=time.monotonic() + self.timeout)
             while True:
@@ -236,13 +243,24 @@ class ShardRouter(Transactional, MappingSugar):
         finally:
             self.tokens.done(shard, token)
 
+    def note_durable(self, shards: Iterable[int], sent: int) -> None:
+        """A synced request sent at *sent* (monotonic ns) was answered by each of *shards*."""
+        durable = self.durable
+        for s in shards:
+            if durable[s] < sent:
+                durable[s] = sent
+
     def _two_phase(self, parts: dict[int, list[Op]]) -> None:
         two_phase(self, parts)
 
     # --- single keys ------------------------------------------------------------------------
     def put(self, key: Any, value: Any, sync: bool | None = None, *, ttl: float | None = None,
             expire_at: float | None = None) -> None:
-        if ttl is None and expire_at is None:
+        if (sync is None and type(key) is bytes and type(value) is bytes and 0 < len(key) <= self._max_key
+                and len(value) <= self._max_value and ttl is None and expire_at is None
+                and self._pipelined and not self._closed):      # the common case, checked inline
+            self._pipe.write(self.ring.shard_of(key), _VALUE, key, value)
+        elif ttl is None and expire_at is None:
             self._single(_VALUE, self._limits.key(key), self._limits.value(value), sync)
         else:
             self._single(*self._limits.op(key, value, ttl, expire_at), sync)
@@ -342,10 +360,9 @@ class ShardRouter(Transactional, MappingSugar):
 
     def put_many(self, items: Mapping[Any, Any] | Iterable[tuple[Any, Any]], sync: bool | None = None) -> None:
         """Store every pair atomically (one batch; 2PC when it spans shards)."""
-        lk, lv = self._limits.key, self._limits.value
         pairs = items.items() if isinstance(items, Mapping) else items
         try:
-            ops = [(_VALUE, lk(k), lv(v)) for k, v in pairs]
+            ops = self._limits.value_ops(pairs)
         except (TypeError, ValueError) as exc:
             if isinstance(exc, InvalidArgument):
                 raise

@@ -612,6 +612,15 @@ class Engine(Participant):
             return
 
     # --- maintenance (caller threads) ---------------------------------------------------
+    def sync_wal(self) -> None:
+        """Make every write so far durable (its WAL records), without a flush."""
+        with self._write_lock:
+            if self._write_error is not None or self._closed:
+                self._raise_write_error()
+            wal = self._sv.wal
+            target = wal.size
+        self._sync_through(wal, target)
+
     def flush(self) -> None:
         """Write the memtable (and any immutable ones) to L0 and wait."""
         with self._write_lock:

@@ -165,7 +165,10 @@ def test_participant_killed_at_every_step_leaves_all_or_nothing(tmp_path, monkey
         except LightningError as exc:             # a failed batch may have been applied or not
             raised = exc
         finally:
-            killer.armed = False
+            try:                                  # the forget goes out once the commits are durable
+                coordinator.settle_forgets(db, True)
+            finally:
+                killer.armed = False
         call = "acked" if raised is None else f"raised {type(raised).__name__}"
         case = f"{who} (shard {victim}) killed {STEPS[step]} [{step}]: batch {call}, sent {killer.sent}"
         assert killer.fired, f"{case}: the kill never fired"

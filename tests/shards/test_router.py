@@ -461,3 +461,48 @@ class _Recording:
 
     def __bool__(self):
         return bool(self._dq)
+
+
+def test_the_primary_forgets_only_once_the_other_commits_are_durable(fresh):
+    # The other participants' commits are not synced; a later prepare there
+    # (synced) makes them durable, and only then does the forget go out.
+    r = fresh.router()
+    keys = keys_on_distinct_shards(fresh.ring, b"dur")
+    try:
+        r.put_many({k: b"1" for k in keys})
+        (entry,) = list(r.forgets)
+        first = entry[1]
+        assert entry[3] == [1, 2] and entry[4] is None          # waiting for shards 1 and 2
+        assert fresh.refs[0].ask("decided", [first], T).result() is True
+        r.put_many({k: b"2" for k in keys})                     # prepares on 1 and 2: synced
+        assert first not in [e[1] for e in r.forgets if e[4] is None]
+        # The forget went out before this question, on the same connection.
+        assert fresh.refs[0].ask("decided", [first], T).result() is False
+        assert r.get_many(keys) == [b"2"] * len(keys)
+    finally:
+        r.close()
+    assert not r.forgets
+
+
+@pytest.mark.parametrize("bad, message", [
+    ([(b"k", "text")], "value must be bytes-like"),
+    ([(b"", b"v")], "key must be 1 to 64 bytes"),
+    ([(b"k" * 65, b"v")], "key must be 1 to 64 bytes"),
+    ([(b"k", b"v" * 257)], "value must be at most 256 bytes"),
+    ([(b"k", b"v", b"extra")], "put_many takes"),
+    ([b"kv"], "key must be bytes-like"),        # two bytes unpack as two ints
+])
+def test_put_many_checks_every_pair_and_writes_nothing_on_error(shared, bad, message):
+    r = shared.router()
+    try:
+        tag = os.urandom(4).hex().encode()
+        pairs = [(b"pm-%s-%d" % (tag, i), b"v") for i in range(50)] + bad
+        with pytest.raises(InvalidArgument, match=message):
+            r.put_many(pairs)
+        assert r.get_many([p[0] for p in pairs[:50]]) == [None] * 50
+        r.put_many(pairs[:50])                  # the fast path (plain bytes pairs) writes them all
+        assert r.get_many([p[0] for p in pairs[:50]]) == [b"v"] * 50
+        r.put_many([(bytearray(b"pm-ba"), memoryview(b"mv"))])     # bytes-like: the checked path
+        assert r.get(b"pm-ba") == b"mv"
+    finally:
+        r.close()
