@@ -167,3 +167,35 @@ def test_prepare_commit_at_every_crash_point_is_all_or_nothing(tmp_path):
         outcomes.add(state)
         eng.close()
     assert "in doubt" in outcomes and (None, None) in outcomes
+
+
+def test_an_unsynced_commit_is_made_durable_by_a_later_prepare(tmp_path):
+    # What the coordinator relies on before it lets the primary forget a
+    # decision (shards/coordinator.py): a participant's commit that is not
+    # synced can be lost to a power cut (the transaction is in doubt again,
+    # settled by asking the primary), and a later synced prepare makes it
+    # durable (sync_wal too).
+    fs = FaultInjectingFileSystem()
+    eng = Engine(str(tmp_path / "a"), Config(sync="never"), fs=fs)
+    eng.prepare(b"t1", [(V, b"k1", b"v1")])
+    eng.commit_prepared(b"t1", sync=False)
+    fs.power_loss()
+    eng = Engine(str(tmp_path / "a"), Config())
+    assert eng.in_doubt() == {b"t1": [(V, b"k1", b"v1")]} and eng.get(b"k1") is None
+    eng.close()
+
+    for make_durable in ("prepare", "sync_wal"):
+        fs = FaultInjectingFileSystem()
+        path = str(tmp_path / make_durable)
+        eng = Engine(path, Config(sync="never"), fs=fs)
+        eng.prepare(b"t1", [(V, b"k1", b"v1")])
+        eng.commit_prepared(b"t1", sync=False)
+        if make_durable == "prepare":
+            eng.prepare(b"t2", [(V, b"k2", b"v2")])
+        else:
+            eng.sync_wal()
+        fs.power_loss()
+        eng = Engine(path, Config())
+        assert eng.get(b"k1") == b"v1", make_durable
+        assert b"t1" not in eng.in_doubt(), make_durable
+        eng.close()
