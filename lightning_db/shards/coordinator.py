@@ -16,9 +16,10 @@ primary already forgot would be resolved as an abort, so the forget waits
 until each other participant made a later record durable (a later
 prepare's fsync covers every record before it, or an explicit "sync" at
 close). ``settle_forgets`` sends the forgets that are due at each batch
-and every one at close, without waiting on the batch's critical path. A participant that only validates
-reads (a serializable transaction's) prepares with no ops: its read intents
-live in memory until the commit or abort releases them.
+and every one at close, without waiting on the batch's critical path. A
+participant that only validates reads (a serializable transaction's)
+prepares with no ops: its read intents live in memory until the commit or
+abort releases them.
 
 A commit that spans shards holds the commit gate shared (gate.py) over
 its apply phase (two-phase commit: from the primary's commit to the last

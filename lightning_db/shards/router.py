@@ -11,8 +11,8 @@ come first from each shard's published version in shared memory
 (``storage/published.py``: get, get_many, scan, no message); a shard that is
 not serving is asked instead: get_many sends one ask per shard, a scan
 merges per-shard paged iterators (the next page is requested before the
-current one is consumed) with ``storage.scan.merge_chunks``, all read at one snapshot
-vector. put/delete are pipelined (``pipeline.py``).
+current one is consumed) with ``storage.scan.merge_chunks``, all read at
+one snapshot vector. put/delete are pipelined (``pipeline.py``).
 
 Cross-shard commits (two-phase commit for batches and transactions, the
 transaction commit paths) are in ``coordinator.py``, with this router as
@@ -44,11 +44,11 @@ from __future__ import annotations
 
 import os
 import time
-from itertools import chain
-from operator import itemgetter
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
+from itertools import chain
+from operator import itemgetter
 from typing import Any
 
 from ..actors import ActorRef

@@ -166,3 +166,21 @@ def test_restart_keeps_prepared(runtime_dir, tmp_path):
         assert ask(ref, "get", [b"p", None]) == b"1"
     finally:
         ref.stop()
+
+
+@pytest.mark.parametrize("bad", [
+    [True, b"ok-bad", b"v"], [1, b"", b"v"], [1, b"k" * 65, b"v"], [1, b"ok-bad", b"v" * 257],
+    [1, "ok-bad", b"v"], [1, b"ok-bad", "v"], [0, b"ok-bad", b"not empty"], [1, b"ok-bad"],
+])
+def test_a_batch_with_one_bad_op_writes_nothing(shard, bad):
+    # Plain value ops are checked together (in C); any other op, or one bad
+    # value op, takes the op-by-op check: the whole write is refused.
+    ref, _ = shard
+    good = [[1, b"ok-%03d" % i, b"v"] for i in range(20)]
+    with pytest.raises(InvalidArgument):
+        ask(ref, "write", [good[:10] + [bad] + good[10:], False])
+    assert ask(ref, "get_many", [[op[1] for op in good], None]) == [None] * 20
+    ask(ref, "write", [good, False])
+    assert ask(ref, "get_many", [[op[1] for op in good], None]) == [b"v"] * 20
+    ask(ref, "write", [[[0, op[1], b""] for op in good], False])     # deletes: the op-by-op path
+    assert ask(ref, "get_many", [[op[1] for op in good], None]) == [None] * 20
