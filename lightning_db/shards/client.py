@@ -18,7 +18,7 @@ import psutil
 
 from ..actors import ActorRef
 from ..config import Config
-from ..errors import DatabaseShutdown, InvalidArgument, PeerLost, TransientError
+from ..errors import DatabaseShutdown, InvalidArgument, LightningError, PeerLost, TransientError
 from ..storage.format import CURRENT
 from .attach import SHARDS_FILE, attach
 from .gate import CommitGate
@@ -82,12 +82,42 @@ class ShardedDatabase(ShardRouter):
         node shut down (restart intensity exceeded) or is gone."""
         super()._on_retry(calls, exc, delay)
         if isinstance(exc, PeerLost):
-            if not psutil.pid_exists(self._session.node_pid):
-                raise DatabaseShutdown(f"the node of {self._path} (pid {self._session.node_pid}) exited") from exc
+            self._node_gone(exc)
             try:
                 self._session.request("ping")  # DatabaseShutdown (fatal) ends the retry here
             except TransientError:
                 pass                           # a busy node: the retry goes on
+
+    def _node_gone(self, exc: LightningError) -> None:
+        """Raise DatabaseShutdown (fatal: reopen) for a lost connection whose
+        node is gone: nothing restarts its workers, so the error would not
+        pass by itself, as a transient one should."""
+        if isinstance(exc, PeerLost) and not psutil.pid_exists(self._session.node_pid):
+            raise DatabaseShutdown(f"the node of {self._path} (pid {self._session.node_pid}) exited; "
+                                   "open the database again") from exc
+
+    # The steps that are not retried (two-phase commit, transaction commits)
+    # say so too.
+    def _ask(self, shard: int, op: str, payload: Any = None) -> Any:
+        try:
+            return super()._ask(shard, op, payload)
+        except PeerLost as exc:
+            self._node_gone(exc)
+            raise
+
+    def _two_phase(self, parts: dict[int, list[Any]]) -> None:
+        try:
+            super()._two_phase(parts)
+        except PeerLost as exc:
+            self._node_gone(exc)
+            raise
+
+    def _tx_commit(self, *args: Any) -> None:
+        try:
+            super()._tx_commit(*args)
+        except PeerLost as exc:
+            self._node_gone(exc)
+            raise
 
     def checkpoint(self, path: str | os.PathLike[str], shards_file: bytes | None = None) -> dict[str, Any]:
         """Every shard into ``path/shard-NNN`` plus this directory's SHARDS

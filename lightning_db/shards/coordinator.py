@@ -61,6 +61,7 @@ if TYPE_CHECKING:
 __all__ = ["commit_transaction", "make_txid", "settle_commit", "settle_forgets", "settle_marked", "two_phase"]
 
 Op = tuple[int, bytes, bytes]
+CLOSE_SETTLE_S = 5.0        # closing: how long the last syncs and forgets may take
 
 
 def make_txid(primary: int) -> bytes:
@@ -126,33 +127,37 @@ def two_phase(router: "ShardRouter", parts: dict[int, list[Op]], checks: dict[in
 
 def settle_forgets(router: "ShardRouter", wait: bool) -> None:
     """Send the forgets that are due: a batch's once each other writing
-    participant made a record durable after its commit (``note_durable``),
-    and resend one that failed (retried until its primary answers or the
-    deadline passes). With *wait* (closing): ask the participants still
-    behind to sync, and wait for every forget. One whose participants stay
-    unreachable is dropped: its primary keeps the decision, which is safe."""
+    participant made a record durable after its commit (``note_durable``);
+    send again one that failed. Never blocks unless *wait* (closing): then
+    the participants still behind are asked to sync, and the syncs and
+    forgets are waited for, each at most CLOSE_SETTLE_S (all at once). A
+    forget leaves the queue only once answered; one that could not be sent
+    leaves its decision kept at the primary, which is safe."""
     queue = router.forgets
+    entries = []
     for _ in range(len(queue)):
-        entry = queue.popleft()
-        primary, txid, committed, others, fut = entry
-        if fut is None:
-            behind = [s for s in others if router.durable[s] <= committed]
-            if behind and wait:
-                for s in behind:
-                    asked = time.monotonic_ns()
-                    if not isinstance(_quiet_call(lambda s=s: router._retry(lambda: router._ask(s, "sync"))),
-                                      LightningError):
-                        router.note_durable([s], asked)
-                behind = [s for s in others if router.durable[s] <= committed]
-            if behind:
-                if not wait:
-                    queue.append(entry)
-                continue
-            fut = entry[4] = _send(router.refs[primary], "forget", [txid], router.timeout)
-        if not (wait or fut.done()):
-            queue.append(entry)
-        elif isinstance(_quiet(fut), LightningError):
-            _quiet_call(lambda: router._retry(lambda: router._ask(primary, "forget", [txid])))
+        try:
+            entries.append(queue.popleft())
+        except IndexError:          # another thread took the rest
+            break
+    if not entries:
+        return
+    limit = CLOSE_SETTLE_S if wait else router.timeout
+    if wait:
+        behind = sorted({s for e in entries if e[4] is None for s in e[3] if router.durable[s] <= e[2]})
+        asked = time.monotonic_ns()
+        syncs = {s: _send(router.refs[s], "sync", None, limit) for s in behind}
+        router.note_durable([s for s, f in syncs.items() if not isinstance(_quiet(f), LightningError)], asked)
+    for e in entries:                           # [primary, txid, commit time, others, future]
+        if e[4] is not None and e[4].done() and isinstance(_quiet(e[4]), LightningError):
+            e[4] = None                         # failed: sent again
+        if e[4] is None and all(router.durable[s] > e[2] for s in e[3]):
+            e[4] = _send(router.refs[e[0]], "forget", [e[1]], limit)
+    for e in entries:
+        fut = e[4]
+        if fut is not None and (wait or fut.done()) and not isinstance(_quiet(fut), LightningError):
+            continue                            # forgotten
+        queue.append(e)
 
 
 def settle_commit(router: "ShardRouter", txid: bytes, shard: int) -> bool:

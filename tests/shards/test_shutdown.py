@@ -43,3 +43,40 @@ def test_restart_intensity_exceeded_gives_callers_database_shutdown(tmp_path):
             db.close()
         finally:
             wait_until(lambda: gone(node_pid), what="the node to exit")
+
+
+@pytest.mark.crash
+def test_a_killed_node_gives_database_shutdown_on_every_path(tmp_path):
+    # Nothing restarts the workers of a node killed with -9: a lost
+    # connection there is not transient. Batches, transactions and reads
+    # say DatabaseShutdown (reopen), fast; reopening starts a new node.
+    path = str(tmp_path / "db")
+    db = ldb.open(path, shards=2)
+    node_pid = db._session.node_pid
+    keys = [b"n%03d" % i for i in range(40)]                 # on both shards
+    try:
+        db.put_many({k: b"old" for k in keys})
+        tx = db.transaction()
+        tx.__enter__()
+        tx.get(keys[0])
+        for k in keys:
+            tx.put(k, b"tx")
+        os.kill(node_pid, signal.SIGKILL)
+        wait_until(lambda: gone(node_pid), what="the node to be gone")
+        started = time.monotonic()
+        with pytest.raises(DatabaseShutdown, match="open the database again"):
+            tx.__exit__(None, None, None)                    # a two-shard commit
+        with pytest.raises(DatabaseShutdown):
+            db.put_many({k: b"new" for k in keys})           # two-phase commit
+        with pytest.raises(DatabaseShutdown):
+            with db.transaction() as t2:
+                t2.put(keys[0], b"x")                        # a one-shard commit
+        elapsed = time.monotonic() - started
+        assert elapsed < 10.0, f"DatabaseShutdown took {elapsed:.2f}s (ask timeout is 30s)"
+    finally:
+        db.close()
+    again = ldb.open(path)
+    try:
+        assert again.get_many(keys) == [b"old"] * len(keys)   # nothing of the failed calls applied
+    finally:
+        again.close()
