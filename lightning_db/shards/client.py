@@ -10,8 +10,10 @@ detaches, and the node exits once the last caller is gone.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import psutil
@@ -96,28 +98,27 @@ class ShardedDatabase(ShardRouter):
             raise DatabaseShutdown(f"the node of {self._path} (pid {self._session.node_pid}) exited; "
                                    "open the database again") from exc
 
-    # The steps that are not retried (two-phase commit, transaction commits)
-    # say so too.
-    def _ask(self, shard: int, op: str, payload: Any = None) -> Any:
+    @contextlib.contextmanager
+    def _unless_node_gone(self) -> Iterator[None]:
+        """The steps that are not retried (two-phase commit, transaction
+        commits) say DatabaseShutdown too when the node is gone."""
         try:
-            return super()._ask(shard, op, payload)
+            yield
         except PeerLost as exc:
             self._node_gone(exc)
             raise
+
+    def _ask(self, shard: int, op: str, payload: Any = None) -> Any:
+        with self._unless_node_gone():
+            return super()._ask(shard, op, payload)
 
     def _two_phase(self, parts: dict[int, list[Any]]) -> None:
-        try:
+        with self._unless_node_gone():
             super()._two_phase(parts)
-        except PeerLost as exc:
-            self._node_gone(exc)
-            raise
 
     def _tx_commit(self, *args: Any) -> None:
-        try:
+        with self._unless_node_gone():
             super()._tx_commit(*args)
-        except PeerLost as exc:
-            self._node_gone(exc)
-            raise
 
     def checkpoint(self, path: str | os.PathLike[str], shards_file: bytes | None = None) -> dict[str, Any]:
         """Every shard into ``path/shard-NNN`` plus this directory's SHARDS
