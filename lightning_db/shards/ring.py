@@ -24,10 +24,13 @@ DEFAULT_VNODES = 256
 _MAX_SHARDS = 4096
 
 _hash = xxhash.xxh3_64_intdigest
+_BUCKET_BITS = 16
+SLICE_SHIFT = 64 - _BUCKET_BITS
+_NP_SHIFT = np.uint64(SLICE_SHIFT)
 
 
 class HashRing:
-    __slots__ = ("shards", "vnodes", "_points", "_owners", "_np_points", "_np_owners")
+    __slots__ = ("shards", "vnodes", "_points", "_owners", "_np_points", "_np_owners", "_direct", "_np_direct")
 
     def __init__(self, shards: int, vnodes: int = DEFAULT_VNODES) -> None:
         if not isinstance(shards, int) or isinstance(shards, bool) or not 1 <= shards <= _MAX_SHARDS:
@@ -41,12 +44,37 @@ class HashRing:
         self._owners = [s for _, s in pts]
         self._np_points = np.array(self._points, dtype=np.uint64)
         self._np_owners = np.array(self._owners, dtype=np.int32)
+        self._direct = self._bucket_owners()
+        self._np_direct = np.array(self._direct, dtype=np.int32)
+
+    def _bucket_owners(self) -> list[int]:
+        """The owner of every hash in each of the ``1 << _BUCKET_BITS`` equal
+        slices of the hash space, or -1 where a slice holds points of
+        several shards (``owner`` then searches the points). A point read
+        is one list index instead of a binary search over Python ints."""
+        wrapped = np.append(self._np_owners, self._np_owners[0])    # past the last point: the first
+        changes = np.concatenate(([0], np.cumsum(wrapped[1:] != wrapped[:-1])))
+        starts = np.arange(1 << _BUCKET_BITS, dtype=np.uint64) << np.uint64(SLICE_SHIFT)
+        lo = np.searchsorted(self._np_points, starts, side="left")
+        hi = np.searchsorted(self._np_points, starts | np.uint64((1 << SLICE_SHIFT) - 1), side="left")
+        return np.where(changes[hi] == changes[lo], wrapped[lo], -1).tolist()
+
+    @property
+    def direct(self) -> list[int]:
+        """Shard per slice of the hash space: index ``h >> SLICE_SHIFT``
+        (-1: ``owner``); for callers that inline the common case."""
+        return self._direct
+
+    def owner(self, h: int) -> int:
+        """The shard of a key whose ``xxh3_64`` hash is *h*."""
+        s = self._direct[h >> SLICE_SHIFT]
+        if s >= 0:
+            return s
+        i = bisect_left(self._points, h)
+        return self._owners[i if i < len(self._owners) else 0]
 
     def shard_of(self, key: bytes) -> int:
-        if self.shards == 1:
-            return 0
-        i = bisect_left(self._points, _hash(key))
-        return self._owners[i if i < len(self._owners) else 0]
+        return self.owner(_hash(key))
 
     def shards_of(self, keys: Iterable[bytes]) -> np.ndarray:
         """Vectorised ``shard_of`` for a batch of keys."""
@@ -56,9 +84,13 @@ class HashRing:
     def _owners_of(self, hashes: np.ndarray) -> np.ndarray:
         if self.shards == 1:
             return np.zeros(len(hashes), dtype=np.int32)
-        idx = np.searchsorted(self._np_points, hashes, side="left")
-        idx[idx == len(self._np_points)] = 0
-        return self._np_owners[idx]
+        owners = self._np_direct[(hashes >> _NP_SHIFT).astype(np.intp)]
+        far = owners < 0
+        if far.any():
+            idx = np.searchsorted(self._np_points, hashes[far], side="left")
+            idx[idx == len(self._np_points)] = 0
+            owners[far] = self._np_owners[idx]
+        return owners
 
     def split(self, keys: Iterable[bytes]) -> dict[int, list[int]]:
         """Positions of *keys* grouped by shard, each group in input order."""

@@ -55,6 +55,7 @@ from ..actors import ActorRef
 from ..config import Config
 from ..db import Batch, MappingSugar, _limited, _Limits, _scan_range
 from ..errors import DatabaseClosed, InvalidArgument, LightningError, Timeout, TransactionConflict, TransientError
+from ..storage.bloom import key_hash
 from ..storage.format import Kind
 from ..storage.published import UNAVAILABLE, PublishedReader
 from ..storage.scan import merge_chunks
@@ -67,7 +68,7 @@ from .coordinator import commit_transaction, settle_forgets, two_phase
 from .gate import CommitGate
 from .pipeline import TokenSource, WritePipeline
 from .resolve import _quiet, _send, resolve_in_doubt, txid_pid
-from .ring import HashRing
+from .ring import SLICE_SHIFT, HashRing
 from .snapshot import ScanIter, ShardSnapshot, TxView
 
 __all__ = ["DEFAULT_TIMEOUT", "SCAN_PAGE", "ShardRouter", "ShardSnapshot", "resolve_in_doubt", "txid_pid"]
@@ -116,6 +117,7 @@ class ShardRouter(Transactional, MappingSugar):
         self._reader_tried = [0.0] * len(self.refs)
         self.shared_reads = 0       # reads answered from shared memory (stats, tests)
         self.ring = ring
+        self._direct = ring.direct            # hash slice -> shard, -1: ask the ring (ring.py)
         self.config = config or Config()
         # put/delete return before the shard answers (shards/pipeline.py),
         # unless the call asks for sync=True or the database for sync="always".
@@ -290,6 +292,22 @@ class ShardRouter(Transactional, MappingSugar):
         memoryview into the shard's mapped data (no copy; valid for as long as
         it is held) when the read is served from shared memory, else a
         memoryview of the bytes that came back."""
+        if type(key) is bytes and 0 < len(key) <= self._max_key and not self._closed and not self._pipe.overlay:
+            # The hot path, inline: one hash picks the shard and probes its
+            # published version (memtable segments, point indexes).
+            h = key_hash(key)
+            s = self._direct[h >> SLICE_SHIFT]
+            r = self._readers[s if s >= 0 else self.ring.owner(h)]
+            if r is not None:
+                try:
+                    v = r.get(key, None, copy, None, h)
+                except (OSError, LightningError):
+                    v = UNAVAILABLE
+                if v is not UNAVAILABLE:
+                    self.shared_reads += 1
+                    if v is None:
+                        return default
+                    return v if copy or not isinstance(v, bytes) else memoryview(v)
         if self._closed:
             self._check_open()
         v = self._get(key, default, None, copy)

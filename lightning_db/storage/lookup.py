@@ -13,16 +13,17 @@ from .version import Version
 
 
 def lookup(mems: Sequence[Any], version: Version, key: bytes, seq: int,
-           copy: bool = True) -> tuple[int, Any] | None:
+           copy: bool = True, h: int | None = None) -> tuple[int, Any] | None:
     """(kind, value) of the newest version of *key* with seq <= *seq* in
     *mems* (newest first, each with ``get(key, seq)``) and then the tables
     of *version*, or None. A tombstone comes back as (Kind.DELETE, b"").
-    ``copy=False``: the value is a memoryview into the mapped data."""
+    ``copy=False``: the value is a memoryview into the mapped data. *h*:
+    the key's ``key_hash`` where the caller has it (else computed once, if
+    a source needs it)."""
     for m in mems:
-        r = m.get(key, seq, copy)
+        r = m.get(key, seq, copy, h)
         if r is not None:
             return r
-    h = None
     for f in version.levels[0]:
         if f.smallest <= key <= f.largest:
             if h is None:
@@ -38,7 +39,7 @@ def lookup(mems: Sequence[Any], version: Version, key: bytes, seq: int,
             if n == last:
                 # The last level: most lookups of present keys end here, and
                 # the point index answers a miss as fast as the filter would.
-                r = files[i].reader.get(key, seq, None, False, copy)
+                r = files[i].reader.get(key, seq, h, False, copy)
             else:
                 if h is None:
                     h = key_hash(key)

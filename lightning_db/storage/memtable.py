@@ -220,10 +220,12 @@ class Memtable:
         self._mv[_OFF_FLAGS:_OFF_FLAGS + 4].cast("I")[0] = flags | SEGMENT_FLAG_IMMUTABLE   # one 4-byte store
 
     # --- readers (any thread of the shard process) --------------------------------
-    def get(self, key: bytes, snapshot_seq: int, copy: bool = True) -> tuple[int, Any] | None:
+    def get(self, key: bytes, snapshot_seq: int, copy: bool = True, h: int | None = None) -> tuple[int, Any] | None:
         """(kind, value) of the newest version of *key* with seq <= snapshot_seq,
         or None. A tombstone comes back as (Kind.DELETE, b""). ``copy=False``:
-        the value is a memoryview into the segment (records never change)."""
+        the value is a memoryview into the segment (records never change).
+        *h* (the key's ``key_hash``, where the caller has it) is not needed
+        here: the writer's index is a dict."""
         si = self._index.get(key)
         if si is None:
             return None
@@ -525,8 +527,9 @@ class SegmentReader:
                     p = o + 24 + klen
                     kb.add([i], [seqkind & _KIND_MASK], [mm[p:p + vlen]])
 
-    def get(self, key: bytes, snapshot_seq: int, copy: bool = True) -> tuple[int, Any] | None:
-        """Same answer as ``Memtable.get`` on the writer's side."""
+    def get(self, key: bytes, snapshot_seq: int, copy: bool = True, h: int | None = None) -> tuple[int, Any] | None:
+        """Same answer as ``Memtable.get`` on the writer's side; *h*: the
+        key's ``key_hash`` where the caller has it."""
         mm = self._mm
         slots = self._slots
         mask = self._mask
@@ -539,7 +542,7 @@ class SegmentReader:
             return None
         limit = used if flags & SEGMENT_FLAG_IMMUTABLE else self.capacity
         klen_want = len(key)
-        si = _key_hash(key) & mask
+        si = (_key_hash(key) if h is None else h) & mask
         for _ in range(mask + 1):
             ref = slots[si]
             if not ref:

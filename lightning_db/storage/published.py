@@ -242,10 +242,12 @@ class PublishedReader:
             return cur, (vis if seq is None else min(seq, vis))
         return None
 
-    def get(self, key: bytes, seq: int | None = None, copy: bool = True, expect: int | None = None) -> Any:
+    def get(self, key: bytes, seq: int | None = None, copy: bool = True, expect: int | None = None,
+            h: int | None = None) -> Any:
         """The value of *key* (latest, or as of *seq* in incarnation
         *expect*), None, or UNAVAILABLE. ``copy=False``: a memoryview into
-        the mapped file instead of bytes."""
+        the mapped file instead of bytes. *h*: the key's ``key_hash`` where
+        the caller has it."""
         mm, cur = self._mm, self._loaded
         s1, inc, gen, vis = _STATE.unpack_from(mm, _OFF_SEQ)      # the common case, inline
         if (cur is not None and inc and cur.gen == gen and cur.inc == inc and not s1 & 1
@@ -256,7 +258,7 @@ class PublishedReader:
             if view is None:
                 return UNAVAILABLE
             cur, at = view
-        r = lookup(cur.mems, cur.version, key, at, copy)
+        r = lookup(cur.mems, cur.version, key, at, copy, h)
         return None if r is None else r[1] if r[0] == _VALUE else visible(*r)
 
     def get_many(self, keys: list[bytes], seq: int | None = None, expect: int | None = None,

@@ -271,7 +271,9 @@ class TableReader:
                 if a >> 41 == fp:
                     off = a & _M40
                     b = slots[2 * i + 1]
-                    rec = self._view[off:off + (b & 0xFFFFFFFF)]
+                    end = off + (b & 0xFFFFFFFF)
+                    mm = self._mm                   # bytes straight from the mapping: cheaper to parse
+                    rec = mm[off:end] if mm is not None else self._view[off:end].tobytes()
                     if crc32c(rec) != b >> 32:
                         raise CorruptionError(f"record at offset {off}: checksum mismatch", self.path)
                     t = rec[0]
@@ -281,11 +283,11 @@ class TableReader:
                         kl, p = rec[1] << 8 | rec[2], 3
                     else:
                         kl, p = int.from_bytes(rec[1:5], "big"), 5
-                    if kl == len(key) and rec[p:p + kl] == key:
+                    if kl == len(key) and rec.startswith(key, p):
                         p += kl
                         t = rec[p]
                         p += 2 if t == 0xC4 else 3 if t == 0xC5 else 5
-                        return (a >> 40) & 1, rec[p:].tobytes() if copy else rec[p:]
+                        return (a >> 40) & 1, rec[p:] if copy else self._view[off + p:end]
                 i = (i + 1) & mask
         if check_filter and not self._may_contain(key_hash(key) if h is None else h):
             return None

@@ -1,10 +1,13 @@
+import random
 import subprocess
 import sys
+from bisect import bisect_left
 
+import numpy as np
 import pytest
 
 from lightning_db.errors import InvalidArgument
-from lightning_db.shards.ring import HashRing
+from lightning_db.shards.ring import SLICE_SHIFT, HashRing
 
 KEYS = [b"key-%d" % i for i in range(20000)]
 
@@ -17,6 +20,28 @@ def test_every_key_has_one_owner_and_vectorised_agrees():
     groups = ring.split(KEYS)
     assert sorted(p for g in groups.values() for p in g) == list(range(len(KEYS)))
     assert all(one[p] == s for s, g in groups.items() for p in g)
+
+
+def _searched(ring: HashRing, h: int) -> int:
+    """The owner by definition: the first point at or after *h*, wrapping."""
+    points = ring._points
+    i = bisect_left(points, h)
+    return ring._owners[i if i < len(points) else 0]
+
+
+@pytest.mark.parametrize("shards, vnodes", [(1, 256), (2, 256), (7, 256), (64, 16), (3, 1), (4096, 1)])
+def test_the_slice_table_agrees_with_the_points(shards, vnodes):
+    ring = HashRing(shards, vnodes)
+    rng = random.Random(shards * 1000 + vnodes)
+    edges = [(p + d) % (1 << 64) for p in ring._points[::max(1, len(ring._points) // 300)] for d in (-1, 0, 1)]
+    cuts = [(b << SLICE_SHIFT) + d for b in range(0, 1 << (64 - SLICE_SHIFT), 251) for d in (0, -1)]
+    cuts = [c % (1 << 64) for c in cuts] + [0, (1 << 64) - 1]
+    hashes = edges + cuts + [rng.getrandbits(64) for _ in range(20000)]
+    for h in hashes:
+        assert ring.owner(h) == _searched(ring, h), hex(h)
+    assert ring._owners_of(np.array(hashes, dtype=np.uint64)).tolist() == list(map(ring.owner, hashes))
+    ambiguous = sum(s < 0 for s in ring.direct)
+    assert ambiguous <= len(ring._points)          # at most one slice per point needs the search
 
 
 def test_balance_with_virtual_nodes():
@@ -37,7 +62,7 @@ def test_growing_moves_about_one_share():
 
 def test_stable_across_processes():
     ring = HashRing(3)
-    code = ("from lightning_db.shards.ring import HashRing; r = HashRing(3); "
+    code = ("from lightning_db.shards.ring import SLICE_SHIFT, HashRing; r = HashRing(3); "
             "print(','.join(str(r.shard_of(b'key-%d' % i)) for i in range(200)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == ",".join(str(ring.shard_of(b"key-%d" % i)) for i in range(200))
