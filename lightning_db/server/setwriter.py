@@ -48,7 +48,7 @@ class SetWriter:
         """Whether *argv* is a SET this writer takes (valid key and value sizes)."""
         return (len(argv) == 3 and (argv[0] == b"SET" or argv[0] == b"set" or argv[0].lower() == b"set")
                 and 0 < len(argv[1]) <= self._max_key and len(argv[2]) <= self._max_value
-                and not self._router._pipe.overlay)         # no pipelined write of this process in flight
+                and not self._router._pipe.live)         # no pipelined write of this process in flight
 
     async def set(self, key: bytes, value: bytes) -> None:
         """Write *key*; returns once the shard acknowledged (raises its error)."""

@@ -1,17 +1,23 @@
 """Pipelined writes: ``put`` and ``delete`` return before the shard answers.
 
 Which thread runs what (all in the caller's process): the caller's threads
-append writes to a per-shard buffer and to the overlay (key -> the newest
-write still in flight, so this process reads its own writes at once); one
-sender thread per shard, started on first use, takes everything buffered
-(up to ``BATCH_OPS`` ops or ``BATCH_BYTES`` bytes), sends it as one "write"
-(one WAL record on the shard) through the router's retried, breaker-guarded
-ask (a batch that still meets a transient error is sent again until the
-router's timeout has passed: a worker restart never drops writes), and
-waits for the answer before it sends the next: writes to a shard
-stay in the order they were made, even across a worker restart (a failed
-batch is sent again before anything after it). Batching is natural: while
-one batch is on the wire the next one fills.
+append writes to the open run of their shard (the ops of one message, up to
+``BATCH_OPS`` ops or ``BATCH_BYTES`` bytes, then the next run starts); each
+run also keeps the newest of its writes per key, and the runs buffered or
+in flight make the overlay, so this process reads its own writes at once
+(``mine``). One sender thread per shard, started on first use, takes the
+oldest run, sends it as one "write" (one WAL record on the shard) through
+the router's retried, breaker-guarded ask (a batch that still meets a
+transient error is sent again until the router's timeout has passed: a
+worker restart never drops writes), and waits for the answer before it
+sends the next: writes to a shard stay in the order they were made, even
+across a worker restart (a failed batch is sent again before anything after
+it). Once answered, a run leaves the overlay whole. Batching is natural:
+while one batch is on the wire the next one fills.
+
+A process forked from the caller (os.fork) starts with empty runs: the
+sender threads did not come along, and what the parent queued is the
+parent's to send.
 
 ``barrier()`` waits until every buffer is empty and nothing is in flight,
 then raises the first error any pipelined write met (once). The router calls
@@ -35,6 +41,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BackgroundError, DatabaseClosed, FatalError, LightningError, TransientError
@@ -85,36 +92,78 @@ class TokenSource:
                 self._in_flight[shard].discard(token[1])
 
 
+class _Run:
+    """Pipelined writes to one shard that go out as one message: the ops in
+    order, and the newest of them for each key (the overlay's part)."""
+
+    __slots__ = ("nbytes", "newest", "ops")
+
+    def __init__(self) -> None:
+        self.ops: list[tuple[int, bytes, bytes]] = []
+        self.newest: dict[bytes, tuple[int, bytes]] = {}
+        self.nbytes = 0
+
+
+_LIVE: "weakref.WeakSet[WritePipeline]" = weakref.WeakSet()
+
+
+def _forked() -> None:
+    """In a child process (os.fork): the sender threads did not come along,
+    and what the parent had queued is the parent's to send."""
+    for pipe in list(_LIVE):
+        pipe._reset()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 class WritePipeline:
     def __init__(self, router: "ShardRouter", shards: int) -> None:
         self._router = router
+        self._shards = shards
+        self._reset()
+        _LIVE.add(self)
+
+    def _reset(self) -> None:
+        shards = self._shards
         self._lock = threading.Lock()
         self._wake = [threading.Condition(self._lock) for _ in range(shards)]
         self._idle = threading.Condition(self._lock)
-        self._bufs: list[list[tuple[int, bytes, bytes, int]]] = [[] for _ in range(shards)]
+        self._runs: list[list[_Run]] = [[] for _ in range(shards)]      # buffered, oldest first
+        self._flying: list[_Run | None] = [None] * shards               # sent, not answered
+        # Per shard, the newest-first ``newest`` dicts of its buffered and
+        # flying runs: replaced whole (under the lock) when a run starts or
+        # is answered, read without the lock (the overlay).
+        self._views: list[tuple[dict[bytes, tuple[int, bytes]], ...]] = [()] * shards
         self._bytes = [0] * shards
         self._busy = [False] * shards
         self._threads: list[threading.Thread | None] = [None] * shards
-        self._ticket = 0
         self._error: LightningError | None = None
         self._closing = False
-        # key -> (kind, value, ticket) of the newest write of this process not
-        # yet answered; read without the lock (a dict lookup is atomic).
-        self.overlay: dict[bytes, tuple[int, bytes, int]] = {}
+        # Writes of this process not yet answered (0: reads need not look
+        # at the overlay); changed under the lock, read without it.
+        self.live = 0
         self.batches = 0
         self.ops = 0
-        self._pid = os.getpid()
 
-    def _after_fork(self) -> None:
-        """In a process forked from the owner: the sender threads did not
-        come along, and what the parent had queued is the parent's to send."""
-        if self._pid != os.getpid():
-            n = len(self._bufs)
-            self.__init__(self._router, n)  # type: ignore[misc]
+    def _publish(self, shard: int) -> None:
+        flying = self._flying[shard]
+        views = [r.newest for r in reversed(self._runs[shard])]
+        if flying is not None:
+            views.append(flying.newest)
+        self._views[shard] = tuple(views)
+
+    def mine(self, key: bytes, shard: int | None = None) -> tuple[int, bytes] | None:
+        """(kind, value) of this process's newest write of *key* still in
+        flight (its shard *shard*, where the caller knows it), or None."""
+        for views in (self._views if shard is None else (self._views[shard],)):
+            for newest in views:
+                w = newest.get(key)
+                if w is not None:
+                    return w
+        return None
 
     def write(self, shard: int, kind: int, key: bytes, value: bytes) -> None:
-        if self._pid != os.getpid():
-            self._after_fork()
         size = len(key) + len(value) + _OVERHEAD
         with self._lock:
             if self._closing:
@@ -123,26 +172,30 @@ class WritePipeline:
                 raise self._error
             while self._bytes[shard] > MAX_BUFFERED_BYTES and self._error is None:
                 self._idle.wait()
-            self._ticket += 1
-            buf = self._bufs[shard]
-            buf.append((kind, key, value, self._ticket))
+            runs = self._runs[shard]
+            run = runs[-1] if runs else None
+            if run is None or len(run.ops) >= BATCH_OPS or run.nbytes >= BATCH_BYTES:
+                run = _Run()
+                runs.append(run)
+                self._publish(shard)
+            run.ops.append((kind, key, value))
+            run.newest[key] = (kind, value)
+            run.nbytes += size
             self._bytes[shard] += size
-            self.overlay[key] = (kind, value, self._ticket)
+            self.live += 1
             if self._threads[shard] is None:
                 t = threading.Thread(target=self._send_loop, args=(shard,), daemon=True,
                                      name=f"ldb-pipeline-{shard}")
                 self._threads[shard] = t
                 t.start()
-            elif len(buf) == 1 and not self._busy[shard]:
+            elif len(run.ops) == 1 and len(runs) == 1 and not self._busy[shard]:
                 self._wake[shard].notify()
 
     def barrier(self) -> None:
         """Wait for every pipelined write to be answered; raise the first
         error one of them met."""
-        if self._pid != os.getpid():
-            self._after_fork()
         with self._lock:
-            while any(self._bufs) or any(self._busy):
+            while self.live:
                 self._idle.wait()
             err, self._error = self._error, None
             if isinstance(err, FatalError):
@@ -152,12 +205,13 @@ class WritePipeline:
 
     def pending(self) -> int:
         with self._lock:
-            return sum(len(b) for b in self._bufs) + sum(self._busy)
+            return self.live
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
-            return {"buffered_ops": sum(len(b) for b in self._bufs), "in_flight": sum(self._busy),
-                    "batches_sent": self.batches, "ops_sent": self.ops, "overlay_keys": len(self.overlay)}
+            return {"buffered_ops": sum(len(r.ops) for runs in self._runs for r in runs),
+                    "in_flight": sum(self._busy), "batches_sent": self.batches, "ops_sent": self.ops,
+                    "overlay_keys": sum(len(d) for views in self._views for d in views)}
 
     def close(self) -> None:
         """Barrier, then stop the sender threads (also when the barrier
@@ -177,26 +231,22 @@ class WritePipeline:
         return isinstance(self._error, FatalError)
 
     def _send_loop(self, shard: int) -> None:
-        wake, buf = self._wake[shard], self._bufs[shard]
+        wake, runs = self._wake[shard], self._runs[shard]
         while True:
             with self._lock:
-                while not buf and not self._closing:
+                while not runs and not self._closing:
                     wake.wait()
-                if not buf:
+                if not runs:
                     return
-                n = nbytes = 0
-                while n < len(buf) and n < BATCH_OPS and nbytes < BATCH_BYTES:
-                    nbytes += len(buf[n][1]) + len(buf[n][2]) + _OVERHEAD
-                    n += 1
-                batch = buf[:n]
-                del buf[:n]
-                self._bytes[shard] -= nbytes
+                run = runs.pop(0)
+                self._flying[shard] = run
+                self._bytes[shard] -= run.nbytes
                 self._busy[shard] = True
                 self._idle.notify_all()       # writers held back by the buffer limit
             error = None
             tokens = self._router.tokens
             token = tokens.take(shard)
-            payload = [[(k, key, v) for k, key, v, _ in batch], False, token]
+            payload = [run.ops, False, token]
             deadline = time.monotonic() + self._router.timeout
             while True:
                 try:
@@ -217,14 +267,12 @@ class WritePipeline:
                 break
             tokens.done(shard, token)
             with self._lock:
-                overlay = self.overlay
-                for _, key, _, ticket in batch:
-                    cur = overlay.get(key)
-                    if cur is not None and cur[2] == ticket:
-                        del overlay[key]
+                self._flying[shard] = None
+                self._publish(shard)
+                self.live -= len(run.ops)
                 if error is not None and self._error is None:
                     self._error = error
                 self.batches += 1
-                self.ops += len(batch)
+                self.ops += len(run.ops)
                 self._busy[shard] = False
                 self._idle.notify_all()

@@ -292,7 +292,7 @@ class ShardRouter(Transactional, MappingSugar):
         memoryview into the shard's mapped data (no copy; valid for as long as
         it is held) when the read is served from shared memory, else a
         memoryview of the bytes that came back."""
-        if type(key) is bytes and 0 < len(key) <= self._max_key and not self._closed and not self._pipe.overlay:
+        if type(key) is bytes and 0 < len(key) <= self._max_key and not self._closed and not self._pipe.live:
             # The hot path, inline: one hash picks the shard and probes its
             # published version (memtable segments, point indexes).
             h = key_hash(key)
@@ -353,12 +353,12 @@ class ShardRouter(Transactional, MappingSugar):
              incs: Sequence[int | None] | None = None) -> Any:
         if type(key) is not bytes or not 0 < len(key) <= self._max_key:
             key = self._limits.key(key)
-        if seqs is None and self._pipe.overlay:
-            mine = self._pipe.overlay.get(key)           # this process's write still in flight
+        s = self.ring.shard_of(key)
+        if seqs is None and self._pipe.live:
+            mine = self._pipe.mine(key, s)              # this process's write still in flight
             if mine is not None:
                 v = visible(mine[0], mine[1])
                 return default if v is None else v
-        s = self.ring.shard_of(key)
         if seqs is None or (incs is not None and incs[s] is not None):
             # The hot path: the shard's published version (a snapshot: only its own engine's).
             r = self._readers[s] or self._reader(s)
@@ -399,8 +399,9 @@ class ShardRouter(Transactional, MappingSugar):
             return []
         # This process's writes still in flight, taken before the shards are
         # read: one answered meanwhile is then in what the shards return.
-        overlay = self._pipe.overlay if seqs is None else None
-        mine = {i: w for i, k in enumerate(keys) if (w := overlay.get(k)) is not None} if overlay else {}
+        pipe = self._pipe
+        mine = ({i: w for i, k in enumerate(keys) if (w := pipe.mine(k)) is not None}
+                if seqs is None and pipe.live else {})
         hashes, groups = self.ring.split_hashed(keys)
         parts: dict[int, tuple[list[int], list[bytes], Any]] = {}
         for s, pos in groups.items():
@@ -428,7 +429,7 @@ class ShardRouter(Transactional, MappingSugar):
             out = [None] * len(keys)
             for s, (at, _, _) in parts.items():
                 list(map(out.__setitem__, at, answers[s]))
-        for i, (kind, value, _) in mine.items():
+        for i, (kind, value) in mine.items():
             out[i] = visible(kind, value)
         return out
 

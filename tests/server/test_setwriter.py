@@ -25,7 +25,7 @@ class FakeRef:
 
 
 class FakePipe:
-    overlay: dict = {}
+    live = 0
 
 
 class FakeRing:

@@ -61,7 +61,7 @@ def test_put_returns_before_the_answer_and_reads_its_own_write():
     assert db.get(b"k") == b"v1" and b"k" in db       # from the overlay: the shard has not answered
     assert db.get_many([b"k", b"gone"]) == [b"v1", None]
     db._pipe.barrier()
-    assert db._pipe.overlay == {}
+    assert db._pipe.live == 0 and db._pipe.mine(b"k") is None
     assert [tuple(op) for w in ref.writes for op in w] == [(1, b"k", b"v1"), (0, b"gone", b"")]
     db._pipe.close()
 
