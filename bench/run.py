@@ -99,6 +99,7 @@ def run_engine(cls: type[Engine], benchmarks: Sequence[str], w: Workload, tmp: s
                 gc.collect()
                 t0 = time.perf_counter()
                 problem = RUN[bench](db, w)
+                db.settle()
                 secs = time.perf_counter() - t0
                 if bench == "deleterandom":
                     problem = problem or check_deleted(db, w)

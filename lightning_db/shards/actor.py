@@ -23,7 +23,8 @@ Messages (op, payload) -> reply; payloads are msgpack lists, bytes stay bytes:
     "txwrite"  [ops, sync, check]                   -> last seq (check passes first, or nothing is written)
     "prepare"  [txid, ops(, check)]  "commit" [txid, sync, remember] -> seq
     "abort"    [txid] -> bool    "in_doubt" -> [[txid, ops], ...]
-    "decided"  [txid] -> bool    "forget" [txid]
+    "decided"  [txid] -> bool    "forget" [txid]    "decisions" -> [txid, ...] (decisions kept)
+    "sync"     every write so far made durable (its WAL records fsynced)
     "flush", "compact", "verify" -> dict | None
     "checkpoint" [dir] -> dict   "stats" -> engine stats + shard_id
 
@@ -397,6 +398,9 @@ class ShardActor(Actor):
         (txid,) = _shape(p, 1, "decided")
         return self._engine().decided(_txid(txid))
 
+    def _decisions(self, p: Any) -> list[bytes]:
+        return self._engine().decisions()
+
     def _forget(self, p: Any) -> None:
         (txid,) = _shape(p, 1, "forget")
         self._engine().forget(_txid(txid))
@@ -433,6 +437,7 @@ _HANDLERS = {
     "register": ShardActor._register,
     "txwrite": ShardActor._txwrite, "prepare": ShardActor._prepare, "commit": ShardActor._commit, "abort": ShardActor._abort,
     "in_doubt": ShardActor._in_doubt, "decided": ShardActor._decided, "forget": ShardActor._forget,
+    "decisions": ShardActor._decisions,
     "sync": ShardActor._sync, "flush": ShardActor._flush, "compact": ShardActor._compact, "checkpoint": ShardActor._checkpoint,
     "stats": ShardActor._stats, "verify": ShardActor._verify,
 }

@@ -68,6 +68,7 @@ from ..mailbox import shutdown as mailbox_shutdown
 from ..supervisor import AlertSink, ChildSpec, Monitor, Supervisor
 from .gate import CommitGate
 from .actor import ShardActor
+from .resolve import forget_settled
 from .router import resolve_in_doubt, txid_pid
 
 __all__ = [
@@ -360,19 +361,28 @@ class Node:
         where the primary holds the decision, else aborted. Tried again at
         the next check until every shard answered."""
         with self._orphans_lock:
+            # A pid that attached again meanwhile is a new caller's (pid reuse): not settled.
+            self._orphans -= {pid for pid, _ in list(self.sessions.values())}
             pids = set(self._orphans)
         if not pids or (self._settler is not None and self._settler.is_alive()) or self.fatal is not None:
             return
 
         def settle() -> None:
             refs = [ActorRef(f"shard-{i:03d}", a, 0, fail_fast=True) for i, a in enumerate(self.addresses)]
+            def theirs(txid: bytes) -> bool:
+                return txid_pid(txid) in pids
+
             try:
-                counts = resolve_in_doubt(refs, SETTLE_TIMEOUT_S, only=lambda t: txid_pid(t) in pids,
-                                          gate=CommitGate(self.runtime_dir))
+                counts = resolve_in_doubt(refs, SETTLE_TIMEOUT_S, only=theirs, gate=CommitGate(self.runtime_dir))
+                if not counts["failed"]:
+                    try:
+                        counts["forgotten"] = forget_settled(refs, SETTLE_TIMEOUT_S, only=theirs)
+                    except LightningError:
+                        counts["failed"] += 1           # tried again at the next check
             finally:
                 for r in refs:
                     r.disconnect()
-            if counts["committed"] or counts["aborted"]:
+            if counts["committed"] or counts["aborted"] or counts.get("forgotten"):
                 log.warning("settled what callers %s left in doubt: %s", sorted(pids), counts)
             if not counts["failed"]:
                 with self._orphans_lock:

@@ -5,6 +5,13 @@ Runs in any process that holds refs to every shard: a caller's open
 transactions: ``txid_pid``), tests. A participant's in-doubt txid is settled
 by its primary (the txid's first two bytes): decided there -> commit here;
 else abort at the primary, then here.
+
+Once nothing of a dead coordinator is in doubt any more, the decisions its
+primaries still keep (it died between a commit and its forget) are
+forgotten too (``forget_settled``): every shard is synced first, so each
+participant's commit record is durable before the decision it answers to
+goes. Without this a dead coordinator's decisions would stay kept for
+good (and be carried into every new WAL).
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from typing import Any
 from ..actors import ActorRef
 from ..errors import LightningError
 
-__all__ = ["resolve_in_doubt", "txid_pid"]
+__all__ = ["forget_settled", "resolve_in_doubt", "txid_pid"]
 
 DEFAULT_TIMEOUT = 30.0
 
@@ -85,3 +92,30 @@ def _resolve_one(refs: Sequence[ActorRef], shard: int, txid: bytes, timeout: flo
             return "committed"
     here.ask("abort", [txid], timeout).result()
     return "aborted"
+
+
+def forget_settled(refs: Sequence[ActorRef], timeout: float = DEFAULT_TIMEOUT,
+                   only: Callable[[bytes], bool] | None = None) -> int:
+    """Forget the decisions the shards keep for the txids *only* accepts
+    (those of coordinators that are gone; every txid if None), once
+    ``resolve_in_doubt`` settled them without a failure. First every shard
+    syncs its WAL: a participant's commit record that is not durable yet
+    must not outlive the decision (after a power cut it would be asked
+    again, and a forgotten decision reads as an abort). Returns how many
+    were forgotten; raises the LightningError of a shard that did not
+    answer (nothing after it is forgotten; safe to run again)."""
+    kept: dict[int, list[bytes]] = {}
+    for s, f in enumerate([_send(ref, "decisions", None, timeout) for ref in refs]):
+        mine = [t for t in f.result() if only is None or only(t)]
+        if mine:
+            kept[s] = mine
+    if not kept:
+        return 0
+    for f in [_send(ref, "sync", None, timeout) for ref in refs]:
+        f.result()
+    n = 0
+    for s, txids in kept.items():
+        for f in [_send(refs[s], "forget", [t], timeout) for t in txids]:
+            f.result()
+            n += 1
+    return n

@@ -119,6 +119,11 @@ class Participant:
         the decision."""
         return txid in self._decided
 
+    def decisions(self) -> list[bytes]:
+        """The txids whose decision this shard, as primary, still keeps."""
+        with self._write_lock:
+            return list(self._decided)
+
     def forget(self, txid: bytes) -> None:
         """Every participant has the decision: stop keeping it."""
         with self._write_lock:

@@ -66,6 +66,9 @@ def test_coordinator_killed_before_every_step_leaves_all_or_nothing(tmp_path):
             # the long-lived handle reads all or nothing without a new open.
             wait_until(lambda: [r.ask("in_doubt", None, 30).result(30) for r in db.refs] == [[], []],
                        timeout=60, what=f"step {step}: the node to settle the dead caller's batch")
+            # ... and to forget the decision it left kept (killed after the primary's commit).
+            wait_until(lambda: [r.ask("decisions", None, 30).result(30) for r in db.refs] == [[], []],
+                       timeout=60, what=f"step {step}: the node to forget the dead caller's decision")
             seen = db.get_many(keys)
             assert len(set(seen)) == 1, (step, set(seen))
             with ldb.open(path) as again:
