@@ -52,7 +52,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..errors import InvalidArgument, LightningError, TransactionConflict, TransientError
+from ..errors import FatalError, InvalidArgument, LightningError, TransactionConflict, TransientError
 from .resolve import _quiet, _send
 
 if TYPE_CHECKING:
@@ -174,6 +174,8 @@ def settle_commit(router: "ShardRouter", txid: bytes, shard: int) -> bool:
     try:
         router._retry(attempt)
         return True
+    except FatalError:
+        raise                            # the database is gone: nothing to settle here
     except LightningError:
         return False
 
@@ -251,6 +253,8 @@ def settle_marked(router: "ShardRouter", path: str, txid: bytes, shards: list[in
             router._ask(p, "forget", [txid])
         elif router._ask(p, "abort", [txid]):
             abort_all(router, txid, [s for s in shards if s != p])
+    except FatalError:
+        raise                   # the database is gone (DatabaseShutdown): the caller reopens
     except LightningError:
         return False
     router.gate.unmark(path)
