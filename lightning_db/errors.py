@@ -29,6 +29,7 @@ __all__ = [
     "IOFault",
     "DiskFull",
     "WriteStalled",
+    "OutOfOrder",
     "CorruptionError",
     "BackgroundError",
     "CircuitOpen",
@@ -123,6 +124,13 @@ class DiskFull(IOFault):
 class WriteStalled(TransientError):
     """Writes waited longer than the configured stall timeout for background
     flushes or compactions to catch up. Retrying later helps."""
+
+
+class OutOfOrder(TransientError):
+    """A pipelined write reached its shard before the write sent just ahead
+    of it was applied (that one was lost on the way: a worker restart), so
+    it was not applied: the sender sends it again once the one ahead is
+    settled. Never seen by callers of the public API."""
 
 
 class CorruptionError(CriticalError):

@@ -8,8 +8,9 @@ the engine. The client side (routing, paging, merging, two-phase commit) is
 
 Messages (op, payload) -> reply; payloads are msgpack lists, bytes stay bytes:
 
-    "write"    [ops, sync(, token)]                 -> last seq (a token seen before: nothing
-               written again, storage/dedupe.py)
+    "write"    [ops, sync(, token(, after))]        -> last seq (a token seen before: nothing
+               written again, storage/dedupe.py; after: the writer's write number that must be
+               settled here first, else OutOfOrder and nothing written)
     "get"      [key, seq|None]                      -> bytes | None
     "get_many" [keys, seq|None]                     -> [bytes | None, ...]
     "get_entry" [key, seq|None]                     -> [value, expiry (Unix s) | None] | None
@@ -274,9 +275,14 @@ class ShardActor(Actor):
 
     # --- ops ----------------------------------------------------------------------------------
     def _write(self, p: Any) -> int:
-        if isinstance(p, (list, tuple)) and len(p) == 3:
-            ops, sync, token = p
-            return self._engine().write(self._ops(ops), _flag(sync, "sync"), token=_token(token))
+        if isinstance(p, (list, tuple)) and len(p) in (3, 4):
+            ops, sync, token, *after = p
+            token = _token(token)
+            if after and not (type(after[0]) is int and 1 <= after[0] < token[1]):
+                raise InvalidArgument(f"a write's 'after' is an earlier write number of its writer, "
+                                      f"got {after[0]!r:.40}")
+            return self._engine().write(self._ops(ops), _flag(sync, "sync"), token=token,
+                                        after=after[0] if after else None)
         ops, sync = _shape(p, 2, "write")
         return self._engine().write(self._ops(ops), _flag(sync, "sync"))
 

@@ -5,15 +5,20 @@ append writes to the open run of their shard (the ops of one message, up to
 ``BATCH_OPS`` ops or ``BATCH_BYTES`` bytes, then the next run starts); each
 run also keeps the newest of its writes per key, and the runs buffered or
 in flight make the overlay, so this process reads its own writes at once
-(``mine``). One sender thread per shard, started on first use, takes the
-oldest run, sends it as one "write" (one WAL record on the shard) through
-the router's retried, breaker-guarded ask (a batch that still meets a
-transient error is sent again until the router's timeout has passed: a
-worker restart never drops writes), and waits for the answer before it
-sends the next: writes to a shard stay in the order they were made, even
-across a worker restart (a failed batch is sent again before anything after
-it). Once answered, a run leaves the overlay whole. Batching is natural:
-while one batch is on the wire the next one fills.
+(``mine``). One sender thread per shard, started on first use, sends the
+oldest runs, each as one "write" (one WAL record on the shard), keeping up
+to ``DEPTH`` of them unanswered (so the shard has the next run queued while
+it applies one), and settles the answers in the order the runs were sent. A
+run whose answer is a transient error is sent again through the router's
+retried, breaker-guarded ask until the router's timeout has passed (a
+worker restart never drops writes). Writes to a shard stay in the order
+they were made, even across a worker restart: a run sent while the one
+before it is unanswered names that one (``after``) and the shard applies it
+only once that one is settled there (applied, or given up by this writer),
+else answers ``OutOfOrder``; such a run is sent again only after the one
+before it is settled, and then without ``after``. Once answered, a run
+leaves the overlay whole. Batching is natural: while runs are on the wire
+the next one fills.
 
 A process forked from the caller (os.fork) starts with empty runs: the
 sender threads did not come along, and what the parent queued is the
@@ -42,6 +47,8 @@ import os
 import threading
 import time
 import weakref
+from collections import deque
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BackgroundError, DatabaseClosed, FatalError, LightningError, TransientError
@@ -52,6 +59,7 @@ if TYPE_CHECKING:
 
 __all__ = ["BATCH_BYTES", "BATCH_OPS", "MAX_BUFFERED_BYTES", "TokenSource", "WritePipeline"]
 
+DEPTH = 2                          # runs sent to a shard and not yet answered, at most
 BATCH_OPS = 4096
 BATCH_BYTES = 1 << 20
 MAX_BUFFERED_BYTES = 16 << 20
@@ -130,7 +138,7 @@ class WritePipeline:
         self._wake = [threading.Condition(self._lock) for _ in range(shards)]
         self._idle = threading.Condition(self._lock)
         self._runs: list[list[_Run]] = [[] for _ in range(shards)]      # buffered, oldest first
-        self._flying: list[_Run | None] = [None] * shards               # sent, not answered
+        self._flying: list[list[_Run]] = [[] for _ in range(shards)]     # sent, not answered
         # Per shard, the newest-first ``newest`` dicts of its buffered and
         # flying runs: replaced whole (under the lock) when a run starts or
         # is answered, read without the lock (the overlay).
@@ -147,11 +155,8 @@ class WritePipeline:
         self.ops = 0
 
     def _publish(self, shard: int) -> None:
-        flying = self._flying[shard]
-        views = [r.newest for r in reversed(self._runs[shard])]
-        if flying is not None:
-            views.append(flying.newest)
-        self._views[shard] = tuple(views)
+        runs = self._flying[shard] + self._runs[shard]
+        self._views[shard] = tuple(r.newest for r in reversed(runs))
 
     def mine(self, key: bytes, shard: int | None = None) -> tuple[int, bytes] | None:
         """(kind, value) of this process's newest write of *key* still in
@@ -231,48 +236,76 @@ class WritePipeline:
         return isinstance(self._error, FatalError)
 
     def _send_loop(self, shard: int) -> None:
+        """Send the shard's runs in order, up to ``DEPTH`` unanswered at once,
+        and settle each answer in order (see the module docstring)."""
         wake, runs = self._wake[shard], self._runs[shard]
+        tokens = self._router.tokens
+        flying: deque[tuple[_Run, list[Any], Future]] = deque()
         while True:
             with self._lock:
-                while not runs and not self._closing:
+                while not flying and not runs and not self._closing:
                     wake.wait()
-                if not runs:
+                if not flying and not runs:
                     return
-                run = runs.pop(0)
-                self._flying[shard] = run
-                self._bytes[shard] -= run.nbytes
-                self._busy[shard] = True
-                self._idle.notify_all()       # writers held back by the buffer limit
-            error = None
-            tokens = self._router.tokens
-            token = tokens.take(shard)
-            payload = [run.ops, False, token]
-            deadline = time.monotonic() + self._router.timeout
-            while True:
-                try:
-                    self._router._ask_retry(shard, "write", payload)
-                except TransientError as exc:
-                    # A worker being restarted: the batch was not applied (or
-                    # was, and writing it again sets the same values). Keep
-                    # trying for the router's whole timeout, not only its
-                    # retry attempts: nobody can send these writes again.
-                    if time.monotonic() < deadline and not self._closing_now():
-                        time.sleep(0.05)
-                        continue
-                    error = exc
-                except LightningError as exc:
-                    error = exc
-                except BaseException as exc:  # noqa: BLE001 - never leave a barrier waiting
-                    error = BackgroundError(f"pipelined write to shard {shard} failed: {exc!r}")
-                break
+                launch = []
+                while runs and len(flying) + len(launch) < DEPTH:
+                    run = runs.pop(0)
+                    self._flying[shard].append(run)
+                    self._bytes[shard] -= run.nbytes
+                    launch.append(run)
+                if launch:
+                    self._busy[shard] = True
+                    self._idle.notify_all()       # writers held back by the buffer limit
+            for run in launch:
+                token = tokens.take(shard)
+                # Applied only after the run sent just before it, if that one
+                # is still unanswered (the shard checks: OutOfOrder otherwise).
+                payload = [run.ops, False, token] + ([flying[-1][1][1]] if flying else [])
+                flying.append((run, token, self._router._ask_once(shard, "write", payload)))
+            run, token, first = flying.popleft()
+            error = self._settle(shard, run, token, first)
             tokens.done(shard, token)
             with self._lock:
-                self._flying[shard] = None
+                self._flying[shard].remove(run)
                 self._publish(shard)
                 self.live -= len(run.ops)
                 if error is not None and self._error is None:
                     self._error = error
                 self.batches += 1
                 self.ops += len(run.ops)
-                self._busy[shard] = False
+                self._busy[shard] = bool(flying)
                 self._idle.notify_all()
+
+    def _settle(self, shard: int, run: _Run, token: list[Any], first: Future) -> LightningError | None:
+        """Wait for the first attempt of *run*; if it met a transient error,
+        send the run again until it is answered or the router's timeout has
+        passed. The runs before it are settled by now, so a resend needs no
+        order check. Returns the error the run ended with, or None."""
+        try:
+            first.result()
+            return None
+        except TransientError:
+            pass
+        except LightningError as exc:
+            return exc
+        except BaseException as exc:  # noqa: BLE001 - never leave a barrier waiting
+            return BackgroundError(f"pipelined write to shard {shard} failed: {exc!r}")
+        payload = [run.ops, False, token]
+        deadline = time.monotonic() + self._router.timeout
+        while True:
+            try:
+                self._router._ask_retry(shard, "write", payload)
+                return None
+            except TransientError as exc:
+                # A worker being restarted: the batch was not applied (or
+                # was, and writing it again sets the same values). Keep
+                # trying for the router's whole timeout, not only its
+                # retry attempts: nobody can send these writes again.
+                if time.monotonic() < deadline and not self._closing_now():
+                    time.sleep(0.05)
+                    continue
+                return exc
+            except LightningError as exc:
+                return exc
+            except BaseException as exc:  # noqa: BLE001 - never leave a barrier waiting
+                return BackgroundError(f"pipelined write to shard {shard} failed: {exc!r}")

@@ -99,6 +99,12 @@ class WriteTokens:
             return True
         return False
 
+    def settled(self, writer: bytes, n: int) -> bool:
+        """Whether the write (writer, n) was applied here, or the writer has
+        finished with it (below its lo: answered, applied or not)."""
+        w = self._writers.get(writer)
+        return w is not None and (n < w.lo or n in w.applied)
+
     def add(self, writer: bytes, n: int, lo: int) -> None:
         w = self._advance(writer, lo)
         if n >= w.lo:

@@ -30,7 +30,8 @@ import time
 from typing import Any, Callable, Iterator
 
 from ..config import Config
-from ..errors import BackgroundError, DatabaseClosed, DiskFull, InvalidArgument, LightningError, WriteStalled
+from ..errors import (BackgroundError, DatabaseClosed, DiskFull, InvalidArgument, LightningError, OutOfOrder,
+                      WriteStalled)
 from . import compaction, restore
 from .cache import make_cache
 from .format import LOCK, Kind, WalOp, manifest_name, segment_name, table_name, wal_name
@@ -224,23 +225,26 @@ class Engine(Participant):
 
     # --- writes -------------------------------------------------------------------------------
     def write(self, ops: list[Op], sync: bool = False, check: TxCheck | None = None,
-              token: tuple[bytes, int, int] | None = None) -> int:
+              token: tuple[bytes, int, int] | None = None, after: int | None = None) -> int:
         """Apply *ops* atomically; return the sequence number of the last one.
         Returns once the WAL holds them (and has fsynced them when *sync* or
         the policy is ``always``). With *check* (a transaction's commit) the
         check passes first, under the same lock, or nothing is written. With
         *token* (writer, n, lo) a write already applied under the same token
-        is not applied again (dedupe.py): the current sequence is returned."""
+        is not applied again (dedupe.py): the current sequence is returned.
+        *after* (with a token): the same writer's write number *after* must
+        be settled here first (dedupe.py ``settled``), else ``OutOfOrder``
+        and nothing is written (pipelined writes, shards/pipeline.py)."""
         if not ops:
             if check is not None:
                 with self._write_lock:
                     self.txn.check(check)
             return self._last_seq
-        return self._write(ops, sync, None, False, check, token=token)
+        return self._write(ops, sync, None, False, check, token=token, after=after)
 
     def _write(self, ops: list[Op] | None, sync: bool, commit: bytes | None, remember: bool = False,
                check: TxCheck | None = None, keep: Callable[[list[Op]], list[Op]] | None = None,
-               token: tuple[bytes, int, int] | None = None) -> int:
+               token: tuple[bytes, int, int] | None = None, after: int | None = None) -> int:
         """The write path. *keep* (the expiry sweep) filters *ops* under the
         lock and makes this return how many were written."""
         with self._write_lock:
@@ -252,6 +256,8 @@ class Engine(Participant):
                 # nothing; a sync covers what the WAL already holds.
                 wal, target, dup = self._sv.wal, self._sv.wal.size, self._last_seq
             else:
+                if after is not None and token is not None and not self.tokens.settled(token[0], after):
+                    raise OutOfOrder(f"write {token[1]} of this writer came before its write {after}")
                 if keep is not None:
                     ops = keep(ops)
                     if not ops:

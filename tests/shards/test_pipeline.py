@@ -8,6 +8,7 @@ writes in the order they were made; a writer faster than a shard is held back.
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from concurrent.futures import Future
@@ -23,18 +24,25 @@ from lightning_db.shards.router import ShardRouter
 
 
 class _SlowRef:
-    """Answers "write" asks after *delay* seconds, or with *error*; records
-    the ops of every write in order."""
+    """A shard that handles asks one at a time in arrival order (as an actor
+    does), each after *delay* seconds, answering with *error* if given;
+    records the ops of every write in the order it applied them."""
 
     def __init__(self, delay: float = 0.0, error: Exception | None = None) -> None:
         self.delay, self.error = delay, error
         self.writes: list[list] = []
         self.lock = threading.Lock()
+        self._queue: queue.Queue = queue.Queue()
+        threading.Thread(target=self._serve, daemon=True).start()
 
     def ask(self, op, payload=None, timeout=None):
         f: Future = Future()
+        self._queue.put((op, payload, f))
+        return f
 
-        def answer() -> None:
+    def _serve(self) -> None:
+        while True:
+            op, payload, f = self._queue.get()
             time.sleep(self.delay)
             with self.lock:
                 if op == "write":
@@ -43,8 +51,6 @@ class _SlowRef:
                 f.set_exception(self.error)
             else:
                 f.set_result([None] * len(payload[0]) if op == "get_many" else 1)
-        threading.Thread(target=answer, daemon=True).start()
-        return f
 
 
 def _router(ref) -> ShardRouter:
@@ -151,3 +157,56 @@ def test_a_forked_child_writes_through_its_own_pipeline(tmp_path):
         assert os.waitstatus_to_exitcode(status) == 0
         db.flush()
         assert db.get(b"parent") == b"1" and db.get(b"child") == b"2"
+
+
+class _OrderedShard:
+    """A shard with the order check of tokened writes (storage/dedupe.py,
+    engine ``after``): the first attempt of each write number in *lose*
+    vanishes on the way (a worker restart), unapplied."""
+
+    def __init__(self, lose: set[int]) -> None:
+        self.lose = set(lose)
+        self.applied: list[int] = []
+        self.values: dict[bytes, bytes] = {}
+        self.refused = 0
+
+    def ask(self, op, payload=None, timeout=None):
+        from lightning_db.errors import OutOfOrder, PeerLost
+
+        assert op == "write"
+        f: Future = Future()
+        ops, _sync, token, *after = payload
+        n = token[1]
+        if n in self.lose:
+            self.lose.discard(n)
+            f.set_exception(PeerLost("lost on the way"))
+        elif after and after[0] not in self.applied and after[0] >= token[2]:
+            self.refused += 1
+            f.set_exception(OutOfOrder(f"{n} before {after[0]}"))
+        else:
+            if n not in self.applied:
+                self.applied.append(n)
+                self.values.update((k, v) for _, k, v in ops)
+            f.set_result(1)
+        return f
+
+
+def test_a_run_sent_behind_a_lost_one_is_applied_after_it(monkeypatch):
+    """Two runs on the wire; the first is lost: the shard refuses the second
+    (it names the first as 'after'), the sender sends the first again, then
+    the second: the newer value wins, as the writes were made."""
+    monkeypatch.setattr(pipeline, "BATCH_OPS", 2)
+    shard = _OrderedShard(lose={1})
+    db = _router(shard)
+    pipe = db._pipe
+    pipe._threads[0] = threading.current_thread()        # hold the sender back: both runs queue first
+    for v in (b"1", b"2", b"3", b"4"):
+        db.put(b"k", v)
+    assert len(pipe._runs[0]) == 2
+    sender = threading.Thread(target=pipe._send_loop, args=(0,), daemon=True)
+    pipe._threads[0] = sender
+    sender.start()
+    pipe.barrier()
+    assert shard.refused == 1 and shard.applied == [1, 2]
+    assert shard.values[b"k"] == b"4"
+    pipe.close()

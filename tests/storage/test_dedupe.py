@@ -8,7 +8,7 @@ import os
 import pytest
 
 from lightning_db.config import Config
-from lightning_db.errors import InvalidArgument
+from lightning_db.errors import InvalidArgument, OutOfOrder
 from lightning_db.shards.actor import _token
 from lightning_db.shards.pipeline import TokenSource
 from lightning_db.storage.dedupe import MAX_WRITERS, WriteTokens, new_writer_id, writer_pid
@@ -78,6 +78,23 @@ def test_a_retry_after_a_newer_write_does_not_overwrite_it(tmp_path):
         assert eng.write([(V, b"k", b"old")], token=(w, 1, 1)) == seq   # the retry: nothing written
         assert eng.get(b"k") == b"newer"
         assert eng.stats()["duplicate_writes"] == 1
+    finally:
+        eng.close()
+
+
+def test_a_write_named_after_an_unsettled_one_is_refused_and_writes_nothing(tmp_path):
+    eng = Engine(str(tmp_path), Config(**SMALL))
+    try:
+        w = new_writer_id()
+        seq = eng.last_sequence
+        with pytest.raises(OutOfOrder):
+            eng.write([(V, b"k", b"2")], token=(w, 2, 1), after=1)   # write 1 never arrived
+        assert eng.last_sequence == seq and eng.get(b"k") is None
+        eng.write([(V, b"k", b"1")], token=(w, 1, 1))
+        eng.write([(V, b"k", b"2")], token=(w, 2, 1), after=1)         # now in order
+        assert eng.get(b"k") == b"2"
+        eng.write([(V, b"j", b"4")], token=(w, 4, 4), after=3)         # 3 is below lo: given up, settled
+        assert eng.get(b"j") == b"4"
     finally:
         eng.close()
 
