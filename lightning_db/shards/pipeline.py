@@ -51,7 +51,7 @@ from collections import deque
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
-from ..errors import BackgroundError, DatabaseClosed, FatalError, LightningError, TransientError
+from ..errors import BackgroundError, DatabaseClosed, FatalError, LightningError, OutOfOrder, TransientError
 from ..storage.dedupe import new_writer_id
 
 if TYPE_CHECKING:
@@ -98,6 +98,38 @@ class TokenSource:
         with self._lock:
             if token[0] == self.writer:
                 self._in_flight[shard].discard(token[1])
+
+
+def _ask_once(router: "ShardRouter", shard: int, op: str, payload: Any) -> Future:
+    """One attempt of an ask through the shard's breaker, not waited for:
+    its future (failed at once when the breaker or the mailbox refuses it).
+    The breaker hears how it ended; an ``OutOfOrder`` answer counts as a
+    healthy shard."""
+    breaker = router.breakers[shard]
+    try:
+        breaker.before_call()
+    except LightningError as exc:
+        return _failed(exc)
+    try:
+        fut = router.refs[shard].ask(op, payload, router.attempt_timeout)
+    except LightningError as exc:
+        breaker.on_failure(exc)
+        return _failed(exc)
+
+    def ended(f: Future) -> None:
+        exc = f.exception()
+        if exc is None or isinstance(exc, OutOfOrder):
+            breaker.on_success()
+        else:
+            breaker.on_failure(exc)
+    fut.add_done_callback(ended)
+    return fut
+
+
+def _failed(exc: LightningError) -> Future:
+    f: Future = Future()
+    f.set_exception(exc)
+    return f
 
 
 class _Run:
@@ -261,7 +293,7 @@ class WritePipeline:
                 # Applied only after the run sent just before it, if that one
                 # is still unanswered (the shard checks: OutOfOrder otherwise).
                 payload = [run.ops, False, token] + ([flying[-1][1][1]] if flying else [])
-                flying.append((run, token, self._router._ask_once(shard, "write", payload)))
+                flying.append((run, token, _ask_once(self._router, shard, "write", payload)))
             run, token, first = flying.popleft()
             error = self._settle(shard, run, token, first)
             tokens.done(shard, token)

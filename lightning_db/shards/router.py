@@ -54,8 +54,7 @@ from typing import Any
 from ..actors import ActorRef
 from ..config import Config
 from ..db import Batch, MappingSugar, _limited, _Limits, _scan_range
-from ..errors import (DatabaseClosed, InvalidArgument, LightningError, OutOfOrder, Timeout, TransactionConflict,
-                      TransientError)
+from ..errors import DatabaseClosed, InvalidArgument, LightningError, Timeout, TransactionConflict, TransientError
 from ..storage.bloom import key_hash
 from ..storage.format import Kind
 from ..storage.published import UNAVAILABLE, PublishedReader
@@ -89,12 +88,6 @@ Op = tuple[int, bytes, bytes]
 def _hung(exc: BaseException) -> bool:
     """What a shard's breaker counts: an attempt that timed out."""
     return isinstance(exc, Timeout)
-
-
-def _failed(exc: LightningError) -> Future:
-    f: Future = Future()
-    f.set_exception(exc)
-    return f
 
 
 def _quiet_call(fn: Callable[[], Any]) -> Any:
@@ -185,31 +178,6 @@ class ShardRouter(Transactional, MappingSugar):
             breaker.on_success()
             return r
         return self._retry(attempt)
-
-    def _ask_once(self, shard: int, op: str, payload: Any = None) -> Future:
-        """One attempt of an ask through the shard's breaker, not waited
-        for: its future (failed at once when the breaker or the mailbox
-        refuses it). The breaker hears how it ended; an ``OutOfOrder``
-        answer counts as a healthy shard."""
-        breaker = self.breakers[shard]
-        try:
-            breaker.before_call()
-        except LightningError as exc:
-            return _failed(exc)
-        try:
-            fut = self.refs[shard].ask(op, payload, self.attempt_timeout)
-        except LightningError as exc:
-            breaker.on_failure(exc)
-            return _failed(exc)
-
-        def ended(f: Future) -> None:
-            exc = f.exception()
-            if exc is None or isinstance(exc, OutOfOrder):
-                breaker.on_success()
-            else:
-                breaker.on_failure(exc)
-        fut.add_done_callback(ended)
-        return fut
 
     def _ask_all(self, op: str, payloads: Mapping[int, Any] | None = None, *,
                  idempotent: bool = False) -> dict[int, Any]:
