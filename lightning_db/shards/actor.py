@@ -42,7 +42,10 @@ closed, the damaged file it names quarantined (``supervisor.quarantine``),
 the shard rebuilt from its restore point plus every WAL since
 (``storage.restore``), the engine reopened and the op run again on it (an op
 that met corruption changed nothing). The same happens when the engine
-cannot open at start. ``stats`` reports restores and quarantined files.
+cannot open at start. A restore stopped part way by another error (a full
+disk, an I/O error) is answered with that error and tried again by the next
+message, until the rebuilt shard is open. ``stats`` reports restores and
+quarantined files.
 
 An ``abort`` of a transaction this shard has not prepared is remembered (in
 memory, bounded): a ``prepare`` of it arriving later is refused with
@@ -154,6 +157,10 @@ class ShardActor(Actor):
         self.engine_fs = OSFileSystem()
         self.restores = 0
         self.quarantined: list[str] = []
+        # The damage a restore is for, until the rebuilt shard is open: a
+        # restore that met a full disk or an I/O error is tried again by the
+        # next message (which gets that error meanwhile), never left undone.
+        self._unrestored: CorruptionError | None = None
         self.placement = {"huge_page_advice": 0, "numa_bound": 0}   # segments the kernel accepted
         self._aborted: OrderedDict[bytes, None] = OrderedDict()
 
@@ -214,6 +221,7 @@ class ShardActor(Actor):
         from its restore point plus every WAL since (storage/restore.py) and
         reopen it. Without a restore point the error stands."""
         log.critical("shard %d: %s; restoring from its restore point", self.shard_id, exc)
+        self._unrestored = exc
         if self.engine is not None:
             engine, self.engine = self.engine, None
             try:
@@ -229,6 +237,7 @@ class ShardActor(Actor):
         except CorruptionError as again:
             raise again from exc
         self.engine = self._open()
+        self._unrestored = None
         self.restores += 1
         log.warning("shard %d restored (restore %d)", self.shard_id, self.restores)
 
@@ -270,6 +279,10 @@ class ShardActor(Actor):
 
     def _engine(self) -> Engine:
         if self.engine is None:
+            if self._unrestored is not None:
+                self._restore(self._unrestored)      # the last try failed part way: again
+                assert self.engine is not None
+                return self.engine
             raise InvalidArgument(f"shard {self.shard_id} is not open")
         return self.engine
 

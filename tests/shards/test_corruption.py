@@ -167,3 +167,38 @@ def test_damage_found_when_a_restarted_worker_opens(sharded):
     assert st["restores"] == 1 and len(st["quarantined"]) == 1
     notes = [json.load(open(p)) for p in glob.glob(os.path.join(db.path, "quarantine", "*.note.json"))]
     assert [n["original_path"] for n in notes] == [victim]
+
+
+def test_a_restore_stopped_by_a_full_disk_is_tried_again(tmp_path, monkeypatch):
+    """The shard actor in this process: damage found, the restore meets a
+    full disk (the error is the answer), the next message restores and is
+    answered from the rebuilt shard (before: 'shard 0 is not open' for good)."""
+    from lightning_db.errors import DiskFull
+    from lightning_db.shards import actor as actor_mod
+
+    shard_dir = str(tmp_path / "shard-000")
+    a = actor_mod.ShardActor(shard_dir, {**SMALL, "restore_interval": 3600}, 0)
+    a.on_start()
+    try:
+        ops = [[1, b"k%05d" % i, b"v%05d" % i * 20] for i in range(3000)]
+        a.on_receive("write", [ops, False])
+        a.on_receive("flush", None)
+        victim = sorted(glob.glob(os.path.join(shard_dir, "*.ldb")))[0]
+        assert flip_bytes(victim) > 10
+        plain = actor_mod.restore.restore
+        calls = []
+
+        def full_once(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 1:
+                raise DiskFull("no space left on device (injected)")
+            return plain(*args, **kwargs)
+        monkeypatch.setattr(actor_mod.restore, "restore", full_once)
+        keys = [op[1] for op in ops]
+        with pytest.raises(DiskFull):
+            a.on_receive("get_many", [keys, None])          # damage met, restore stopped
+        assert a.engine is None
+        assert a.on_receive("get_many", [keys, None]) == [op[2] for op in ops]   # restored now
+        assert a.restores == 1 and len(calls) == 2
+    finally:
+        a.on_stop()
