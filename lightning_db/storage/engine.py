@@ -30,8 +30,8 @@ import time
 from typing import Any, Callable, Iterator
 
 from ..config import Config
-from ..errors import (BackgroundError, DatabaseClosed, DiskFull, InvalidArgument, LightningError, OutOfOrder,
-                      WriteStalled)
+from ..errors import (BackgroundError, CorruptionError, DatabaseClosed, DiskFull, InvalidArgument, LightningError,
+                      OutOfOrder, WriteStalled)
 from . import compaction, restore
 from .cache import make_cache
 from .format import LOCK, Kind, WalOp, manifest_name, segment_name, table_name, wal_name
@@ -516,7 +516,9 @@ class Engine(Participant):
     def _maybe_restore_point(self) -> None:
         """Background thread: take a restore point when none exists or the
         last is config.restore_interval old. A failure is counted and the
-        next flush tries again; writes go on."""
+        next flush tries again; writes go on, unless the failure is a live
+        table found damaged while copying it: that is this engine's
+        background error (writes refused with it, so a shard restores)."""
         if not self.restore_points:
             return
         now = time.monotonic()
@@ -525,8 +527,12 @@ class Engine(Participant):
         try:
             if restore.make(self) is None:
                 return
-        except (LightningError, OSError):
+        except (LightningError, OSError) as exc:
             self._counters["restore_point_errors"] += 1
+            if isinstance(exc, CorruptionError):
+                with self._mutex:
+                    self._bg_error = exc
+                    self._bg_cv.notify_all()
             return
         self._last_point = now
         self._counters["restore_points"] += 1

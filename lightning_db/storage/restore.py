@@ -12,14 +12,18 @@ Making one (``make``, on the engine's background thread, so no flush retires
 a WAL meanwhile): the version's tables are hard-linked into ``restore.tmp``
 under the engine's mutex (no compaction can unlink them), then each link is
 replaced by a real copy, reusing the previous restore point's copy of a
-table it already holds. The directory is fsynced, the previous point moved
+table it already holds. Every new copy has its block checksums checked: a
+table damaged in place never becomes a copy (the point is not taken, and
+the engine reports the live file as its background error, so a shard
+restores from the point it has). The directory is fsynced, the previous point moved
 to ``restore.old``, ``restore.tmp`` renamed to ``restore``, the shard
 directory fsynced, and ``restore.old`` removed with the archive it held.
 
 Restoring (``restore``, with the engine closed, after the damaged file was
 quarantined): a fresh sibling directory ``<shard dir>.restoring`` receives
-copies of the restore point's files and of the live WALs numbered from the
-point's log number on; a ``COMPLETE`` marker is written last. Then the
+copies of the restore point's files (each table's checksums checked: a
+damaged copy stops the restore, nothing replaced) and of the live WALs
+numbered from the point's log number on; a ``COMPLETE`` marker is written last. Then the
 restore point moves into it, the shard directory moves to
 ``<shard dir>.replaced``, the new directory takes its name, and the replaced
 one is removed. Opening the engine on it replays every WAL from the point's
@@ -35,8 +39,9 @@ import shutil
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..errors import CorruptionError, IOFault
+from ..errors import CorruptionError, IOFault, LightningError
 from .format import CURRENT, parse_name, table_name, wal_name
+from .table import TableReader
 from .fs import OSFileSystem
 from .checkpoint import write_manifest
 from .version import VersionSet
@@ -113,6 +118,9 @@ def make(engine: "Engine") -> dict[str, Any] | None:
             data = fs.read_file(dst)         # through the link: compaction may unlink the live name
             fs.remove(dst)
             fs.write_file(dst, data, sync=True)
+            # A table damaged in place must not become the point's copy (every
+            # later restore would bring the damage back): the live file is named.
+            _check_copy(fs, dst, f.number, engine._file(name))
             copied += 1
     for number, size in wals:
         data = fs.read_file(engine._file(wal_name(number)))[:size]
@@ -163,23 +171,45 @@ def restore(fs: OSFileSystem, shard_dir: str, num_levels: int) -> dict[str, Any]
     probe.close()
     work = shard_dir + _WORK
     fs.makedirs(work)
-    files = 0
-    for name in fs.listdir(point):
-        fs.write_file(os.path.join(work, name), fs.read_file(os.path.join(point, name)), sync=True)
-        files += 1
-    live_wals = 0
-    for name in fs.listdir(shard_dir):
-        p = parse_name(name)
-        if p is not None and p[0] == "wal" and p[1] >= log_number:
+    files = live_wals = 0
+    try:
+        for name in fs.listdir(point):
             dst = os.path.join(work, name)
-            data = fs.read_file(os.path.join(shard_dir, name))
-            if not fs.exists(dst) or len(data) >= fs.file_size(dst):
-                fs.write_file(dst, data, sync=True)
-                live_wals += 1
-    fs.write_file(os.path.join(work, _COMPLETE), b"", sync=True)
+            fs.write_file(dst, fs.read_file(os.path.join(point, name)), sync=True)
+            p = parse_name(name)
+            if p is not None and p[0] == "table":
+                _check_copy(fs, dst, p[1], os.path.join(point, name))
+            files += 1
+        for name in fs.listdir(shard_dir):
+            p = parse_name(name)
+            if p is not None and p[0] == "wal" and p[1] >= log_number:
+                dst = os.path.join(work, name)
+                data = fs.read_file(os.path.join(shard_dir, name))
+                if not fs.exists(dst) or len(data) >= fs.file_size(dst):
+                    fs.write_file(dst, data, sync=True)
+                    live_wals += 1
+        fs.write_file(os.path.join(work, _COMPLETE), b"", sync=True)
+    except (LightningError, OSError):
+        _rmtree(work)               # nothing replaced: the shard stays as it was
+        raise
     fs.sync_dir(work)
     settle(fs, shard_dir)
     return {"files_from_point": files, "live_wals": live_wals, "log_number": log_number}
+
+
+def _check_copy(fs: OSFileSystem, copy: str, number: int, source: str) -> None:
+    """Every block checksum of the table copied to *copy* holds; else
+    ``CorruptionError`` naming *source*, where the damage came from."""
+    try:
+        reader = TableReader.open(fs, copy, number, None)
+    except CorruptionError as exc:
+        raise CorruptionError(f"table {number} is damaged: {exc}", source) from None
+    try:
+        reader.check_sums()
+    except CorruptionError as exc:
+        raise CorruptionError(f"table {number} is damaged: {exc}", source) from None
+    finally:
+        reader.close()
 
 
 def _rmtree(path: str) -> None:

@@ -86,6 +86,49 @@ def test_point_copies_are_not_links_and_are_reused(tmp_path):
     e.close()
 
 
+def _flip(path: str, offsets: range) -> None:
+    with open(path, "r+b") as f:
+        for off in offsets:
+            f.seek(off)
+            b = f.read(1)
+            f.seek(off)
+            f.write(bytes([b[0] ^ 0xFF]))
+
+
+def test_a_damaged_live_table_never_becomes_the_points_copy(tmp_path):
+    """Damage in place before the next point is taken: the point keeps its
+    previous copies, the engine reports the live file (so a shard restores
+    from the good point), and a restore from a point whose copy is damaged
+    refuses rather than bring the damage back."""
+    path = str(tmp_path / "s")
+    cfg = Config(memtable_size=64 * 1024, restore_interval=3600)
+    e = Engine(path, cfg, restore_points=True)
+    try:
+        fill(e, 0, 1500)
+        e.flush()                                   # new tables; the point (taken at open) has none
+        live = os.path.join(path, tables(path)[0])
+        _flip(live, range(64, 4000, 97))
+        point_before = sorted(os.listdir(os.path.join(path, "restore")))
+        e._last_point = None                        # a point is due
+        errors = e.stats()["restore_point_errors"]
+        e._maybe_restore_point()
+        assert e.stats()["restore_point_errors"] == errors + 1
+        assert isinstance(e._bg_error, CorruptionError) and e._bg_error.path == live
+        assert sorted(os.listdir(os.path.join(path, "restore"))) == point_before
+    finally:
+        e.close()
+    # A point that holds a damaged copy (made before copies were checked): restore refuses.
+    point = os.path.join(path, "restore")
+    copy = os.path.join(point, os.path.basename(live))
+    with open(live, "rb") as src, open(copy, "wb") as dst:
+        dst.write(src.read())
+    manifest = [n for n in os.listdir(point) if n.startswith("MANIFEST")]
+    assert manifest
+    with pytest.raises(CorruptionError, match="is damaged"):
+        restore.restore(FS, path, cfg.num_levels)
+    assert not os.path.exists(path + ".restoring")
+
+
 def test_no_point_is_a_corruption_error_and_changes_nothing(tmp_path):
     path = str(tmp_path / "s")
     e = Engine(path, CFG)                 # restore points off (the in-process default)
