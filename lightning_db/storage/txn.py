@@ -76,7 +76,8 @@ class ConflictTracker:
         self.lag_floor: int | None = None          # the seq of *lag* seconds ago (or older)
         self._idle_until = 0.0                      # tracking goes on until then without registrations
         self._write_intents: dict[bytes, bytes] = {}     # key -> txid
-        self._read_intents: dict[bytes, bytes] = {}
+        # key -> txids of the prepared transactions that read it (several may)
+        self._read_intents: dict[bytes, set[bytes]] = {}
         self._range_intents: dict[bytes, list[Range]] = {}
         self._held: dict[bytes, tuple[tuple[bytes, ...], tuple[bytes, ...]]] = {}   # txid -> (writes, reads)
         self._records = 0
@@ -214,9 +215,11 @@ class ConflictTracker:
         if check.writes and (self._read_intents or self._range_intents):
             ri = self._read_intents
             for k in check.writes:
-                other = ri.get(k)
-                if other is not None and other != txid:
-                    self._conflict(f"key {k[:40]!r} was read by prepared transaction {other.hex()}")
+                readers = ri.get(k)
+                if readers:
+                    other = next((t for t in readers if t != txid), None)
+                    if other is not None:
+                        self._conflict(f"key {k[:40]!r} was read by prepared transaction {other.hex()}")
             for other, ranges in self._range_intents.items():
                 if other != txid and any(_in(k, r) for r in ranges for k in check.writes):
                     self._conflict(f"a written key is in a range scanned by prepared transaction {other.hex()}")
@@ -248,8 +251,13 @@ class ConflictTracker:
         self.release(txid)
         for k in writes:
             self._write_intents[k] = txid
+        ri = self._read_intents
         for k in reads:
-            self._read_intents[k] = txid
+            readers = ri.get(k)
+            if readers is None:
+                ri[k] = {txid}
+            else:
+                readers.add(txid)
         if ranges:
             self._range_intents[txid] = list(ranges)
         self._held[txid] = (tuple(writes), tuple(reads))
@@ -263,9 +271,13 @@ class ConflictTracker:
         for k in writes:
             if self._write_intents.get(k) == txid:
                 del self._write_intents[k]
+        ri = self._read_intents
         for k in reads:
-            if self._read_intents.get(k) == txid:
-                del self._read_intents[k]
+            readers = ri.get(k)
+            if readers is not None:
+                readers.discard(txid)
+                if not readers:
+                    del ri[k]
         return True
 
     def holds(self, txid: bytes) -> bool:
