@@ -202,14 +202,12 @@ def _check_copy(fs: OSFileSystem, copy: str, number: int, source: str) -> None:
     ``CorruptionError`` naming *source*, where the damage came from."""
     try:
         reader = TableReader.open(fs, copy, number, None)
+        try:
+            reader.check_sums()
+        finally:
+            reader.close()
     except CorruptionError as exc:
         raise CorruptionError(f"table {number} is damaged: {exc}", source) from None
-    try:
-        reader.check_sums()
-    except CorruptionError as exc:
-        raise CorruptionError(f"table {number} is damaged: {exc}", source) from None
-    finally:
-        reader.close()
 
 
 def _rmtree(path: str) -> None:
