@@ -26,8 +26,8 @@ from .attach import SHARDS_FILE, attach
 from .gate import CommitGate
 from .node import published_path, runtime_dir_for
 from .ring import HashRing
-from .resolve import forget_settled
-from .router import ShardRouter, _quiet_call, resolve_in_doubt, txid_pid
+from .resolve import DEFAULT_TIMEOUT, settle_gone
+from .router import ShardRouter, _quiet_call, txid_pid
 
 __all__ = ["ShardedDatabase", "check_layout"]
 
@@ -71,12 +71,9 @@ class ShardedDatabase(ShardRouter):
             # Settle what callers that are gone left in doubt; a transaction
             # whose coordinator still runs is its own to finish (aborting it
             # here would fail a batch that did nothing wrong).
-            counts = resolve_in_doubt(refs, only=_coordinator_gone, gate=self.gate)
-            if not counts["failed"]:
-                # ... and the decisions they left kept (resolve.py); the node
-                # does the same for callers that die while it runs.
-                with contextlib.suppress(LightningError):
-                    forget_settled(refs, only=_coordinator_gone)
+            # The decisions they left kept go too (resolve.py); the node does
+            # the same for callers that die while it runs.
+            settle_gone(refs, DEFAULT_TIMEOUT, _coordinator_gone, self.gate)
         except BaseException:
             self._session.detach()
             raise

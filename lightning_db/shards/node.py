@@ -68,8 +68,7 @@ from ..mailbox import shutdown as mailbox_shutdown
 from ..supervisor import AlertSink, ChildSpec, Monitor, Supervisor
 from .gate import CommitGate
 from .actor import ShardActor
-from .resolve import forget_settled
-from .router import resolve_in_doubt, txid_pid
+from .resolve import settle_gone, txid_pid
 
 __all__ = [
     "DEFAULT_ACTOR",
@@ -373,16 +372,11 @@ class Node:
                 return txid_pid(txid) in pids
 
             try:
-                counts = resolve_in_doubt(refs, SETTLE_TIMEOUT_S, only=theirs, gate=CommitGate(self.runtime_dir))
-                if not counts["failed"]:
-                    try:
-                        counts["forgotten"] = forget_settled(refs, SETTLE_TIMEOUT_S, only=theirs)
-                    except LightningError:
-                        counts["failed"] += 1           # tried again at the next check
+                counts = settle_gone(refs, SETTLE_TIMEOUT_S, theirs, CommitGate(self.runtime_dir))
             finally:
                 for r in refs:
                     r.disconnect()
-            if counts["committed"] or counts["aborted"] or counts.get("forgotten"):
+            if counts["committed"] or counts["aborted"] or counts["forgotten"]:
                 log.warning("settled what callers %s left in doubt: %s", sorted(pids), counts)
             if not counts["failed"]:
                 with self._orphans_lock:

@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import BackgroundError, DatabaseClosed, FatalError, LightningError, OutOfOrder, TransientError
 from ..storage.dedupe import new_writer_id
+from .resolve import _failed, _send
 
 if TYPE_CHECKING:
     from .router import ShardRouter
@@ -110,11 +111,7 @@ def _ask_once(router: "ShardRouter", shard: int, op: str, payload: Any) -> Futur
         breaker.before_call()
     except LightningError as exc:
         return _failed(exc)
-    try:
-        fut = router.refs[shard].ask(op, payload, router.attempt_timeout)
-    except LightningError as exc:
-        breaker.on_failure(exc)
-        return _failed(exc)
+    fut = _send(router.refs[shard], op, payload, router.attempt_timeout)
 
     def ended(f: Future) -> None:
         exc = f.exception()
@@ -124,12 +121,6 @@ def _ask_once(router: "ShardRouter", shard: int, op: str, payload: Any) -> Futur
             breaker.on_failure(exc)
     fut.add_done_callback(ended)
     return fut
-
-
-def _failed(exc: LightningError) -> Future:
-    f: Future = Future()
-    f.set_exception(exc)
-    return f
 
 
 class _Run:
@@ -176,7 +167,6 @@ class WritePipeline:
         # is answered, read without the lock (the overlay).
         self._views: list[tuple[dict[bytes, tuple[int, bytes]], ...]] = [()] * shards
         self._bytes = [0] * shards
-        self._busy = [False] * shards
         self._threads: list[threading.Thread | None] = [None] * shards
         self._error: LightningError | None = None
         self._closing = False
@@ -225,7 +215,7 @@ class WritePipeline:
                                      name=f"ldb-pipeline-{shard}")
                 self._threads[shard] = t
                 t.start()
-            elif len(run.ops) == 1 and len(runs) == 1 and not self._busy[shard]:
+            elif len(run.ops) == 1 and len(runs) == 1 and not self._flying[shard]:
                 self._wake[shard].notify()
 
     def barrier(self) -> None:
@@ -247,7 +237,7 @@ class WritePipeline:
     def stats(self) -> dict[str, Any]:
         with self._lock:
             return {"buffered_ops": sum(len(r.ops) for runs in self._runs for r in runs),
-                    "in_flight": sum(self._busy), "batches_sent": self.batches, "ops_sent": self.ops,
+                    "in_flight": sum(map(bool, self._flying)), "batches_sent": self.batches, "ops_sent": self.ops,
                     "overlay_keys": sum(len(d) for views in self._views for d in views)}
 
     def close(self) -> None:
@@ -286,7 +276,6 @@ class WritePipeline:
                     self._bytes[shard] -= run.nbytes
                     launch.append(run)
                 if launch:
-                    self._busy[shard] = True
                     self._idle.notify_all()       # writers held back by the buffer limit
             for run in launch:
                 token = tokens.take(shard)
@@ -305,7 +294,6 @@ class WritePipeline:
                     self._error = error
                 self.batches += 1
                 self.ops += len(run.ops)
-                self._busy[shard] = bool(flying)
                 self._idle.notify_all()
 
     def _settle(self, shard: int, run: _Run, token: list[Any], first: Future) -> LightningError | None:

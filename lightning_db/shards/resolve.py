@@ -23,9 +23,16 @@ from typing import Any
 from ..actors import ActorRef
 from ..errors import LightningError
 
-__all__ = ["forget_settled", "resolve_in_doubt", "txid_pid"]
+__all__ = ["forget_settled", "resolve_in_doubt", "settle_gone", "txid_pid"]
 
 DEFAULT_TIMEOUT = 30.0
+
+
+def _failed(exc: LightningError) -> Future:
+    """A future that already failed with *exc*."""
+    f: Future = Future()
+    f.set_exception(exc)
+    return f
 
 
 def _send(ref: ActorRef, op: str, payload: Any, timeout: float) -> Future:
@@ -33,9 +40,7 @@ def _send(ref: ActorRef, op: str, payload: Any, timeout: float) -> Future:
     try:
         return ref.ask(op, payload, timeout)
     except LightningError as exc:
-        f: Future = Future()
-        f.set_exception(exc)
-        return f
+        return _failed(exc)
 
 
 def _quiet(f: Future) -> Any:
@@ -119,3 +124,19 @@ def forget_settled(refs: Sequence[ActorRef], timeout: float = DEFAULT_TIMEOUT,
             f.result()
             n += 1
     return n
+
+
+def settle_gone(refs: Sequence[ActorRef], timeout: float, only: Callable[[bytes], bool],
+                gate: Any = None) -> dict[str, int]:
+    """What coordinators that are gone left (*only* accepts their txids):
+    ``resolve_in_doubt``, then, once that had no failure,
+    ``forget_settled`` (a shard that did not answer counts as a failure:
+    run it again later). Counts: committed, aborted, forgotten, failed."""
+    counts = resolve_in_doubt(refs, timeout, only=only, gate=gate)
+    counts["forgotten"] = 0
+    if not counts["failed"]:
+        try:
+            counts["forgotten"] = forget_settled(refs, timeout, only=only)
+        except LightningError:
+            counts["failed"] += 1
+    return counts
