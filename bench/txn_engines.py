@@ -100,7 +100,7 @@ def _lightning_total(db: Any) -> tuple[int, int]:
     return n, total
 
 
-def _nodes_started(before: set[int]) -> list[Any]:
+def nodes_started(before: set[int]) -> list[Any]:
     """The Lightning nodes this process started since *before* (its child
     pids then), each with its workers: what ``open(path, shards=N)`` starts."""
     import psutil
@@ -115,7 +115,7 @@ def _nodes_started(before: set[int]) -> list[Any]:
     return out
 
 
-def _stop_tree(procs: list[Any], what: str, grace: float = 30.0) -> None:
+def stop_tree(procs: list[Any], what: str, grace: float = 30.0) -> None:
     """Wait up to *grace* seconds for *procs* (psutil processes this run
     started) to exit; terminate, then kill, the ones still there."""
     import psutil
@@ -191,15 +191,15 @@ class Lightning(TxEngine):
                 if db is not None:
                     db.close()
             finally:
-                _stop_tree(_nodes_started(before), cls.name, 30.0 if db is not None else 0.0)
+                stop_tree(nodes_started(before), cls.name, 30.0 if db is not None else 0.0)
             raise
 
         def close() -> None:
-            started = _nodes_started(before)
+            started = nodes_started(before)
             try:
                 db.close()                        # the node exits once the last caller detached
             finally:
-                _stop_tree(started, cls.name)
+                stop_tree(started, cls.name)
 
         return Host(lambda: _lightning_total(db), close)
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from itertools import islice
 from typing import Any
 
+from .txn_engines import nodes_started, stop_tree
 from .peers import (
     CACHE,
     Engine,
@@ -84,18 +85,16 @@ class YLightningShards(_Ycsb, LightningShards):
         self.db.put_many([])              # waits for this handle's pipelined writes
 
     def _stop_node(self, grace: float) -> None:
-        from .txn import _nodes_started, _stop_tree
 
-        _stop_tree(_nodes_started(self._before), self.name, grace)
+        stop_tree(nodes_started(self._before), self.name, grace)
 
     def close(self) -> None:
-        from .txn import _nodes_started, _stop_tree
 
-        started = _nodes_started(self._before)
+        started = nodes_started(self._before)
         try:
             super().close()              # the node exits once its last caller detached
         finally:
-            _stop_tree(started, self.name)
+            stop_tree(started, self.name)
 
 
 class YRocksdict(_Ycsb, Rocksdict):
@@ -336,7 +335,6 @@ class LightningServer(_Ycsb, Engine):
         """SIGTERM to the server (it stops its front ends, flushes, closes the
         database and waits for the node); whatever is left after that is
         terminated, then killed."""
-        from .txn import _stop_tree
 
         r = getattr(self, "r", None)
         if r is not None:
@@ -358,7 +356,7 @@ class LightningServer(_Ycsb, Engine):
                     proc.kill()
                     proc.wait(30)
         finally:
-            _stop_tree(list(self.tree.values()), self.name, 30.0)
+            stop_tree(list(self.tree.values()), self.name, 30.0)
 
 
 ENGINES: dict[str, type[Any]] = {e.name: e for e in (YLightning, YLightningShards, LightningServer, YRocksdict,

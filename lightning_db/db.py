@@ -417,7 +417,7 @@ class Database(Transactional, MappingSugar):
         start, end, limit = _scan_range(self._limits, start, end, prefix, reverse, limit)
         if start is not None and end is not None and start >= end:
             return iter(())
-        return _limited(self._engine.scan(start, end, reverse, seq), limit)
+        return _limited(self._engine.scan(start, end, reverse, seq, limit), limit)
 
     def snapshot(self) -> Snapshot:
         self._check_open()

@@ -58,7 +58,7 @@ from ..errors import DatabaseClosed, InvalidArgument, LightningError, Timeout, T
 from ..storage.bloom import key_hash
 from ..storage.format import Kind
 from ..storage.published import UNAVAILABLE, PublishedReader
-from ..storage.scan import merge_chunks
+from ..storage.scan import first_chunk, merge_chunks
 from ..storage.ttl import visible
 from ..supervisor.breaker import CircuitBreaker
 from ..supervisor.retry import Backoff, retry
@@ -459,8 +459,10 @@ class ShardRouter(Transactional, MappingSugar):
         lo, hi, n = rng
         if (lo is not None and hi is not None and lo >= hi) or n == 0 or (incs is not None and None in incs):
             return None
-        at = [()] * len(self.refs) if seqs is None else [(q, i) for q, i in zip(seqs, incs or ())]
-        its = [self._shared(s, "scan_chunks", lo, hi, reverse, *at[s]) for s in range(len(self.refs))]
+        ways = len(self.refs)
+        at = [(None, None)] * ways if seqs is None else [(q, i) for q, i in zip(seqs, incs or ())]
+        first = first_chunk(n, ways)
+        its = [self._shared(s, "scan_chunks", lo, hi, reverse, *at[s], first) for s in range(ways)]
         if any(it is UNAVAILABLE for it in its):
             return None
         # A key lives on one shard only: merge_chunks merges the shards'

@@ -43,7 +43,7 @@ from .published import Publisher
 from .recovery import recover
 from .table import TableReader
 from .participant import Participant
-from .scan import version_scan
+from .scan import first_chunk, version_scan
 from .ttl import VALUE_TTL, entry, visible
 from .txn import ConflictTracker, TxCheck
 from .version import FileMeta, VersionSet
@@ -172,13 +172,15 @@ class Engine(Background, Participant):
         return [get(k, seq) for k in keys]
 
     def scan(self, start: bytes | None, end: bytes | None, reverse: bool = False,
-             seq: int | None = None) -> Iterator[tuple[bytes, bytes]]:
+             seq: int | None = None, limit: int | None = None) -> Iterator[tuple[bytes, bytes]]:
         """Live (key, value) pairs with start <= key < end, ascending (or
-        descending with *reverse*), as of *seq*."""
+        descending with *reverse*), as of *seq*; *limit*: how many the
+        caller will take at most (a hint: the iterator reads ahead about
+        that many first)."""
         if seq is None:
             seq = self._last_seq
         sv = self._sv
-        return version_scan([sv.mem, *sv.imm_mems], sv.version, start, end, reverse, seq)
+        return version_scan([sv.mem, *sv.imm_mems], sv.version, start, end, reverse, seq, first_chunk(limit))
 
     # --- snapshots --------------------------------------------------------------------------
     def acquire_snapshot(self) -> int:

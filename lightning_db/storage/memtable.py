@@ -30,7 +30,6 @@ import mmap
 import os
 import struct
 import threading
-from bisect import bisect_left, insort
 from itertools import repeat
 from operator import eq
 from typing import TYPE_CHECKING, Any, Iterator
@@ -42,6 +41,7 @@ from ..errors import CorruptionError, InvalidArgument
 from .format import (FORMAT_VERSION, KIND_BITS, SEGMENT_FLAG_IMMUTABLE, SEGMENT_HEADER,
                      SEGMENT_HEADER_SIZE, SEGMENT_MAGIC, SEGMENT_RECORD)
 from .fs import OSFileSystem, wrap_oserror
+from .keyruns import KeyRuns
 
 __all__ = ["Memtable", "SegmentReader", "segment_slots", "segment_size"]
 
@@ -66,18 +66,6 @@ _FLAGS_TO_USED = struct.Struct("<IQQQ")  # flags, capacity, slots, arena_used: o
 _Q_USED, _Q_COUNT = _OFF_USED // 8, _OFF_USED // 8 + 1      # header fields as u64 slots
 
 assert SEGMENT_HEADER.size <= SEGMENT_HEADER_SIZE and _REC_SIZE == 24
-
-
-def merged(keys: list[bytes], new: list[bytes]) -> list[bytes]:
-    """A new sorted list of *keys* and *new* (both sorted, disjoint): a few
-    new keys are inserted into a copy, many are merged by a sort that finds
-    the two runs (both in C: a scan after an insert costs a copy, not a sort)."""
-    if len(new) <= 64:
-        out = keys.copy()
-        for k in new:
-            insort(out, k)
-        return out
-    return sorted(keys + new)
 
 
 def segment_slots(capacity: int) -> int:
@@ -113,7 +101,7 @@ class Memtable:
         self._hdr = self._mv[:SEGMENT_HEADER_SIZE].cast("Q")    # header fields as u64 slots
         self._index: dict[bytes, int] = {}                   # key -> slot number
         self._added: list[bytes] = []                       # keys in the order they were first added
-        self._sorted: list[bytes] | None = None             # sorted keys, built on demand
+        self._sorted: KeyRuns | None = None                 # sorted keys, built on demand (keyruns.py)
         self._used = 0
         self._count = 0
         self._first_seq = 0
@@ -242,21 +230,23 @@ class Memtable:
             ref = prev
         return None
 
-    def _sorted_keys(self) -> list[bytes]:
-        # Keys are only ever added, in the order of ``_added``: a sorted list
-        # of its first n keys is brought up to date by merging in the rest
-        # (a new list each time: an iterator may hold the old one).
+    def _key_runs(self) -> KeyRuns:
+        # Keys are only ever added, in the order of ``_added``: the sorted
+        # runs of its first n keys are brought up to date with the rest.
         added = self._added
         n = len(added)                                # a writer may be appending meanwhile
-        keys = self._sorted
-        if keys is None:
-            keys = sorted(added[:n])
-        elif len(keys) != n:
-            keys = merged(keys, sorted(added[len(keys):n]))
+        runs = self._sorted
+        if runs is None:
+            runs = KeyRuns(sorted(added[:n]))
+        elif runs.count != n:
+            runs = runs.add(sorted(added[runs.count:n]))
         else:
-            return keys
-        self._sorted = keys
-        return keys
+            return runs
+        self._sorted = runs
+        return runs
+
+    def _sorted_keys(self) -> list[bytes]:
+        return self._key_runs().full()
 
     def iter_visible(self, start: bytes | None, end: bytes | None, reverse: bool,
                      snapshot_seq: int) -> Iterator[tuple[bytes, int, bytes]]:
@@ -265,21 +255,15 @@ class Memtable:
         ascending (or, with *reverse*, descending) key order. Safe while the
         writer keeps adding: keys added later are skipped, newer versions are
         filtered out by *snapshot_seq*."""
-        keys = self._sorted_keys()
-        lo = 0 if start is None else bisect_left(keys, start)
-        hi = len(keys) if end is None else bisect_left(keys, end)
-        return self._iter_range(keys, range(hi - 1, lo - 1, -1) if reverse else range(lo, hi),
-                                snapshot_seq)
+        return self._iter_keys(self._key_runs().range(start, end, reverse), snapshot_seq)
 
-    def _iter_range(self, keys: list[bytes], positions: range,
-                    snapshot_seq: int) -> Iterator[tuple[bytes, int, bytes]]:
+    def _iter_keys(self, keys: Iterator[bytes], snapshot_seq: int) -> Iterator[tuple[bytes, int, bytes]]:
         index = self._index
         slots = self._slots
         mm = self._mm
         base = self._base - 1
         unpack = SEGMENT_RECORD.unpack_from
-        for i in positions:
-            key = keys[i]
+        for key in keys:
             ref = slots[index[key]]
             while ref:
                 off = base + ref
@@ -442,7 +426,7 @@ class SegmentReader:
         # seen so far, sorted, and the newest record of each, from the part
         # of the append-only arena read up to ``_done``.
         self._done = 0
-        self._keys: list[bytes] = []
+        self._keys = KeyRuns([])
         self._newest: dict[bytes, int] = {}
         self._scan_lock = threading.Lock()
 
@@ -560,7 +544,7 @@ class SegmentReader:
             si = (si + 1) & mask
         return None
 
-    def _catch_up(self) -> tuple[list[bytes], dict[bytes, int]]:
+    def _catch_up(self) -> tuple[KeyRuns, dict[bytes, int]]:
         """Read the arena records published since the last call (up to the
         header's arena_used, which the writer raises after the slots)."""
         with self._scan_lock:
@@ -587,27 +571,31 @@ class SegmentReader:
             self._done = off
             if new:
                 new.sort()
-                self._keys = merged(self._keys, new)     # a new list: iterators keep theirs
+                self._keys = self._keys.add(new)          # new runs: iterators keep theirs
             return self._keys, newest
 
     def iter_visible(self, start: bytes | None, end: bytes | None, reverse: bool,
                      snapshot_seq: int) -> Iterator[tuple[bytes, int, bytes]]:
         """Same contract as ``Memtable.iter_visible``, from the bytes alone."""
-        keys, newest = self._catch_up()
-        lo = 0 if start is None else bisect_left(keys, start)
-        hi = len(keys) if end is None else bisect_left(keys, end)
-        return self._iter_range(keys, newest, range(hi - 1, lo - 1, -1) if reverse else range(lo, hi),
-                                snapshot_seq)
+        runs, newest = self._catch_up()
+        return self._iter_keys(runs.range(start, end, reverse), newest, snapshot_seq)
 
-    def _iter_range(self, keys: list[bytes], newest: dict[bytes, int], positions: range,
-                    snapshot_seq: int) -> Iterator[tuple[bytes, int, bytes]]:
+    def _iter_keys(self, keys: Iterator[bytes], newest: dict[bytes, int],
+                   snapshot_seq: int) -> Iterator[tuple[bytes, int, bytes]]:
         mm = self._mm
         limit = self.capacity
-        for i in positions:
-            key = keys[i]
+        base = self._base - 1
+        unpack = SEGMENT_RECORD.unpack_from
+        for key in keys:
             ref = newest[key]
             while ref:
-                off, (klen, vlen, seqkind, prev) = self._record(ref, limit)
+                # ``_record`` inline (the scan's hot loop): bounds first.
+                if ref & 7 != 1 or ref - 1 + _REC_SIZE > limit:
+                    self._record(ref, limit)                      # raises
+                off = base + ref
+                klen, vlen, seqkind, prev = unpack(mm, off)
+                if ref - 1 + _REC_SIZE + klen + vlen > limit:
+                    self._record(ref, limit)                      # raises
                 if seqkind >> 8 <= snapshot_seq:
                     p = off + 24 + klen
                     yield key, seqkind & _KIND_MASK, mm[p:p + vlen]

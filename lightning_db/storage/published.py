@@ -60,7 +60,7 @@ from .format import (FORMAT_VERSION, PUBLISHED_HEADER, PUBLISHED_MAGIC, PUBLISHE
 from .fs import OSFileSystem
 from .lookup import lookup
 from .memtable import SegmentReader
-from .scan import version_chunks
+from .scan import CHUNK_MIN, version_chunks
 from .table import TableReader
 from .ttl import visible
 from .version import FileMeta, Version
@@ -282,13 +282,14 @@ class PublishedReader:
         return chunks if chunks is UNAVAILABLE else chain.from_iterable(chunks)
 
     def scan_chunks(self, start: bytes | None, end: bytes | None, reverse: bool = False,
-                    seq: int | None = None, expect: int | None = None) -> Any:
-        """``scan`` in lists of pairs (storage/scan.py), or UNAVAILABLE."""
+                    seq: int | None = None, expect: int | None = None, first: int = CHUNK_MIN) -> Any:
+        """``scan`` in lists of pairs (storage/scan.py; the first of about
+        *first* pairs), or UNAVAILABLE."""
         view = self._view(seq, expect)
         if view is None:
             return UNAVAILABLE
         cur, at = view
-        return version_chunks(list(cur.mems), cur.version, start, end, reverse, at)
+        return version_chunks(list(cur.mems), cur.version, start, end, reverse, at, first)
 
     def _load(self, inc: int, gen: int) -> _Loaded | None:
         """Map the version *gen* names; None when a file is already gone."""

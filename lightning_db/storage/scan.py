@@ -27,6 +27,18 @@ CHUNK_MIN, CHUNK_MAX = 32, 1024
 _key = itemgetter(0)
 
 
+def first_chunk(limit: int | None, ways: int = 1) -> int:
+    """The first chunk's size for a scan of at most *limit* pairs merged
+    from *ways* disjoint runs (shards): a short scan reads about what it
+    returns (each run holds ~limit / ways of it, with a margin; a run that
+    falls short is read on in doubling chunks)."""
+    if limit is None:
+        return CHUNK_MIN
+    if ways > 1:
+        limit = min(limit, -(-3 * limit // (2 * ways)) + 2)
+    return max(1, min(limit, CHUNK_MAX))
+
+
 def _tag(src: Source, i: int) -> Iterator[tuple[bytes, int, int, bytes]]:
     for k, kind, v in src:
         yield k, i, kind, v
@@ -72,19 +84,19 @@ def level_iter(files: list[Any], start: bytes | None, end: bytes | None, reverse
         yield from f.reader.iter_visible(start, end, reverse, seq)
 
 
-def chunked(pairs: Iterator[Pair]) -> Chunks:
-    """*pairs* in non-empty lists of growing size."""
-    size = CHUNK_MIN
+def chunked(pairs: Iterator[Pair], first: int = CHUNK_MIN) -> Chunks:
+    """*pairs* in non-empty lists of growing size, the first of *first*."""
+    size = first
     while part := list(islice(pairs, size)):
         yield part
         size = min(size * 2, CHUNK_MAX)
 
 
 def level_chunks(files: list[Any], start: bytes | None, end: bytes | None, reverse: bool,
-                 seq: int) -> Chunks:
+                 seq: int, first: int = CHUNK_MIN) -> Chunks:
     """Live pairs of one level that serves a scan alone (no merge needed),
-    a table block or more per chunk."""
-    want, out = CHUNK_MIN, []
+    a table block or more per chunk (the first once it holds *first*)."""
+    want, out = first, []
     for f in (reversed(files) if reverse else files):
         for part in f.reader.live_chunks(start, end, reverse, seq):
             out += part
@@ -96,24 +108,25 @@ def level_chunks(files: list[Any], start: bytes | None, end: bytes | None, rever
 
 
 def version_chunks(mems: list[Any], version: Any, start: bytes | None, end: bytes | None, reverse: bool,
-                   seq: int) -> Chunks:
+                   seq: int, first: int = CHUNK_MIN) -> Chunks:
     """Live (key, value) pairs of memtables *mems* (newest first, each with
     ``entries`` and ``iter_visible``) over the tables of *version*, as of
-    *seq*, in chunks: the engine's scan and a published-version reader's
+    *seq*, in chunks (the first of about *first* pairs, see
+    ``first_chunk``): the engine's scan and a published-version reader's
     alike."""
     mems = [m for m in mems if m.entries]
     if not mems and not version.levels[0]:
         deep = [files for lvl in range(1, len(version.levels))
                 if (files := version.overlapping(lvl, start, end))]
         if len(deep) == 1:           # one sorted run serves the scan alone (e.g. after compaction)
-            return level_chunks(deep[0], start, end, reverse, seq)
-    return chunked(merge_visible(_sources(mems, version, start, end, reverse, seq), reverse))
+            return level_chunks(deep[0], start, end, reverse, seq, first)
+    return chunked(merge_visible(_sources(mems, version, start, end, reverse, seq), reverse), first)
 
 
 def version_scan(mems: list[Any], version: Any, start: bytes | None, end: bytes | None, reverse: bool,
-                 seq: int) -> Iterator[Pair]:
+                 seq: int, first: int = CHUNK_MIN) -> Iterator[Pair]:
     """``version_chunks`` pair by pair."""
-    return chain.from_iterable(version_chunks(mems, version, start, end, reverse, seq))
+    return chain.from_iterable(version_chunks(mems, version, start, end, reverse, seq, first))
 
 
 def merge_chunks(sources: list[Chunks], reverse: bool) -> Chunks:
@@ -127,17 +140,22 @@ def merge_chunks(sources: list[Chunks], reverse: bool) -> Chunks:
         lasts = [c[-1][0] for c, _, _ in heads]
         bound = max(lasts) if reverse else min(lasts)
         out: list[Pair] = []
+        drained = []
         for h in heads:
             c, pos, it = h
             cut = _cut_desc(c, pos, bound) if reverse else bisect_right(c, bound, pos, key=_key)
             out += c[pos:cut] if pos or cut < len(c) else c
             if cut == len(c):
-                h[0], h[1] = _next_chunk(it), 0
+                drained.append(h)
             else:
                 h[1] = cut
-        heads = [h for h in heads if h[0]]
         out.sort(reverse=reverse)
         yield out
+        # A drained source reads on only once the consumer wants more (a
+        # scan with a limit often stops inside this round).
+        for h in drained:
+            h[0], h[1] = _next_chunk(h[2]), 0
+        heads = [h for h in heads if h[0]]
     if heads:
         c, pos, it = heads[0]
         yield c[pos:] if pos else c

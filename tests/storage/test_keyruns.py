@@ -1,0 +1,75 @@
+"""KeyRuns: a segment's sorted keys as a big and a small run (storage/keyruns.py)."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lightning_db.storage import keyruns
+from lightning_db.storage.keyruns import KeyRuns, fold_at
+
+
+def _expected(keys, start, end, reverse):
+    out = sorted(k for k in keys if (start is None or k >= start) and (end is None or k < end))
+    return out[::-1] if reverse else out
+
+
+keys_st = st.lists(st.binary(min_size=1, max_size=3), unique=True, max_size=60)
+bound_st = st.none() | st.binary(min_size=0, max_size=3)
+
+
+@settings(max_examples=300, deadline=None)
+@given(batches=st.lists(keys_st, max_size=6), start=bound_st, end=bound_st, reverse=st.booleans(),
+       min_fold=st.sampled_from([1, 4, 1024]))
+def test_ranges_match_a_sorted_list(batches, start, end, reverse, min_fold):
+    old = keyruns.MIN_FOLD
+    keyruns.MIN_FOLD = min_fold
+    try:
+        runs = KeyRuns([])
+        seen: set[bytes] = set()
+        history = []
+        for batch in batches:
+            new = sorted(set(batch) - seen)
+            seen.update(new)
+            runs = runs.add(new)
+            history.append((runs, set(seen)))
+            assert runs.count == len(seen)
+            assert runs.full() == sorted(seen)
+            assert list(runs.range(start, end, reverse)) == _expected(seen, start, end, reverse)
+        # Earlier runs never change: each still gives the keys it had.
+        for r, had in history:
+            assert list(r.range(start, end, reverse)) == _expected(had, start, end, reverse)
+    finally:
+        keyruns.MIN_FOLD = old
+
+
+def test_the_small_run_is_folded_into_the_big_one_past_its_limit():
+    rng = random.Random(7)
+    keys = [b"%08d" % i for i in rng.sample(range(10**6), 20_000)]
+    runs = KeyRuns(sorted(keys[:10_000]))
+    limit = fold_at(10_000)
+    step = 100
+    folded = False
+    for i in range(10_000, 20_000, step):
+        before = runs
+        runs = runs.add(sorted(keys[i:i + step]))
+        if len(runs.small) == 0:
+            folded = True
+            assert len(before.small) + step > limit
+        else:
+            assert len(runs.small) <= fold_at(len(runs.big))
+            assert runs.big is before.big            # the big run is shared, not copied
+    assert folded
+    assert runs.full() == sorted(keys)
+
+
+def test_an_iterator_keeps_its_keys_while_keys_are_added():
+    runs = KeyRuns([b"b", b"d", b"f"])
+    it = runs.range(None, None, False)
+    assert next(it) == b"b"
+    later = runs.add([b"c", b"e"])
+    assert list(it) == [b"d", b"f"]
+    assert list(later.range(None, None, False)) == [b"b", b"c", b"d", b"e", b"f"]
+    assert list(later.range(b"c", b"f", True)) == [b"e", b"d", b"c"]
