@@ -7,7 +7,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lightning_db.storage.scan import CHUNK_MAX, CHUNK_MIN, chunked, merge_chunks
+from lightning_db.storage.scan import CHUNK_MAX, CHUNK_MIN, chunked, first_chunk, merge_chunks
 
 
 def _split(keys: list[bytes], nsources: int, rng: random.Random, reverse: bool) -> list[list[list[tuple]]]:
@@ -61,3 +61,32 @@ def test_chunked_grows_from_min_to_max_and_keeps_every_pair() -> None:
     assert [p for c in chunks for p in c] == pairs
     assert len(chunks[0]) == CHUNK_MIN and len(chunks[1]) == 2 * CHUNK_MIN
     assert max(map(len, chunks)) == CHUNK_MAX
+
+
+def test_merge_chunks_reads_a_drained_source_on_only_when_asked() -> None:
+    pulled: list[int] = []
+
+    def source(n: int, chunks: list[list[tuple]]):
+        for i, c in enumerate(chunks):
+            pulled.append(n)
+            yield c
+
+    a = source(0, [[(b"a", b""), (b"c", b"")], [(b"e", b"")]])
+    b = source(1, [[(b"b", b""), (b"d", b"")], [(b"f", b"")]])
+    it = merge_chunks([a, b], False)
+    assert next(it) == [(b"a", b""), (b"b", b""), (b"c", b"")]
+    assert pulled == [0, 1]                  # the first chunk of each, nothing more yet
+    rest = [p for c in it for p in c]
+    assert rest == [(b"d", b""), (b"e", b""), (b"f", b"")]
+
+
+def test_first_chunk_follows_the_limit() -> None:
+    assert first_chunk(None) == first_chunk(None, 2) == CHUNK_MIN
+    assert first_chunk(1) == 1 and first_chunk(50) == 50 and first_chunk(10**9) == CHUNK_MAX
+    assert first_chunk(0) == 1
+    for limit in (1, 2, 3, 10, 50, 100, 5000):
+        for ways in (2, 3, 8):
+            f = first_chunk(limit, ways)
+            assert 1 <= f <= min(limit, CHUNK_MAX)
+            assert f * ways >= min(limit, CHUNK_MAX)          # together the first chunks cover the limit
+
