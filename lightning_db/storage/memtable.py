@@ -246,7 +246,12 @@ class Memtable:
         return runs
 
     def _sorted_keys(self) -> list[bytes]:
-        return self._key_runs().full()
+        """Every key in one sorted list (flush): the runs folded into one,
+        which later scans then use too."""
+        runs = self._key_runs()
+        if runs.small:
+            runs = self._sorted = KeyRuns(runs.full())    # the same keys: a newer state is caught up later
+        return runs.big
 
     def iter_visible(self, start: bytes | None, end: bytes | None, reverse: bool,
                      snapshot_seq: int) -> Iterator[tuple[bytes, int, bytes]]:
