@@ -26,3 +26,11 @@ def answers(ref) -> bool:
         return True
     except LightningError:
         return False
+
+
+def node_workers(db) -> list[dict]:
+    """The node's view of each shard worker of *db* (pid, state, restarts,
+    ...), in shard order. Asked of the node alone: it answers while a worker
+    restarts, where ``db.stats()`` (which asks every shard) may meet the
+    restart and raise a transient error."""
+    return sorted(db._session.request("stats")["shards"], key=lambda w: w["id"])

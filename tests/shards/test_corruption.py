@@ -19,7 +19,7 @@ import pytest
 
 import lightning_db as ldb
 from lightning_db.supervisor.quarantine import list_quarantined
-from tests.waiting import wait_until
+from tests.waiting import node_workers, wait_until
 
 N = 3000
 SMALL = dict(memtable_size=64 * 1024, restart_intensity=100)
@@ -149,7 +149,7 @@ def test_damage_found_when_a_restarted_worker_opens(sharded):
     expect = load(db, 0, N)
     db.flush()
     victim = shard0_tables(db.path)[0]
-    before = db.stats()["node"]["shards"][0]
+    before = node_workers(db)[0]
     os.kill(before["pid"], signal.SIGSTOP)                 # hold it still while the file is damaged
     size = os.path.getsize(victim)
     with open(victim, "r+b") as f:                          # the footer: magic, version, index handle
@@ -158,7 +158,7 @@ def test_damage_found_when_a_restarted_worker_opens(sharded):
     os.kill(before["pid"], signal.SIGKILL)
 
     def restarted() -> bool:
-        now = db.stats()["node"]["shards"][0]
+        now = node_workers(db)[0]
         return now["pid"] not in (None, before["pid"]) and now["restarts"] > before["restarts"]
 
     wait_until(restarted, timeout=60, what="shard 0 to be restarted")

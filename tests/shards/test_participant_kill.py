@@ -26,7 +26,7 @@ import pytest
 import lightning_db as ldb
 from lightning_db.errors import LightningError
 from lightning_db.shards import coordinator, router
-from tests.waiting import answers, wait_until
+from tests.waiting import answers, node_workers, wait_until
 
 KEYS = [b"pk-%03d" % i for i in range(40)]       # spread over both shards
 OLD, NEW = b"old", b"new"
@@ -42,7 +42,7 @@ RESTART_S = 60.0                                  # generous: a loaded 2-core ma
 
 
 def _workers(db) -> list[dict]:
-    return [s["worker"] for s in db.stats()["shards"]]
+    return node_workers(db)
 
 
 

@@ -12,11 +12,11 @@ import pytest
 import lightning_db as ldb
 from lightning_db.errors import DatabaseShutdown
 from tests.actors.util import gone
-from tests.waiting import wait_until
+from tests.waiting import node_workers, wait_until
 
 
 def shard_pids(db) -> list[int]:
-    return [s["pid"] for s in db.stats()["node"]["shards"]]
+    return [s["pid"] for s in node_workers(db)]
 
 
 def test_restart_intensity_exceeded_gives_callers_database_shutdown(tmp_path):

@@ -20,7 +20,7 @@ import psutil
 
 import lightning_db as ldb
 from lightning_db.errors import TransientError
-from tests.waiting import answers, wait_until
+from tests.waiting import answers, node_workers, wait_until
 
 KILLS = int(os.environ.get("LDB_WORKER_KILLS", "30"))
 KEYS = 2000             # the writer overwrites keys: the last acked value must win
@@ -63,10 +63,6 @@ class Writer(threading.Thread):
 
 
 
-def _node_shards(db) -> list[dict]:
-    return db.stats()["node"]["shards"]
-
-
 def test_kill_9_random_workers_during_writes(tmp_path):
     path = str(tmp_path / "db")
     db = ldb.open(path, shards=2, restart_intensity=1000, restart_period=60.0)
@@ -80,12 +76,12 @@ def test_kill_9_random_workers_during_writes(tmp_path):
         for _ in range(KILLS):
             assert writer.failure is None, repr(writer.failure)
             shard = rng.randrange(2)
-            before = _node_shards(db)[shard]
+            before = node_workers(db)[shard]
             os.kill(before["pid"], signal.SIGKILL)
             done = writer.count
 
             def replaced(shard=shard, before=before) -> bool:
-                now = _node_shards(db)[shard]
+                now = node_workers(db)[shard]
                 return (now["pid"] not in (None, before["pid"]) and now["restarts"] > before["restarts"]
                         and answers(db.refs[shard]))
 
@@ -97,7 +93,7 @@ def test_kill_9_random_workers_during_writes(tmp_path):
         writer.join(60)
         assert not writer.is_alive()
         assert writer.failure is None, repr(writer.failure)
-        restarts = sum(s["restarts"] for s in _node_shards(db))
+        restarts = sum(s["restarts"] for s in node_workers(db))
         assert restarts >= KILLS
         missing = {k: v for k, v in writer.acked.items() if db.get(k) != v}
         assert not missing, f"{len(missing)} acknowledged writes lost, e.g. {list(missing.items())[:3]}"
@@ -131,9 +127,9 @@ def test_a_retried_write_is_applied_once_across_a_worker_restart(tmp_path):
         token = db.tokens.take(shard)
         ref.ask("write", [[(1, key, b"first attempt")], False, token], 30).result()
         db.put(key, b"newer, acknowledged", sync=True)
-        before = _node_shards(db)[shard]
+        before = node_workers(db)[shard]
         os.kill(before["pid"], signal.SIGKILL)
-        wait_until(lambda: _node_shards(db)[shard]["pid"] not in (None, before["pid"]) and answers(ref),
+        wait_until(lambda: node_workers(db)[shard]["pid"] not in (None, before["pid"]) and answers(ref),
                    timeout=60, what=f"shard {shard} to be restarted and answer")
         # The retry, at the restarted worker (its tokens come from the WAL).
         ref.ask("write", [[(1, key, b"first attempt")], False, token], 30).result()
