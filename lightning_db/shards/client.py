@@ -135,13 +135,16 @@ class ShardedDatabase(ShardRouter):
         """The router's totals and per-shard engine stats, with each shard's
         worker added: pid, restarts, missed heartbeats, the placement it
         actually obtained (CPU, NUMA node, page size, with fallback reasons),
-        and this caller's breaker for the shard."""
+        and this caller's breaker for the shard. A shard that did not answer
+        has its ``error`` instead of engine stats, and its worker and
+        breaker all the same (the node answers for its workers)."""
         s = super().stats()
         node = self._session.request("stats")
         s["node"] = node
         s["shard_count"] = self._session.shards
         workers = {w.get("id"): w for w in node.get("shards", [])}
-        placements = [_quiet_call(lambda ref=ref: ref.stats(self.timeout).result()) for ref in self.refs]
+        placements = [None if "error" in shard else _quiet_call(lambda ref=ref: ref.stats(self.timeout).result())
+                      for ref, shard in zip(self.refs, s["shards"])]
         for i, shard in enumerate(s["shards"]):
             w = workers.get(f"shard-{i:03d}", {})
             shard["worker"] = {k: w.get(k) for k in ("pid", "state", "restarts", "missed_heartbeats",

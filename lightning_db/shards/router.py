@@ -54,7 +54,8 @@ from typing import Any
 from ..actors import ActorRef
 from ..config import Config
 from ..db import Batch, MappingSugar, _limited, _Limits, _scan_range
-from ..errors import DatabaseClosed, InvalidArgument, LightningError, Timeout, TransactionConflict, TransientError
+from ..errors import (DatabaseClosed, InvalidArgument, LightningError, RecoverableError, Timeout, TransactionConflict,
+                      TransientError)
 from ..storage.bloom import key_hash
 from ..storage.format import Kind
 from ..storage.published import UNAVAILABLE, PublishedReader
@@ -180,10 +181,13 @@ class ShardRouter(Transactional, MappingSugar):
         return self._retry(attempt)
 
     def _ask_all(self, op: str, payloads: Mapping[int, Any] | None = None, *,
-                 idempotent: bool = False) -> dict[int, Any]:
+                 idempotent: bool = False, partial: bool = False) -> dict[int, Any]:
         """The same op on several shards, sent together. *idempotent*: the
         shards that failed with a TransientError are asked again (together,
-        after a backoff delay) while attempts and the deadline allow."""
+        after a backoff delay) while attempts and the deadline allow.
+        *partial*: a shard that still fails with a transient or recoverable
+        error (a worker being restarted, an open breaker) gets its error as
+        its answer instead of the call raising it."""
         shards = list(range(len(self.refs))) if payloads is None else list(payloads)
         backoff = Backoff(attempts=RETRY_ATTEMPTS, base=RETRY_BASE, cap=RETRY_CAP,
                           deadline=time.monotonic() + self.timeout) if idempotent else None
@@ -194,8 +198,8 @@ class ShardRouter(Transactional, MappingSugar):
             failed: list[int] = []
             first: LightningError | None = None
             for s, r in zip(todo, map(_quiet, futs)):
+                out[s] = r
                 if not isinstance(r, LightningError):
-                    out[s] = r
                     continue
                 if first is None or (isinstance(first, TransientError) and not isinstance(r, TransientError)):
                     first = r
@@ -204,6 +208,8 @@ class ShardRouter(Transactional, MappingSugar):
                 return {s: out[s] for s in shards}
             delay = next(backoff, None) if backoff is not None and isinstance(first, TransientError) else None
             if delay is None:
+                if partial and isinstance(first, (TransientError, RecoverableError)):
+                    return {s: out[s] for s in shards}
                 raise first
             self.retries += 1
             time.sleep(delay)
@@ -557,14 +563,19 @@ class ShardRouter(Transactional, MappingSugar):
         return {"path": target, "shards": [results[s] for s in range(len(self.refs))]}
 
     def stats(self) -> dict[str, Any]:
-        """{"shards": [per-shard stats], ...totals of the numeric fields}."""
+        """{"shards": [per-shard stats], ...totals of the numeric fields}. A
+        shard that does not answer (its worker is being restarted, its
+        breaker is open) is ``{"shard_id": i, "error": "..."}``, left out of
+        the totals: stats are for watching such a shard too."""
         self._check_open()
-        per = self._ask_all("stats", idempotent=True)
-        shards = [per[s] for s in range(len(self.refs))]
+        per = self._ask_all("stats", idempotent=True, partial=True)
+        shards = [{"shard_id": s, "error": f"{type(r).__name__}: {r}"} if isinstance(r, LightningError) else r
+                  for s, r in sorted(per.items())]
         out: dict[str, Any] = {"shards": shards}
+        answered = [s for s in shards if "error" not in s]
         skip = {"shard_id", "sequence", "wal_number"}
-        for name in shards[0]:
-            vals = [s.get(name) for s in shards]
+        for name in answered[0] if answered else ():
+            vals = [s.get(name) for s in answered]
             if name not in skip and all(type(v) is int for v in vals):
                 out[name] = sum(vals)
         out["pipeline"] = self._pipe.stats()
