@@ -94,14 +94,14 @@ def _shard_families(stats: dict[str, Any]) -> Iterator[Any]:
             if isinstance(s.get(key), (int, float)):
                 fam.add_metric([str(i)], s[key])
         yield fam
-    up = GaugeMetricFamily("ldb_shard_up", "1 while the shard's worker runs", labels=["shard"])
+    up = GaugeMetricFamily("ldb_shard_up", "1 while the shard's worker runs and answers", labels=["shard"])
     restarts = CounterMetricFamily("ldb_shard_worker_restarts", "Worker restarts by the node", labels=["shard"])
     missed = GaugeMetricFamily("ldb_shard_missed_heartbeats", "Heartbeats missed in a row", labels=["shard"])
     breaker = GaugeMetricFamily("ldb_shard_breaker_state", "Circuit breaker of the server's handle: "
                                 "0 closed, 1 half-open, 2 open", labels=["shard"])
     for i, s in enumerate(shards):
         w = s.get("worker") or {}
-        up.add_metric([str(i)], 1 if w.get("state") == "running" else 0)
+        up.add_metric([str(i)], 1 if w.get("state") == "running" and "error" not in s else 0)
         restarts.add_metric([str(i)], w.get("restarts") or 0)
         missed.add_metric([str(i)], w.get("missed_heartbeats") or 0)
         state = (s.get("breaker") or {}).get("state")
@@ -182,7 +182,7 @@ class MetricsServer:
         except Exception as exc:
             return 503, {"status": "down", "reason": f"{type(exc).__name__}: {exc}"}
         down = [i for i, s in enumerate(stats.get("shards", []))
-                if (s.get("worker") or {}).get("state") not in (None, "running")]
+                if "error" in s or (s.get("worker") or {}).get("state") not in (None, "running")]
         doc = {"shards": len(stats.get("shards", [])), "workers_down": down,
                "answered_in_ms": round(1000 * (time.monotonic() - started), 1)}
         if down:

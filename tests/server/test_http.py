@@ -65,3 +65,27 @@ def test_health_and_unknown_paths(server):
     assert doc["status"] == "ok" and doc["shards"] == 2 and doc["workers_down"] == []
     code, _, body = _get(server, "/nope")
     assert code == 404 and b"/metrics" in body
+
+
+def test_a_shard_that_does_not_answer_shows_as_down_and_degraded():
+    from prometheus_client import generate_latest
+
+    from lightning_db.server.metrics import MetricsServer
+
+    running = {"state": "running", "restarts": 1, "missed_heartbeats": 0}
+    stats = {"shards": [{"shard_id": 0, "flushes": 3, "worker": running, "breaker": {"state": "closed"}},
+                        {"shard_id": 1, "error": "PeerLost: the connection dropped", "worker": running,
+                         "breaker": {"state": "open"}}]}
+    m = MetricsServer(lambda: stats, "127.0.0.1", 0, None).start()
+    try:
+        code, doc = m.health()
+        assert code == 503 and doc["status"] == "degraded" and doc["workers_down"] == [1]
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for fam in text_string_to_metric_families(generate_latest(m.registry).decode())
+                   for s in fam.samples}
+        assert samples[("ldb_database_up", ())] == 1
+        assert samples[("ldb_shard_up", (("shard", "0"),))] == 1
+        assert samples[("ldb_shard_up", (("shard", "1"),))] == 0
+        assert samples[("ldb_shard_breaker_state", (("shard", "1"),))] == 2
+    finally:
+        m.stop()
