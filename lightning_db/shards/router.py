@@ -186,8 +186,8 @@ class ShardRouter(Transactional, MappingSugar):
         shards that failed with a TransientError are asked again (together,
         after a backoff delay) while attempts and the deadline allow.
         *partial*: a shard that still fails with a transient or recoverable
-        error (a worker being restarted, an open breaker) gets its error as
-        its answer instead of the call raising it."""
+        error (a worker being restarted) gets its error as its answer
+        instead of the call raising it."""
         shards = list(range(len(self.refs))) if payloads is None else list(payloads)
         backoff = Backoff(attempts=RETRY_ATTEMPTS, base=RETRY_BASE, cap=RETRY_CAP,
                           deadline=time.monotonic() + self.timeout) if idempotent else None
@@ -564,9 +564,9 @@ class ShardRouter(Transactional, MappingSugar):
 
     def stats(self) -> dict[str, Any]:
         """{"shards": [per-shard stats], ...totals of the numeric fields}. A
-        shard that does not answer (its worker is being restarted, its
-        breaker is open) is ``{"shard_id": i, "error": "..."}``, left out of
-        the totals: stats are for watching such a shard too."""
+        shard that does not answer (its worker is being restarted) is
+        ``{"shard_id": i, "error": "..."}``, left out of the totals: stats
+        are for watching such a shard too."""
         self._check_open()
         per = self._ask_all("stats", idempotent=True, partial=True)
         shards = [{"shard_id": s, "error": f"{type(r).__name__}: {r}"} if isinstance(r, LightningError) else r
