@@ -34,6 +34,7 @@ import os
 import shutil
 import tempfile
 import time
+import weakref
 from collections.abc import Iterator
 
 import msgpack
@@ -49,9 +50,11 @@ _SPIN = (0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001)
 class CommitGate:
     def __init__(self, directory: str | None = None) -> None:
         """*directory*: where the lock files live (shared by every process
-        of a node); None: a private one for this process, removed by ``close``."""
-        self._private = directory is None
+        of a node); None: a private one for this process, removed by
+        ``close``, or when the gate is collected or the process exits."""
         self.directory = tempfile.mkdtemp(prefix="ldb-gate-") if directory is None else directory
+        self._remove = (weakref.finalize(self, _remove_private, self.directory, os.getpid())
+                        if directory is None else None)
         self._gate = os.path.join(self.directory, "commit.gate")
         self._turnstile = os.path.join(self.directory, "commit.turnstile")
 
@@ -145,5 +148,12 @@ class CommitGate:
         return out
 
     def close(self) -> None:
-        if self._private:
-            shutil.rmtree(self.directory, ignore_errors=True)
+        if self._remove is not None:
+            self._remove()
+
+
+def _remove_private(directory: str, owner: int) -> None:
+    """Remove a private gate's directory, in the process that made it only
+    (a forked child exiting leaves its parent's alone)."""
+    if os.getpid() == owner:
+        shutil.rmtree(directory, ignore_errors=True)
