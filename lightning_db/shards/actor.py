@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import logging
 import os
-from operator import itemgetter
+from itertools import chain
 from collections import OrderedDict
 from typing import Any
 
@@ -81,7 +81,6 @@ _ABORTED_MEMORY = 4096       # unknown txids whose abort is remembered
 _KINDS = (int(Kind.VALUE), int(Kind.DELETE), int(Kind.VALUE_TTL))
 _JUST_VALUES, _JUST_INT, _JUST_BYTES, _JUST_THREE = {int(Kind.VALUE)}, {int}, {bytes}, {3}
 _SEQUENCES = {list, tuple}
-_kind_of, _key_of, _value_of = itemgetter(0), itemgetter(1), itemgetter(2)
 _VALUE_TTL = int(Kind.VALUE_TTL)
 _DELETE = int(Kind.DELETE)
 
@@ -254,12 +253,12 @@ class ShardActor(Actor):
         maxk, maxv = self.config.max_key_size, self.config.max_value_size
         if ops and set(map(type, ops)) <= _SEQUENCES and set(map(len, ops)) == _JUST_THREE:
             # The common case, checked in C: plain values, bytes within the limits.
-            kinds, keys, vals = list(map(_kind_of, ops)), list(map(_key_of, ops)), list(map(_value_of, ops))
+            kinds, keys, vals = zip(*ops)
             if (set(map(type, kinds)) == _JUST_INT and set(kinds) == _JUST_VALUES
-                    and set(map(type, keys)) == _JUST_BYTES and set(map(type, vals)) == _JUST_BYTES
-                    and min(map(len, keys)) > 0 and max(map(len, keys)) <= maxk
+                    and set(map(type, chain(keys, vals))) == _JUST_BYTES
+                    and 0 < min(klens := list(map(len, keys))) and max(klens) <= maxk
                     and max(map(len, vals)) <= maxv):
-                return list(zip(kinds, keys, vals))
+                return list(map(tuple, ops))
         out = []
         for o in ops:
             if not (isinstance(o, (list, tuple)) and len(o) == 3 and o[0] in _KINDS and type(o[0]) is int

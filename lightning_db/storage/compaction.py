@@ -233,14 +233,18 @@ def write_flush(fs, dirname: str, config: Config, mem: Any, smallest_snapshot: i
     """``write_tables`` for a flush of memtable *mem* to L0. A memtable with
     one version per key and no expiring value (the common case) has nothing
     to drop or expire: its records go into one table in bulk
-    (``TableWriter.add_many``); any other goes record by record."""
-    lists = mem.newest_lists()
+    (``TableWriter.add_many``); so does one whose every record is at or
+    below *smallest_snapshot*, as its keys' newest versions (every older one
+    is shadowed for every snapshot: ``write_tables`` would drop it). Any
+    other goes record by record."""
+    lists = mem.newest_lists(newest_only=mem.last_seq <= smallest_snapshot)
     if lists is None or VALUE_TTL in set(map(and_, lists[1], repeat(0xFF))):
         return write_tables(fs, dirname, config, merge_internal([mem.iter_internal()]), smallest_snapshot,
                             None, new_number, cut=False)
     keys, sks, vals = lists
     n = len(keys)
-    counts = {"read": n, "dropped": 0, "written": n, "bytes_written": 0, "expired": 0, "expiring": 0}
+    counts = {"read": mem.entries, "dropped": mem.entries - n, "written": n, "bytes_written": 0, "expired": 0,
+              "expiring": 0}
     if not n:
         return [], counts
     number = new_number()

@@ -42,6 +42,7 @@ from .format import (FORMAT_VERSION, KIND_BITS, SEGMENT_FLAG_IMMUTABLE, SEGMENT_
                      SEGMENT_HEADER_SIZE, SEGMENT_MAGIC, SEGMENT_RECORD)
 from .fs import OSFileSystem, wrap_oserror
 from .keyruns import KeyRuns
+from .memtable_bulk import BULK_MIN, add_bulk
 
 __all__ = ["Memtable", "SegmentReader", "segment_slots", "segment_size"]
 
@@ -132,6 +133,8 @@ class Memtable:
         fit, the records before it stay published and AssertionError is raised."""
         if self._frozen:
             raise AssertionError(f"memtable {self.number} is frozen")
+        if len(ops) >= BULK_MIN and add_bulk(self, first_seq, ops):
+            return
         mm = self._mm
         mv = self._mv
         slots = self._slots
@@ -182,19 +185,23 @@ class Memtable:
                     new_keys += 1
                 seq += 1
         finally:
-            n = seq - first_seq
-            if n:
-                self._count += n
-                self._used = used
-                # Single aligned 8-byte stores: struct.pack_into would zero
-                # the field before writing it, and a reader in another
-                # process could see that zero.
-                hdr = self._hdr
-                hdr[_Q_USED] = used
-                hdr[_Q_COUNT] = self._count
-                if not self._first_seq:
-                    self._first_seq = first_seq
-                self._last_seq = seq - 1
+            if seq > first_seq:
+                self._publish(first_seq, seq - first_seq, used)
+
+    def _publish(self, first_seq: int, n: int, used: int) -> None:
+        """Make *n* records appended from *first_seq* on count: the header's
+        arena_used and count (after their bytes and slots), then the seqs."""
+        self._count += n
+        self._used = used
+        # Single aligned 8-byte stores: struct.pack_into would zero
+        # the field before writing it, and a reader in another
+        # process could see that zero.
+        hdr = self._hdr
+        hdr[_Q_USED] = used
+        hdr[_Q_COUNT] = self._count
+        if not self._first_seq:
+            self._first_seq = first_seq
+        self._last_seq = first_seq + n - 1
 
     @property
     def mapping(self) -> mmap.mmap:
@@ -297,22 +304,27 @@ class Memtable:
                 yield key, seqkind, mm[p:p + vlen]
                 ref = prev
 
-    def newest_lists(self) -> tuple[list[bytes], list[int], list[bytes]] | None:
+    def newest_lists(self, newest_only: bool = False) -> tuple[list[bytes], list[int], list[bytes]] | None:
         """(keys, seqkinds, values) of every record, key ascending, when each
-        key has one version only (else None: ``iter_internal``). Headers are
-        gathered in numpy, values sliced in C: flush's bulk path."""
-        if self._count != len(self._index):
+        key has one version only (else None: ``iter_internal``); with
+        *newest_only*, of each key's newest version whatever the others
+        (for a flush that no snapshot needs the older versions of). Headers
+        are gathered in numpy, values sliced in C: flush's bulk path."""
+        if self._count != len(self._index) and not newest_only:
             return None
         keys = self._sorted_keys()
         n = len(keys)
-        if n != self._count:
+        if n != len(self._index):
             return None
-        index, slots = self._index, self._slots
-        off = np.fromiter(map(slots.__getitem__, map(index.__getitem__, keys)), dtype=np.int64, count=n)
-        off += self._base - 1                     # records start 8-aligned (sizes are rounded up)
         mv = self._mv
         words32 = np.frombuffer(mv, dtype=np.uint32, count=len(mv) // 4)
         words64 = np.frombuffer(mv, dtype=np.uint64, count=len(mv) // 8)
+        # Slot numbers from the Python index, slots gathered in numpy (a
+        # memoryview item per key costs four times the dict lookup).
+        si = np.fromiter(map(self._index.__getitem__, keys), dtype=np.int64, count=n)
+        si += SEGMENT_HEADER_SIZE // 8
+        off = words64[si].astype(np.int64)
+        off += self._base - 1                     # records start 8-aligned (sizes are rounded up)
         klen = words32[off >> 2].astype(np.int64)
         vlen = words32[(off >> 2) + 1].astype(np.int64)
         sks = words64[(off >> 3) + 1].tolist()

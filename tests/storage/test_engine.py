@@ -123,6 +123,26 @@ def test_tombstones_survive_until_bottom_and_snapshots_pin_versions(tmp_path):
     eng.close()
 
 
+def test_flush_keeps_only_newest_versions_unless_a_snapshot_needs_older(tmp_path):
+    eng = Engine(str(tmp_path), Config(**SMALL))
+    for r in range(3):                          # every key three times in one memtable
+        eng.write([(V, b"k%03d" % i, b"v%d" % r) for i in range(50)])
+    snap = eng.acquire_snapshot()
+    eng.write([(V, b"k%03d" % i, b"w") for i in range(0, 50, 2)])
+    eng.flush()                                 # the snapshot needs the v2s of the rewritten keys
+    kept = eng.stats()
+    assert kept["table_entries"] == 75          # 25 w + 25 of their v2s + 25 v2s
+    assert eng.get(b"k000", snap) == b"v2" and eng.get(b"k000") == b"w"
+    eng.release_snapshot(snap)
+    for r in range(3):
+        eng.write([(V, b"k%03d" % i, b"x%d" % r) for i in range(50)])
+    eng.flush()                                 # no snapshot: each key's newest version only
+    s = eng.stats()
+    assert s["table_entries"] == 75 + 50
+    assert [eng.get(b"k%03d" % i) for i in range(50)] == [b"x2"] * 50
+    eng.close()
+
+
 def test_value_larger_than_memtable(tmp_path):
     eng = Engine(str(tmp_path), Config(memtable_size=64 * 1024))
     big = os.urandom(1 << 20)

@@ -21,6 +21,7 @@ from lightning_db.storage.format import (FORMAT_VERSION, SEGMENT_FLAG_IMMUTABLE,
                                          pack_seqkind)
 from lightning_db.storage.fs import OSFileSystem
 from lightning_db.storage.memtable import Memtable, SegmentReader, segment_size
+from lightning_db.storage.memtable_bulk import BULK_MIN, add_bulk
 
 V, D = int(Kind.VALUE), int(Kind.DELETE)
 CAP = 64 * 1024
@@ -226,6 +227,75 @@ def test_matches_model(batches, queries):
             m.close()
 
 
+bulk_key_st = st.binary(min_size=1, max_size=6)
+bulk_op_st = st.tuples(st.sampled_from([V, V, V, D]), bulk_key_st, st.binary(max_size=300))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batches=st.lists(st.one_of(st.lists(bulk_op_st, min_size=BULK_MIN, max_size=90, unique_by=lambda o: o[1]),
+                                  st.lists(bulk_op_st, min_size=1, max_size=90)), max_size=6),
+       snaps=st.lists(st.integers(0, 600), min_size=1, max_size=4))
+def test_bulk_add_matches_model(batches, snaps):
+    """add_bulk takes every batch of BULK_MIN or more distinct keys, refuses
+    the rest having written nothing, and leaves what the loop would."""
+    with tempfile.TemporaryDirectory() as d:
+        m = Memtable(OSFileSystem(), os.path.join(d, "m.seg"), 1, 4 * CAP)
+        model = Model()
+        seq = 1
+        try:
+            for batch in batches:
+                ops = [(k, key, (b"" if k == D else v)) for k, key, v in batch]
+                if not m.fits(sum(Memtable.record_size(len(key), len(v)) for _, key, v in ops), len(ops)):
+                    break
+                before = (m.arena_used, m.entries, m.distinct_keys)
+                took = add_bulk(m, seq, ops)
+                assert took == (len(ops) >= BULK_MIN and len({key for _, key, _ in ops}) == len(ops))
+                if not took:
+                    assert (m.arena_used, m.entries, m.distinct_keys) == before
+                    m.add_batch(seq, ops)
+                for kind, key, value in ops:
+                    model.add(seq, kind, key, value)
+                    seq += 1
+            reader = SegmentReader(m.path)
+            for snap in snaps + [seq]:
+                for key in list(model.versions) + [b"missing"]:
+                    assert m.get(key, snap) == model.get(key, snap)
+                    assert reader.get(key, snap) == model.get(key, snap)
+                assert list(m.iter_visible(None, None, False, snap)) == model.visible(None, None, False, snap)
+            internal = list(m.iter_internal())
+            assert internal == sorted(internal, key=lambda r: (r[0], -r[1]))
+            assert len(internal) == m.entries == seq - 1 == m.last_seq
+            assert m.distinct_keys == len(model.versions)
+            assert m.arena_used == sum(Memtable.record_size(len(k), len(v))
+                                       for k, vs in model.versions.items() for _, _, v in vs)
+            reader.close()
+        finally:
+            m.close()
+
+
+def test_bulk_add_near_full_index_and_rewritten_keys(mt):
+    """Batches that fill the index to its load limit (long probes, keys of a
+    batch sharing a home slot) and rewrite keys of earlier batches."""
+    keys = [b"%04d" % i for i in range(mt._max_keys)]
+    seq = 1
+    for lo in range(0, len(keys), 128):
+        assert add_bulk(mt, seq, [(V, k, k * 2) for k in keys[lo:lo + 128]])
+        seq += len(keys[lo:lo + 128])
+    rewrite = keys[::3][:BULK_MIN * 2]
+    assert add_bulk(mt, seq, [(D, k, b"") for k in rewrite])
+    assert not mt.fits(1, 1)                    # the index is at its limit
+    reader = SegmentReader(mt.path)
+    try:
+        for i, k in enumerate(keys):
+            want = (D, b"") if k in rewrite else (V, k * 2)
+            assert mt.get(k, seq + len(rewrite)) == want == reader.get(k, seq + len(rewrite))
+            assert mt.get(k, seq - 1) == (V, k * 2) == reader.get(k, seq - 1)
+            assert mt.get(k, i) is None
+    finally:
+        reader.close()
+    assert mt.distinct_keys == len(keys) and mt.entries == len(keys) + len(rewrite)
+
+
 # --- concurrency within the shard process ---------------------------------------------
 
 
@@ -365,5 +435,11 @@ def test_newest_lists_is_iter_internal_when_each_key_has_one_version(tmp_path, r
             assert list(zip(*got)) == [(k, sk, bytes(v)) for k, sk, v in want]
         else:                                   # a key written twice: the record by record path
             assert got is None
+        newest = m.newest_lists(newest_only=True)
+        assert newest is not None
+        first = {}
+        for k, sk, v in m.iter_internal():      # seq descending within a key: the first is the newest
+            first.setdefault(k, (k, sk, bytes(v)))
+        assert list(zip(*newest)) == sorted(first.values())
     finally:
         m.close()
