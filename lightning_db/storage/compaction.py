@@ -20,7 +20,6 @@ Rules (LevelDB's, see doc/impl.md):
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import os
 from dataclasses import dataclass, field
@@ -29,8 +28,9 @@ from operator import and_
 from typing import Any, Callable, Iterable, Iterator
 
 from ..config import Config
-from ..errors import LightningError
 from .format import Kind, table_name
+from .merge_bulk import bulk_merge, plain_inputs
+from .outputs import TableOutputs, finish
 from .table_builder import TableWriter
 from .ttl import expired, now_ms
 from .version import FileMeta, Version, VersionEdit
@@ -176,11 +176,9 @@ def write_tables(fs, dirname: str, config: Config, records: Iterator[tuple[bytes
     means tombstones must be kept (flush to L0). With *cut* the output is
     split at target_file_size between user keys.
     """
-    outputs: list[FileMeta] = []
+    out = TableOutputs(fs, dirname, config, new_number)
     counts = {"read": 0, "dropped": 0, "written": 0, "bytes_written": 0, "expired": 0, "expiring": 0}
     now = now_ms()
-    writer: TableWriter | None = None
-    number = 0
     current: bytes | None = None
     last_seq_for_key = 0
     target = config.target_file_size
@@ -191,9 +189,8 @@ def write_tables(fs, dirname: str, config: Config, records: Iterator[tuple[bytes
             sk = -nsk
             seq = sk >> 8
             if key != current:
-                if cut and writer is not None and writer.estimated_size >= target:
-                    outputs.append(_finish(writer, number))
-                    writer = None
+                if cut and out.open is not None and out.open.estimated_size >= target:
+                    out.cut()
                 current = key
                 last_seq_for_key = MAXSEQ
             if last_seq_for_key <= smallest_snapshot:
@@ -210,21 +207,13 @@ def write_tables(fs, dirname: str, config: Config, records: Iterator[tuple[bytes
             if (sk & 0xFF) == _DELETE and seq <= smallest_snapshot and is_base is not None and is_base(key):
                 counts["dropped"] += 1            # tombstone at the bottom for this key
                 continue
-            if writer is None:
-                number = new_number()
-                writer = TableWriter(fs, os.path.join(dirname, table_name(number)), config)
-            writer.add(key, sk, value)
+            out.writer().add(key, sk, value)
             counts["written"] += 1
-        if writer is not None:
-            outputs.append(_finish(writer, number))
-            writer = None
+        outputs = out.close()
     except BaseException as exc:
-        if writer is not None:
-            writer.abandon()
-        if isinstance(exc, LightningError):     # a full disk: the finished outputs go too
-            discard(fs, dirname, outputs)
+        out.fail(exc)                           # a full disk: the finished outputs go too
         raise
-    counts["bytes_written"] = sum(f.file_size for f in outputs)
+    counts["bytes_written"] = out.bytes_written
     return outputs, counts
 
 
@@ -251,30 +240,12 @@ def write_flush(fs, dirname: str, config: Config, mem: Any, smallest_snapshot: i
     writer = TableWriter(fs, os.path.join(dirname, table_name(number)), config)
     try:
         writer.add_many(keys, sks, vals)
-        out = _finish(writer, number)
+        out = finish(writer, number)
     except BaseException:
         writer.abandon()
         raise
     counts["bytes_written"] = out.file_size
     return [out], counts
-
-
-def discard(fs, dirname: str, outputs: list[FileMeta]) -> None:
-    """Remove tables written for a flush or compaction that failed before
-    the manifest named them (they only hold space)."""
-    for f in outputs:
-        if f.reader is not None:
-            with contextlib.suppress(Exception):
-                f.reader.close()
-            f.reader = None
-        with contextlib.suppress(OSError, LightningError):
-            fs.remove(os.path.join(dirname, table_name(f.number)))
-
-
-def _finish(writer: TableWriter, number: int) -> FileMeta:
-    m = writer.finish()
-    return FileMeta(number, m.file_size, m.smallest, m.largest, m.min_seq, m.max_seq,
-                    m.entries, m.tombstones)
 
 
 def run(fs, dirname: str, config: Config, c: Compaction, smallest_snapshot: int,
@@ -294,9 +265,14 @@ def run(fs, dirname: str, config: Config, c: Compaction, smallest_snapshot: int,
         return edit, [], {"read": 0, "dropped": 0, "written": 0, "bytes_written": 0, "moved": 1}
     for f in c.lower:
         edit.deleted.append((out, f.number))
-    sources = [f.reader.iter_internal() for f in c.inputs] + [f.reader.iter_internal() for f in c.lower]
-    outputs, counts = write_tables(fs, dirname, config, merge_internal(sources), smallest_snapshot,
-                                   _BaseLevelCheck(c.grandparent_levels), new_number, cut=True)
+    readers = plain_inputs([f.reader for f in c.inputs] + [f.reader for f in c.lower], smallest_snapshot)
+    if readers is not None:             # each key's newest record only: merged a chunk at a time
+        outputs, counts = bulk_merge(readers, _BaseLevelCheck(c.grandparent_levels),
+                                     TableOutputs(fs, dirname, config, new_number))
+    else:
+        sources = [f.reader.iter_internal() for f in c.inputs] + [f.reader.iter_internal() for f in c.lower]
+        outputs, counts = write_tables(fs, dirname, config, merge_internal(sources), smallest_snapshot,
+                                       _BaseLevelCheck(c.grandparent_levels), new_number, cut=True)
     for f in outputs:
         edit.added.append((out, f))
     if c.level > 0 and c.inputs:

@@ -492,6 +492,13 @@ class TableReader:
             keys, sks, vals, _, _ = self._block(i, False)
             yield from zip(keys, sks, vals)
 
+    def iter_blocks(self) -> Iterator[tuple[Any, Any, Any]]:
+        """Every block's (keys, seqkinds, values), in order (the bulk merge
+        of compactions). Does not fill the block cache."""
+        for i in range(self._nblocks):
+            block = self._block(i, False)
+            yield block[0], block[1], block[2]
+
     def check_sums(self) -> int:
         """The checksum of every block (what opening did not check already:
         the data blocks and the point index), nothing decoded; the number
