@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import CorruptionError, DiskFull, LightningError
 from . import compaction, restore
+from .outputs import discard
 from .format import Kind, segment_name, table_name
 from .lookup import lookup
 from .ttl import VALUE_TTL, expired, now_ms
@@ -228,7 +229,7 @@ class Background:
         except LightningError:
             manifest = self.versions.manifest
             if manifest is not None and not manifest.torn:   # the manifest does not name them
-                compaction.discard(self.fs, self.path, written)
+                discard(self.fs, self.path, written)
             raise
 
     def _sync_loop(self) -> None:
