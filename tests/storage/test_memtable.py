@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import random
 import struct
 import tempfile
 import threading
 import time
+
+from typing import Any
 
 import pytest
 import xxhash
@@ -405,14 +408,63 @@ def test_segment_reader_from_spawned_process(tmp_path):
         pending = pool.apply_async(_child_read, (mt.path, probe, snaps))
         # The writer keeps going while the child reads: newer versions and new
         # keys must not change what the child sees at the old snapshots.
-        while not pending.ready() and mt.fits(4096, 20):
+        while not pending.ready() and mt.fits(8192, 100):
+            n = 100 if seq % 40 else 20         # bulk batches (memtable_bulk.py) and the loop
             mt.add_batch(seq, [(V, keys[(seq + j) % 300] if j % 2 else b"new%06d" % (seq + j),
-                                b"later") for j in range(20)])
-            seq += 20
+                                b"later") for j in range(n)])
+            seq += n
             time.sleep(0.001)
         got = pending.get(timeout=60)
     assert got == expect
     assert mt.get(keys[1], seq) is not None             # the writer's mmap stayed open
+    mt.close()
+
+
+def _child_check_whole(path: str, keys: list[bytes], ready: Any, done: Any) -> tuple[int, list]:
+    """Read *keys* at the newest seq until *done*: every value found must be
+    whole (``key/seq/`` and its padding), never part of a record."""
+    r = SegmentReader(path)
+    seen, bad = 0, []
+    try:
+        ready.set()
+        while not done.is_set():
+            for key in keys:
+                got = r.get(key, 1 << 60)
+                if got is None:
+                    continue
+                seen += 1
+                kind, v = got
+                head, _, pad = bytes(v).partition(b"|")
+                if kind != V or not head.startswith(key + b"/") or pad != b"x" * (len(v) - len(head) - 1) \
+                        or len(pad) != int(head.rsplit(b"/", 1)[1]) % 97:
+                    bad.append((key, bytes(v)))
+        return seen, bad[:5]
+    finally:
+        r.close()
+
+
+def test_reader_in_another_process_never_sees_part_of_a_bulk_batch(tmp_path):
+    """A spawned reader polls keys while the writer appends batches in bulk
+    (new keys and rewrites): the record bytes are stored before any slot
+    names them, so a value it finds is always whole."""
+    mt = Memtable(OSFileSystem(), str(tmp_path / "000010.seg"), 10, 8 << 20)
+    keys = [b"k%04d" % i for i in range(600)]
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Manager() as m:
+        ready, done = m.Event(), m.Event()
+        with ctx.Pool(1) as pool:
+            pending = pool.apply_async(_child_check_whole, (mt.path, keys, ready, done))
+            assert ready.wait(60)
+            seq, rnd = 1, 0
+            while mt.fits(64 * 1024, 200) and rnd < 400:
+                batch = random.Random(rnd).sample(keys, 200)
+                mt.add_batch(seq, [(V, k, k + b"/%d|" % (seq + j) + b"x" * ((seq + j) % 97))
+                                   for j, k in enumerate(batch)])
+                seq += len(batch)
+                rnd += 1
+            done.set()
+            seen, bad = pending.get(timeout=60)
+    assert bad == [] and seen > 0
     mt.close()
 
 
