@@ -21,17 +21,15 @@ Rules (LevelDB's, see doc/impl.md):
 from __future__ import annotations
 
 import heapq
-import os
 from dataclasses import dataclass, field
 from itertools import repeat
 from operator import and_
 from typing import Any, Callable, Iterable, Iterator
 
 from ..config import Config
-from .format import Kind, table_name
+from .format import Kind
 from .merge_bulk import bulk_merge, plain_inputs
-from .outputs import TableOutputs, finish
-from .table_builder import TableWriter
+from .outputs import TableOutputs
 from .ttl import expired, now_ms
 from .version import FileMeta, Version, VersionEdit
 
@@ -236,16 +234,15 @@ def write_flush(fs, dirname: str, config: Config, mem: Any, smallest_snapshot: i
               "expiring": 0}
     if not n:
         return [], counts
-    number = new_number()
-    writer = TableWriter(fs, os.path.join(dirname, table_name(number)), config)
+    out = TableOutputs(fs, dirname, config, new_number)
     try:
-        writer.add_many(keys, sks, vals)
-        out = finish(writer, number)
-    except BaseException:
-        writer.abandon()
+        out.writer().add_many(keys, sks, vals)
+        outputs = out.close()
+    except BaseException as exc:
+        out.fail(exc)
         raise
-    counts["bytes_written"] = out.file_size
-    return [out], counts
+    counts["bytes_written"] = out.bytes_written
+    return outputs, counts
 
 
 def run(fs, dirname: str, config: Config, c: Compaction, smallest_snapshot: int,

@@ -40,8 +40,8 @@ class TableOutputs:
     def cut(self) -> None:
         """Finish the open table (if any): it joins ``files``."""
         if self.open is not None:
-            w, self.open = self.open, None
-            self.files.append(finish(w, self._number))
+            self.files.append(finish(self.open, self._number))
+            self.open = None                    # only once finished: a failed finish is abandoned by ``fail``
 
     def close(self) -> list[FileMeta]:
         self.cut()

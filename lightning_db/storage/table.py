@@ -488,8 +488,7 @@ class TableReader:
     def iter_internal(self) -> Iterator[tuple[bytes, int, bytes]]:
         """Every record (key, seqkind, value) in internal order (compaction).
         Does not fill the block cache."""
-        for i in range(self._nblocks):
-            keys, sks, vals, _, _ = self._block(i, False)
+        for keys, sks, vals in self.iter_blocks():
             yield from zip(keys, sks, vals)
 
     def iter_blocks(self) -> Iterator[tuple[Any, Any, Any]]:

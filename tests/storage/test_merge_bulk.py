@@ -124,3 +124,18 @@ def test_bulk_merge_on_a_full_disk_leaves_no_table(tmp_path):
     assert len(made) >= 2                           # a finished table, then the one being written
     after = {n for n in os.listdir(tmp_path) if not n.startswith(".faultfs")}
     assert after == before                          # the finished ones discarded, the open one abandoned
+
+
+@pytest.mark.parametrize("fault", [errno.ENOSPC, errno.EIO])
+def test_a_table_whose_finish_fails_is_removed(tmp_path, fault):
+    """The fsync that finishes an output table fails: that table is
+    abandoned (its file removed), whichever error it was."""
+    fs = FaultInjectingFileSystem()
+    out = TableOutputs(fs, str(tmp_path), Config(block_size=256), _numbers(1))
+    out.writer().add_many([b"a", b"b"], [pack_seqkind(1, V), pack_seqkind(2, V)], [b"1", b"2"])
+    fs.inject("sync", fault, "000001")
+    with pytest.raises(Exception) as failed:
+        out.close()
+    out.fail(failed.value)
+    assert out.open is None and out.files == []
+    assert not [n for n in os.listdir(tmp_path) if not n.startswith(".faultfs")]
