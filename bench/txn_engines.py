@@ -142,8 +142,8 @@ class Lightning(TxEngine):
     name = "lightning"
     durability = ("sync='interval' (Config default, 100 ms): a commit on one shard is written to the "
                   "OS and fsynced by the shard's syncer within 100 ms; a transaction that writes on two "
-                  "shards commits by two-phase commit, whose prepare records and decision (the commit "
-                  "at the lowest shard) are always fsynced")
+                  "shards commits by two-phase commit, whose decision (the commit at the lowest shard) "
+                  "and other participants' prepare records are always fsynced")
     settings = "shards={shards} (worker processes under one node; every client attaches to it), Config defaults"
 
     def __init__(self, path: str) -> None:

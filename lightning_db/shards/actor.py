@@ -392,7 +392,9 @@ class ShardActor(Actor):
         if not ops and check is not None:
             self._engine().hold_reads(txid, check)
         else:
-            self._engine().prepare(txid, ops, check)
+            # The primary (the txid's first two bytes) needs no fsync here:
+            # its fsynced decision covers its prepare (Participant.prepare).
+            self._engine().prepare(txid, ops, check, sync=int.from_bytes(txid[:2], "big") != self.shard_id)
 
     def _commit(self, p: Any) -> int:
         txid, sync, remember = _shape(p, 3, "commit")

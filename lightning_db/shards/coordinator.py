@@ -6,9 +6,10 @@ coordinator's pid (4 bytes, so the node can settle what a dead caller left:
 ``txid_pid``) + 10 random bytes; the primary is the lowest shard that
 writes.
 
-Two-phase commit (``two_phase``): prepare everywhere (fsynced; each
-participant also validates the transaction's check and takes its keys as
-intents, storage/txn.py); any failure -> abort every participant, raise.
+Two-phase commit (``two_phase``): prepare everywhere (fsynced, but on the
+primary, whose decision's fsync covers its prepare; each participant also
+validates the transaction's check and takes its keys as intents,
+storage/txn.py); any failure -> abort every participant, raise.
 Else commit on the primary with remember=True (the durable decision,
 synced), then on the others (not synced: the decision covers them), then
 forget on the primary, later: a lost commit record on a participant whose
@@ -94,13 +95,17 @@ def two_phase(router: "ShardRouter", parts: dict[int, list[Op]], checks: dict[in
         abort_all(router, txid, shards)
         conflicts = [e for e in errors if isinstance(e, TransactionConflict)]
         raise (conflicts or errors)[0]
-    router.note_durable(parts, sent)        # each prepare that wrote was synced, and all before it
+    # Each other writing participant's prepare was synced, and all before it
+    # (the primary's was not: its decision's fsync covers it).
+    router.note_durable([s for s in parts if s != primary], sent)
     if router.forgets:
         settle_forgets(router, False)       # earlier batches' forgets that this made due
     with router.gate.shared(timeout):       # the apply phase: no snapshot is cut inside it
         marker = router.gate.mark(txid, shards)
+        decided = time.monotonic_ns()
         try:
             router._ask(primary, "commit", [txid, True, True])
+            router.note_durable([primary], decided)     # the decision was synced, and all before it
         except LightningError as exc:
             outcome = _settle_primary(router, txid, primary)
             if outcome is None:          # unreachable primary: resolve_in_doubt decides later

@@ -75,12 +75,16 @@ class Participant:
 
 
     # --- two-phase commit (a participant's side) --------------------------------------------
-    def prepare(self, txid: bytes, ops: list[Op], check: TxCheck | None = None) -> None:
+    def prepare(self, txid: bytes, ops: list[Op], check: TxCheck | None = None, sync: bool = True) -> None:
         """Make *ops* durable under *txid* without applying them: after this
         returns, the transaction survives any crash until ``commit_prepared``
-        or ``abort_prepared`` decides it. Always fsynced. The keys become
-        intents; *check* (a transaction's) is validated first, and without
-        one the ops still may not meet another transaction's intents."""
+        or ``abort_prepared`` decides it. Fsynced, except with ``sync=False``:
+        on the transaction's primary, whose decision (its commit record,
+        always fsynced, later in the same WAL) makes the prepare durable
+        with it, and whose prepare lost to a power loss before any decision
+        means an abort, as an undecided one does. The keys become intents;
+        *check* (a transaction's) is validated first, and without one the
+        ops still may not meet another transaction's intents."""
         with self._write_lock:
             if self._write_error is not None or self._bg_error is not None or self._closed:
                 self._raise_write_error()
@@ -99,7 +103,8 @@ class Participant:
                 raise
             self._prepared[txid] = list(ops)
             self.txn.hold(txid, keys, check.reads, check.ranges if check.serializable else ())
-        self._sync_through(wal, target)
+        if sync:
+            self._sync_through(wal, target)
 
     def commit_prepared(self, txid: bytes, sync: bool = True, remember: bool = False) -> int:
         """Apply the prepared transaction *txid*; the commit record carries

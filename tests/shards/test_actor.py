@@ -184,3 +184,26 @@ def test_a_batch_with_one_bad_op_writes_nothing(shard, bad):
     assert ask(ref, "get_many", [[op[1] for op in good], None]) == [b"v"] * 20
     ask(ref, "write", [[[0, op[1], b""] for op in good], False])     # deletes: the op-by-op path
     assert ask(ref, "get_many", [[op[1] for op in good], None]) == [None] * 20
+
+
+def test_the_primary_prepares_without_an_fsync_its_decision_has_one(tmp_path):
+    """A prepare on the transaction's primary (the txid's first two bytes)
+    is covered by the fsync of its decision, later in the same WAL; on any
+    other participant the prepare is fsynced itself."""
+    a = ShardActor(str(tmp_path / "shard-003"), {**CONFIG, "sync": "never"}, 3)
+    a.on_start()
+    try:
+        syncs = lambda: a.engine.stats()["wal_syncs"]           # noqa: E731
+        mine, other = (3).to_bytes(2, "big") + b"m" * 14, (1).to_bytes(2, "big") + b"o" * 14
+        before = syncs()
+        a.on_receive("prepare", [mine, [[1, b"pa", b"1"]]])
+        assert syncs() == before
+        a.on_receive("prepare", [other, [[1, b"pb", b"2"]]])
+        assert syncs() == before + 1
+        a.on_receive("commit", [mine, True, True])             # the decision
+        assert syncs() == before + 2 and a.on_receive("decided", [mine])
+        a.on_receive("commit", [other, False, False])
+        assert syncs() == before + 2
+        assert a.on_receive("get", [b"pa", None]) == b"1" and a.on_receive("get", [b"pb", None]) == b"2"
+    finally:
+        a.on_stop()
