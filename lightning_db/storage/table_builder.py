@@ -20,7 +20,7 @@ from crc32c import crc32c
 from .bloom import build_filter, key_hash
 from .format import BLOCK_TRAILER, FORMAT_VERSION, TABLE_FOOTER, TABLE_MAGIC, Compression, Kind, mask_crc
 
-__all__ = ["TableWriter", "TableMeta", "build_point_index", "PROPS_FIELDS", "FOOTER_CRC_SPAN"]
+__all__ = ["TableWriter", "TableMeta", "build_point_index", "probe_slots", "PROPS_FIELDS", "FOOTER_CRC_SPAN"]
 
 PROPS_FIELDS = ("entries", "distinct_keys", "tombstones", "smallest", "largest", "min_seq",
                 "max_seq", "data_size", "index_size", "filter_size", "compression",
@@ -281,36 +281,45 @@ class TableWriter:
 
 def build_point_index(hashes: np.ndarray, a: np.ndarray, b: np.ndarray) -> bytes:
     """Open-addressing table (linear probing, load <= 0.75) of 16-byte slots
-    (A, B words, uint64 each) holding the entries with *hashes*, placed in
-    numpy rounds: each round every entry not yet placed tries its current
-    slot, the first of those trying a free slot takes it, the rest move one
-    slot on. Every slot an entry passed was taken when it passed, so a
-    probe from its home slot meets it before an empty slot, as with
-    entries inserted one by one."""
+    (A, B words, uint64 each) holding the entries with *hashes*, each in
+    the slot ``probe_slots`` gives it."""
     n = hashes.size
     nslots = 8
     while nslots * 3 < n * 4:
         nslots *= 2
-    mask = nslots - 1
     out = np.zeros(2 * nslots, dtype=np.uint64)
-    taken = np.zeros(nslots, dtype=bool)
-    slot = np.empty(n, dtype=np.int64)
-    pos = (hashes & np.uint64(mask)).astype(np.int64)
-    todo = np.arange(n)
-    while todo.size:
-        p = pos[todo]
-        free = ~taken[p]
-        won, first = np.unique(p[free], return_index=True)
-        winners = todo[free][first]
-        taken[won] = True
-        slot[winners] = won
-        left = np.ones(todo.size, dtype=bool)
-        left[np.flatnonzero(free)[first]] = False
-        todo = todo[left]
-        pos[todo] = (pos[todo] + 1) & mask
+    slot = probe_slots(hashes, nslots)
     out[2 * slot] = a
     out[2 * slot + 1] = b
     return out.tobytes()
+
+
+def probe_slots(hashes: np.ndarray, nslots: int) -> np.ndarray:
+    """The slot of each entry in a linear-probing table of *nslots* (a power
+    of two, more than the entries): every slot from an entry's home
+    (``hash & (nslots - 1)``) to its own is taken, as when they are
+    inserted one by one. With the entries sorted by home, entry i takes
+    p_i = max(home_i, p_(i-1) + 1): a running maximum of home_i - i, plus i,
+    O(n log n) however the homes cluster. A run that would pass the last
+    slot is placed again with the slots counted from just after a slot that
+    stays empty (the k entries past the end take the first k free slots from
+    0 on; the next free one stays empty), so no run wraps."""
+    n = hashes.size
+    mask = nslots - 1
+    home = (hashes & np.uint64(mask)).astype(np.int64)
+    step = np.arange(n, dtype=np.int64)
+    order = np.argsort(home, kind="stable")
+    p = np.maximum.accumulate(home[order] - step) + step if n else step
+    if n and p[-1] >= nslots:
+        taken = np.zeros(nslots, dtype=bool)
+        taken[p[p < nslots]] = True
+        empty = int(np.flatnonzero(~taken)[int((p >= nslots).sum())])
+        home = (home - (empty + 1)) & mask
+        order = np.argsort(home, kind="stable")
+        p = ((np.maximum.accumulate(home[order] - step) + step) + (empty + 1)) & mask
+    slot = np.empty(n, dtype=np.int64)
+    slot[order] = p
+    return slot
 
 
 def _bin_header(n: np.ndarray) -> np.ndarray:

@@ -510,3 +510,35 @@ def test_the_point_index_finds_every_key_and_no_other(tmp_path):
         assert r.get(k, 1 << 30) == (V, v)
     assert all(r.get(b"%08d" % i, 1 << 30) is None for i in range(1, 60000, 3))
     r.close()
+
+
+def _check_probe_slots(hashes, nslots):
+    from lightning_db.storage.table_builder import probe_slots
+
+    import numpy as np
+    slot = probe_slots(hashes, nslots)
+    assert slot.size == hashes.size and np.unique(slot).size == slot.size
+    assert slot.size == 0 or (0 <= slot.min() and slot.max() < nslots)
+    taken = np.zeros(nslots, dtype=bool)
+    taken[slot] = True
+    mask = nslots - 1
+    home = (hashes & np.uint64(mask)).astype(np.int64)
+    dist = (slot - home) & mask             # slots passed on the way from home (around the end)
+    passed = np.concatenate(([0], np.cumsum(np.concatenate((taken, taken)))))
+    assert ((passed[home + dist] - passed[home]) == dist).all()     # every one of them taken
+
+
+@settings(max_examples=200, deadline=None)
+@given(homes=st.lists(st.integers(0, 63), max_size=48), high=st.integers(0, (1 << 58) - 1))
+def test_probe_slots_leave_every_probe_path_taken(homes, high):
+    """Any homes, clusters across the end of the table included."""
+    import numpy as np
+    hashes = (np.array(homes, dtype=np.uint64) | (np.uint64(high) << np.uint64(6)))
+    _check_probe_slots(hashes, 64)
+
+
+def test_probe_slots_of_one_home_for_all():
+    """Every entry with the same home (a table of colliding keys): placed
+    in one run, wrapping past the end."""
+    import numpy as np
+    _check_probe_slots(np.full(20000, 32760, dtype=np.uint64), 32768)
