@@ -174,14 +174,13 @@ def write_tables(fs, dirname: str, config: Config, records: Iterator[tuple[bytes
     means tombstones must be kept (flush to L0). With *cut* the output is
     split at target_file_size between user keys.
     """
-    out = TableOutputs(fs, dirname, config, new_number)
-    counts = {"read": 0, "dropped": 0, "written": 0, "bytes_written": 0, "expired": 0, "expiring": 0}
     now = now_ms()
     current: bytes | None = None
     last_seq_for_key = 0
     target = config.target_file_size
     MAXSEQ = 1 << 62
-    try:
+    with TableOutputs(fs, dirname, config, new_number) as out:   # a failure: no table stays
+        counts = out.counts
         for key, nsk, value in records:
             counts["read"] += 1
             sk = -nsk
@@ -207,12 +206,7 @@ def write_tables(fs, dirname: str, config: Config, records: Iterator[tuple[bytes
                 continue
             out.writer().add(key, sk, value)
             counts["written"] += 1
-        outputs = out.close()
-    except BaseException as exc:
-        out.fail(exc)                           # a full disk: the finished outputs go too
-        raise
-    counts["bytes_written"] = out.bytes_written
-    return outputs, counts
+        return out.close()
 
 
 def write_flush(fs, dirname: str, config: Config, mem: Any, smallest_snapshot: int,
@@ -229,20 +223,11 @@ def write_flush(fs, dirname: str, config: Config, mem: Any, smallest_snapshot: i
         return write_tables(fs, dirname, config, merge_internal([mem.iter_internal()]), smallest_snapshot,
                             None, new_number, cut=False)
     keys, sks, vals = lists
-    n = len(keys)
-    counts = {"read": mem.entries, "dropped": mem.entries - n, "written": n, "bytes_written": 0, "expired": 0,
-              "expiring": 0}
-    if not n:
-        return [], counts
-    out = TableOutputs(fs, dirname, config, new_number)
-    try:
-        out.writer().add_many(keys, sks, vals)
-        outputs = out.close()
-    except BaseException as exc:
-        out.fail(exc)
-        raise
-    counts["bytes_written"] = out.bytes_written
-    return outputs, counts
+    with TableOutputs(fs, dirname, config, new_number) as out:
+        out.counts.update(read=mem.entries, dropped=mem.entries - len(keys), written=len(keys))
+        if keys:
+            out.writer().add_many(keys, sks, vals)
+        return out.close()
 
 
 def run(fs, dirname: str, config: Config, c: Compaction, smallest_snapshot: int,

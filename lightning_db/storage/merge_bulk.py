@@ -85,9 +85,9 @@ def bulk_merge(readers: list[TableReader], is_base: Callable[[bytes], bool],
                out: TableOutputs) -> tuple[list[FileMeta], dict[str, int]]:
     """Merge *readers* (``plain_inputs``) into the tables of *out*; returns
     their FileMetas and the counters of ``write_tables``."""
-    counts = {"read": 0, "dropped": 0, "written": 0, "bytes_written": 0, "expired": 0, "expiring": 0}
     target = out.config.target_file_size
-    try:
+    with out:                                       # a failure: no table stays
+        counts = out.counts
         for keys, sks, vals in _chunks([_Source(r) for r in readers], counts):
             kinds = bytes(map(and_, sks, repeat(0xFF, len(sks))))
             if kinds.count(_DELETE):                # a tombstone no deeper level needs goes
@@ -110,12 +110,7 @@ def bulk_merge(readers: list[TableReader], is_base: Callable[[bytes], bool],
                 i = j
                 if writer.estimated_size >= target:
                     out.cut()
-        outputs = out.close()
-    except BaseException as exc:
-        out.fail(exc)
-        raise
-    counts["bytes_written"] = out.bytes_written
-    return outputs, counts
+        return out.close()
 
 
 def _chunks(sources: list[_Source], counts: dict[str, int]) -> Iterator[tuple[list[bytes], list[int], list[bytes]]]:

@@ -1,10 +1,11 @@
 """The tables one flush or compaction writes, one after another.
 
 ``TableOutputs`` opens the next table when a record needs one (``writer``),
-finishes the open one at a cut (``cut``) and at the end (``close``), and on a
-failure (``fail``) abandons the open one and, for a LightningError (a full
-disk), removes the finished ones too: the manifest never named them, they
-only hold space. Used by both merges of ``compaction.py`` (record by record)
+finishes the open one at a cut (``cut``) and at the end (``close``: the
+files and the counters), and on a failure (``fail``, or leaving its ``with``
+block by an exception) abandons the open one and, for a LightningError (a
+full disk), removes the finished ones too: the manifest never named them,
+they only hold space. Used by both merges of ``compaction.py`` (record by record)
 and ``merge_bulk.py`` (a chunk at a time).
 """
 
@@ -29,6 +30,14 @@ class TableOutputs:
         self.files: list[FileMeta] = []
         self.open: TableWriter | None = None
         self._number = 0
+        self.counts = {"read": 0, "dropped": 0, "written": 0, "bytes_written": 0, "expired": 0, "expiring": 0}
+
+    def __enter__(self) -> "TableOutputs":
+        return self
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        if exc is not None:
+            self.fail(exc)
 
     def writer(self) -> TableWriter:
         """The open table, a new one when none is."""
@@ -43,9 +52,12 @@ class TableOutputs:
             self.files.append(finish(self.open, self._number))
             self.open = None                    # only once finished: a failed finish is abandoned by ``fail``
 
-    def close(self) -> list[FileMeta]:
+    def close(self) -> tuple[list[FileMeta], dict[str, int]]:
+        """Finish the open table: every table written, and the counters
+        (``bytes_written`` filled in)."""
         self.cut()
-        return self.files
+        self.counts["bytes_written"] = sum(f.file_size for f in self.files)
+        return self.files, self.counts
 
     def fail(self, exc: BaseException) -> None:
         if self.open is not None:
@@ -53,10 +65,6 @@ class TableOutputs:
             w.abandon()
         if isinstance(exc, LightningError):
             discard(self.fs, self.dirname, self.files)
-
-    @property
-    def bytes_written(self) -> int:
-        return sum(f.file_size for f in self.files)
 
 
 def discard(fs: Any, dirname: str, outputs: list[FileMeta]) -> None:
