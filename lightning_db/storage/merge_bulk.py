@@ -2,7 +2,7 @@
 
 ``compaction.write_tables`` merges its inputs record by record (a heap of
 generators, a Python loop deciding each record's fate, ``TableWriter.add``):
-~3 µs a record. When no snapshot can see any version but the newest of a
+~1.9 µs a record read, against ~1.5 µs here. When no snapshot can see any version but the newest of a
 key, which is the common case, a compaction only has to keep each key's
 newest record (dropping a tombstone where no deeper level holds the key),
 and that is done here a chunk at a time:
