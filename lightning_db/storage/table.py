@@ -190,7 +190,12 @@ class TableReader:
         # with it); over a slice of the view, so the view itself can be released.
         self._u8: np.ndarray | None = np.frombuffer(view[:], dtype=np.uint8)
         if pindex_size:
-            raw = _read_block(view, pindex_off, pindex_size, path, "point index")
+            # A private copy, taken after the checksum held: the slots decide
+            # that a key is absent, and a table damaged in place after this
+            # open (the mapping would show the damage) must never turn a
+            # present key into an absent one. The bloom filter is copied too
+            # (BloomFilter); data blocks and records are checked on every read.
+            raw = memoryview(bytes(_read_block(view, pindex_off, pindex_size, path, "point index")))
             nslots = len(raw) // 16
             if len(raw) % 16 or nslots < 8 or nslots & (nslots - 1):
                 raise CorruptionError("point index block is malformed", path)
