@@ -222,11 +222,11 @@ def write_flush(fs, dirname: str, config: Config, mem: Any, smallest_snapshot: i
     if lists is None or VALUE_TTL in set(map(and_, lists[1], repeat(0xFF))):
         return write_tables(fs, dirname, config, merge_internal([mem.iter_internal()]), smallest_snapshot,
                             None, new_number, cut=False)
-    keys, sks, vals = lists
+    keys, sks, vals, klen, vlen = lists
     with TableOutputs(fs, dirname, config, new_number) as out:
         out.counts.update(read=mem.entries, dropped=mem.entries - len(keys), written=len(keys))
         if keys:
-            out.writer().add_many(keys, sks, vals)
+            out.writer().add_many(keys, sks, vals, klen, vlen)
         return out.close()
 
 

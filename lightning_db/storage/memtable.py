@@ -304,12 +304,14 @@ class Memtable:
                 yield key, seqkind, mm[p:p + vlen]
                 ref = prev
 
-    def newest_lists(self, newest_only: bool = False) -> tuple[list[bytes], list[int], list[bytes]] | None:
-        """(keys, seqkinds, values) of every record, key ascending, when each
-        key has one version only (else None: ``iter_internal``); with
-        *newest_only*, of each key's newest version whatever the others
-        (for a flush that no snapshot needs the older versions of). Headers
-        are gathered in numpy, values sliced in C: flush's bulk path."""
+    def newest_lists(self, newest_only: bool = False) -> tuple[list[bytes], list[int], list[bytes],
+                                                               np.ndarray, np.ndarray] | None:
+        """(keys, seqkinds, values, key lengths, value lengths) of every
+        record, key ascending, when each key has one version only (else
+        None: ``iter_internal``); with *newest_only*, of each key's newest
+        version whatever the others (for a flush that no snapshot needs the
+        older versions of). Headers are gathered in numpy, values sliced in
+        C: flush's bulk path."""
         if self._count != len(self._index) and not newest_only:
             return None
         keys = self._sorted_keys()
@@ -332,7 +334,7 @@ class Memtable:
         vstart = off + 24 + klen
         mm = self._mm
         vals = list(map(mm.__getitem__, map(slice, vstart.tolist(), (vstart + vlen).tolist())))
-        return keys, sks, vals
+        return keys, sks, vals, klen, vlen
 
     # --- accounting ---------------------------------------------------------------
     @property

@@ -97,8 +97,9 @@ def bulk_merge(readers: list[TableReader], is_base: Callable[[bytes], bool],
             if not keys:
                 continue
             counts["written"] += len(keys)
-            size = np.cumsum(np.fromiter(map(len, keys), dtype=np.int64, count=len(keys))
-                             + np.fromiter(map(len, vals), dtype=np.int64, count=len(vals)) + _ENTRY_OVERHEAD)
+            klen = np.fromiter(map(len, keys), dtype=np.int64, count=len(keys))
+            vlen = np.fromiter(map(len, vals), dtype=np.int64, count=len(vals))
+            size = np.cumsum(klen + vlen + _ENTRY_OVERHEAD)
             i = 0
             while i < len(keys):
                 writer = out.writer()
@@ -106,7 +107,7 @@ def bulk_merge(readers: list[TableReader], is_base: Callable[[bytes], bool],
                 # file is cut after it (the record path: before the next key).
                 room = target - writer.estimated_size + (int(size[i - 1]) if i else 0)
                 j = min(len(keys), int(np.searchsorted(size, room, "left")) + 1)
-                writer.add_many(keys[i:j], sks[i:j], vals[i:j])
+                writer.add_many(keys[i:j], sks[i:j], vals[i:j], klen[i:j], vlen[i:j])
                 i = j
                 if writer.estimated_size >= target:
                     out.cut()

@@ -29,6 +29,7 @@ FOOTER_CRC_SPAN = 6 * 8 + 4          # footer bytes covered by footer_crc
 _TRAILER = BLOCK_TRAILER.size
 _ENTRY_OVERHEAD = 12                 # rough msgpack bytes per entry beyond key+value
 _NONE, _ZSTD = int(Compression.NONE), int(Compression.ZSTD)
+_VALUE, _DELETE, _TTL = int(Kind.VALUE), int(Kind.DELETE), int(Kind.VALUE_TTL)
 
 
 @dataclass(frozen=True)
@@ -115,10 +116,15 @@ class TableWriter:
         self._vals.append(value)
         self._pending += len(key) + len(value) + _ENTRY_OVERHEAD
 
-    def add_many(self, keys: list[bytes], sks: list[int], vals: list[bytes]) -> None:
+    def add_many(self, keys: list[bytes], sks: list[int], vals: list[bytes],
+                 klen: np.ndarray | None = None, vlen: np.ndarray | None = None) -> None:
         """``add`` for each record, with one version per key (keys strictly
         ascending, after every key added so far): the same table, with the
-        block cuts found in numpy instead of record by record."""
+        block cuts found in numpy instead of record by record, and each
+        whole block of the batch written straight from the lists (its
+        records' spans for the point index from one numpy pass over the
+        batch). *klen*, *vlen*: the keys' and values' lengths (int64 arrays)
+        where the caller has them."""
         n = len(keys)
         if self._done:
             raise ValueError(f"table writer for {self.path} is already finished")
@@ -130,46 +136,34 @@ class TableWriter:
                 self.add(k, sk, v)
             return
         self._hashes += map(key_hash, keys)
-        size = (np.fromiter(map(len, keys), dtype=np.int64, count=n)
-                + np.fromiter(map(len, vals), dtype=np.int64, count=n) + _ENTRY_OVERHEAD)
+        kl = np.fromiter(map(len, keys), dtype=np.int64, count=n) if klen is None else klen
+        vl = np.fromiter(map(len, vals), dtype=np.int64, count=n) if vlen is None else vlen
         ends = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(size, out=ends[1:])
+        np.cumsum(kl + vl + _ENTRY_OVERHEAD, out=ends[1:])
+        kinds = np.fromiter(map(and_, sks, repeat(0xFF)), dtype=np.uint8, count=n)
+        if self._point is not None and (kinds == _TTL).any():
+            self._point = None                          # as _flush would at the first such block
+        span = (_bin_header(kl) + kl + _bin_header(vl) + vl) if self._point is not None else None
+        mixed = bool((kinds != _VALUE).any())
         bs = self._block_size
         i = 0
         while i < n:
             if self._pending >= bs:                     # a new key after a full block: cut
                 self._flush()
             j = min(n, int(ends.searchsorted(ends[i] + bs - self._pending, "left")))
-            self._keys += keys[i:j]
-            self._sks += sks[i:j]
-            self._vals += vals[i:j]
-            self._block_distinct += j - i
-            self._pending += int(ends[j] - ends[i])
+            if j < n and not self._keys:                # a whole block of this batch
+                bk = kinds[i:j]
+                self._emit(keys[i:j], sks[i:j], vals[i:j],
+                           int((bk == _DELETE).sum()) if mixed else 0, int((bk == _TTL).sum()) if mixed else 0,
+                           None if span is None else (span[i:j], bk.astype(np.uint64)))
+            else:
+                self._keys += keys[i:j]
+                self._sks += sks[i:j]
+                self._vals += vals[i:j]
+                self._block_distinct += j - i
+                self._pending += int(ends[j] - ends[i])
             i = j
         self._last_key, self._last_sk = keys[-1], sks[-1]
-
-    def _index_points(self, payload: bytes, block_off: int, keys: list[bytes], sks: list[int],
-                      vals: list[bytes]) -> None:
-        """Record where the newest version of each key of this block sits in
-        the file, for the point index (see format.py): the records' spans
-        follow from the key and value lengths (msgpack bin headers), their
-        crcs are taken in one pass."""
-        n = len(keys)
-        n2 = 2 * n
-        rel = 1 + (1 if n2 < 16 else 3 if n2 < 65536 else 5)     # [ kvs-array-header ...
-        kl = np.fromiter(map(len, keys), dtype=np.int64, count=n)
-        vl = np.fromiter(map(len, vals), dtype=np.int64, count=n)
-        span = _bin_header(kl) + kl + _bin_header(vl) + vl
-        end = np.cumsum(span) + rel
-        kinds = np.fromiter(map(and_, sks, repeat(0xFF)), dtype=np.uint64, count=n)
-        if self._block_distinct != n:                           # older versions too: the first of each key
-            first = np.ones(n, dtype=bool)
-            first[1:] = np.fromiter(map(ne, keys[1:], keys), dtype=bool, count=n - 1)
-            span, end, kinds = span[first], end[first], kinds[first]
-        start = end - span
-        view = memoryview(payload)
-        crcs = [crc32c(view[a:b]) for a, b in zip(start.tolist(), end.tolist())]
-        self._point.append((start + block_off, span, kinds, crcs))  # type: ignore[union-attr]
 
     def _encode(self, payload: bytes, compress: bool) -> bytes:
         comp = _NONE
@@ -187,36 +181,69 @@ class TableWriter:
         return off
 
     def _flush(self) -> None:
+        """Write the pending block."""
         keys, sks, vals = self._keys, self._sks, self._vals
+        n = len(keys)
+        kinds = bytes(map(and_, sks, repeat(0xFF)))
+        ttl = kinds.count(_TTL)
+        points = None
+        if self._point is not None and not ttl:
+            # The newest version of each key: its record's span and kind.
+            kl = np.fromiter(map(len, keys), dtype=np.int64, count=n)
+            vl = np.fromiter(map(len, vals), dtype=np.int64, count=n)
+            points = (_bin_header(kl) + kl + _bin_header(vl) + vl,
+                      np.frombuffer(kinds, dtype=np.uint8).astype(np.uint64))
+            if self._block_distinct != n:                       # older versions too: the first of each key
+                first = np.ones(n, dtype=bool)
+                first[1:] = np.fromiter(map(ne, keys[1:], keys), dtype=bool, count=n - 1)
+                points = (points[0], points[1], first)
+        self._emit(keys, sks, vals, kinds.count(_DELETE), ttl, points)
+        self._keys, self._sks, self._vals = [], [], []
+        self._pending = 0
+        self._block_distinct = 0
+
+    def _emit(self, keys: list[bytes], sks: list[int], vals: list[bytes], tombstones: int, ttl: int,
+              points: tuple[np.ndarray, ...] | None) -> None:
+        """Write one data block of these records and account for it.
+        *points*: (span, kind) of each record's msgpack encoding in the
+        payload, and where a key has older versions too, a mask of each
+        key's first (newest) record: the point index's entries."""
         n = len(keys)
         kvs: list[bytes] = [b""] * (2 * n)
         kvs[0::2] = keys
         kvs[1::2] = vals
         payload = msgpack.packb([kvs, sks])
         block = self._encode(payload, True)
-        kinds = bytes(map(and_, sks, repeat(0xFF)))
-        if self._point is not None and kinds.count(Kind.VALUE_TTL):
+        if ttl:
             # The point index keeps one kind bit (value or tombstone): a
             # table holding expiring values has none, its reads search blocks.
             self._point = None
         if self._point is not None:
-            if block[-_TRAILER] != _NONE:
-                raise AssertionError("point index needs uncompressed blocks")
-            self._index_points(payload, self._offset, keys, sks, vals)
+            if block[-_TRAILER] != _NONE or points is None:
+                raise AssertionError("point index needs uncompressed blocks and the records' spans")
+            # Where each record sits in the payload: after the kvs array
+            # header, spans follow from the key and value lengths; crcs in one pass.
+            span, kind = points[0], points[1]
+            n2 = 2 * n
+            end = np.cumsum(span) + (1 + (1 if n2 < 16 else 3 if n2 < 65536 else 5))
+            if len(points) == 3:
+                first = points[2]
+                span, end, kind = span[first], end[first], kind[first]
+            start = end - span
+            view = memoryview(payload)
+            crcs = [crc32c(view[a:b]) for a, b in zip(start.tolist(), end.tolist())]
+            self._point.append((start + self._offset, span, kind, crcs))
         self._ix[0].append(keys[-1])
         self._ix[1].append(self._write(block))
         self._ix[2].append(len(block))
         if self._smallest is None:
             self._smallest = keys[0]
-        self._flushed += len(keys)
-        self._tombstones += kinds.count(Kind.DELETE)
-        self._expiring += kinds.count(Kind.VALUE_TTL)
+        self._flushed += n
+        self._tombstones += tombstones
+        self._expiring += ttl
         lo, hi = min(sks) >> 8, max(sks) >> 8
         self._min_seq = lo if self._min_seq is None else min(lo, self._min_seq)
         self._max_seq = max(hi, self._max_seq)
-        self._keys, self._sks, self._vals = [], [], []
-        self._pending = 0
-        self._block_distinct = 0
 
     def _point_index(self) -> bytes:
         """The point index over every block's entries: slot words A = offset

@@ -484,7 +484,9 @@ def test_newest_lists_is_iter_internal_when_each_key_has_one_version(tmp_path, r
         if len(set(fit)) == len(fit):
             want = list(m.iter_internal())
             assert got is not None
-            assert list(zip(*got)) == [(k, sk, bytes(v)) for k, sk, v in want]
+            assert list(zip(*got[:3])) == [(k, sk, bytes(v)) for k, sk, v in want]
+            assert got[3].tolist() == [len(k) for k, _, _ in want]
+            assert got[4].tolist() == [len(v) for _, _, v in want]
         else:                                   # a key written twice: the record by record path
             assert got is None
         newest = m.newest_lists(newest_only=True)
@@ -492,6 +494,8 @@ def test_newest_lists_is_iter_internal_when_each_key_has_one_version(tmp_path, r
         first = {}
         for k, sk, v in m.iter_internal():      # seq descending within a key: the first is the newest
             first.setdefault(k, (k, sk, bytes(v)))
-        assert list(zip(*newest)) == sorted(first.values())
+        assert list(zip(*newest[:3])) == sorted(first.values())
+        assert newest[3].tolist() == list(map(len, newest[0]))
+        assert newest[4].tolist() == list(map(len, newest[2]))
     finally:
         m.close()

@@ -8,6 +8,7 @@ import os
 import random
 
 import msgpack
+import numpy as np
 import pytest
 import zstandard
 from crc32c import crc32c
@@ -518,11 +519,15 @@ def test_plain_tables_say_so_in_their_props(tmp_path):
     r.close()
 
 
-@settings(max_examples=40, deadline=None)
-@given(st.lists(st.tuples(st.binary(min_size=1, max_size=300), st.binary(max_size=2000), st.sampled_from([V, D])),
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.binary(min_size=1, max_size=300), st.binary(max_size=2000),
+                          st.sampled_from([V, V, D, int(Kind.VALUE_TTL)])),
                 max_size=300, unique_by=lambda r: r[0]),
-       st.integers(0, 300), st.sampled_from([256, 1024, 4096]))
-def test_add_many_writes_the_table_add_writes(tmp_path_factory, rows, split, block_size):
+       st.integers(0, 300), st.sampled_from([256, 1024, 4096]), st.booleans())
+def test_add_many_writes_the_table_add_writes(tmp_path_factory, rows, split, block_size, lengths):
+    """Bulk and record by record write the same bytes: blocks written
+    straight from the batch, the pending block, tombstones, expiring values
+    (no point index), with the lengths given or not."""
     rows.sort()
     records = [(k, pack_seqkind(i + 1, kind), b"" if kind == D else v) for i, (k, v, kind) in enumerate(rows)]
     d = tmp_path_factory.mktemp("many")
@@ -532,10 +537,13 @@ def test_add_many_writes_the_table_add_writes(tmp_path_factory, rows, split, blo
     for r in head[:3]:                              # some one by one, then in bulk (twice)
         w.add(*r)
     for part in (head[3:], tail):
-        w.add_many([r[0] for r in part], [r[1] for r in part], [r[2] for r in part])
+        keys, vals = [r[0] for r in part], [r[2] for r in part]
+        lens = (np.array(list(map(len, keys)), dtype=np.int64), np.array(list(map(len, vals)), dtype=np.int64))
+        w.add_many(keys, [r[1] for r in part], vals, *(lens if lengths else ()))
     many = w.finish()
     assert (d / "one.ldb").read_bytes() == (d / "many.ldb").read_bytes()
-    assert (one.entries, one.tombstones) == (many.entries, many.tombstones)
+    assert (one.entries, one.tombstones, one.min_seq, one.max_seq) == (
+        many.entries, many.tombstones, many.min_seq, many.max_seq)
 
 
 def test_add_many_refuses_keys_out_of_order(tmp_path):
@@ -562,7 +570,6 @@ def test_the_point_index_finds_every_key_and_no_other(tmp_path):
 def _check_probe_slots(hashes, nslots):
     from lightning_db.storage.table_builder import probe_slots
 
-    import numpy as np
     slot = probe_slots(hashes, nslots)
     assert slot.size == hashes.size and np.unique(slot).size == slot.size
     assert slot.size == 0 or (0 <= slot.min() and slot.max() < nslots)
@@ -579,7 +586,6 @@ def _check_probe_slots(hashes, nslots):
 @given(homes=st.lists(st.integers(0, 63), max_size=48), high=st.integers(0, (1 << 58) - 1))
 def test_probe_slots_leave_every_probe_path_taken(homes, high):
     """Any homes, clusters across the end of the table included."""
-    import numpy as np
     hashes = (np.array(homes, dtype=np.uint64) | (np.uint64(high) << np.uint64(6)))
     _check_probe_slots(hashes, 64)
 
@@ -587,5 +593,4 @@ def test_probe_slots_leave_every_probe_path_taken(homes, high):
 def test_probe_slots_of_one_home_for_all():
     """Every entry with the same home (a table of colliding keys): placed
     in one run, wrapping past the end."""
-    import numpy as np
     _check_probe_slots(np.full(20000, 32760, dtype=np.uint64), 32768)
