@@ -4,6 +4,7 @@ the clock."""
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from typing import Any
@@ -23,7 +24,7 @@ def wait_for_file(path: str, limit: float = 120.0) -> bool:
 
 class EchoActor(Actor):
     """echo, add, calls, raise [class name, message], crash (RuntimeError),
-    flaky [key, failures], wait_file path, unencodable, pid."""
+    flaky [key, failures], wait_file path, unencodable, pid, gc."""
 
     def __init__(self, tag: str = "echo") -> None:
         self.tag = tag
@@ -62,6 +63,8 @@ class EchoActor(Actor):
             return object()
         if op == "pid":
             return os.getpid()
+        if op == "gc":
+            return [list(gc.get_threshold()), gc.get_freeze_count()]
         return super().on_receive(op, payload)
 
     def on_control(self, op: str, payload: Any) -> Any:

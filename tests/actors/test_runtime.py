@@ -6,6 +6,7 @@ Blocking ops wait on files the test creates; nothing sleeps against a clock.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import os
 import pickle
@@ -23,6 +24,7 @@ from lightning_db.actors import (
     spawn,
 )
 from lightning_db.actors.actor import EXIT_CRASHED
+from lightning_db.actors.runtime import GC_THRESHOLDS
 from lightning_db.mailbox import (
     PROTOCOL_VERSION,
     Envelope,
@@ -72,6 +74,16 @@ def test_ask_and_tell(echo):
     echo.tell("echo", "told")
     wait_until(lambda: echo.ask("calls").result(30) >= before + 2, what="the tell")
     assert echo.ask("pid").result(30) == echo.pid != os.getpid()
+
+
+def test_a_worker_tunes_its_garbage_collector(echo):
+    """What start-up allocated is frozen, and young collections run every
+    GC_THRESHOLDS[0] allocations, not every 700 (the caller's own settings
+    are left alone)."""
+    thresholds, frozen = echo.ask("gc").result(30)
+    assert thresholds == list(GC_THRESHOLDS) and thresholds[0] > 700
+    assert frozen > 0
+    assert gc.get_freeze_count() == 0 and gc.get_threshold()[0] == 700
 
 
 def test_pipelining_1000_asks_in_flight(echo):
