@@ -81,6 +81,7 @@ _ABORTED_MEMORY = 4096       # unknown txids whose abort is remembered
 _KINDS = (int(Kind.VALUE), int(Kind.DELETE), int(Kind.VALUE_TTL))
 _JUST_VALUES, _JUST_INT, _JUST_BYTES, _JUST_THREE = {int(Kind.VALUE)}, {int}, {bytes}, {3}
 _SEQUENCES = {list, tuple}
+_VALUE = int(Kind.VALUE)
 _VALUE_TTL = int(Kind.VALUE_TTL)
 _DELETE = int(Kind.DELETE)
 
@@ -248,10 +249,26 @@ class ShardActor(Actor):
         return k
 
     def _ops(self, ops: Any) -> list[tuple[int, bytes, bytes]]:
+        """The checked (kind, key, value) ops of a message, which carries
+        them as a list of [kind, key, value] or as three columns [kinds
+        (bytes, one per op), keys, values] (pipelined writes: no container an
+        op on either side)."""
         if not isinstance(ops, (list, tuple)):
             raise InvalidArgument(f"ops must be a list, got {type(ops).__name__}")
         maxk, maxv = self.config.max_key_size, self.config.max_value_size
-        if ops and set(map(type, ops)) <= _SEQUENCES and set(map(len, ops)) == _JUST_THREE:
+        if len(ops) == 3 and type(ops[0]) is bytes:
+            kinds, keys, vals = ops
+            n = len(kinds)
+            if not (type(keys) in _SEQUENCES and type(vals) in _SEQUENCES and len(keys) == len(vals) == n):
+                raise InvalidArgument("ops as columns are [kinds bytes, keys list, values list] of one length, "
+                                      f"got {len(kinds)} kinds, {type(keys).__name__} keys, "
+                                      f"{type(vals).__name__} values")
+            if (n and kinds.count(_VALUE) == n and set(map(type, chain(keys, vals))) == _JUST_BYTES
+                    and 0 < min(klens := list(map(len, keys))) and max(klens) <= maxk
+                    and max(map(len, vals)) <= maxv):
+                return list(zip(kinds, keys, vals))
+            ops = list(zip(kinds, keys, vals))       # checked op by op below
+        elif ops and set(map(type, ops)) <= _SEQUENCES and set(map(len, ops)) == _JUST_THREE:
             # The common case, checked in C: plain values, bytes within the limits.
             kinds, keys, vals = zip(*ops)
             if (set(map(type, kinds)) == _JUST_INT and set(kinds) == _JUST_VALUES

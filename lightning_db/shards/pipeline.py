@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import BackgroundError, DatabaseClosed, FatalError, LightningError, OutOfOrder, TransientError
 from ..storage.dedupe import new_writer_id
+from ..storage.format import Kind
 from .resolve import _failed, _send
 
 if TYPE_CHECKING:
@@ -65,6 +66,8 @@ BATCH_OPS = 4096
 BATCH_BYTES = 1 << 20
 MAX_BUFFERED_BYTES = 16 << 20
 _OVERHEAD = 32                     # bytes charged per op beside key and value
+_VALUE, _DELETE = int(Kind.VALUE), int(Kind.DELETE)
+_TOMBSTONE = (_DELETE, b"")
 
 
 class TokenSource:
@@ -125,14 +128,24 @@ def _ask_once(router: "ShardRouter", shard: int, op: str, payload: Any) -> Futur
 
 class _Run:
     """Pipelined writes to one shard that go out as one message: the ops in
-    order, and the newest of them for each key (the overlay's part)."""
+    order as three columns (kinds, keys, values: a put allocates no
+    container the caller's garbage collector would track), and the newest
+    of them for each key (the overlay's part: the value of a plain put, the
+    (kind, value) pair of any other write)."""
 
-    __slots__ = ("nbytes", "newest", "ops")
+    __slots__ = ("kinds", "keys", "nbytes", "newest", "vals")
 
     def __init__(self) -> None:
-        self.ops: list[tuple[int, bytes, bytes]] = []
-        self.newest: dict[bytes, tuple[int, bytes]] = {}
+        self.kinds = bytearray()
+        self.keys: list[bytes] = []
+        self.vals: list[bytes] = []
+        self.newest: dict[bytes, bytes | tuple[int, bytes]] = {}
         self.nbytes = 0
+
+    def columns(self) -> list[Any]:
+        """The ops as a "write" message carries them: [kinds, keys, values]
+        (``ShardActor._ops``)."""
+        return [bytes(self.kinds), self.keys, self.vals]
 
 
 _LIVE: "weakref.WeakSet[WritePipeline]" = weakref.WeakSet()
@@ -165,7 +178,7 @@ class WritePipeline:
         # Per shard, the newest-first ``newest`` dicts of its buffered and
         # flying runs: replaced whole (under the lock) when a run starts or
         # is answered, read without the lock (the overlay).
-        self._views: list[tuple[dict[bytes, tuple[int, bytes]], ...]] = [()] * shards
+        self._views: list[tuple[dict[bytes, bytes | tuple[int, bytes]], ...]] = [()] * shards
         self._bytes = [0] * shards
         self._threads: list[threading.Thread | None] = [None] * shards
         self._error: LightningError | None = None
@@ -187,7 +200,7 @@ class WritePipeline:
             for newest in views:
                 w = newest.get(key)
                 if w is not None:
-                    return w
+                    return (_VALUE, w) if type(w) is bytes else w
         return None
 
     def write(self, shard: int, kind: int, key: bytes, value: bytes) -> None:
@@ -201,12 +214,14 @@ class WritePipeline:
                 self._idle.wait()
             runs = self._runs[shard]
             run = runs[-1] if runs else None
-            if run is None or len(run.ops) >= BATCH_OPS or run.nbytes >= BATCH_BYTES:
+            if run is None or len(run.keys) >= BATCH_OPS or run.nbytes >= BATCH_BYTES:
                 run = _Run()
                 runs.append(run)
                 self._publish(shard)
-            run.ops.append((kind, key, value))
-            run.newest[key] = (kind, value)
+            run.kinds.append(kind)
+            run.keys.append(key)
+            run.vals.append(value)
+            run.newest[key] = value if kind == _VALUE else _TOMBSTONE if kind == _DELETE else (kind, value)
             run.nbytes += size
             self._bytes[shard] += size
             self.live += 1
@@ -215,7 +230,7 @@ class WritePipeline:
                                      name=f"ldb-pipeline-{shard}")
                 self._threads[shard] = t
                 t.start()
-            elif len(run.ops) == 1 and len(runs) == 1 and not self._flying[shard]:
+            elif len(run.keys) == 1 and len(runs) == 1 and not self._flying[shard]:
                 self._wake[shard].notify()
 
     def barrier(self) -> None:
@@ -236,7 +251,7 @@ class WritePipeline:
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
-            return {"buffered_ops": sum(len(r.ops) for runs in self._runs for r in runs),
+            return {"buffered_ops": sum(len(r.keys) for runs in self._runs for r in runs),
                     "in_flight": sum(map(bool, self._flying)), "batches_sent": self.batches, "ops_sent": self.ops,
                     "overlay_keys": sum(len(d) for views in self._views for d in views)}
 
@@ -281,7 +296,7 @@ class WritePipeline:
                 token = tokens.take(shard)
                 # Applied only after the run sent just before it, if that one
                 # is still unanswered (the shard checks: OutOfOrder otherwise).
-                payload = [run.ops, False, token] + ([flying[-1][1][1]] if flying else [])
+                payload = [run.columns(), False, token] + ([flying[-1][1][1]] if flying else [])
                 flying.append((run, token, _ask_once(self._router, shard, "write", payload)))
             run, token, first = flying.popleft()
             error = self._settle(shard, run, token, first)
@@ -289,11 +304,11 @@ class WritePipeline:
             with self._lock:
                 self._flying[shard].remove(run)
                 self._publish(shard)
-                self.live -= len(run.ops)
+                self.live -= len(run.keys)
                 if error is not None and self._error is None:
                     self._error = error
                 self.batches += 1
-                self.ops += len(run.ops)
+                self.ops += len(run.keys)
                 self._idle.notify_all()
 
     def _settle(self, shard: int, run: _Run, token: list[Any], first: Future) -> LightningError | None:
@@ -310,7 +325,7 @@ class WritePipeline:
             return exc
         except BaseException as exc:  # noqa: BLE001 - never leave a barrier waiting
             return BackgroundError(f"pipelined write to shard {shard} failed: {exc!r}")
-        payload = [run.ops, False, token]
+        payload = [run.columns(), False, token]
         deadline = time.monotonic() + self._router.timeout
         while True:
             try:

@@ -133,6 +133,9 @@ def test_maintenance(shard):
     ("write", [[[1, b"", b"v"]], False]), ("write", [[[1, b"k" * 65, b"v"]], False]),
     ("write", [[[1, b"k", b"v" * 257]], False]), ("write", [[[0, b"k", b"v"]], False]),
     ("write", [[[1, b"k"]], False]), ("write", [b"notalist", False]),
+    ("write", [[b"\x01", [b"k"], []], False]), ("write", [[b"\x01", b"k", [b"v"]], False]),
+    ("write", [[b"\x02", [b"k"], [b"v"]], False]), ("write", [[b"\x01", [b"k" * 65], [b"v"]], False]),
+    ("write", [[b"\x00", [b"k"], [b"v"]], False]), ("write", [[b"\x01", ["k"], [b"v"]], False]),
     ("get", [b"k"]), ("get", ["k", None]), ("get", [b"k", -1]), ("get", [b"k", True]),
     ("get_many", [b"k", None]), ("get_many", [[b"k", 3], None]),
     ("scan", [None, None, False, None, 10]), ("scan", [None, None, "no", None, 10, None]),
@@ -184,6 +187,26 @@ def test_a_batch_with_one_bad_op_writes_nothing(shard, bad):
     assert ask(ref, "get_many", [[op[1] for op in good], None]) == [b"v"] * 20
     ask(ref, "write", [[[0, op[1], b""] for op in good], False])     # deletes: the op-by-op path
     assert ask(ref, "get_many", [[op[1] for op in good], None]) == [None] * 20
+
+
+@pytest.mark.parametrize("bad", [
+    [1, b"", b"v"], [1, b"k" * 65, b"v"], [1, b"col-bad", b"v" * 257], [1, "col-bad", b"v"],
+    [0, b"col-bad", b"not empty"], [7, b"col-bad", b"v"],
+])
+def test_ops_as_columns(shard, bad):
+    """Pipelined writes carry their ops as [kinds, keys, values]: plain
+    values are checked together, anything else op by op, and one bad op
+    refuses the whole write."""
+    ref, _ = shard
+    keys = [b"col-%s-%03d" % (os.urandom(4).hex().encode(), i) for i in range(20)]
+    with pytest.raises(InvalidArgument):
+        ask(ref, "write", [[bytes([1] * 10 + [bad[0]] + [1] * 10), keys[:10] + [bad[1]] + keys[10:],
+                            [b"v"] * 10 + [bad[2]] + [b"v"] * 10], False])
+    assert ask(ref, "get_many", [keys, None]) == [None] * 20
+    ask(ref, "write", [[bytes([1] * 20), keys, [b"c%d" % i for i in range(20)]], False, [os.urandom(12), 1, 1]])
+    assert ask(ref, "get_many", [keys, None]) == [b"c%d" % i for i in range(20)]
+    ask(ref, "write", [[bytes([0, 1] * 10), keys, [b"", b"again"] * 10], False])   # deletes: op by op
+    assert ask(ref, "get_many", [keys, None]) == [None, b"again"] * 10
 
 
 def test_the_primary_prepares_without_an_fsync_its_decision_has_one(tmp_path):

@@ -46,7 +46,10 @@ class _SlowRef:
             time.sleep(self.delay)
             with self.lock:
                 if op == "write":
-                    self.writes.append(list(payload[0]))
+                    ops = payload[0]
+                    if len(ops) == 3 and type(ops[0]) is bytes:      # as columns: kinds, keys, values
+                        ops = list(zip(*ops))
+                    self.writes.append(list(ops))
             if self.error is not None:
                 f.set_exception(self.error)
             else:
@@ -186,7 +189,8 @@ class _OrderedShard:
         else:
             if n not in self.applied:
                 self.applied.append(n)
-                self.values.update((k, v) for _, k, v in ops)
+                kinds, keys, vals = ops                      # pipelined runs go as columns
+                self.values.update(zip(keys, vals))
             f.set_result(1)
         return f
 
