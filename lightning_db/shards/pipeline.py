@@ -221,7 +221,9 @@ class WritePipeline:
             run.kinds.append(kind)
             run.keys.append(key)
             run.vals.append(value)
-            run.newest[key] = value if kind == _VALUE else _TOMBSTONE if kind == _DELETE else (kind, value)
+            # A plain put's value alone (mine() reads a bytes entry as one).
+            run.newest[key] = (value if kind == _VALUE and type(value) is bytes else
+                               _TOMBSTONE if kind == _DELETE and not value else (kind, value))
             run.nbytes += size
             self._bytes[shard] += size
             self.live += 1
