@@ -190,12 +190,14 @@ class TableReader:
         # with it); over a slice of the view, so the view itself can be released.
         self._u8: np.ndarray | None = np.frombuffer(view[:], dtype=np.uint8)
         if pindex_size:
-            # A private copy, taken after the checksum held: the slots decide
-            # that a key is absent, and a table damaged in place after this
-            # open (the mapping would show the damage) must never turn a
-            # present key into an absent one. The bloom filter is copied too
-            # (BloomFilter); data blocks and records are checked on every read.
-            raw = memoryview(bytes(_read_block(view, pindex_off, pindex_size, path, "point index")))
+            # Read from the mapping, shared by every process: its checksum
+            # holds now, but a table damaged in place later shows the damage
+            # to every mapping. A slot found is checked by its record's crc;
+            # an absence it reports is confirmed by the bloom filter (a
+            # private copy, BloomFilter) and, where the filter says maybe,
+            # by the data blocks (get, get_many): a damaged slot never turns
+            # a present key into an absent one.
+            raw = _read_block(view, pindex_off, pindex_size, path, "point index")
             nslots = len(raw) // 16
             if len(raw) % 16 or nslots < 8 or nslots & (nslots - 1):
                 raise CorruptionError("point index block is malformed", path)
@@ -270,7 +272,8 @@ class TableReader:
         if slots is not None and snapshot_seq >= self.max_seq:
             # The point index: a hash probe, then the record read straight
             # from the mapped file and checked against its own crc. No block
-            # is decoded and no bloom probe is needed (fingerprints filter).
+            # is decoded, and a bloom probe only where the index finds
+            # nothing (the index is read from the shared mapping).
             if h is None:
                 h = key_hash(key)
             mask = self._pmask
@@ -279,7 +282,10 @@ class TableReader:
             while True:
                 a = slots[2 * i]
                 if not a:
-                    return None
+                    if not self._may_contain(h):
+                        return None
+                    check_filter = False        # a false positive, or a damaged slot: the blocks decide
+                    break
                 if a >> 41 == fp:
                     off = a & _M40
                     b = slots[2 * i + 1]
@@ -343,7 +349,7 @@ class TableReader:
             self._get_each(kb, idx, snapshot_seq)
             return
         if idx.size <= _FEW_KEYS:
-            self._probe_few(kb, idx)
+            self._probe_few(kb, idx, snapshot_seq, check_filter)
             return
         mask = self._pmask
         h = hashes[idx]
@@ -363,6 +369,7 @@ class TableReader:
             a[more], slot[more] = self._probe_each(fp[more], (home[more] + (_WINDOW.size - 1)) & mask)
         found = a != 0
         if not found.all():
+            self._confirm_absent(kb, idx[~found], snapshot_seq, check_filter)
             if not found.any():
                 return
             idx, a, slot = idx[found], a[found], slot[found]
@@ -376,17 +383,18 @@ class TableReader:
         get = mm.__getitem__ if mm is not None else (lambda s: self._view[s].tobytes())
         kb.defer(self, idx, a, b, list(map(get, map(slice, off.tolist(), end.tolist()))))
 
-    def _probe_few(self, kb: KeyBatch, idx: np.ndarray) -> None:
+    def _probe_few(self, kb: KeyBatch, idx: np.ndarray, snapshot_seq: int, filtered: bool) -> None:
         """``get_many``'s point-index probe for a few keys, one at a time in
         Python (cheaper than numpy's per-call cost there)."""
         slots, mask, mm = self._pslots, self._pmask, self._mm
         get = mm.__getitem__ if mm is not None else (lambda s: self._view[s].tobytes())
-        at, aa, bb, recs = [], [], [], []
+        at, aa, bb, recs, missed = [], [], [], [], []
         for i, h in zip(idx.tolist(), kb.hashes[idx].tolist()):
             f, s = h >> 41, h & mask
             while True:
                 a = slots[2 * s]
                 if not a:
+                    missed.append(i)
                     break
                 if a >> 41 == f:
                     b = slots[2 * s + 1]
@@ -399,6 +407,19 @@ class TableReader:
                 s = (s + 1) & mask
         if at:
             kb.defer(self, at, aa, bb, recs)
+        if missed:
+            self._confirm_absent(kb, np.array(missed, dtype=np.intp), snapshot_seq, filtered)
+
+    def _confirm_absent(self, kb: KeyBatch, idx: np.ndarray, snapshot_seq: int, filtered: bool) -> None:
+        """Keys ``kb.keys[i]``, i in *idx*, that the point index found no
+        record for: absent where the bloom filter agrees (already asked when
+        *filtered*); the rest (false positives, or a slot damaged in place
+        since the table was opened) are looked up one by one, the blocks
+        deciding (``get``)."""
+        if not filtered:
+            idx = idx[self.filter.may_contain_many(kb.hashes[idx])]
+        if idx.size:
+            self._get_each(kb, idx, snapshot_seq)
 
     def _probe_each(self, fp: np.ndarray, slot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Go on probing past the window, one key at a time (from the last

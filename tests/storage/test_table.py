@@ -18,6 +18,7 @@ from lightning_db.config import Config
 from lightning_db.errors import CorruptionError
 from lightning_db.storage import batch
 from lightning_db.storage.batch import lookup_many
+from lightning_db.storage.lookup import lookup
 from lightning_db.storage.cache import LRUCache
 from lightning_db.storage.format import (BLOCK_TRAILER, FORMAT_VERSION, TABLE_FOOTER, TABLE_MAGIC,
                                          Kind, mask_crc, pack_seqkind)
@@ -411,35 +412,50 @@ def _flip_in_place(path, pos):
 def test_a_table_damaged_after_open_never_answers_wrong(tmp_path, monkeypatch):
     """The stress harness's corrupt fault: bytes of a table inverted in
     place while readers have it mapped (the mapping shows the damage). Each
-    byte in turn: every point read, single and batched, still answers right
-    or raises CorruptionError; a damaged point-index slot never makes a
-    present key absent."""
+    byte in turn: every point read, single and batched, with and without
+    the filter, alone and over an older table holding every key, still
+    answers right or raises CorruptionError: a damaged point-index slot
+    never makes a present key absent, nor lets an older version through."""
     monkeypatch.setattr(batch, "MIN_BATCH", 1)         # small batches take the batch path
     rng = random.Random(12)
-    records = make_records(rng, 25, max_versions=3, vsize=12)
-    path = str(tmp_path / "t.ldb")
+    records = [(k, sk + (10_000 << 8), v) for k, sk, v in make_records(rng, 25, max_versions=3, vsize=12)]
+    path, old_path = str(tmp_path / "t.ldb"), str(tmp_path / "old.ldb")
     meta = write_table(path, records, block_size=200)
-    r = TableReader.open(FS, path, 1, None)
-    assert r._pslots is not None
-    version = Version([[FileMeta(1, meta.file_size, meta.smallest, meta.largest, meta.min_seq, meta.max_seq,
-                                 meta.entries, meta.tombstones, r)]])
     keys = sorted({k for k, _, _ in records}) + [b"k%06d" % i for i in range(1, 40, 7)]
+    old_meta = write_table(old_path, [(k, pack_seqkind(i + 1, V), b"old") for i, k in enumerate(sorted(keys))])
+    r = TableReader.open(FS, path, 1, None)
+    old = TableReader.open(FS, old_path, 2, None)
+    assert r._pslots is not None
+
+    def file(number, m, reader):
+        return FileMeta(number, m.file_size, m.smallest, m.largest, m.min_seq, m.max_seq, m.entries, m.tombstones,
+                        reader)
+    alone = Version([[file(1, meta, r)]])
+    over = Version([[file(1, meta, r)], [file(2, old_meta, old)]])     # the older table in the last level
     top = 1 << 40
     want = {k: (kind, v) for k, kind, v in visible(records, top)}
+    want_over = {k: want.get(k, (V, b"old")) for k in keys}
     wrong = []
     try:
         for pos in range(meta.file_size):
             _flip_in_place(path, pos)
             for k in keys:
+                for check_filter in (True, False):
+                    with contextlib.suppress(CorruptionError):
+                        if r.get(k, top, None, check_filter) != want.get(k):
+                            wrong.append((pos, k, check_filter))
                 with contextlib.suppress(CorruptionError):
-                    if r.get(k, top) != want.get(k):
-                        wrong.append((pos, k))
-            with contextlib.suppress(CorruptionError):
-                got = lookup_many((), version, keys, top)
-                wrong += [(pos, k) for k, g in zip(keys, got) if g != want.get(k)]
+                    if lookup((), over, k, top) != want_over[k]:
+                        wrong.append((pos, k, "lookup"))
+            for version, expect in ((alone, want), (over, want_over)):
+                for some in (keys, keys[:5], keys[5:10], keys[10:20]):     # numpy probes, and a few in Python
+                    with contextlib.suppress(CorruptionError):
+                        got = lookup_many((), version, some, top)
+                        wrong += [(pos, k, "lookup_many") for k, g in zip(some, got) if g != expect.get(k)]
             _flip_in_place(path, pos)
     finally:
         r.close()
+        old.close()
     assert wrong == []
 
 
