@@ -251,7 +251,7 @@ class ShardActor(Actor):
     def _ops(self, ops: Any) -> list[tuple[int, bytes, bytes]]:
         """The checked (kind, key, value) ops of a message, which carries
         them as a list of [kind, key, value] or as three columns [kinds
-        (bytes, one per op), keys, values] (pipelined writes: no container an
+        (bytes, one per op), keys, values] (pipelined writes: no container per
         op on either side)."""
         if not isinstance(ops, (list, tuple)):
             raise InvalidArgument(f"ops must be a list, got {type(ops).__name__}")
