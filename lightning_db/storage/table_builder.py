@@ -143,7 +143,7 @@ class TableWriter:
         kinds = np.fromiter(map(and_, sks, repeat(0xFF)), dtype=np.uint8, count=n)
         if self._point is not None and (kinds == _TTL).any():
             self._point = None                          # as _flush would at the first such block
-        span = (_bin_header(kl) + kl + _bin_header(vl) + vl) if self._point is not None else None
+        span = _record_spans(kl, vl) if self._point is not None else None
         mixed = bool((kinds != _VALUE).any())
         bs = self._block_size
         i = 0
@@ -191,7 +191,7 @@ class TableWriter:
             # The newest version of each key: its record's span and kind.
             kl = np.fromiter(map(len, keys), dtype=np.int64, count=n)
             vl = np.fromiter(map(len, vals), dtype=np.int64, count=n)
-            points = (_bin_header(kl) + kl + _bin_header(vl) + vl,
+            points = (_record_spans(kl, vl),
                       np.frombuffer(kinds, dtype=np.uint8).astype(np.uint64))
             if self._block_distinct != n:                       # older versions too: the first of each key
                 first = np.ones(n, dtype=bool)
@@ -347,6 +347,12 @@ def probe_slots(hashes: np.ndarray, nslots: int) -> np.ndarray:
     slot = np.empty(n, dtype=np.int64)
     slot[order] = p
     return slot
+
+
+def _record_spans(kl: np.ndarray, vl: np.ndarray) -> np.ndarray:
+    """Bytes of each record's msgpack encoding in a block payload (key and
+    value as bin objects) for key lengths *kl* and value lengths *vl*."""
+    return _bin_header(kl) + kl + _bin_header(vl) + vl
 
 
 def _bin_header(n: np.ndarray) -> np.ndarray:
