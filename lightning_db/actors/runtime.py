@@ -277,6 +277,13 @@ class ActorRef:
         seconds pass; None: no deadline)."""
         return self._mailbox().request(op, payload, timeout)
 
+    def ask_here(self, op: str, payload: Any = None, timeout: float | None = DEFAULT_ASK_TIMEOUT) -> Any:
+        """``ask`` for an answer that this thread waits for itself: sent on
+        the thread's own connection, with no hop through the mailbox's I/O
+        thread (see mailbox/direct.py). What it returns has ``result``,
+        ``exception`` and ``done``, and only this thread may wait on it."""
+        return self._mailbox().ask_here(op, payload, timeout)
+
     def ask_many(self, ops: list[tuple[str, Any]], timeout: float | None = DEFAULT_ASK_TIMEOUT) -> list[Future]:
         """Several asks in one send; one future each, in order."""
         return self._mailbox().request_many(ops, timeout)

@@ -47,7 +47,8 @@ from .context import (
     make_socket,
     wrap_zmq_error,
 )
-from .envelope import Envelope, decode, error_from_payload, error_payload
+from .direct import MAX_DIRECT, DirectClient, DirectFuture, read_answer
+from .envelope import Envelope, decode, error_payload
 from .errors import MailboxClosed, MailboxError, MalformedFrame, PeerLost, Timeout
 from .wire import MsgKind
 
@@ -81,6 +82,8 @@ class MailboxServer:
         except zmq.ZMQError as exc:
             self._sock.close(0)
             raise wrap_zmq_error(exc, f"cannot bind {address}") from None
+        self._poller = zmq.Poller()
+        self._poller.register(self._sock, zmq.POLLIN)
         self._closed = False
         self.messages = self.received = self.malformed = self.replies = self.errors = 0
 
@@ -91,7 +94,7 @@ class MailboxServer:
         nothing came. Malformed frames are answered here, never raised."""
         sock = self._sock
         try:
-            if not sock.poll(None if timeout is None else max(0, math.ceil(timeout * 1000))):
+            if not self._poller.poll(None if timeout is None else max(0, math.ceil(timeout * 1000))):
                 return []
             out: list[tuple[bytes, Envelope]] = []
             for _ in range(MAX_DRAIN):
@@ -218,6 +221,8 @@ class MailboxClient:
         self._closed = False
         self._close_exc: LightningError = MailboxClosed(f"client of {address} closed")
         self._pending: dict[int, tuple[Future, float]] = {}
+        self._local = threading.local()       # each thread's DirectClient (ask_here)
+        self._directs: list[DirectClient] = []
         # fail_fast: while the peer is gone (from a disconnect to the next
         # connection), requests fail at once with PeerLost instead of waiting
         # in zmq's queue for a peer that may never come back; for callers
@@ -252,15 +257,45 @@ class MailboxClient:
         """Send one TELL: nothing comes back, not even an error."""
         self._submit(MsgKind.TELL, ((op, payload),), None)
 
+    def ask_here(self, op: str, payload: Any = None, timeout: float | None = None) -> DirectFuture | Future:
+        """A REQUEST whose answer the calling thread itself waits for: sent
+        on this thread's own socket (direct.py), with no hop through the I/O
+        thread either way. Only this thread may wait on what it returns
+        (an ordinary future where this client has no direct socket to
+        spare). Raises like ``request``."""
+        direct = self.direct()
+        if direct is None:
+            return self.request(op, payload, timeout)
+        if type(op) is not str:
+            raise InvalidArgument(f"op must be a str, not {type(op).__name__}")
+        deadline, mono = _deadlines(timeout)
+        return direct.ask(MsgKind.REQUEST, op, payload, deadline, mono)
+
+    def direct(self) -> DirectClient | None:
+        """This thread's direct client; made on first use (None: forked
+        copy, closed, or MAX_DIRECT threads have one already)."""
+        if os.getpid() != self._pid:         # a forked copy: refused, the parent's socket untouched
+            self._check_open()
+        direct = getattr(self._local, "direct", None)
+        if direct is not None and not direct.closed:
+            return direct
+        with self._lock:
+            self._check_open()
+            live = self._directs
+            for old in [d for d in live if not d.thread.is_alive()]:
+                old.close()                  # its thread ended: nobody else uses it
+            live[:] = [d for d in live if not d.closed]
+            if len(live) >= MAX_DIRECT:
+                return None
+            direct = DirectClient(self)
+            live.append(direct)
+        self._local.direct = direct
+        return direct
+
     def _submit(self, kind: MsgKind, ops: Iterable[tuple[str, Any]], timeout: float | None) -> list[Future]:
         if os.getpid() != self._pid:        # before the lock: a fork may have copied it held
             self._check_open()
-        if timeout is None:
-            deadline, mono = 0.0, math.inf
-        elif type(timeout) in (int, float) and 0 < timeout < math.inf:
-            deadline, mono = time.time() + timeout, time.monotonic() + timeout
-        else:
-            raise InvalidArgument(f"timeout must be a positive number of seconds or None, not {timeout!r}")
+        deadline, mono = _deadlines(timeout)
         entries: list[tuple[int, Future | None, float]] = []
         frames: list[bytes] = []
         futures: list[Future] = []
@@ -299,6 +334,7 @@ class MailboxClient:
             self._closed = True
             return
         with self._lock:
+            directs, self._directs = self._directs, []
             if not self._closed:
                 self._closed = True
                 if exc is not None:
@@ -308,6 +344,8 @@ class MailboxClient:
                         os.write(self._wake_w, b"\0")
                     except BlockingIOError:     # full pipe: the thread is awake anyway
                         pass
+        for direct in directs:
+            direct.close()
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 
@@ -410,32 +448,24 @@ class MailboxClient:
 
     def _drain(self, pending: dict[int, tuple[Future, float]]) -> None:
         sock = self._sock
+
+        def take(id_: int) -> Future | None:
+            entry = pending.pop(id_, None)
+            return None if entry is None else entry[0]
         for _ in range(MAX_DRAIN):
             try:
                 parts = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
             for frame in parts:
-                try:
-                    env = decode(frame)
-                except MalformedFrame as exc:
-                    self.malformed += 1
-                    entry = pending.pop(exc.envelope_id, None) if exc.envelope_id else None
-                    if entry is not None:
-                        _fail(entry[0], exc)
+                told = read_answer(frame, self, take)
+                if told is None:
                     continue
-                entry = pending.pop(env.id, None)
-                if entry is None:
-                    self.late += 1
-                elif env.kind is MsgKind.REPLY:
-                    self.replies += 1
-                    _resolve(entry[0], env.payload)
-                elif env.kind is MsgKind.ERROR:
-                    self.errors += 1
-                    _fail(entry[0], error_from_payload(env.payload))
+                fut, value, exc = told
+                if exc is None:
+                    _resolve(fut, value)
                 else:
-                    self.malformed += 1
-                    _fail(entry[0], MalformedFrame(f"a {env.kind.name} envelope is not an answer", env.id))
+                    _fail(fut, exc)
 
     def _disconnected(self, monitor: zmq.Socket) -> bool:
         """Read the monitor's queued events; whether one was a disconnect."""
@@ -479,6 +509,15 @@ class MailboxClient:
         if len(heap) > 2 * len(pending) + 1024:     # answered requests leave stale entries behind
             heap[:] = [(mono, id_) for id_, (_, mono) in pending.items() if mono != math.inf]
             heapq.heapify(heap)
+
+
+def _deadlines(timeout: float | None) -> tuple[float, float]:
+    """(wall-clock deadline for the envelope, monotonic deadline) of *timeout*."""
+    if timeout is None:
+        return 0.0, math.inf
+    if type(timeout) in (int, float) and 0 < timeout < math.inf:
+        return time.time() + timeout, time.monotonic() + timeout
+    raise InvalidArgument(f"timeout must be a positive number of seconds or None, not {timeout!r}")
 
 
 @atexit.register

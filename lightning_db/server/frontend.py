@@ -11,8 +11,9 @@ commands in order, write the replies, read again. Commands marked inline
 (no database call, or only reads served from shared memory) run on the
 loop; the others run in a worker thread (``Settings.workers``), a batch at
 a time, so a slow command of one client never holds up another, except
-plain SETs: the SetWriter (setwriter.py) sends those of every connection
-from the loop itself, one message per shard per loop turn. While its
+plain SETs, alone or in pipelined runs: the SetWriter (setwriter.py) sends
+those of every connection from the loop itself, one message per shard per
+loop turn. While its
 commands run a connection is not read, so a client that sends faster than
 it is served (or reads its replies slower) is held back by TCP instead of
 growing buffers: memory per connection is bounded by the parser's limits,
@@ -114,6 +115,8 @@ class Frontend:
             listener.close()
             await self._close_connections()
             self._pool.shutdown(wait=True)
+            if self._sets is not None:
+                self._sets.close()
         return EXIT_FATAL if self.server.fatal is not None else 0
 
     async def _watch(self, parent: int | None) -> None:
@@ -221,17 +224,28 @@ class Frontend:
             if self.stopping:
                 return
             sets = self._sets
-            if (sets is not None and client.multi is None and sets.plain(cmds[i])
-                    and not dispatcher.set_run(client, cmds, i)):
-                started = time.perf_counter()
-                try:
-                    await sets.set(cmds[i][1], cmds[i][2])
-                    error = None
-                except LightningError as exc:
-                    error = exc
-                await self._write(writer, [dispatcher.set_reply(client, error, time.perf_counter() - started)])
-                i += 1
-                continue
+            if sets is not None and client.multi is None and sets.ready():
+                run = dispatcher.set_run(client, cmds, i)
+                if run:
+                    started = time.perf_counter()
+                    errors = await sets.set_many([(c[1], c[2]) for c in cmds[i:i + run]])
+                    for e in errors:
+                        if e is not None and not isinstance(e, LightningError):
+                            raise e
+                    each = (time.perf_counter() - started) / run
+                    await self._write(writer, [dispatcher.set_reply(client, e, each) for e in errors])
+                    i += run
+                    continue
+                if sets.plain(cmds[i]):
+                    started = time.perf_counter()
+                    try:
+                        await sets.set(cmds[i][1], cmds[i][2])
+                        error = None
+                    except LightningError as exc:
+                        error = exc
+                    await self._write(writer, [dispatcher.set_reply(client, error, time.perf_counter() - started)])
+                    i += 1
+                    continue
             self._busy.add(client.id)
             try:
                 out, i = await loop.run_in_executor(self._pool, self._run_batch, client, cmds, i)

@@ -1,12 +1,20 @@
 """Plain SETs without a thread: one message per shard per event-loop turn.
 
 Runs in a front-end process, on its event loop. A plain SET (``SET key
-value``, no options, not inside MULTI, not part of a pipelined run of SETs)
-from any connection is queued for its key's shard; once per loop turn
+value``, no options, not inside MULTI), alone or in a pipelined run of
+them (``set_many``), from any connection is queued for its key's shard; once per loop turn
 every queue goes out as one "write" (one WAL record on the shard, with a
 write token) straight through the shard's mailbox, and each connection
 gets ``+OK`` when the shard acknowledged. Concurrent clients' SETs thus
 share messages, and none of them costs a hop to a worker thread and back.
+
+The messages leave on the loop thread's own connection to each shard (a
+direct client, mailbox/direct.py) whose socket the loop watches
+(``add_reader``): no hop through the mailbox's I/O thread either way. A
+timer looks at them every ``LOST_POLL`` seconds while any is out, for a
+dropped connection or a passed deadline. Where the mailbox has no direct
+client to spare, the message is an ordinary ask whose answer comes back
+through ``call_soon_threadsafe``.
 
 A write that meets a transient error (a worker being restarted, a
 deadline) is handed to a worker thread, which retries it with the same
@@ -23,6 +31,7 @@ from concurrent.futures import Executor, Future
 from typing import Any
 
 from ..errors import LightningError, TransientError
+from ..mailbox.direct import LOST_POLL, DirectClient, DirectFuture
 
 __all__ = ["SetWriter"]
 
@@ -36,9 +45,14 @@ class SetWriter:
         self._router = router
         self._loop = loop
         self._pool = pool
-        self._pending: dict[int, list[tuple[Op, asyncio.Future[None]]]] = {}
+        # shard -> queued groups: the ops of one call for that shard, one future each
+        self._pending: dict[int, list[tuple[list[Op], asyncio.Future[None]]]] = {}
         self._in_flight: set[int] = set()      # shards with a message out
         self._scheduled = False
+        # shard -> (answer, ops, token, futures) of a message sent directly
+        self._direct: dict[int, tuple[DirectFuture, list[Op], list[Any], list[asyncio.Future[None]]]] = {}
+        self._watched: dict[DirectClient, int] = {}    # direct clients the loop reads, their fd
+        self._timer: asyncio.TimerHandle | None = None
         config = router.config
         self._max_key, self._max_value = config.max_key_size, config.max_value_size
         self.messages = 0
@@ -48,17 +62,46 @@ class SetWriter:
         """Whether *argv* is a SET this writer takes (valid key and value sizes)."""
         return (len(argv) == 3 and (argv[0] == b"SET" or argv[0] == b"set" or argv[0].lower() == b"set")
                 and 0 < len(argv[1]) <= self._max_key and len(argv[2]) <= self._max_value
-                and not self._router._pipe.live)         # no pipelined write of this process in flight
+                and self.ready())
+
+    def ready(self) -> bool:
+        """Whether SETs may go this way now (no pipelined write of this
+        process in flight, which a SET must not overtake)."""
+        return not self._router._pipe.live
 
     async def set(self, key: bytes, value: bytes) -> None:
         """Write *key*; returns once the shard acknowledged (raises its error)."""
-        shard = self._router.ring.shard_of(key)
+        await self._queue(self._router.ring.shard_of(key), [(_VALUE, key, value)])
+
+    async def set_many(self, pairs: list[tuple[bytes, bytes]]) -> list[BaseException | None]:
+        """Write each pair, in order (the later SET of a key wins); returns
+        once every shard involved answered: None for each SET written, or
+        the error its shard's write met."""
+        shard_of = self._router.ring.shard_of
+        groups: dict[int, list[Op]] = {}
+        owners = []
+        for k, v in pairs:
+            s = shard_of(k)
+            owners.append(s)
+            ops = groups.get(s)
+            if ops is None:
+                groups[s] = [(_VALUE, k, v)]
+            else:
+                ops.append((_VALUE, k, v))
+        shards = list(groups)
+        got = await asyncio.gather(*[self._queue(s, groups[s]) for s in shards], return_exceptions=True)
+        if len(shards) == 1:
+            return [got[0]] * len(pairs)
+        errors = dict(zip(shards, got))
+        return [errors[s] for s in owners]
+
+    def _queue(self, shard: int, ops: list[Op]) -> asyncio.Future[None]:
         fut: asyncio.Future[None] = self._loop.create_future()
-        self._pending.setdefault(shard, []).append(((_VALUE, key, value), fut))
+        self._pending.setdefault(shard, []).append((ops, fut))
         if not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self._flush)
-        await fut
+        return fut
 
     def _flush(self) -> None:
         self._scheduled = False
@@ -66,28 +109,72 @@ class SetWriter:
         for shard in ready:
             self._send(shard, self._take(shard))
 
-    def _take(self, shard: int) -> list[tuple[Op, asyncio.Future[None]]]:
-        """The SETs queued for *shard* that fit one message (the rest wait)."""
+    def _take(self, shard: int) -> list[tuple[list[Op], asyncio.Future[None]]]:
+        """The groups queued for *shard* that fit one message of MAX_SETS
+        SETs (at least one group; the rest wait)."""
         items = self._pending.pop(shard, [])
-        if len(items) > MAX_SETS:
-            self._pending[shard] = items[MAX_SETS:]
-            items = items[:MAX_SETS]
+        n = 0
+        for i, (ops, _) in enumerate(items):
+            n += len(ops)
+            if n > MAX_SETS and i:
+                self._pending[shard] = items[i:]
+                return items[:i]
         return items
 
-    def _send(self, shard: int, items: list[tuple[Op, asyncio.Future[None]]]) -> None:
+    def _send(self, shard: int, items: list[tuple[list[Op], asyncio.Future[None]]]) -> None:
         router = self._router
         self._in_flight.add(shard)
-        ops = [op for op, _ in items]
+        ops = items[0][0] if len(items) == 1 else [op for group, _ in items for op in group]
         futs = [f for _, f in items]
         token = router.tokens.take(shard)
         self.messages += 1
         self.sets += len(ops)
         try:
-            cf = router.refs[shard].ask("write", [ops, False, token], router.attempt_timeout)
+            cf = router.refs[shard].ask_here("write", [ops, False, token], router.attempt_timeout)
         except LightningError as exc:
             self._finish(shard, ops, token, futs, exc)
             return
+        if isinstance(cf, DirectFuture):
+            self._direct[shard] = (cf, ops, token, futs)
+            self._watch(cf._client)
+            return
         cf.add_done_callback(self._on_answer(shard, ops, token, futs))
+
+    # --- messages sent directly (the loop reads their answers) ------------------------------
+    def _watch(self, direct: DirectClient) -> None:
+        if direct not in self._watched:
+            fd = direct.fileno()
+            self._loop.add_reader(fd, self._pump, direct)
+            self._watched[direct] = fd
+        if self._timer is None:
+            self._timer = self._loop.call_later(LOST_POLL, self._tick)
+        self._pump(direct)      # zmq's descriptor is edge-triggered: an answer may be in already
+
+    def _pump(self, direct: DirectClient) -> None:
+        direct.pump()
+        for shard, (answer, ops, token, futs) in list(self._direct.items()):
+            if answer._client is direct and answer.done():
+                del self._direct[shard]
+                self._finish(shard, ops, token, futs, answer.exception())
+
+    def _tick(self) -> None:
+        self._timer = None
+        for direct in list(self._watched):
+            if direct.closed:
+                self._loop.remove_reader(self._watched.pop(direct))
+            self._pump(direct)
+        if self._direct and self._timer is None:
+            self._timer = self._loop.call_later(LOST_POLL, self._tick)
+
+    def close(self) -> None:
+        """Stop watching the direct clients' sockets (the loop thread, before
+        the database closes)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for fd in self._watched.values():
+            self._loop.remove_reader(fd)
+        self._watched.clear()
 
     def _on_answer(self, shard: int, ops: list[Op], token: list[Any],
                    futs: list[asyncio.Future[None]]) -> Callable[[Future[Any]], None]:

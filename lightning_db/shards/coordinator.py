@@ -54,7 +54,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import FatalError, InvalidArgument, LightningError, TransactionConflict, TransientError
-from .resolve import _quiet, _send
+from .resolve import _quiet, _send, _send_here
 
 if TYPE_CHECKING:
     from .router import ShardRouter
@@ -89,7 +89,11 @@ def two_phase(router: "ShardRouter", parts: dict[int, list[Op]], checks: dict[in
         return [txid, parts.get(s, []), checks[s]] if s in checks else [txid, parts[s]]
 
     sent = time.monotonic_ns()
-    futs = [_send(refs[s], "prepare", prepare(s), timeout) for s in shards]
+    # A transaction's checks go the way its snapshot's registration went
+    # (an ordinary ask after a tell: in order); a plain batch's prepares are
+    # asked on this thread's own connection.
+    send = _send if checks else _send_here
+    futs = [send(refs[s], "prepare", prepare(s), timeout) for s in shards]
     errors = [r for r in map(_quiet, futs) if isinstance(r, LightningError)]
     if errors:
         abort_all(router, txid, shards)
@@ -116,7 +120,7 @@ def two_phase(router: "ShardRouter", parts: dict[int, list[Op]], checks: dict[in
                 if isinstance(exc, InvalidArgument):   # aborted under us by resolve_in_doubt
                     raise TransactionConflict(f"batch {txid.hex()} was aborted by in-doubt resolution") from None
                 raise
-        rest = {s: _send(refs[s], "commit", [txid, False, False], timeout) for s in shards if s != primary}
+        rest = {s: _send_here(refs[s], "commit", [txid, False, False], timeout) for s in shards if s != primary}
         failed = [s for s, f in rest.items() if isinstance(_quiet(f), LightningError)]
         committed = time.monotonic_ns()
     # The decision is durable at the primary: a participant that died
@@ -198,7 +202,7 @@ def _settle_primary(router: "ShardRouter", txid: bytes, primary: int) -> bool | 
 def abort_all(router: "ShardRouter", txid: bytes, shards: Iterable[int]) -> None:
     """Abort everywhere; a participant that died is asked again once its
     worker is back (a PREPARE it made durable must not stay in doubt)."""
-    futs = {s: _send(router.refs[s], "abort", [txid], router.timeout) for s in shards}
+    futs = {s: _send_here(router.refs[s], "abort", [txid], router.timeout) for s in shards}
     for s, f in futs.items():
         if isinstance(_quiet(f), TransientError):
             _quiet_call(lambda s=s: router._retry(lambda: router._ask(s, "abort", [txid])))
@@ -220,7 +224,7 @@ def commit_transaction(router: "ShardRouter", seqs: Sequence[int] | None, ops: l
               for s in shards}
     if len(shards) == 1:        # checked and applied in one step: no cut can split it
         (s,) = shards
-        router._ask(s, "txwrite", [parts[s], sync, checks[s]])
+        router._ask_in_order(s, "txwrite", [parts[s], sync, checks[s]])
         return
     if len(parts) >= 2:
         two_phase(router, parts, checks)
@@ -238,9 +242,9 @@ def commit_transaction(router: "ShardRouter", seqs: Sequence[int] | None, ops: l
         # Under the gate: a snapshot cut between another shard's read and
         # this write could otherwise order it before what it depended on.
         with router.gate.shared(timeout):
-            router._ask(writer, "txwrite", [parts[writer], sync, checks[writer]])
+            router._ask_in_order(writer, "txwrite", [parts[writer], sync, checks[writer]])
     finally:   # read intents go either way (commit and abort both release them)
-        for f in [_send(refs[s], "abort", [txid], timeout) for s in readers]:
+        for f in [_send_here(refs[s], "abort", [txid], timeout) for s in readers]:
             _quiet(f)
 
 

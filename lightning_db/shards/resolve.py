@@ -43,7 +43,16 @@ def _send(ref: ActorRef, op: str, payload: Any, timeout: float) -> Future:
         return _failed(exc)
 
 
-def _quiet(f: Future) -> Any:
+def _send_here(ref: ActorRef, op: str, payload: Any, timeout: float) -> Any:
+    """``_send`` for an answer this thread waits for itself (``ref.ask_here``:
+    no hop through the mailbox's I/O thread); never hand it to another thread."""
+    try:
+        return ref.ask_here(op, payload, timeout)
+    except LightningError as exc:
+        return _failed(exc)
+
+
+def _quiet(f: Any) -> Any:
     """The result, or the LightningError it failed with (returned, not raised)."""
     try:
         return f.result()

@@ -154,7 +154,15 @@ class ShardRouter(Transactional, MappingSugar):
             raise DatabaseClosed("the shard router is closed")
 
     def _ask(self, shard: int, op: str, payload: Any = None) -> Any:
-        """One ask, never retried (the two-phase-commit steps)."""
+        """One ask, never retried (the two-phase-commit steps), on this
+        thread's own connection to the shard."""
+        return self.refs[shard].ask_here(op, payload, self.timeout).result()
+
+    def _ask_in_order(self, shard: int, op: str, payload: Any = None) -> Any:
+        """``_ask`` through the process's shared connection, which keeps
+        the order of the messages sent on it: for an ask that must arrive
+        after a tell this process sent (a transaction's check after its
+        snapshot's registration, snapshot.py), from whichever thread."""
         return self.refs[shard].ask(op, payload, self.timeout).result()
 
     def _on_retry(self, calls: int, exc: TransientError, delay: float) -> None:
@@ -172,7 +180,7 @@ class ShardRouter(Transactional, MappingSugar):
         def attempt() -> Any:
             breaker.before_call()
             try:
-                r = ref.ask(op, payload, timeout).result()
+                r = ref.ask_here(op, payload, timeout).result()
             except LightningError as exc:
                 breaker.on_failure(exc)
                 raise
@@ -194,6 +202,8 @@ class ShardRouter(Transactional, MappingSugar):
         out: dict[int, Any] = {}
         todo = shards
         while True:
+            # The shared connection: these (stats, flush, ...) come after this
+            # process's tells (a snapshot's release), as they were sent.
             futs = [_send(self.refs[s], op, None if payloads is None else payloads[s], self.timeout) for s in todo]
             failed: list[int] = []
             first: LightningError | None = None

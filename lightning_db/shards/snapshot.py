@@ -39,6 +39,8 @@ CUT_ATTEMPTS = 64
 
 
 def _tell(ref: Any, op: str, payload: Any) -> None:
+    """A tell on the process's shared connection: what depends on it is
+    sent there too (``ShardRouter._ask_in_order``), so it arrives first."""
     try:
         ref.tell(op, payload)
     except LightningError:

@@ -7,11 +7,9 @@ Raw zmq sockets appear only here, to play a misbehaving peer.
 
 from __future__ import annotations
 
-import itertools
 import os
 import threading
 import time
-from collections.abc import Iterator
 
 import msgpack
 import pytest
@@ -31,75 +29,8 @@ from lightning_db.mailbox import (
     check_address,
     decode,
 )
+from tests.mailbox.conftest import ServedMailbox, next_name, silent_router
 from tests.waiting import wait_until
-
-_names = itertools.count()
-
-
-class ServedMailbox:
-    """A MailboxServer answered by one thread of this process.
-
-    ops: echo -> payload; block -> waits for `release`, then True;
-    hold -> answers nothing until `payload` requests arrived, then all in
-    reverse order; raise [name, message] -> that lightning_db.errors class.
-    TELLs are recorded in `tells`."""
-
-    def __init__(self, address: str) -> None:
-        self.server = MailboxServer(address)
-        self.address = self.server.address
-        self.release = threading.Event()
-        self.stopping = threading.Event()
-        self.tells: list[object] = []
-        self.batch_sizes: list[int] = []
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        server, held = self.server, []
-        while not self.stopping.is_set():
-            batch = server.recv(0.05)
-            if batch:
-                self.batch_sizes.append(len(batch))
-            for identity, env in batch:
-                if env.kind is MsgKind.TELL:
-                    self.tells.append(env.payload)
-                elif env.op == "echo":
-                    server.reply(identity, env.reply(env.payload))
-                elif env.op == "block":
-                    self.release.wait(60)
-                    server.reply(identity, env.reply(True))
-                elif env.op == "hold":
-                    held.append((identity, env))
-                    if len(held) == env.payload:
-                        for who, e in reversed(held):
-                            server.reply(who, e.reply(e.id))
-                        held.clear()
-                elif env.op == "raise":
-                    server.reply_error(identity, env, getattr(errors, env.payload[0])(env.payload[1]))
-        server.close()
-
-    def stop(self) -> None:
-        self.release.set()
-        self.stopping.set()
-        self.thread.join(30)
-
-
-@pytest.fixture
-def served(runtime_dir) -> Iterator[ServedMailbox]:
-    box = ServedMailbox(f"ipc://{runtime_dir}/s{next(_names)}.sock")
-    try:
-        yield box
-    finally:
-        box.stop()
-
-
-@pytest.fixture
-def client(served) -> Iterator[MailboxClient]:
-    c = MailboxClient(served.address)
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 def test_request_reply_and_tell(served, client):
@@ -148,11 +79,8 @@ def test_a_peer_that_dies_without_answering_fails_requests_with_peer_lost(runtim
     """A server that takes requests and goes away (its socket closed, as a
     kill -9 closes it) fails what waits at once with PeerLost, long before
     the deadline; a server back at the same address serves new requests."""
-    address = f"ipc://{runtime_dir}/lost{next(_names)}.sock"
-    router = zmq.Context.instance().socket(zmq.ROUTER)
-    router.setsockopt(zmq.LINGER, 0)
-    router.setsockopt(zmq.RCVTIMEO, 30_000)
-    router.bind(address)
+    address = f"ipc://{runtime_dir}/lost{next_name()}.sock"
+    router = silent_router(address)
     client = MailboxClient(address)
     try:
         futs = [client.request("a", 1, timeout=60), client.request("b", 2, timeout=60)]
@@ -227,7 +155,7 @@ def test_client_survives_malformed_answers(runtime_dir):
     router = zmq.Context.instance().socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)
     router.setsockopt(zmq.RCVTIMEO, 30_000)
-    address = f"ipc://{runtime_dir}/raw{next(_names)}.sock"
+    address = f"ipc://{runtime_dir}/raw{next_name()}.sock"
     router.bind(address)
     client = MailboxClient(address)
     try:
@@ -298,7 +226,7 @@ def test_addresses_are_checked():
 
 @pytest.mark.parametrize("kind", ["tcp", "ipc"])
 def test_binding_an_address_in_use_is_recoverable(runtime_dir, kind):
-    first = MailboxServer("tcp://127.0.0.1:*" if kind == "tcp" else f"ipc://{runtime_dir}/busy{next(_names)}.sock")
+    first = MailboxServer("tcp://127.0.0.1:*" if kind == "tcp" else f"ipc://{runtime_dir}/busy{next_name()}.sock")
     try:
         with pytest.raises(MailboxError) as info:
             MailboxServer(first.address)
@@ -311,7 +239,7 @@ def test_binding_an_address_in_use_is_recoverable(runtime_dir, kind):
 
 
 def test_a_stale_ipc_file_is_taken_over(runtime_dir):
-    path = f"{runtime_dir}/stale{next(_names)}.sock"
+    path = f"{runtime_dir}/stale{next_name()}.sock"
     open(path, "w").close()
     server = MailboxServer(f"ipc://{path}")
     try:

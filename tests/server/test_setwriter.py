@@ -5,10 +5,14 @@ the same write token, other failures are every SET's error."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from lightning_db.config import Config
 from lightning_db.errors import IOFault, PeerLost
+from lightning_db.mailbox import MailboxClient, MailboxServer
+from lightning_db.server import setwriter
 from lightning_db.server.setwriter import SetWriter
 from lightning_db.shards.pipeline import TokenSource
 
@@ -22,6 +26,8 @@ class FakeRef:
         f: Future = Future()
         self.asks.append((payload, f))
         return f
+
+    ask_here = ask      # an ordinary future: the answer comes through call_soon_threadsafe
 
 
 class FakePipe:
@@ -110,6 +116,39 @@ def test_a_transient_failure_is_retried_with_the_same_token_and_others_fail_ever
     asyncio.run(main())
 
 
+def test_a_pipelined_run_goes_as_one_group_per_shard(monkeypatch):
+    """set_many: the run's SETs of each shard travel together (in order,
+    never split between messages, even past MAX_SETS); each SET gets its
+    shard's outcome."""
+    monkeypatch.setattr(setwriter, "MAX_SETS", 2)
+
+    async def main() -> None:
+        router = FakeRouter()
+        with ThreadPoolExecutor(2) as pool:
+            w = SetWriter(router, asyncio.get_running_loop(), pool)
+            first = asyncio.ensure_future(w.set(b"a0", b"v"))
+            await _settle()
+            single = asyncio.ensure_future(w.set(b"a9", b"s"))
+            run = [(b"a1", b"1"), (b"b1", b"x"), (b"a2", b"2"), (b"a1", b"3"), (b"b2", b"y")]
+            many = asyncio.ensure_future(w.set_many(run))
+            await _settle()
+            a, b = router.refs
+            assert [p[0] for p, _ in a.asks] == [[(1, b"a0", b"v")]]            # the rest waits behind it
+            assert [p[0] for p, _ in b.asks] == [[(1, b"b1", b"x"), (1, b"b2", b"y")]]
+            a.asks[0][1].set_result(1)
+            await _settle()
+            assert a.asks[1][0][0] == [(1, b"a9", b"s")]      # the run's group would pass MAX_SETS with it
+            a.asks[1][1].set_result(2)
+            await _settle()
+            assert a.asks[2][0][0] == [(1, b"a1", b"1"), (1, b"a2", b"2"), (1, b"a1", b"3")]    # whole
+            a.asks[2][1].set_exception(IOFault("shard a said no"))
+            b.asks[0][1].set_result(1)
+            got = await many
+            assert [type(e).__name__ if e else None for e in got] == ["IOFault", None, "IOFault", "IOFault", None]
+            assert await first is None and await single is None
+    asyncio.run(main())
+
+
 def test_only_plain_sets_are_taken():
     router = FakeRouter()
     loop = asyncio.new_event_loop()
@@ -123,3 +162,97 @@ def test_only_plain_sets_are_taken():
             assert not w.plain([b"GET", b"k", b"v"])
     finally:
         loop.close()
+
+
+# --- the direct path: real sockets, the loop reads the answers ---------------------------------
+
+class ServedShard:
+    """A MailboxServer answering "write" asks from one thread: each write's
+    ops are recorded, and answered at once unless *hold* is set (then
+    never); ``close`` makes it vanish like a killed worker."""
+
+    def __init__(self, address: str) -> None:
+        self.server = MailboxServer(address)
+        self.address = self.server.address
+        self.hold = False
+        self.writes: list[list] = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        server = self.server
+        while not self.stopping.is_set():
+            for identity, env in server.recv(0.05):
+                self.writes.append(env.payload[0])
+                if not self.hold:
+                    server.reply(identity, env.reply(len(self.writes)))
+        server.close()
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.thread.join(30)
+
+
+class SocketRef:
+    """What the SetWriter uses of an ActorRef, over a real MailboxClient."""
+
+    def __init__(self, address: str) -> None:
+        self.client = MailboxClient(address)
+
+    def ask(self, op: str, payload: list, timeout: float) -> Future:
+        return self.client.request(op, payload, timeout)
+
+    def ask_here(self, op: str, payload: list, timeout: float):
+        return self.client.ask_here(op, payload, timeout)
+
+
+def test_the_loop_reads_direct_answers_and_ends_lost_and_late_ones(runtime_dir):
+    shard = ServedShard(f"ipc://{runtime_dir}/sw.sock")
+    router = FakeRouter()
+    ref = SocketRef(shard.address)
+    router.refs = [ref, ref]
+    router.attempt_timeout = 0.3
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(2) as pool:
+            w = SetWriter(router, loop, pool)
+            try:
+                await asyncio.wait_for(asyncio.gather(*(w.set(b"a%d" % i, b"v") for i in range(5))), 30)
+                assert len(w._watched) == 1 and not w._direct       # the loop's own socket, read by the loop
+                assert [len(ops) for ops in shard.writes] in ([5], [1, 4])
+                assert router.retried == []
+                # No answer: the deadline ends the wait (the timer), and the
+                # write is retried with its token in a worker thread.
+                shard.hold = True
+                started = time.monotonic()
+                await asyncio.wait_for(w.set(b"a9", b"late"), 30)
+                assert 0.2 < time.monotonic() - started < 20
+                assert len(router.retried) == 1 and router.retried[0][1] == [(1, b"a9", b"late")]
+                # The shard vanishes with a write in flight: PeerLost (long
+                # before this deadline), retried too.
+                router.attempt_timeout = 120.0
+                seen = ref.client.stats()["disconnects"]
+                lost = asyncio.ensure_future(w.set(b"a10", b"gone"))
+                await _until(lambda: len(shard.writes) == 3)
+                shard.close()
+                await asyncio.wait_for(lost, 30)
+                assert ref.client.stats()["disconnects"] > seen
+                assert [r[1] for r in router.retried][1:] == [[(1, b"a10", b"gone")]]
+            finally:
+                w.close()
+            assert not w._watched
+
+    try:
+        asyncio.run(main())
+    finally:
+        ref.client.close()
+        shard.close()
+
+
+async def _until(cond, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)

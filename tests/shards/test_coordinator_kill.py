@@ -33,8 +33,9 @@ def before(op):
             print("killing before", op, flush=True)
             os.kill(os.getpid(), signal.SIGKILL)
 
-plain_send, plain_ask = coordinator._send, router.ShardRouter._ask
+plain_send, plain_here, plain_ask = coordinator._send, coordinator._send_here, router.ShardRouter._ask
 coordinator._send = lambda ref, op, payload, timeout: (before(op), plain_send(ref, op, payload, timeout))[1]
+coordinator._send_here = lambda ref, op, payload, timeout: (before(op), plain_here(ref, op, payload, timeout))[1]
 router.ShardRouter._ask = lambda self, shard, op, payload=None: (before(op), plain_ask(self, shard, op, payload))[1]
 
 db = ldb.open(path)

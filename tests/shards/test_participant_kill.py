@@ -89,7 +89,10 @@ class Killer:
         wait_until(lambda: _disconnects(ref) > seen, timeout=RESTART_S,
                    what=f"the caller to see shard {self.victim}'s connection drop")
 
-    def send(self, ref, op: str, payload, timeout: float):
+    def send_here(self, ref, op: str, payload, timeout: float):
+        return self.send(ref, op, payload, timeout, plain_here)
+
+    def send(self, ref, op: str, payload, timeout: float, plain=None):
         shard = self.db.refs.index(ref) if ref in self.db.refs else None
         mine = self.armed and shard == self.victim
         if self.armed and op in ("prepare", "commit", "abort", "forget"):
@@ -100,7 +103,7 @@ class Killer:
             self.kill(f"before the prepare to shard {shard}")
         if self.armed and (self.step, op) in (("d", "commit"), ("e", "forget")):
             self.kill(f"before the {op} to shard {shard}")   # whoever the victim is
-        fut = plain_send(ref, op, payload, timeout)
+        fut = (plain or plain_send)(ref, op, payload, timeout)
         if mine and self.step == "b" and op == "prepare":
             self.kill(f"right after the prepare to shard {shard}")
         return fut
@@ -115,7 +118,7 @@ class Killer:
         return plain_ask(rtr, shard, op, payload)
 
 
-plain_send, plain_ask = coordinator._send, router.ShardRouter._ask
+plain_send, plain_here, plain_ask = coordinator._send, coordinator._send_here, router.ShardRouter._ask
 
 
 def _close(*handles) -> None:
@@ -154,6 +157,7 @@ def test_participant_killed_at_every_step_leaves_all_or_nothing(tmp_path, monkey
 
         killer = Killer(db, victim, step, before["pid"])
         monkeypatch.setattr(coordinator, "_send", killer.send)
+        monkeypatch.setattr(coordinator, "_send_here", killer.send_here)
         monkeypatch.setattr(router.ShardRouter, "_ask",
                             lambda rtr, shard, op, payload=None: killer.ask(rtr, shard, op, payload))
         killer.armed = True

@@ -42,6 +42,8 @@ class _SlowRef:
         self._queue.put((op, payload, f))
         return f
 
+    ask_here = ask
+
     def _serve(self) -> None:
         while True:
             op, payload, f = self._queue.get()
@@ -219,6 +221,8 @@ class _OrderedShard:
                 self.values.update(zip(keys, vals))
             f.set_result(1)
         return f
+
+    ask_here = ask
 
 
 def test_a_run_sent_behind_a_lost_one_is_applied_after_it(monkeypatch):

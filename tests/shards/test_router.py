@@ -389,6 +389,8 @@ class _FlakyRef:
             f.set_result(self.answers.get(op))
         return f
 
+    ask_here = ask
+
 
 def _flaky_router(refs) -> ShardRouter:
     return ShardRouter(refs, HashRing(len(refs)), Config.from_dict(CONFIG), timeout=30)

@@ -37,7 +37,8 @@ def db(tmp_path, monkeypatch):
 def test_a_shard_that_does_not_answer_is_reported_with_its_error(db, monkeypatch):
     whole = db.stats()
     assert all("error" not in s for s in whole["shards"])
-    monkeypatch.setattr(db.refs[1], "ask", _failing(PeerLost("the connection dropped (test)")))
+    for name in ("ask", "ask_here"):
+        monkeypatch.setattr(db.refs[1], name, _failing(PeerLost("the connection dropped (test)")))
     s = db.stats()
     down, up = s["shards"][1], s["shards"][0]
     assert down["shard_id"] == 1 and down["error"].startswith("PeerLost: the connection dropped (test)")
@@ -50,6 +51,7 @@ def test_a_shard_that_does_not_answer_is_reported_with_its_error(db, monkeypatch
 
 
 def test_a_fatal_error_of_a_shard_still_ends_the_call(db, monkeypatch):
-    monkeypatch.setattr(db.refs[0], "ask", _failing(DatabaseShutdown("the node is gone (test)")))
+    for name in ("ask", "ask_here"):
+        monkeypatch.setattr(db.refs[0], name, _failing(DatabaseShutdown("the node is gone (test)")))
     with pytest.raises(DatabaseShutdown):
         db.stats()

@@ -1,0 +1,196 @@
+"""Direct asks (mailbox/direct.py): a thread's own DEALER, answers read by
+the thread that waits. Same semantics as the client's futures: payloads,
+remote errors, deadlines, a dropped connection, close and fork."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+from lightning_db import errors
+from lightning_db.mailbox import MailboxClient, MailboxClosed, Timeout
+from lightning_db.mailbox import socket as mailbox_socket
+from lightning_db.mailbox.direct import DirectFuture
+from tests.mailbox.conftest import ServedMailbox, next_name, silent_router
+from tests.waiting import wait_until
+
+
+def test_an_ask_here_is_answered_on_the_threads_own_socket(served, client):
+    fut = client.ask_here("echo", {"k": [b"v", 1]}, timeout=30)
+    assert isinstance(fut, DirectFuture)
+    assert fut.result(30) == {"k": [b"v", 1]} and fut.done() and fut.exception() is None
+    assert client.ask_here("echo", 2, 30) is not fut and len(client._directs) == 1
+    assert client.request("echo", 3, timeout=30).result(30) == 3     # the I/O thread's socket too
+    stats = client.stats()
+    assert stats["replies"] == 2 and stats["pending"] == 0
+
+
+def test_answers_find_their_own_futures_in_any_order(served, client):
+    """Five asks in flight at once; the server answers them in reverse."""
+    futs = [client.ask_here("hold", 5, timeout=60) for _ in range(5)]
+    ids = [f.result(60) for f in reversed(futs)]
+    assert ids == sorted(ids, reverse=True) and len(set(ids)) == 5
+
+
+@pytest.mark.parametrize("name", ["TransactionConflict", "InvalidArgument", "DatabaseShutdown"])
+def test_remote_errors_keep_their_class(served, client, name):
+    fut = client.ask_here("raise", [name, "from the server"], timeout=30)
+    exc = fut.exception(30)
+    assert type(exc) is getattr(errors, name) and "from the server" in str(exc)
+    with pytest.raises(getattr(errors, name)):
+        fut.result()
+
+
+def test_a_deadline_is_a_timeout_and_the_late_reply_is_dropped(served, client):
+    slow = client.ask_here("block", None, timeout=0.2)
+    started = time.monotonic()
+    exc = slow.exception(30)
+    assert isinstance(exc, Timeout) and isinstance(exc, errors.TransientError)
+    assert time.monotonic() - started < 20
+    served.release.set()
+    assert client.ask_here("echo", "after", timeout=30).result(30) == "after"   # reads past the late one
+    stats = client.stats()
+    assert stats["timeouts"] == 1 and stats["late"] == 1
+
+
+def test_a_bounded_wait_leaves_the_ask_pending(served, client):
+    fut = client.ask_here("block", None, timeout=60)
+    with pytest.raises(TimeoutError):
+        fut.result(0.05)
+    assert not fut.done()
+    served.release.set()
+    assert fut.result(30) is True
+
+
+def test_only_the_asking_thread_may_wait(served, client):
+    fut = client.ask_here("echo", 1, timeout=30)
+    seen: list[BaseException] = []
+
+    def other() -> None:
+        try:
+            fut.result(30)
+        except BaseException as exc:  # noqa: BLE001 - recorded for the assertion
+            seen.append(exc)
+    t = threading.Thread(target=other)
+    t.start()
+    t.join(30)
+    assert len(seen) == 1 and isinstance(seen[0], RuntimeError)
+    assert fut.result(30) == 1
+
+
+def test_a_peer_that_dies_fails_the_wait_with_peer_lost(runtime_dir):
+    """The server takes the ask and goes away: the wait ends with PeerLost
+    long before the deadline; a server back at the address answers the next."""
+    address = f"ipc://{runtime_dir}/dlost{next_name()}.sock"
+    router = silent_router(address)
+    client = MailboxClient(address)
+    try:
+        client.request("echo", 0, timeout=60)        # the I/O thread's connection, watched for drops
+        fut = client.ask_here("a", 1, timeout=60)
+        got = 0
+        while got < 2:
+            got += len(router.recv_multipart()) - 1
+        started = time.monotonic()
+        router.close(0)
+        exc = fut.exception(30)
+        assert isinstance(exc, errors.PeerLost) and isinstance(exc, errors.TransientError)
+        assert time.monotonic() - started < 20
+        assert client.stats()["lost"] >= 2 and client.stats()["timeouts"] == 0
+        served = ServedMailbox(address)
+        try:
+            assert client.ask_here("echo", "again", timeout=60).result(60) == "again"
+        finally:
+            served.stop()
+    finally:
+        client.close()
+        router.close(0)
+
+
+def test_a_fail_fast_client_refuses_at_once_while_the_peer_is_gone(runtime_dir):
+    address = f"ipc://{runtime_dir}/dfast{next_name()}.sock"
+    served = ServedMailbox(address)
+    client = MailboxClient(address, fail_fast=True)
+    try:
+        assert client.ask_here("echo", 1, timeout=30).result(30) == 1
+        wait_until(lambda: client.request("echo", 2, timeout=30).result(30) == 2, what="the watched connection")
+        served.stop()
+        wait_until(lambda: client.stats()["disconnects"] >= 1, what="the drop to be seen")
+        with pytest.raises(errors.PeerLost):
+            client.ask_here("echo", 3, timeout=30)
+    finally:
+        client.close()
+
+
+def test_each_thread_has_its_own_socket_up_to_the_limit(served, client, monkeypatch):
+    monkeypatch.setattr(mailbox_socket, "MAX_DIRECT", 3)
+    kinds: dict[int, str] = {}
+    hold = threading.Event()
+
+    def worker(n: int) -> None:
+        fut = client.ask_here("echo", n, timeout=30)
+        assert fut.result(30) == n
+        kinds[n] = type(fut).__name__
+        hold.wait(30)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(5)]
+    for t in threads:
+        t.start()
+    wait_until(lambda: len(kinds) == 5, what="every thread's answer")
+    assert sorted(kinds.values()) == ["DirectFuture"] * 3 + ["Future"] * 2
+    hold.set()
+    for t in threads:
+        t.join(30)
+    # Their threads ended: the next thread's socket replaces theirs.
+    assert client.ask_here("echo", "main", timeout=30).result(30) == "main"
+    assert len(client._directs) == 1 and all(not d.closed for d in client._directs)
+
+
+def test_close_ends_a_wait_in_progress_and_refuses_new_asks(served):
+    client = MailboxClient(served.address)
+    outcome: list[BaseException | None] = []
+    fut_ready = threading.Event()
+
+    def waiter() -> None:
+        fut = client.ask_here("block", None, timeout=60)
+        fut_ready.set()
+        outcome.append(fut.exception(60))
+    t = threading.Thread(target=waiter)
+    t.start()
+    fut_ready.wait(30)
+    wait_until(lambda: served.server.stats()["received"] == 1, what="the ask to arrive")
+    started = time.monotonic()
+    client.close()
+    t.join(30)
+    assert len(outcome) == 1 and isinstance(outcome[0], MailboxClosed)
+    assert time.monotonic() - started < 20
+    with pytest.raises(MailboxClosed):
+        client.ask_here("echo", 1)
+    assert all(d.closed for d in client._directs) or not client._directs
+
+
+def test_bad_arguments_are_refused_before_sending(served, client):
+    with pytest.raises(errors.InvalidArgument):
+        client.ask_here("echo", 1, timeout=-1)
+    with pytest.raises(errors.InvalidArgument):
+        client.ask_here(b"echo", 1)        # type: ignore[arg-type]
+    assert served.server.stats()["received"] == 0
+
+
+def test_a_forked_child_cannot_use_the_parents_direct_socket(served, client):
+    assert client.ask_here("echo", 1, timeout=30).result(30) == 1
+    pid = os.fork()
+    if pid == 0:                                    # the child: refused, nothing touched
+        code = 1
+        try:
+            client.ask_here("echo", 2, timeout=5)
+        except MailboxClosed:
+            code = 0
+        except BaseException:  # noqa: BLE001, S110 - the exit code tells
+            pass
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert client.ask_here("echo", 3, timeout=30).result(30) == 3
