@@ -2,7 +2,8 @@
 and shared keys; the final state must match the acknowledged history.
 
 Each process logs every write with CLOCK_MONOTONIC (one clock for every
-process on the machine) at invoke and at ack. A key's final value must come
+process on the machine) at invoke and at ack (writes acknowledged on return:
+``sync=False``). A key's final value must come
 from a write that no other write to that key strictly followed (invoked after
 it was acknowledged); an absent key must come from such a delete.
 """
@@ -32,10 +33,13 @@ with ldb.open(path) as db:
             key = b"shared-%02d" % rng.randrange(16)
         value = None if rng.random() < 0.15 else b"p%d-%d" % (me, i)
         t0 = time.monotonic()
+        # sync=False: acknowledged when the call returns (a pipelined put,
+        # sync=None, is acknowledged only at the process's next barrier, so
+        # its return is no ack for this history).
         if value is None:
-            db.delete(key)
+            db.delete(key, sync=False)
         else:
-            db.put(key, value)
+            db.put(key, value, sync=False)
         log.append([key.decode(), None if value is None else value.decode(), t0, time.monotonic()])
         if key.startswith(b"own-"):
             got = db.get(key)                 # read-your-writes on a key only this process writes
