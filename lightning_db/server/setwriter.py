@@ -4,7 +4,8 @@ Runs in a front-end process, on its event loop. A plain SET (``SET key
 value``, no options, not inside MULTI), alone or in a pipelined run of
 them (``set_many``), from any connection is queued for its key's shard; once per loop turn
 every queue goes out as one "write" (one WAL record on the shard, with a
-write token) straight through the shard's mailbox, and each connection
+write token; its ops as columns, kinds bytes, keys and values, as pipelined
+runs send theirs) straight through the shard's mailbox, and each connection
 gets ``+OK`` when the shard acknowledged. Concurrent clients' SETs thus
 share messages, and none of them costs a hop to a worker thread and back.
 
@@ -35,9 +36,11 @@ from ..mailbox.direct import LOST_POLL, DirectClient, DirectFuture
 
 __all__ = ["SetWriter"]
 
-_VALUE = 1
 MAX_SETS = 4096               # SETs in one message
-Op = tuple[int, bytes, bytes]
+# A message's ops as columns (what the shard's "write" takes, actor.py):
+# [kinds (one byte per op; all plain values here), keys, values].
+Ops = list[Any]
+Group = tuple[list[bytes], list[bytes], asyncio.Future[None]]      # keys, values, their future
 
 
 class SetWriter:
@@ -45,12 +48,12 @@ class SetWriter:
         self._router = router
         self._loop = loop
         self._pool = pool
-        # shard -> queued groups: the ops of one call for that shard, one future each
-        self._pending: dict[int, list[tuple[list[Op], asyncio.Future[None]]]] = {}
+        # shard -> queued groups: the SETs of one call for that shard, one future each
+        self._pending: dict[int, list[Group]] = {}
         self._in_flight: set[int] = set()      # shards with a message out
         self._scheduled = False
         # shard -> (answer, ops, token, futures) of a message sent directly
-        self._direct: dict[int, tuple[DirectFuture, list[Op], list[Any], list[asyncio.Future[None]]]] = {}
+        self._direct: dict[int, tuple[DirectFuture, Ops, list[Any], list[asyncio.Future[None]]]] = {}
         self._watched: dict[DirectClient, int] = {}    # direct clients the loop reads, their fd
         self._timer: asyncio.TimerHandle | None = None
         config = router.config
@@ -71,33 +74,34 @@ class SetWriter:
 
     async def set(self, key: bytes, value: bytes) -> None:
         """Write *key*; returns once the shard acknowledged (raises its error)."""
-        await self._queue(self._router.ring.shard_of(key), [(_VALUE, key, value)])
+        await self._queue(self._router.ring.shard_of(key), [key], [value])
 
     async def set_many(self, pairs: list[tuple[bytes, bytes]]) -> list[BaseException | None]:
         """Write each pair, in order (the later SET of a key wins); returns
         once every shard involved answered: None for each SET written, or
         the error its shard's write met."""
         shard_of = self._router.ring.shard_of
-        groups: dict[int, list[Op]] = {}
+        groups: dict[int, tuple[list[bytes], list[bytes]]] = {}
         owners = []
         for k, v in pairs:
             s = shard_of(k)
             owners.append(s)
-            ops = groups.get(s)
-            if ops is None:
-                groups[s] = [(_VALUE, k, v)]
+            group = groups.get(s)
+            if group is None:
+                groups[s] = ([k], [v])
             else:
-                ops.append((_VALUE, k, v))
+                group[0].append(k)
+                group[1].append(v)
         shards = list(groups)
-        got = await asyncio.gather(*[self._queue(s, groups[s]) for s in shards], return_exceptions=True)
+        got = await asyncio.gather(*[self._queue(s, *groups[s]) for s in shards], return_exceptions=True)
         if len(shards) == 1:
             return [got[0]] * len(pairs)
         errors = dict(zip(shards, got))
         return [errors[s] for s in owners]
 
-    def _queue(self, shard: int, ops: list[Op]) -> asyncio.Future[None]:
+    def _queue(self, shard: int, keys: list[bytes], vals: list[bytes]) -> asyncio.Future[None]:
         fut: asyncio.Future[None] = self._loop.create_future()
-        self._pending.setdefault(shard, []).append((ops, fut))
+        self._pending.setdefault(shard, []).append((keys, vals, fut))
         if not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self._flush)
@@ -109,26 +113,31 @@ class SetWriter:
         for shard in ready:
             self._send(shard, self._take(shard))
 
-    def _take(self, shard: int) -> list[tuple[list[Op], asyncio.Future[None]]]:
+    def _take(self, shard: int) -> list[Group]:
         """The groups queued for *shard* that fit one message of MAX_SETS
         SETs (at least one group; the rest wait)."""
         items = self._pending.pop(shard, [])
         n = 0
-        for i, (ops, _) in enumerate(items):
-            n += len(ops)
+        for i, (keys, _, _) in enumerate(items):
+            n += len(keys)
             if n > MAX_SETS and i:
                 self._pending[shard] = items[i:]
                 return items[:i]
         return items
 
-    def _send(self, shard: int, items: list[tuple[list[Op], asyncio.Future[None]]]) -> None:
+    def _send(self, shard: int, items: list[Group]) -> None:
         router = self._router
         self._in_flight.add(shard)
-        ops = items[0][0] if len(items) == 1 else [op for group, _ in items for op in group]
-        futs = [f for _, f in items]
+        if len(items) == 1:
+            keys, vals, _ = items[0]
+        else:
+            keys = [k for group in items for k in group[0]]
+            vals = [v for group in items for v in group[1]]
+        ops: Ops = [b"\x01" * len(keys), keys, vals]        # every op a plain value (kind 1)
+        futs = [f for _, _, f in items]
         token = router.tokens.take(shard)
         self.messages += 1
-        self.sets += len(ops)
+        self.sets += len(keys)
         try:
             cf = router.refs[shard].ask_here("write", [ops, False, token], router.attempt_timeout)
         except LightningError as exc:
@@ -176,14 +185,14 @@ class SetWriter:
             self._loop.remove_reader(fd)
         self._watched.clear()
 
-    def _on_answer(self, shard: int, ops: list[Op], token: list[Any],
+    def _on_answer(self, shard: int, ops: Ops, token: list[Any],
                    futs: list[asyncio.Future[None]]) -> Callable[[Future[Any]], None]:
         def done(cf: Future[Any]) -> None:          # the mailbox's I/O thread
             exc = cf.exception()
             self._loop.call_soon_threadsafe(self._finish, shard, ops, token, futs, exc)
         return done
 
-    def _finish(self, shard: int, ops: list[Op], token: list[Any], futs: list[asyncio.Future[None]],
+    def _finish(self, shard: int, ops: Ops, token: list[Any], futs: list[asyncio.Future[None]],
                 exc: BaseException | None) -> None:
         if isinstance(exc, TransientError):
             # Retried in a worker thread with the same token, as any write of the router.

@@ -56,6 +56,11 @@ class FakeRouter:
             raise self.retry_error
 
 
+def cols(*pairs: tuple[bytes, bytes]) -> list:
+    """The ops of a message as the SetWriter sends them: columns [kinds, keys, values]."""
+    return [b"\x01" * len(pairs), [k for k, _ in pairs], [v for _, v in pairs]]
+
+
 async def _settle() -> None:
     for _ in range(5):
         await asyncio.sleep(0)
@@ -70,7 +75,7 @@ def test_sets_share_messages_one_in_flight_per_shard():
             other = asyncio.ensure_future(w.set(b"b0", b"v"))
             await _settle()
             a, b = router.refs
-            assert len(a.asks) == 1 and len(a.asks[0][0][0]) == 3       # three SETs, one message
+            assert len(a.asks) == 1 and len(a.asks[0][0][0][1]) == 3    # three SETs, one message
             assert len(b.asks) == 1
             more = [asyncio.ensure_future(w.set(b"a%d" % i, b"w")) for i in range(3, 8)]
             await _settle()
@@ -78,7 +83,7 @@ def test_sets_share_messages_one_in_flight_per_shard():
             a.asks[0][1].set_result(10)
             await _settle()
             assert all(f.done() and f.result() is None for f in first)
-            assert len(a.asks) == 2 and len(a.asks[1][0][0]) == 5        # what waited, together
+            assert len(a.asks) == 2 and len(a.asks[1][0][0][1]) == 5     # what waited, together
             a.asks[1][1].set_result(15)
             b.asks[0][1].set_result(1)
             await asyncio.gather(*more, other)
@@ -133,14 +138,14 @@ def test_a_pipelined_run_goes_as_one_group_per_shard(monkeypatch):
             many = asyncio.ensure_future(w.set_many(run))
             await _settle()
             a, b = router.refs
-            assert [p[0] for p, _ in a.asks] == [[(1, b"a0", b"v")]]            # the rest waits behind it
-            assert [p[0] for p, _ in b.asks] == [[(1, b"b1", b"x"), (1, b"b2", b"y")]]
+            assert [p[0] for p, _ in a.asks] == [cols((b"a0", b"v"))]           # the rest waits behind it
+            assert [p[0] for p, _ in b.asks] == [cols((b"b1", b"x"), (b"b2", b"y"))]
             a.asks[0][1].set_result(1)
             await _settle()
-            assert a.asks[1][0][0] == [(1, b"a9", b"s")]      # the run's group would pass MAX_SETS with it
+            assert a.asks[1][0][0] == cols((b"a9", b"s"))      # the run's group would pass MAX_SETS with it
             a.asks[1][1].set_result(2)
             await _settle()
-            assert a.asks[2][0][0] == [(1, b"a1", b"1"), (1, b"a2", b"2"), (1, b"a1", b"3")]    # whole
+            assert a.asks[2][0][0] == cols((b"a1", b"1"), (b"a2", b"2"), (b"a1", b"3"))    # whole
             a.asks[2][1].set_exception(IOFault("shard a said no"))
             b.asks[0][1].set_result(1)
             got = await many
@@ -221,7 +226,7 @@ def test_the_loop_reads_direct_answers_and_ends_lost_and_late_ones(runtime_dir):
             try:
                 await asyncio.wait_for(asyncio.gather(*(w.set(b"a%d" % i, b"v") for i in range(5))), 30)
                 assert len(w._watched) == 1 and not w._direct       # the loop's own socket, read by the loop
-                assert [len(ops) for ops in shard.writes] in ([5], [1, 4])
+                assert [len(ops[1]) for ops in shard.writes] in ([5], [1, 4])
                 assert router.retried == []
                 # No answer: the deadline ends the wait (the timer), and the
                 # write is retried with its token in a worker thread.
@@ -229,7 +234,7 @@ def test_the_loop_reads_direct_answers_and_ends_lost_and_late_ones(runtime_dir):
                 started = time.monotonic()
                 await asyncio.wait_for(w.set(b"a9", b"late"), 30)
                 assert 0.2 < time.monotonic() - started < 20
-                assert len(router.retried) == 1 and router.retried[0][1] == [(1, b"a9", b"late")]
+                assert len(router.retried) == 1 and router.retried[0][1] == cols((b"a9", b"late"))
                 # The shard vanishes with a write in flight: PeerLost (long
                 # before this deadline), retried too.
                 router.attempt_timeout = 120.0
@@ -239,7 +244,7 @@ def test_the_loop_reads_direct_answers_and_ends_lost_and_late_ones(runtime_dir):
                 shard.close()
                 await asyncio.wait_for(lost, 30)
                 assert ref.client.stats()["disconnects"] > seen
-                assert [r[1] for r in router.retried][1:] == [[(1, b"a10", b"gone")]]
+                assert [r[1] for r in router.retried][1:] == [cols((b"a10", b"gone"))]
             finally:
                 w.close()
             assert not w._watched
