@@ -223,6 +223,7 @@ class MailboxClient:
         self._pending: dict[int, tuple[Future, float]] = {}
         self._local = threading.local()       # each thread's DirectClient (ask_here)
         self._directs: list[DirectClient] = []
+        self._no_direct = False               # a direct socket could not be made: no more tries
         # fail_fast: while the peer is gone (from a disconnect to the next
         # connection), requests fail at once with PeerLost instead of waiting
         # in zmq's queue for a peer that may never come back; for callers
@@ -272,8 +273,9 @@ class MailboxClient:
         return direct.ask(MsgKind.REQUEST, op, payload, deadline, mono)
 
     def direct(self) -> DirectClient | None:
-        """This thread's direct client; made on first use (None: forked
-        copy, closed, or MAX_DIRECT threads have one already)."""
+        """This thread's direct client; made on first use (None: MAX_DIRECT
+        threads have one already, or a socket could not be made). Raises
+        MailboxClosed when closed or in a forked copy."""
         if os.getpid() != self._pid:         # a forked copy: refused, the parent's socket untouched
             self._check_open()
         direct = getattr(self._local, "direct", None)
@@ -285,9 +287,13 @@ class MailboxClient:
             for old in [d for d in live if not d.thread.is_alive()]:
                 old.close()                  # its thread ended: nobody else uses it
             live[:] = [d for d in live if not d.closed]
-            if len(live) >= MAX_DIRECT:
+            if len(live) >= MAX_DIRECT or self._no_direct:
                 return None
-            direct = DirectClient(self)
+            try:
+                direct = DirectClient(self)
+            except LightningError:           # e.g. the context's socket limit: futures serve as before
+                self._no_direct = True
+                return None
             live.append(direct)
         self._local.direct = direct
         return direct

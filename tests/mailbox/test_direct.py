@@ -11,7 +11,7 @@ import time
 import pytest
 
 from lightning_db import errors
-from lightning_db.mailbox import MailboxClient, MailboxClosed, Timeout
+from lightning_db.mailbox import MailboxClient, MailboxClosed, MailboxError, Timeout
 from lightning_db.mailbox import socket as mailbox_socket
 from lightning_db.mailbox.direct import DirectFuture
 from tests.mailbox.conftest import ServedMailbox, next_name, silent_router
@@ -194,3 +194,18 @@ def test_a_forked_child_cannot_use_the_parents_direct_socket(served, client):
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert client.ask_here("echo", 3, timeout=30).result(30) == 3
+
+
+def test_a_socket_that_cannot_be_made_leaves_the_ordinary_futures(served, client, monkeypatch):
+    """Where no direct socket can be made (a context's socket limit, say),
+    asks go as before, and no more sockets are tried for this client."""
+    tries = []
+
+    def refuse(owner):
+        tries.append(owner)
+        raise MailboxError("Too many open files (test)", 24)
+    monkeypatch.setattr(mailbox_socket, "DirectClient", refuse)
+    first = client.ask_here("echo", 1, timeout=30)
+    assert type(first).__name__ == "Future" and first.result(30) == 1
+    assert client.ask_here("echo", 2, timeout=30).result(30) == 2
+    assert len(tries) == 1 and client._directs == []
