@@ -87,6 +87,11 @@ class DirectFuture:
         self._value: Any = _PENDING
         self._exc: BaseException | None = None
 
+    @property
+    def client(self) -> DirectClient:
+        """The direct client (the thread's socket) it was sent on."""
+        return self._client
+
     def done(self) -> bool:
         return self._value is not _PENDING or self._exc is not None
 

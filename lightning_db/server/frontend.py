@@ -225,7 +225,7 @@ class Frontend:
                 return
             sets = self._sets
             if sets is not None and client.multi is None and sets.ready():
-                run = dispatcher.set_run(client, cmds, i)
+                run = dispatcher.set_run(client, cmds, i) or (1 if sets.plain(cmds[i]) else 0)
                 if run:
                     started = time.perf_counter()
                     errors = await sets.set_many([(c[1], c[2]) for c in cmds[i:i + run]])
@@ -235,16 +235,6 @@ class Frontend:
                     each = (time.perf_counter() - started) / run
                     await self._write(writer, [dispatcher.set_reply(client, e, each) for e in errors])
                     i += run
-                    continue
-                if sets.plain(cmds[i]):
-                    started = time.perf_counter()
-                    try:
-                        await sets.set(cmds[i][1], cmds[i][2])
-                        error = None
-                    except LightningError as exc:
-                        error = exc
-                    await self._write(writer, [dispatcher.set_reply(client, error, time.perf_counter() - started)])
-                    i += 1
                     continue
             self._busy.add(client.id)
             try:

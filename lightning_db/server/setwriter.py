@@ -62,10 +62,10 @@ class SetWriter:
         self.sets = 0
 
     def plain(self, argv: list[bytes]) -> bool:
-        """Whether *argv* is a SET this writer takes (valid key and value sizes)."""
+        """Whether *argv* is a SET this writer takes (valid key and value
+        sizes; ``ready`` says whether it may take one now)."""
         return (len(argv) == 3 and (argv[0] == b"SET" or argv[0] == b"set" or argv[0].lower() == b"set")
-                and 0 < len(argv[1]) <= self._max_key and len(argv[2]) <= self._max_value
-                and self.ready())
+                and 0 < len(argv[1]) <= self._max_key and len(argv[2]) <= self._max_value)
 
     def ready(self) -> bool:
         """Whether SETs may go this way now (no pipelined write of this
@@ -81,6 +81,13 @@ class SetWriter:
         once every shard involved answered: None for each SET written, or
         the error its shard's write met."""
         shard_of = self._router.ring.shard_of
+        if len(pairs) == 1:                     # a lone SET: no grouping
+            (k, v), = pairs
+            try:
+                await self._queue(shard_of(k), [k], [v])
+            except Exception as exc:  # noqa: BLE001 - handed back, as gather would
+                return [exc]
+            return [None]
         groups: dict[int, tuple[list[bytes], list[bytes]]] = {}
         owners = []
         for k, v in pairs:
@@ -145,7 +152,7 @@ class SetWriter:
             return
         if isinstance(cf, DirectFuture):
             self._direct[shard] = (cf, ops, token, futs)
-            self._watch(cf._client)
+            self._watch(cf.client)
             return
         cf.add_done_callback(self._on_answer(shard, ops, token, futs))
 
@@ -162,7 +169,7 @@ class SetWriter:
     def _pump(self, direct: DirectClient) -> None:
         direct.pump()
         for shard, (answer, ops, token, futs) in list(self._direct.items()):
-            if answer._client is direct and answer.done():
+            if answer.client is direct and answer.done():
                 del self._direct[shard]
                 self._finish(shard, ops, token, futs, answer.exception())
 
