@@ -188,19 +188,31 @@ class Dispatcher:
                 self.metrics.command("set", each, replies[0][:1] == b"-")
         return replies
 
-    def set_reply(self, client: ClientState, error: LightningError | None, seconds: float) -> bytes:
-        """Account one plain SET written by the SetWriter; its reply."""
-        self.server.stats["total_commands_processed"] += 1
-        client.commands += 1
+    def set_replies(self, client: ClientState, n: int, errors: list[BaseException | None] | None,
+                    seconds: float) -> bytes:
+        """Account *n* plain SETs written by the SetWriter (*errors*: None
+        when all were written, else each one's error or None); their replies,
+        joined. *seconds*: each one's share of the time they took."""
+        stats = self.server.stats
+        stats["total_commands_processed"] += n
+        client.commands += n
         client.last_cmd = "set"
-        if error is None:
-            reply = _OK_LINE
+        if errors is None:
+            replies = _OK_LINE * n
         else:
-            self.server.stats["total_error_replies"] += 1
-            reply = error_line(self._db_failure(client, error).message)
+            out = []
+            for e in errors:
+                if e is None:
+                    out.append(_OK_LINE)
+                else:
+                    assert isinstance(e, LightningError)
+                    stats["total_error_replies"] += 1
+                    out.append(error_line(self._db_failure(client, e).message))
+            replies = b"".join(out)
         if self.metrics is not None:
-            self.metrics.command("set", seconds, error is not None)
-        return reply
+            for i in range(n):
+                self.metrics.command("set", seconds, errors is not None and errors[i] is not None)
+        return replies
 
     def run_queued(self, ctx: Context, argv: list[bytes]) -> Any:
         """One command of an EXEC block against its transaction; its reply

@@ -228,12 +228,13 @@ class Frontend:
                 run = dispatcher.set_run(client, cmds, i) or (1 if sets.plain(cmds[i]) else 0)
                 if run:
                     started = time.perf_counter()
-                    errors = await sets.set_many([(c[1], c[2]) for c in cmds[i:i + run]])
-                    for e in errors:
+                    taken = cmds[i:i + run]
+                    errors = await sets.set_many([c[1] for c in taken], [c[2] for c in taken])
+                    for e in errors or ():
                         if e is not None and not isinstance(e, LightningError):
                             raise e
                     each = (time.perf_counter() - started) / run
-                    await self._write(writer, [dispatcher.set_reply(client, e, each) for e in errors])
+                    await self._write(writer, [dispatcher.set_replies(client, run, errors, each)])
                     i += run
                     continue
             self._busy.add(client.id)

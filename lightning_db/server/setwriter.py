@@ -72,39 +72,36 @@ class SetWriter:
         process in flight, which a SET must not overtake)."""
         return not self._router._pipe.live
 
-    async def set(self, key: bytes, value: bytes) -> None:
-        """Write *key*; returns once the shard acknowledged (raises its error)."""
-        await self._queue(self._router.ring.shard_of(key), [key], [value])
-
-    async def set_many(self, pairs: list[tuple[bytes, bytes]]) -> list[BaseException | None]:
-        """Write each pair, in order (the later SET of a key wins); returns
-        once every shard involved answered: None for each SET written, or
-        the error its shard's write met."""
-        shard_of = self._router.ring.shard_of
-        if len(pairs) == 1:                     # a lone SET: no grouping
-            (k, v), = pairs
+    async def set_many(self, keys: list[bytes], vals: list[bytes]) -> list[BaseException | None] | None:
+        """Write each key with its value, in order (the later SET of a key
+        wins); returns once every shard involved answered: None when every
+        SET was written, else for each SET None or the error its shard's
+        write met."""
+        n = len(keys)
+        owners = self._router.ring.shards_list(keys)
+        first = owners[0]
+        if owners.count(first) == n:            # one shard (a lone SET among them): one group
             try:
-                await self._queue(shard_of(k), [k], [v])
-            except Exception as exc:  # noqa: BLE001 - handed back, as gather would
-                return [exc]
-            return [None]
+                await self._queue(first, keys, vals)
+            except Exception as exc:  # noqa: BLE001 - handed back, one per SET
+                return [exc] * n
+            return None
         groups: dict[int, tuple[list[bytes], list[bytes]]] = {}
-        owners = []
-        for k, v in pairs:
-            s = shard_of(k)
-            owners.append(s)
+        for s, k, v in zip(owners, keys, vals):
             group = groups.get(s)
             if group is None:
                 groups[s] = ([k], [v])
             else:
                 group[0].append(k)
                 group[1].append(v)
-        shards = list(groups)
-        got = await asyncio.gather(*[self._queue(s, *groups[s]) for s in shards], return_exceptions=True)
-        if len(shards) == 1:
-            return [got[0]] * len(pairs)
-        errors = dict(zip(shards, got))
-        return [errors[s] for s in owners]
+        queued = [(s, self._queue(s, *group)) for s, group in groups.items()]
+        errors: dict[int, BaseException] = {}
+        for s, fut in queued:                   # every group is queued before the first wait
+            try:
+                await fut
+            except Exception as exc:  # noqa: BLE001 - handed back to the SETs of that shard
+                errors[s] = exc
+        return [errors.get(s) for s in owners] if errors else None
 
     def _queue(self, shard: int, keys: list[bytes], vals: list[bytes]) -> asyncio.Future[None]:
         fut: asyncio.Future[None] = self._loop.create_future()

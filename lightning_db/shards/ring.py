@@ -76,6 +76,17 @@ class HashRing:
     def shard_of(self, key: bytes) -> int:
         return self.owner(_hash(key))
 
+    def shards_list(self, keys: list[bytes]) -> list[int]:
+        """``shard_of`` of each key as a list: for short batches, where
+        numpy's per-call costs outweigh ``shards_of``."""
+        direct, owner = self._direct, self.owner
+        out = []
+        for k in keys:
+            h = _hash(k)
+            s = direct[h >> SLICE_SHIFT]
+            out.append(s if s >= 0 else owner(h))
+        return out
+
     def shards_of(self, keys: Iterable[bytes]) -> np.ndarray:
         """Vectorised ``shard_of`` for a batch of keys."""
         keys = keys if isinstance(keys, list) else list(keys)

@@ -40,7 +40,8 @@ if TYPE_CHECKING:
 
 __all__ = ["BULK_MIN", "add_bulk"]
 
-BULK_MIN = 64                   # shorter batches: the loop (numpy's per-call costs win there)
+BULK_MIN = 200                  # shorter batches: the loop (numpy's per-call costs win there;
+                                # measured in bench/RESULTS.md, tenth session)
 _GAP = bytes(24)                # a record header's place (prev 0 stays for a new key)
 _PADS = [b"\0" * i for i in range(8)]
 _SLOT0 = SEGMENT_HEADER_SIZE // 8          # the first index slot as a u64 word of the segment

@@ -38,6 +38,9 @@ class FakeRing:
     def shard_of(self, key: bytes) -> int:
         return 0 if key.startswith(b"a") else 1
 
+    def shards_list(self, keys: list[bytes]) -> list[int]:
+        return [self.shard_of(k) for k in keys]
+
 
 class FakeRouter:
     def __init__(self) -> None:
@@ -61,6 +64,13 @@ def cols(*pairs: tuple[bytes, bytes]) -> list:
     return [b"\x01" * len(pairs), [k for k, _ in pairs], [v for _, v in pairs]]
 
 
+async def one(w: SetWriter, key: bytes, value: bytes) -> None:
+    """A lone SET through the writer; raises its error."""
+    errors = await w.set_many([key], [value])
+    if errors is not None:
+        raise errors[0]
+
+
 async def _settle() -> None:
     for _ in range(5):
         await asyncio.sleep(0)
@@ -71,13 +81,13 @@ def test_sets_share_messages_one_in_flight_per_shard():
         router = FakeRouter()
         with ThreadPoolExecutor(2) as pool:
             w = SetWriter(router, asyncio.get_running_loop(), pool)
-            first = [asyncio.ensure_future(w.set(b"a%d" % i, b"v")) for i in range(3)]
-            other = asyncio.ensure_future(w.set(b"b0", b"v"))
+            first = [asyncio.ensure_future(one(w, b"a%d" % i, b"v")) for i in range(3)]
+            other = asyncio.ensure_future(one(w, b"b0", b"v"))
             await _settle()
             a, b = router.refs
             assert len(a.asks) == 1 and len(a.asks[0][0][0][1]) == 3    # three SETs, one message
             assert len(b.asks) == 1
-            more = [asyncio.ensure_future(w.set(b"a%d" % i, b"w")) for i in range(3, 8)]
+            more = [asyncio.ensure_future(one(w, b"a%d" % i, b"w")) for i in range(3, 8)]
             await _settle()
             assert len(a.asks) == 1                                      # one in flight: the rest wait
             a.asks[0][1].set_result(10)
@@ -98,7 +108,7 @@ def test_a_transient_failure_is_retried_with_the_same_token_and_others_fail_ever
         router = FakeRouter()
         with ThreadPoolExecutor(2) as pool:
             w = SetWriter(router, asyncio.get_running_loop(), pool)
-            sets = [asyncio.ensure_future(w.set(b"a%d" % i, b"v")) for i in range(2)]
+            sets = [asyncio.ensure_future(one(w, b"a%d" % i, b"v")) for i in range(2)]
             await _settle()
             payload, fut = router.refs[0].asks[0]
             fut.set_exception(PeerLost("the worker went away"))
@@ -106,13 +116,13 @@ def test_a_transient_failure_is_retried_with_the_same_token_and_others_fail_ever
             assert router.retried == [(0, payload[0], payload[2])]      # same ops, same token
 
             router.retry_error = IOFault("the disk said no")
-            sets = [asyncio.ensure_future(w.set(b"a%d" % i, b"v")) for i in range(2)]
+            sets = [asyncio.ensure_future(one(w, b"a%d" % i, b"v")) for i in range(2)]
             await _settle()
             router.refs[0].asks[1][1].set_exception(PeerLost("again"))
             results = await asyncio.gather(*sets, return_exceptions=True)
             assert all(isinstance(r, IOFault) for r in results)
 
-            sets = [asyncio.ensure_future(w.set(b"a%d" % i, b"v")) for i in range(2)]
+            sets = [asyncio.ensure_future(one(w, b"a%d" % i, b"v")) for i in range(2)]
             await _settle()
             router.refs[0].asks[2][1].set_exception(IOFault("not transient"))
             results = await asyncio.gather(*sets, return_exceptions=True)
@@ -131,11 +141,11 @@ def test_a_pipelined_run_goes_as_one_group_per_shard(monkeypatch):
         router = FakeRouter()
         with ThreadPoolExecutor(2) as pool:
             w = SetWriter(router, asyncio.get_running_loop(), pool)
-            first = asyncio.ensure_future(w.set(b"a0", b"v"))
+            first = asyncio.ensure_future(one(w, b"a0", b"v"))
             await _settle()
-            single = asyncio.ensure_future(w.set(b"a9", b"s"))
+            single = asyncio.ensure_future(one(w, b"a9", b"s"))
             run = [(b"a1", b"1"), (b"b1", b"x"), (b"a2", b"2"), (b"a1", b"3"), (b"b2", b"y")]
-            many = asyncio.ensure_future(w.set_many(run))
+            many = asyncio.ensure_future(w.set_many([k for k, _ in run], [v for _, v in run]))
             await _settle()
             a, b = router.refs
             assert [p[0] for p, _ in a.asks] == [cols((b"a0", b"v"))]           # the rest waits behind it
@@ -224,7 +234,7 @@ def test_the_loop_reads_direct_answers_and_ends_lost_and_late_ones(runtime_dir):
         with ThreadPoolExecutor(2) as pool:
             w = SetWriter(router, loop, pool)
             try:
-                await asyncio.wait_for(asyncio.gather(*(w.set(b"a%d" % i, b"v") for i in range(5))), 30)
+                await asyncio.wait_for(asyncio.gather(*(one(w, b"a%d" % i, b"v") for i in range(5))), 30)
                 assert len(w._watched) == 1 and not w._direct       # the loop's own socket, read by the loop
                 assert [len(ops[1]) for ops in shard.writes] in ([5], [1, 4])
                 assert router.retried == []
@@ -232,14 +242,14 @@ def test_the_loop_reads_direct_answers_and_ends_lost_and_late_ones(runtime_dir):
                 # write is retried with its token in a worker thread.
                 shard.hold = True
                 started = time.monotonic()
-                await asyncio.wait_for(w.set(b"a9", b"late"), 30)
+                await asyncio.wait_for(one(w, b"a9", b"late"), 30)
                 assert 0.2 < time.monotonic() - started < 20
                 assert len(router.retried) == 1 and router.retried[0][1] == cols((b"a9", b"late"))
                 # The shard vanishes with a write in flight: PeerLost (long
                 # before this deadline), retried too.
                 router.attempt_timeout = 120.0
                 seen = ref.client.stats()["disconnects"]
-                lost = asyncio.ensure_future(w.set(b"a10", b"gone"))
+                lost = asyncio.ensure_future(one(w, b"a10", b"gone"))
                 await _until(lambda: len(shard.writes) == 3)
                 shard.close()
                 await asyncio.wait_for(lost, 30)
@@ -261,3 +271,22 @@ async def _until(cond, timeout: float = 30.0) -> None:
     while not cond():
         assert time.monotonic() < deadline, "condition not met in time"
         await asyncio.sleep(0.01)
+
+
+def test_set_replies_account_every_set_and_name_each_error():
+    """The front end's replies to a SetWriter run: +OK each when all were
+    written, else each SET's own outcome; counted per SET."""
+    from collections import Counter
+    from types import SimpleNamespace
+
+    from lightning_db.server.dispatch import Dispatcher
+    from lightning_db.server.state import ClientState
+
+    server = SimpleNamespace(stats=Counter(), fatal=None)
+    dispatcher, client = Dispatcher(server), ClientState(id=1)
+    assert dispatcher.set_replies(client, 3, None, 0.001) == b"+OK\r\n" * 3
+    got = dispatcher.set_replies(client, 3, [None, IOFault("the disk said no"), None], 0.001)
+    lines = got.split(b"\r\n")[:-1]
+    assert lines[0] == lines[2] == b"+OK" and lines[1].startswith(b"-") and b"the disk said no" in lines[1]
+    assert server.stats["total_commands_processed"] == 6 and server.stats["total_error_replies"] == 1
+    assert client.commands == 6 and client.last_cmd == "set"

@@ -17,6 +17,7 @@ def test_every_key_has_one_owner_and_vectorised_agrees():
     one = [ring.shard_of(k) for k in KEYS]
     assert set(one) == {0, 1, 2, 3}
     assert ring.shards_of(KEYS).tolist() == one
+    assert ring.shards_list(KEYS) == one
     groups = ring.split(KEYS)
     assert sorted(p for g in groups.values() for p in g) == list(range(len(KEYS)))
     assert all(one[p] == s for s, g in groups.items() for p in g)

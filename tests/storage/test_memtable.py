@@ -235,8 +235,9 @@ bulk_op_st = st.tuples(st.sampled_from([V, V, V, D]), bulk_key_st, st.binary(max
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(batches=st.lists(st.one_of(st.lists(bulk_op_st, min_size=BULK_MIN, max_size=90, unique_by=lambda o: o[1]),
-                                  st.lists(bulk_op_st, min_size=1, max_size=90)), max_size=6),
+@given(batches=st.lists(st.one_of(st.lists(bulk_op_st, min_size=BULK_MIN, max_size=BULK_MIN + 30,
+                                           unique_by=lambda o: o[1]),
+                                  st.lists(bulk_op_st, min_size=1, max_size=BULK_MIN + 30)), max_size=6),
        snaps=st.lists(st.integers(0, 600), min_size=1, max_size=4))
 def test_bulk_add_matches_model(batches, snaps):
     """add_bulk takes every batch of BULK_MIN or more distinct keys, refuses
@@ -281,9 +282,10 @@ def test_bulk_add_near_full_index_and_rewritten_keys(mt):
     batch sharing a home slot) and rewrite keys of earlier batches."""
     keys = [b"%04d" % i for i in range(mt._max_keys)]
     seq = 1
-    for lo in range(0, len(keys), 128):
-        assert add_bulk(mt, seq, [(V, k, k * 2) for k in keys[lo:lo + 128]])
-        seq += len(keys[lo:lo + 128])
+    bounds = [i * BULK_MIN for i in range(len(keys) // BULK_MIN)] + [len(keys)]    # parts of >= BULK_MIN
+    for lo, hi in zip(bounds, bounds[1:]):
+        assert add_bulk(mt, seq, [(V, k, k * 2) for k in keys[lo:hi]])
+        seq += hi - lo
     rewrite = keys[::3][:BULK_MIN * 2]
     assert add_bulk(mt, seq, [(D, k, b"") for k in rewrite])
     assert not mt.fits(1, 1)                    # the index is at its limit
