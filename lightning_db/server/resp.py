@@ -110,16 +110,6 @@ class Limits:
 _HEADER_TAIL = re.compile(rb"\*\d{0,20}\r?\Z")    # an array header not yet ended by its CRLF
 
 
-def _frame_size(cmd: list[Any]) -> int:
-    """Bytes of *cmd* as a canonical RESP array of bulk strings."""
-    n = len(cmd)
-    size = len(str(n)) + 3
-    for a in cmd:
-        la = len(a)
-        size += la + (6 if la < 10 else 7 if la < 100 else 5 + len(str(la)))
-    return size
-
-
 def _type_byte(obj: Any) -> str:
     if isinstance(obj, bool):
         return "#"
@@ -266,12 +256,16 @@ class RequestParser:
                             return self._restart(done) - before
                         continue
                     raise ProtocolError(f"Protocol error: expected '*', got '{_type_byte(cmd)}'")
+                n = len(cmd)
+                size = 4 if n < 10 else 3 + len(str(n))     # its bytes as a canonical RESP array of bulk strings
                 for a in cmd:
                     if type(a) is not bytes:
                         raise ProtocolError(f"Protocol error: expected '$', got '{_type_byte(a)}'")
-                if len(cmd) > limits.max_args:
+                    la = len(a)
+                    size += la + (6 if la < 10 else 7 if la < 100 else 5 + len(str(la)))
+                if n > limits.max_args:
                     raise ProtocolError("Protocol error: invalid multibulk length")
-                done += _frame_size(cmd)
+                done += size
                 if cmd:                                      # *0: ignored
                     out.append(cmd)
                 if done < self._fed and seg[done - before] != 0x2A:
