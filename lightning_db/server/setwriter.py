@@ -2,12 +2,18 @@
 
 Runs in a front-end process, on its event loop. A plain SET (``SET key
 value``, no options, not inside MULTI), alone or in a pipelined run of
-them (``set_many``), from any connection is queued for its key's shard; once per loop turn
-every queue goes out as one "write" (one WAL record on the shard, with a
-write token; its ops as columns, kinds bytes, keys and values, as pipelined
-runs send theirs) straight through the shard's mailbox, and each connection
-gets ``+OK`` when the shard acknowledged. Concurrent clients' SETs thus
-share messages, and none of them costs a hop to a worker thread and back.
+them (``set_many``), from any connection is queued for its key's shard; at
+the end of a loop turn every queue of a shard with no message in flight goes
+out as one "write" (one WAL record on the shard, with a write token; its ops
+as columns, kinds bytes, keys and values, as pipelined runs send theirs)
+straight through the shard's mailbox, and each connection gets ``+OK`` when
+the shard acknowledged. Concurrent clients' SETs thus share messages, and
+none of them costs a hop to a worker thread and back. When many connections
+write (an answered message carried LINGER_FROM SETs or more), the next
+message waits for twice as many SETs, or the last round trip (LINGER_MAX at
+most): a message costs both processes far more than a SET in it, so fewer,
+larger messages serve more SETs on busy cores (bench/RESULTS.md, tenth
+session); a lone client's SETs never wait.
 
 The messages leave on the loop thread's own connection to each shard (a
 direct client, mailbox/direct.py) whose socket the loop watches
@@ -37,6 +43,8 @@ from ..mailbox.direct import LOST_POLL, DirectClient, DirectFuture
 __all__ = ["SetWriter"]
 
 MAX_SETS = 4096               # SETs in one message
+LINGER_FROM = 4               # an answered message of this many SETs or more: the next may wait
+LINGER_MAX = 0.002
 # A message's ops as columns (what the shard's "write" takes, actor.py):
 # [kinds (one byte per op; all plain values here), keys, values].
 Ops = list[Any]
@@ -56,6 +64,9 @@ class SetWriter:
         self._direct: dict[int, tuple[DirectFuture, Ops, list[Any], list[asyncio.Future[None]]]] = {}
         self._watched: dict[DirectClient, int] = {}    # direct clients the loop reads, their fd
         self._timer: asyncio.TimerHandle | None = None
+        self._queued: dict[int, int] = {}          # shard -> SETs queued
+        self._sent_at: dict[int, float] = {}       # shard -> when its message in flight left
+        self._held: dict[int, tuple[int, asyncio.TimerHandle]] = {}   # shard -> (SETs awaited, timer)
         config = router.config
         self._max_key, self._max_value = config.max_key_size, config.max_value_size
         self.messages = 0
@@ -106,6 +117,12 @@ class SetWriter:
     def _queue(self, shard: int, keys: list[bytes], vals: list[bytes]) -> asyncio.Future[None]:
         fut: asyncio.Future[None] = self._loop.create_future()
         self._pending.setdefault(shard, []).append((keys, vals, fut))
+        queued = self._queued[shard] = self._queued.get(shard, 0) + len(keys)
+        held = self._held.get(shard)
+        if held is not None:
+            if queued < held[0]:
+                return fut
+            self._release(shard)
         if not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self._flush)
@@ -113,9 +130,17 @@ class SetWriter:
 
     def _flush(self) -> None:
         self._scheduled = False
-        ready = [s for s in self._pending if s not in self._in_flight]
+        ready = [s for s in self._pending if s not in self._in_flight and s not in self._held]
         for shard in ready:
             self._send(shard, self._take(shard))
+
+    def _release(self, shard: int) -> None:
+        held = self._held.pop(shard, None)
+        if held is not None:
+            held[1].cancel()
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._flush)
 
     def _take(self, shard: int) -> list[Group]:
         """The groups queued for *shard* that fit one message of MAX_SETS
@@ -126,12 +151,15 @@ class SetWriter:
             n += len(keys)
             if n > MAX_SETS and i:
                 self._pending[shard] = items[i:]
+                self._queued[shard] -= n - len(keys)
                 return items[:i]
+        self._queued[shard] = 0
         return items
 
     def _send(self, shard: int, items: list[Group]) -> None:
         router = self._router
         self._in_flight.add(shard)
+        self._sent_at[shard] = self._loop.time()
         if len(items) == 1:
             keys, vals, _ = items[0]
         else:
@@ -185,6 +213,9 @@ class SetWriter:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        for _, timer in self._held.values():
+            timer.cancel()
+        self._held.clear()
         for fd in self._watched.values():
             self._loop.remove_reader(fd)
         self._watched.clear()
@@ -204,14 +235,28 @@ class SetWriter:
             retry.add_done_callback(lambda f: self._answered(shard, futs, f.exception()))
             return
         self._router.tokens.done(shard, token)
-        self._answered(shard, futs, exc)
+        self._answered(shard, futs, exc, len(ops[1]) if exc is None else 0)
 
-    def _answered(self, shard: int, futs: list[asyncio.Future[None]], exc: BaseException | None) -> None:
+    def _answered(self, shard: int, futs: list[asyncio.Future[None]], exc: BaseException | None,
+                  sets: int = 0) -> None:
         self._settle(futs, exc)
         self._in_flight.discard(shard)
-        items = self._take(shard)
-        if items:
-            self._send(shard, items)        # what queued up meanwhile, as one message
+        if shard not in self._pending:
+            return
+        # What queued up meanwhile goes at the end of this loop turn, as one
+        # message with the SETs of the connections read in the same turn;
+        # after a message of LINGER_FROM SETs or more (many connections
+        # writing), it waits for twice as many, or as long as that message's
+        # round trip (LINGER_MAX at most): fewer, larger messages when busy.
+        target = min(2 * sets, MAX_SETS)
+        if sets >= LINGER_FROM and self._queued.get(shard, 0) < target and shard not in self._held:
+            now = self._loop.time()
+            wait = min(LINGER_MAX, now - self._sent_at.get(shard, now))
+            self._held[shard] = (target, self._loop.call_later(wait, self._release, shard))
+            return
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._flush)
 
     @staticmethod
     def _settle(futs: list[asyncio.Future[None]], exc: BaseException | None) -> None:

@@ -103,6 +103,45 @@ def test_sets_share_messages_one_in_flight_per_shard():
     asyncio.run(main())
 
 
+def test_after_a_busy_message_the_next_waits_for_more_sets_or_its_round_trip():
+    """An answered message of LINGER_FROM SETs or more: what queued meanwhile
+    waits until twice as many SETs are queued (then goes at once), or at most
+    the last round trip (LINGER_MAX); smaller messages never make SETs wait."""
+    async def main() -> None:
+        router = FakeRouter()
+        with ThreadPoolExecutor(2) as pool:
+            w = SetWriter(router, asyncio.get_running_loop(), pool)
+            a = router.refs[0]
+            busy = setwriter.LINGER_FROM
+            first = [asyncio.ensure_future(one(w, b"a%d" % i, b"v")) for i in range(busy)]
+            await _settle()
+            assert len(a.asks) == 1 and len(a.asks[0][0][0][1]) == busy
+            early = asyncio.ensure_future(one(w, b"a-early", b"v"))
+            await _settle()
+            a.asks[0][1].set_result(1)
+            await asyncio.gather(*first)
+            await _settle()
+            assert len(a.asks) == 1 and not early.done()             # held: one SET of 2 * busy
+            more = [asyncio.ensure_future(one(w, b"a-more%d" % i, b"v")) for i in range(2 * busy - 1)]
+            await _settle()
+            assert len(a.asks) == 2 and len(a.asks[1][0][0][1]) == 2 * busy     # all at once, not held on
+            late = asyncio.ensure_future(one(w, b"a-late", b"v"))
+            a.asks[1][1].set_result(2)
+            await asyncio.gather(early, *more)
+            await _until(lambda: len(a.asks) == 3)         # the held SET goes when its wait ran out
+            assert a.asks[2][0][0] == cols((b"a-late", b"v"))
+            a.asks[2][1].set_result(3)
+            await late
+            # A one-SET message: the next goes at the end of the loop turn, unheld.
+            lone = asyncio.ensure_future(one(w, b"a-lone", b"v"))
+            await _settle()
+            assert len(a.asks) == 4 and not w._held
+            a.asks[3][1].set_result(4)
+            await lone
+            w.close()
+    asyncio.run(main())
+
+
 def test_a_transient_failure_is_retried_with_the_same_token_and_others_fail_every_set():
     async def main() -> None:
         router = FakeRouter()
