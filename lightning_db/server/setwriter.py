@@ -10,8 +10,8 @@ straight through the shard's mailbox, and each connection gets ``+OK`` when
 the shard acknowledged. Concurrent clients' SETs thus share messages, and
 none of them costs a hop to a worker thread and back. When many connections
 write (an answered message carried LINGER_FROM SETs or more), the next
-message waits for twice as many SETs, or the last round trip (LINGER_MAX at
-most): a message costs both processes far more than a SET in it, so fewer,
+message waits for twice as many SETs (LINGER_UPTO at most), or the last
+round trip (LINGER_MAX at most): a message costs both processes far more than a SET in it, so fewer,
 larger messages serve more SETs on busy cores (bench/RESULTS.md, tenth
 session); a lone client's SETs never wait.
 
@@ -45,6 +45,7 @@ __all__ = ["SetWriter"]
 MAX_SETS = 4096               # SETs in one message
 LINGER_FROM = 4               # an answered message of this many SETs or more: the next may wait
 LINGER_MAX = 0.002
+LINGER_UPTO = 64              # SETs a held message waits for at most (past that, waiting idles the shard)
 # A message's ops as columns (what the shard's "write" takes, actor.py):
 # [kinds (one byte per op; all plain values here), keys, values].
 Ops = list[Any]
@@ -246,9 +247,10 @@ class SetWriter:
         # What queued up meanwhile goes at the end of this loop turn, as one
         # message with the SETs of the connections read in the same turn;
         # after a message of LINGER_FROM SETs or more (many connections
-        # writing), it waits for twice as many, or as long as that message's
-        # round trip (LINGER_MAX at most): fewer, larger messages when busy.
-        target = min(2 * sets, MAX_SETS)
+        # writing), it waits for twice as many (LINGER_UPTO at most), or as
+        # long as that message's round trip (LINGER_MAX at most): fewer,
+        # larger messages when busy.
+        target = min(2 * sets, LINGER_UPTO)
         if sets >= LINGER_FROM and self._queued.get(shard, 0) < target and shard not in self._held:
             now = self._loop.time()
             wait = min(LINGER_MAX, now - self._sent_at.get(shard, now))
