@@ -8,7 +8,8 @@ caller thread: that thread encodes, sends and then waits on the socket
 itself. The answer costs no thread hop, only zmq's own.
 
 A direct ask returns a ``DirectFuture`` that only the thread that made it
-may wait on: waiting reads the thread's socket, matching answers to the
+may wait on: waiting reads the thread's socket (a blocking receive bounded
+by RCVTIMEO, so zmq itself waits for the answer), matching answers to the
 futures of that thread by envelope id. The semantics are the client's:
 the reply's payload, the rebuilt remote error, ``Timeout`` once the
 deadline passes (a later reply is dropped), ``PeerLost`` when the
@@ -130,6 +131,7 @@ class DirectClient:
             raise wrap_zmq_error(exc, f"cannot connect to {owner.address}") from None
         self._ids = itertools.count(1)
         self._pending: dict[int, DirectFuture] = {}
+        self._rcvtimeo = -1             # the socket's RCVTIMEO (ms) as last set
         self._lock = threading.Lock()   # guards busy and closed
         self._busy = False          # a send or wait is in progress (close() leaves the socket to it)
         self.closed = False
@@ -176,9 +178,17 @@ class DirectClient:
                     continue
                 if limit <= now:
                     raise TimeoutError("the wait for a direct answer timed out")
-                wait = min(fut._mono, limit, now + LOST_POLL) - now
-                if sock.poll(max(0, math.ceil(wait * 1000)), zmq.POLLIN):
-                    self._drain()
+                # A blocking read bounded by RCVTIMEO: zmq waits for the
+                # answer itself (half the system calls of a poll, then reads).
+                ms = max(0, math.ceil((min(fut._mono, limit, now + LOST_POLL) - now) * 1000))
+                if ms != self._rcvtimeo:
+                    sock.setsockopt(zmq.RCVTIMEO, ms)
+                    self._rcvtimeo = ms
+                try:
+                    frame = sock.recv()
+                except zmq.Again:
+                    continue
+                self._take(frame)
         except zmq.ZMQError as exc:
             self._fail_all(wrap_zmq_error(exc, f"direct receive from {owner.address}"))
         finally:
@@ -211,15 +221,20 @@ class DirectClient:
             self._leave()
 
     def _drain(self) -> None:
-        owner, sock, take = self._owner, self._sock, self._pending.pop
+        sock = self._sock
         while True:
             try:
                 frame = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            told = read_answer(frame, owner, lambda id_: take(id_, None))
-            if told is not None:
-                told[0]._set(told[1], told[2])
+            self._take(frame)
+
+    def _take(self, frame: bytes) -> None:
+        """Tell the waiter of the answer in *frame* (if any still waits)."""
+        take = self._pending.pop
+        told = read_answer(frame, self._owner, lambda id_: take(id_, None))
+        if told is not None:
+            told[0]._set(told[1], told[2])
 
     def _expire(self, now: float) -> None:
         for id_, fut in list(self._pending.items()):

@@ -44,7 +44,7 @@ __all__ = ["SetWriter"]
 
 MAX_SETS = 4096               # SETs in one message
 LINGER_FROM = 4               # an answered message of this many SETs or more: the next may wait
-LINGER_MAX = 0.002
+LINGER_MAX = 0.002            # seconds a held message waits at most (and at most its last round trip)
 LINGER_UPTO = 64              # SETs a held message waits for at most (past that, waiting idles the shard)
 # A message's ops as columns (what the shard's "write" takes, actor.py):
 # [kinds (one byte per op; all plain values here), keys, values].
