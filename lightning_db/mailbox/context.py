@@ -10,9 +10,12 @@ destroyed, across fork, so the inherited one is abandoned untouched.
 from __future__ import annotations
 
 import errno
+import math
 import os
 import socket
 import threading
+
+from typing import Any
 
 import zmq
 
@@ -116,3 +119,27 @@ def make_socket(kind: int, what: str) -> zmq.Socket:
     except zmq.ZMQError as exc:
         raise wrap_zmq_error(exc, what) from None
     return sock
+
+
+class TimedReceiver:
+    """Blocking receives on *sock* bounded by its RCVTIMEO: zmq waits for the
+    message itself, half the system calls of a poll followed by a read. The
+    option is set only when the bound changes. One thread uses it."""
+
+    __slots__ = ("_sock", "_ms")
+
+    def __init__(self, sock: zmq.Socket) -> None:
+        self._sock = sock
+        self._ms: int | None = None
+
+    def recv(self, seconds: float | None, multipart: bool = False) -> Any:
+        """The next message (a frame, or the parts of a multipart one), or
+        None when none came within *seconds* (None: wait for one)."""
+        ms = -1 if seconds is None else max(0, math.ceil(seconds * 1000))
+        if ms != self._ms:
+            self._sock.setsockopt(zmq.RCVTIMEO, ms)
+            self._ms = ms
+        try:
+            return self._sock.recv_multipart() if multipart else self._sock.recv()
+        except zmq.Again:
+            return None

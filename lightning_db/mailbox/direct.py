@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from .context import make_socket, wrap_zmq_error
+from .context import TimedReceiver, make_socket, wrap_zmq_error
 from .envelope import Envelope, decode, error_from_payload
 from .errors import MailboxClosed, MalformedFrame, PeerLost, Timeout
 from .wire import MsgKind
@@ -131,7 +131,7 @@ class DirectClient:
             raise wrap_zmq_error(exc, f"cannot connect to {owner.address}") from None
         self._ids = itertools.count(1)
         self._pending: dict[int, DirectFuture] = {}
-        self._rcvtimeo = -1             # the socket's RCVTIMEO (ms) as last set
+        self._receiver = TimedReceiver(self._sock)     # the waits' blocking reads
         self._lock = threading.Lock()   # guards busy and closed
         self._busy = False          # a send or wait is in progress (close() leaves the socket to it)
         self.closed = False
@@ -159,7 +159,7 @@ class DirectClient:
     def _wait(self, fut: DirectFuture, timeout: float | None) -> None:
         if self.thread is not threading.current_thread():
             raise RuntimeError("a direct ask is waited on only by the thread that made it")
-        owner, sock = self._owner, self._sock
+        owner = self._owner
         limit = math.inf if timeout is None else time.monotonic() + timeout
         if not self._begin():
             return
@@ -178,17 +178,9 @@ class DirectClient:
                     continue
                 if limit <= now:
                     raise TimeoutError("the wait for a direct answer timed out")
-                # A blocking read bounded by RCVTIMEO: zmq waits for the
-                # answer itself (half the system calls of a poll, then reads).
-                ms = max(0, math.ceil((min(fut._mono, limit, now + LOST_POLL) - now) * 1000))
-                if ms != self._rcvtimeo:
-                    sock.setsockopt(zmq.RCVTIMEO, ms)
-                    self._rcvtimeo = ms
-                try:
-                    frame = sock.recv()
-                except zmq.Again:
-                    continue
-                self._take(frame)
+                frame = self._receiver.recv(min(fut._mono, limit, now + LOST_POLL) - now)
+                if frame is not None:
+                    self._take(frame)
         except zmq.ZMQError as exc:
             self._fail_all(wrap_zmq_error(exc, f"direct receive from {owner.address}"))
         finally:

@@ -41,6 +41,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from ..errors import InvalidArgument, LightningError
 from .context import (
+    TimedReceiver,
     check_address,
     destroy_context,
     ipc_in_use,
@@ -82,7 +83,7 @@ class MailboxServer:
         except zmq.ZMQError as exc:
             self._sock.close(0)
             raise wrap_zmq_error(exc, f"cannot bind {address}") from None
-        self._rcvtimeo: int | None = None       # the socket's RCVTIMEO (ms) as last set
+        self._receiver = TimedReceiver(self._sock)
         self._closed = False
         self.messages = self.received = self.malformed = self.replies = self.errors = 0
 
@@ -93,16 +94,10 @@ class MailboxServer:
         nothing came. Malformed frames are answered here, never raised."""
         sock = self._sock
         try:
-            # A blocking receive bounded by RCVTIMEO (zmq waits itself: fewer
-            # system calls than a poll, then reads), then what else is queued,
-            # as zmq's EVENTS tells (cheaper than the exception of an empty read).
-            ms = -1 if timeout is None else max(0, math.ceil(timeout * 1000))
-            if ms != self._rcvtimeo:
-                sock.setsockopt(zmq.RCVTIMEO, ms)
-                self._rcvtimeo = ms
-            try:
-                parts = sock.recv_multipart()
-            except zmq.Again:
+            # One blocking receive, then what else is queued, as zmq's EVENTS
+            # tells (cheaper than the exception of an empty read).
+            parts = self._receiver.recv(timeout, multipart=True)
+            if parts is None:
                 return []
             out: list[tuple[bytes, Envelope]] = []
             for _ in range(MAX_DRAIN):

@@ -271,3 +271,27 @@ def test_a_forked_child_gets_a_fresh_context_and_the_parent_keeps_working(served
     assert os.waitstatus_to_exitcode(status) == 0
     assert [f.result(60) for f in in_flight] == list(range(100))
     assert client.request("echo", "parent", timeout=30).result(30) == "parent"
+
+
+def test_timed_receiver_waits_within_its_bound_and_sets_the_option_only_on_change():
+    from lightning_db.mailbox.context import TimedReceiver, context
+    ctx = context()
+    a, b = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+    try:
+        addr = f"inproc://timed-{next_name()}"
+        a.bind(addr)
+        b.connect(addr)
+        r = TimedReceiver(a)
+        started = time.monotonic()
+        assert r.recv(0.05) is None                     # nothing came within the bound
+        assert time.monotonic() - started >= 0.03
+        assert a.getsockopt(zmq.RCVTIMEO) == 50
+        b.send(b"one")
+        assert r.recv(30.0) == b"one"                    # the bound is a limit, not a sleep
+        assert a.getsockopt(zmq.RCVTIMEO) == 30000
+        b.send_multipart([b"x", b"y"])
+        assert r.recv(None, multipart=True) == [b"x", b"y"]
+        assert a.getsockopt(zmq.RCVTIMEO) == -1
+    finally:
+        a.close(0)
+        b.close(0)
