@@ -11,9 +11,9 @@ the shard acknowledged. Concurrent clients' SETs thus share messages, and
 none of them costs a hop to a worker thread and back. When many connections
 write (an answered message carried LINGER_FROM SETs or more), the next
 message waits for twice as many SETs (LINGER_UPTO at most), or the last
-round trip (LINGER_MAX at most): a message costs both processes far more than a SET in it, so fewer,
-larger messages serve more SETs on busy cores (bench/RESULTS.md, tenth
-session); a lone client's SETs never wait.
+round trip (LINGER_MAX at most): a message costs both processes far more
+than a SET in it, so fewer, larger messages serve more SETs on busy cores
+(bench/RESULTS.md, tenth session); a lone client's SETs never wait.
 
 The messages leave on the loop thread's own connection to each shard (a
 direct client, mailbox/direct.py) whose socket the loop watches
@@ -111,6 +111,10 @@ class SetWriter:
         for s, fut in queued:                   # every group is queued before the first wait
             try:
                 await fut
+            except asyncio.CancelledError:      # the connection's task: nobody waits for the rest
+                for _, other in queued:
+                    other.cancel()
+                raise
             except Exception as exc:  # noqa: BLE001 - handed back to the SETs of that shard
                 errors[s] = exc
         return [errors.get(s) for s in owners] if errors else None

@@ -203,6 +203,35 @@ def test_a_pipelined_run_goes_as_one_group_per_shard(monkeypatch):
     asyncio.run(main())
 
 
+def test_a_cancelled_run_leaves_no_group_waiting():
+    """The connection's task cancelled while its run waits: every group's
+    future is cancelled (its SETs still go; nobody waits for the answer)."""
+    async def main() -> None:
+        router = FakeRouter()
+        with ThreadPoolExecutor(2) as pool:
+            w = SetWriter(router, asyncio.get_running_loop(), pool)
+            groups: list[asyncio.Future] = []
+            queue = w._queue
+
+            def recording(shard: int, keys: list, vals: list) -> asyncio.Future:
+                groups.append(queue(shard, keys, vals))
+                return groups[-1]
+            w._queue = recording
+            run = asyncio.ensure_future(w.set_many([b"a1", b"b1"], [b"1", b"2"]))
+            await _settle()
+            assert len(groups) == 2 and not any(f.done() for f in groups)
+            run.cancel()
+            await asyncio.gather(run, return_exceptions=True)
+            assert run.cancelled() and all(f.cancelled() for f in groups)
+            a, b = router.refs
+            assert len(a.asks) == len(b.asks) == 1          # both groups went
+            b.asks[0][1].set_exception(IOFault("shard b said no"))
+            a.asks[0][1].set_result(1)
+            await _settle()
+            assert not w._in_flight                          # answered; no future left to tell
+    asyncio.run(main())
+
+
 def test_only_plain_sets_are_taken():
     router = FakeRouter()
     loop = asyncio.new_event_loop()
