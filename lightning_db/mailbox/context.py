@@ -14,7 +14,6 @@ import math
 import os
 import socket
 import threading
-
 from typing import Any
 
 import zmq
