@@ -128,9 +128,8 @@ class SetWriter:
             if queued < held[0]:
                 return fut
             self._release(shard)
-        if not self._scheduled:
-            self._scheduled = True
-            self._loop.call_soon(self._flush)
+        else:
+            self._schedule()
         return fut
 
     def _flush(self) -> None:
@@ -143,6 +142,10 @@ class SetWriter:
         held = self._held.pop(shard, None)
         if held is not None:
             held[1].cancel()
+        self._schedule()
+
+    def _schedule(self) -> None:
+        """Flush the queues at the end of this loop turn (once however often asked)."""
         if not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self._flush)
@@ -260,9 +263,7 @@ class SetWriter:
             wait = min(LINGER_MAX, now - self._sent_at.get(shard, now))
             self._held[shard] = (target, self._loop.call_later(wait, self._release, shard))
             return
-        if not self._scheduled:
-            self._scheduled = True
-            self._loop.call_soon(self._flush)
+        self._schedule()
 
     @staticmethod
     def _settle(futs: list[asyncio.Future[None]], exc: BaseException | None) -> None:
