@@ -247,6 +247,83 @@ def test_plain_writes_wait_for_a_prepared_transactions_keys(sharded):
     assert sharded.get(ks[0]) == b"plain"
 
 
+def _commit_in_a_thread(tx) -> list[BaseException]:
+    errors: list[BaseException] = []
+
+    def commit() -> None:
+        try:
+            tx.commit()
+        except BaseException as exc:
+            errors.append(exc)
+    t = threading.Thread(target=commit)
+    t.start()
+    t.join(60)
+    assert not t.is_alive()
+    return errors
+
+
+@pytest.mark.parametrize("writes", [True, False])
+def test_a_transaction_taken_in_one_thread_commits_from_another(sharded, writes):
+    """A transaction's snapshot is registered on the connections of the
+    thread that took it. Committed from another thread, its checks still
+    find the registrations (that thread registers again first: one
+    registration, by its token), a conflict is still one, and nothing
+    stays registered."""
+    a, b = keys_on_distinct_shards(sharded.ring, b"xthread%d-" % writes)[:2]
+    base = sharded.stats()["tx_registered"]
+    sharded.put_many({a: b"0", b: b"0"})
+    tx = sharded.transaction()
+    assert tx.get(a) == b"0" and tx.get(b) == b"0"
+    if writes:
+        tx.put(a, b"1")
+        tx.put(b, b"1")
+    assert _commit_in_a_thread(tx) == []
+    assert sharded.get_many([a, b]) == ([b"1", b"1"] if writes else [b"0", b"0"])
+    tx = sharded.transaction()
+    assert tx.get(a) is not None
+    tx.put(a, b"2")                         # a lost update if it committed
+    if writes:
+        tx.put(b, b"2")
+    sharded.put(a, b"written after the snapshot")
+    errors = _commit_in_a_thread(tx)
+    assert len(errors) == 1 and isinstance(errors[0], TransactionConflict)
+    assert sharded.get_many([a, b]) == [b"written after the snapshot", b"1" if writes else b"0"]
+    # Released on the shared connection (by the thread that committed, now
+    # ended) or waited for: the stats asked there come after.
+    assert sharded.stats()["tx_registered"] == base
+
+
+def test_registrations_split_between_connections_are_made_again_before_the_checks(sharded, monkeypatch):
+    """A thread without a direct connection to one shard (the client's limit
+    of them reached) registers there on the shared one: its checks cannot
+    rely on one connection's order, so it registers again, waited for."""
+    a, b = keys_on_distinct_shards(sharded.ring, b"mixed")[:2]
+    base = sharded.stats()["tx_registered"]
+    ref = sharded.refs[1]
+    monkeypatch.setattr(ref, "tell_here", lambda op, payload=None: ref.tell(op, payload) or False, raising=False)
+    asked: list[str] = []
+    ask_here = type(ref).ask_here
+    monkeypatch.setattr(type(ref), "ask_here", lambda self, op, *a, **k: (asked.append(op), ask_here(self, op, *a, **k))[1])
+    with sharded.transaction() as tx:
+        tx.get(a)
+        tx.put(a, b"1")
+        tx.put(b, b"1")
+    assert asked.count("register") == 2 and sharded.get_many([a, b]) == [b"1", b"1"]
+    assert sharded.stats()["tx_registered"] == base
+
+
+def test_stats_after_a_commit_count_its_release(sharded):
+    """A commit's release goes on the committing thread's own connections;
+    the stats asked next (on the shared one) come after it."""
+    a, b = keys_on_distinct_shards(sharded.ring, b"released")[:2]
+    base = sharded.stats()["tx_registered"]
+    for n in range(20):
+        with sharded.transaction() as tx:
+            tx.get(a)
+            tx.put(b, b"%d" % n)
+        assert sharded.stats()["tx_registered"] == base
+
+
 def test_snapshots_never_see_part_of_a_cross_shard_batch(sharded):
     ks = keys_on_distinct_shards(sharded.ring, b"cut")[:2]
     sharded.put_many({k: b"0" for k in ks})

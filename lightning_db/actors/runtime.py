@@ -272,6 +272,17 @@ class ActorRef:
         """Send without waiting; nothing comes back, not even an error."""
         self._mailbox().tell(op, payload)
 
+    def barrier_here(self, timeout: float | None = DEFAULT_ASK_TIMEOUT) -> Any:
+        """What to wait for before an ask on the shared connection that must
+        come after this thread's ``tell_here``s (None: nothing)."""
+        client = self._client
+        return None if client is None else client.barrier_here(timeout)
+
+    def tell_here(self, op: str, payload: Any = None) -> bool:
+        """``tell`` on this thread's own connection, in order with its
+        ``ask_here``s; False: it went on the shared one."""
+        return self._mailbox().tell_here(op, payload)
+
     def ask(self, op: str, payload: Any = None, timeout: float | None = DEFAULT_ASK_TIMEOUT) -> Future:
         """Send and return a future for the reply (Timeout once *timeout*
         seconds pass; None: no deadline)."""

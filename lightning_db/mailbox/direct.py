@@ -19,6 +19,12 @@ while the peer is gone, a fail-fast client's direct asks fail at once, and
 a drop seen after a request was sent fails it (checked every
 ``LOST_POLL`` seconds of waiting).
 
+A thread may also tell on its socket (``tell``): in order with its asks
+there. ``tells_unconfirmed`` says whether a tell went out after the last
+answered ask; ``MailboxClient.barrier_here`` then pings on the socket, so
+that what the thread sends after the answer, on any connection, comes
+after the tells.
+
 Direct clients are created per (client, thread) on first use, at most
 ``MAX_DIRECT`` live ones a client (a thread beyond that gets the client's
 ordinary futures); those of threads that ended are closed when the next
@@ -135,13 +141,27 @@ class DirectClient:
         self._lock = threading.Lock()   # guards busy and closed
         self._busy = False          # a send or wait is in progress (close() leaves the socket to it)
         self.closed = False
+        self._told = 0              # id of the last tell sent
+        self._answered = 0          # highest id of an ask answered: every tell before it arrived
 
     def ask(self, kind: MsgKind, op: str, payload: Any, deadline: float, mono: float) -> DirectFuture:
         """Send one request now; its answer is read when it is waited on."""
+        seen = self._owner.disconnects
+        id_ = self._send(kind, op, payload, deadline)
+        fut = DirectFuture(self, id_, mono, seen)
+        self._pending[id_] = fut
+        return fut
+
+    def tell(self, op: str, payload: Any) -> None:
+        """Send one TELL now (nothing comes back): after every request this
+        thread sent on this socket, before every later one."""
+        self._told = self._send(MsgKind.TELL, op, payload, 0.0)
+
+    def _send(self, kind: MsgKind, op: str, payload: Any, deadline: float) -> int:
+        """Encode and send one envelope; its id."""
         owner = self._owner
         if owner._fail_fast and owner._down:
             raise PeerLost(f"the connection to {owner.address} is down")
-        seen = owner.disconnects
         id_ = next(self._ids)
         frame = Envelope(id_, kind, op, deadline, None, payload).encode()
         self._enter()
@@ -152,9 +172,12 @@ class DirectClient:
         finally:
             self._leave()
         owner.sent += 1
-        fut = DirectFuture(self, id_, mono, seen)
-        self._pending[id_] = fut
-        return fut
+        return id_
+
+    @property
+    def tells_unconfirmed(self) -> bool:
+        """A tell went out after the last ask that was answered."""
+        return self._told > self._answered
 
     def _wait(self, fut: DirectFuture, timeout: float | None) -> None:
         if self.thread is not threading.current_thread():
@@ -226,7 +249,10 @@ class DirectClient:
         take = self._pending.pop
         told = read_answer(frame, self._owner, lambda id_: take(id_, None))
         if told is not None:
-            told[0]._set(told[1], told[2])
+            fut = told[0]
+            fut._set(told[1], told[2])
+            if fut._id > self._answered:
+                self._answered = fut._id
 
     def _expire(self, now: float) -> None:
         for id_, fut in list(self._pending.items()):

@@ -51,7 +51,7 @@ from .context import (
 from .direct import MAX_DIRECT, DirectClient, DirectFuture, read_answer
 from .envelope import Envelope, decode, error_payload
 from .errors import MailboxClosed, MailboxError, MalformedFrame, PeerLost, Timeout
-from .wire import MsgKind
+from .wire import CONTROL_PING, MsgKind
 
 __all__ = ["MailboxServer", "MailboxClient", "shutdown"]
 
@@ -261,6 +261,31 @@ class MailboxClient:
     def tell(self, op: str, payload: Any = None) -> None:
         """Send one TELL: nothing comes back, not even an error."""
         self._submit(MsgKind.TELL, ((op, payload),), None)
+
+    def tell_here(self, op: str, payload: Any = None) -> bool:
+        """``tell`` on this thread's own socket (direct.py): in order with
+        the asks this thread sends there (``ask_here``). False: sent on the
+        shared socket instead (no direct socket to spare)."""
+        direct = self.direct()
+        if direct is None:
+            self.tell(op, payload)
+            return False
+        if type(op) is not str:
+            raise InvalidArgument(f"op must be a str, not {type(op).__name__}")
+        direct.tell(op, payload)
+        return True
+
+    def barrier_here(self, timeout: float | None = None) -> DirectFuture | None:
+        """Where this thread's own socket carried a tell that no later
+        answer confirmed: a ping there, answered once the peer has every
+        message sent before it (None: nothing to wait for). A thread waits
+        for it before a message on the shared socket that must come after
+        its tells."""
+        direct = getattr(self._local, "direct", None)
+        if direct is None or direct.closed or not direct.tells_unconfirmed or os.getpid() != self._pid:
+            return None
+        deadline, mono = _deadlines(timeout)
+        return direct.ask(MsgKind.CONTROL, CONTROL_PING, None, deadline, mono)
 
     def ask_here(self, op: str, payload: Any = None, timeout: float | None = None) -> DirectFuture | Future:
         """A REQUEST whose answer the calling thread itself waits for: sent

@@ -18,9 +18,15 @@ Messages (op, payload) -> reply; payloads are msgpack lists, bytes stay bytes:
                at most ``page`` pairs in scan order, strictly after ``after``
                (None: from the bound); a short page means the end
     "snapshot" -> seq            "release" [seq]
-    "snapshot" [tx] -> [seq, prepared txids, decided txids]   (tx: a transaction's, tracked)
-    "release"  [seq, tx] -> bool (False: the transaction's registration had expired)
-    "register" [seq, tx]  a snapshot taken from the published version at seq (told, not asked)
+    "snapshot" [tx(, token)] -> [seq, prepared txids, decided txids]   (tx: a transaction's, tracked)
+    "release"  [seq, tx(, token)] -> bool (False: the transaction's registration had expired)
+    "register" [seq, tx(, token)]  a snapshot taken from the published version at seq
+               (told; asked again by a thread whose checks must find it there)
+    a transaction's token (an int the caller draws) names its registration on
+    the shard: registered twice it is one, released before it arrives it
+    never holds anything (registration and release may travel on different
+    connections); a check [snapshot, reads, ranges, serializable, token]
+    releases it once checked, passed or not
     "txwrite"  [ops, sync, check]                   -> last seq (check passes first, or nothing is written)
     "prepare"  [txid, ops(, check)]  "commit" [txid, sync, remember] -> seq
     "abort"    [txid] -> bool    "in_doubt" -> [[txid, ops], ...]
@@ -31,7 +37,7 @@ Messages (op, payload) -> reply; payloads are msgpack lists, bytes stay bytes:
 
 ops are [kind, key, value] with kind 1 (VALUE), 2 (VALUE_TTL: the value
 starts with its expiry, storage/ttl.py) or 0 (DELETE); a check is
-[snapshot seq | None, read keys, ranges [[lo|None, hi|None], ...], serializable]
+[snapshot seq | None, read keys, ranges [[lo|None, hi|None], ...], serializable(, token)]
 (storage/txn.py); a prepare with no ops and a check holds read intents only.
 A payload of
 the wrong shape raises ``InvalidArgument``; engine errors keep their
@@ -129,6 +135,13 @@ def _seq(x: Any) -> int | None:
         return None
     if not isinstance(x, int) or isinstance(x, bool) or x < 0:
         raise InvalidArgument(f"seq must be None or an integer >= 0, got {x!r:.40}")
+    return x
+
+
+def _reg_token(x: Any) -> int:
+    """A caller's name for one registration of a transaction's snapshot (storage/txn.py)."""
+    if type(x) is not int or not 0 < x < 1 << 63:
+        raise InvalidArgument(f"a registration token must be an integer in 1 .. 2**63-1, got {x!r:.40}")
     return x
 
 
@@ -358,60 +371,84 @@ class ShardActor(Actor):
         engine = self._engine()
         if p is None:
             return engine.acquire_snapshot()
-        (tx,) = _shape(p, 1, "snapshot")
-        seq = engine.begin_tx() if _flag(tx, "tx") else engine.acquire_snapshot()
+        if not isinstance(p, (list, tuple)) or len(p) not in (1, 2):
+            raise InvalidArgument(f"'snapshot' takes [tx] or [tx, token], got {p!r:.80}")
+        tx = _flag(p[0], "tx")
+        token = _reg_token(p[1]) if len(p) == 2 else None
+        seq = engine.begin_tx(None, token) if tx else engine.acquire_snapshot()
         # What a cut must not straddle: prepared here, decided here as primary.
         return [seq, list(engine._prepared), list(engine._decided)]
 
     def _register(self, p: Any) -> None:
-        seq, tx = _shape(p, 2, "register")
-        seq = _seq(seq)
+        if not isinstance(p, (list, tuple)) or len(p) not in (2, 3):
+            raise InvalidArgument(f"'register' takes [seq, tx] or [seq, tx, token], got {p!r:.80}")
+        seq = _seq(p[0])
         if seq is None:
             raise InvalidArgument("register needs a seq")
-        if _flag(tx, "tx"):
-            self._engine().begin_tx(seq)
+        if _flag(p[1], "tx"):
+            self._engine().begin_tx(seq, _reg_token(p[2]) if len(p) == 3 else None)
         else:
             self._engine().acquire_snapshot_at(seq)
 
     def _release(self, p: Any) -> Any:
-        if not isinstance(p, (list, tuple)) or len(p) not in (1, 2):
-            raise InvalidArgument(f"'release' takes [seq] or [seq, tx], got {p!r:.80}")
+        if not isinstance(p, (list, tuple)) or len(p) not in (1, 2, 3):
+            raise InvalidArgument(f"'release' takes [seq], [seq, tx] or [seq, tx, token], got {p!r:.80}")
         seq = _seq(p[0])
         if seq is None:
             raise InvalidArgument("release needs a seq")
-        if len(p) == 2 and _flag(p[1], "tx"):
-            return self._engine().end_tx(seq)
+        if len(p) >= 2 and _flag(p[1], "tx"):
+            return self._engine().end_tx(seq, _reg_token(p[2]) if len(p) == 3 else None)
         self._engine().release_snapshot(seq)
         return None
 
-    def _check(self, c: Any) -> TxCheck:
-        snap, reads, ranges, serializable = _shape(c, 4, "check")
+    def _check(self, c: Any) -> tuple[TxCheck, int | None]:
+        """A check, and the token of the registration it ends (None: none)."""
+        if not isinstance(c, (list, tuple)) or len(c) not in (4, 5):
+            raise InvalidArgument(f"a check takes [snapshot, reads, ranges, serializable(, token)], got {c!r:.80}")
+        snap, reads, ranges, serializable = c[:4]
         if not isinstance(reads, (list, tuple)) or not isinstance(ranges, (list, tuple)):
             raise InvalidArgument(f"a check's reads and ranges must be lists, got {c!r:.80}")
         rs = []
         for r in ranges:
             lo, hi = _shape(r, 2, "range")
             rs.append((_bytes(lo, "range start", True), _bytes(hi, "range end", True)))
-        return TxCheck(_seq(snap), [self._key(k) for k in reads], rs, _flag(serializable, "serializable"))
+        check = TxCheck(_seq(snap), [self._key(k) for k in reads], rs, _flag(serializable, "serializable"))
+        token = _reg_token(c[4]) if len(c) == 5 else None
+        if token is not None and check.snapshot is None:
+            raise InvalidArgument("a check that ends a registration needs its snapshot")
+        return check, token
+
+    def _end(self, check: TxCheck | None, token: int | None) -> None:
+        """A check that carried its registration's token ends it, passed or
+        not: the transaction reads nothing here any more."""
+        if token is not None and check is not None and check.snapshot is not None:
+            self._engine().end_tx(check.snapshot, token)
 
     def _txwrite(self, p: Any) -> int:
-        ops, sync, check = _shape(p, 3, "txwrite")
-        return self._engine().write(self._ops(ops), _flag(sync, "sync"), self._check(check))
+        ops, sync, c = _shape(p, 3, "txwrite")
+        check, token = self._check(c)
+        try:
+            return self._engine().write(self._ops(ops), _flag(sync, "sync"), check)
+        finally:
+            self._end(check, token)
 
     def _prepare(self, p: Any) -> None:
         if not isinstance(p, (list, tuple)) or len(p) not in (2, 3):
             raise InvalidArgument(f"'prepare' takes [txid, ops] or [txid, ops, check], got {p!r:.80}")
         txid = _txid(p[0])
-        ops = self._ops(p[1])
-        check = self._check(p[2]) if len(p) == 3 else None
-        if txid in self._aborted:
-            raise TransactionConflict(f"transaction {txid.hex()} was already aborted on shard {self.shard_id}")
-        if not ops and check is not None:
-            self._engine().hold_reads(txid, check)
-        else:
-            # The primary (the txid's first two bytes) needs no fsync here:
-            # its fsynced decision covers its prepare (Participant.prepare).
-            self._engine().prepare(txid, ops, check, sync=int.from_bytes(txid[:2], "big") != self.shard_id)
+        check, token = self._check(p[2]) if len(p) == 3 else (None, None)
+        try:
+            ops = self._ops(p[1])
+            if txid in self._aborted:
+                raise TransactionConflict(f"transaction {txid.hex()} was already aborted on shard {self.shard_id}")
+            if not ops and check is not None:
+                self._engine().hold_reads(txid, check)
+            else:
+                # The primary (the txid's first two bytes) needs no fsync here:
+                # its fsynced decision covers its prepare (Participant.prepare).
+                self._engine().prepare(txid, ops, check, sync=int.from_bytes(txid[:2], "big") != self.shard_id)
+        finally:
+            self._end(check, token)
 
     def _commit(self, p: Any) -> int:
         txid, sync, remember = _shape(p, 3, "commit")

@@ -76,9 +76,12 @@ def _quiet_call(fn: Any) -> Any:
         return exc
 
 
-def two_phase(router: "ShardRouter", parts: dict[int, list[Op]], checks: dict[int, list[Any]] | None = None) -> None:
+def two_phase(router: "ShardRouter", parts: dict[int, list[Op]], checks: dict[int, list[Any]] | None = None,
+              here: bool = True) -> None:
     """Apply *parts* (shard -> ops, two shards or more; or one writing
-    shard with read-only participants in *checks*) atomically."""
+    shard with read-only participants in *checks*) atomically. *here*: the
+    checks go on this thread's own connections (else on the process's
+    shared one: ``ShardSnapshot.ordered``)."""
     checks = checks or {}
     shards = sorted(set(parts) | set(checks))
     primary = min(parts)
@@ -89,10 +92,10 @@ def two_phase(router: "ShardRouter", parts: dict[int, list[Op]], checks: dict[in
         return [txid, parts.get(s, []), checks[s]] if s in checks else [txid, parts[s]]
 
     sent = time.monotonic_ns()
-    # A transaction's checks go the way its snapshot's registration went
-    # (an ordinary ask after a tell: in order); a plain batch's prepares are
-    # asked on this thread's own connection.
-    send = _send if checks else _send_here
+    # A transaction's checks go the way its snapshot's registrations went
+    # (asks after tells on one connection: in order); a plain batch's
+    # prepares are asked on this thread's own connection.
+    send = _send_here if here or not checks else _send
     futs = [send(refs[s], "prepare", prepare(s), timeout) for s in shards]
     errors = [r for r in map(_quiet, futs) if isinstance(r, LightningError)]
     if errors:
@@ -209,9 +212,17 @@ def abort_all(router: "ShardRouter", txid: bytes, shards: Iterable[int]) -> None
 
 
 def commit_transaction(router: "ShardRouter", seqs: Sequence[int] | None, ops: list[Op], reads: list[bytes],
-                       ranges: list[tuple[bytes | None, bytes | None]], serializable: bool, sync: bool) -> None:
+                       ranges: list[tuple[bytes | None, bytes | None]], serializable: bool, sync: bool,
+                       here: bool = True, token: int | None = None) -> set[int]:
     """A transaction's writes, validated on every shard they or its checks
-    touch (snapshot *seqs*: None for a transaction that read nothing)."""
+    touch (snapshot *seqs*: None for a transaction that read nothing).
+    *here*: the checks go on this thread's own connections, else on the
+    process's shared one (where the snapshot's registrations went:
+    ``ShardSnapshot.ordered``). *token*: the snapshot's registrations;
+    each check carries it and ends the registration on its shard. Returns
+    the shards whose registration a check ended (all answered)."""
+    ask = router._ask if here else router._ask_in_order
+    send = _send_here if here else _send
     ring = router.ring
     parts = {s: [ops[i] for i in pos] for s, pos in ring.split([op[1] for op in ops]).items()}
     per_reads: dict[int, list[bytes]] = {}
@@ -220,20 +231,22 @@ def commit_transaction(router: "ShardRouter", seqs: Sequence[int] | None, ops: l
             per_reads[s] = [reads[i] for i in pos]
     wire_ranges = [[lo, hi] for lo, hi in ranges] if serializable else []
     shards = set(parts) | set(per_reads) | (set(range(len(router.refs))) if wire_ranges else set())
-    checks = {s: [None if seqs is None else seqs[s], per_reads.get(s, []), wire_ranges, serializable]
+    end = [token] if token is not None and seqs is not None else []
+    checks = {s: [None if seqs is None else seqs[s], per_reads.get(s, []), wire_ranges, serializable, *end]
               for s in shards}
+    ended = shards if end else set()
     if len(shards) == 1:        # checked and applied in one step: no cut can split it
         (s,) = shards
-        router._ask_in_order(s, "txwrite", [parts[s], sync, checks[s]])
-        return
+        ask(s, "txwrite", [parts[s], sync, checks[s]])
+        return ended
     if len(parts) >= 2:
-        two_phase(router, parts, checks)
-        return
+        two_phase(router, parts, checks, here)
+        return ended
     (writer,) = parts
     readers = sorted(shards - {writer})
     txid = make_txid(writer)
     refs, timeout = router.refs, router.timeout
-    futs = [_send(refs[s], "prepare", [txid, [], checks[s]], timeout) for s in readers]
+    futs = [send(refs[s], "prepare", [txid, [], checks[s]], timeout) for s in readers]
     errors = [r for r in map(_quiet, futs) if isinstance(r, LightningError)]
     try:
         if errors:
@@ -242,10 +255,11 @@ def commit_transaction(router: "ShardRouter", seqs: Sequence[int] | None, ops: l
         # Under the gate: a snapshot cut between another shard's read and
         # this write could otherwise order it before what it depended on.
         with router.gate.shared(timeout):
-            router._ask_in_order(writer, "txwrite", [parts[writer], sync, checks[writer]])
+            ask(writer, "txwrite", [parts[writer], sync, checks[writer]])
     finally:   # read intents go either way (commit and abort both release them)
         for f in [_send_here(refs[s], "abort", [txid], timeout) for s in readers]:
             _quiet(f)
+    return ended
 
 
 def settle_marked(router: "ShardRouter", path: str, txid: bytes, shards: list[int]) -> bool:

@@ -26,6 +26,7 @@ _MAX_SHARDS = 4096
 _hash = xxhash.xxh3_64_intdigest
 _BUCKET_BITS = 16
 SLICE_SHIFT = 64 - _BUCKET_BITS
+_FEW_KEYS = 32          # split: up to this many keys in plain Python (numpy's per-call costs outweigh it)
 _NP_SHIFT = np.uint64(SLICE_SHIFT)
 
 
@@ -105,7 +106,13 @@ class HashRing:
 
     def split(self, keys: Iterable[bytes]) -> dict[int, list[int]]:
         """Positions of *keys* grouped by shard, each group in input order."""
-        return {s: pos.tolist() for s, pos in self.split_hashed(list(keys))[1].items()}
+        keys = list(keys)
+        if len(keys) > _FEW_KEYS:
+            return {s: pos.tolist() for s, pos in self.split_hashed(keys)[1].items()}
+        out: dict[int, list[int]] = {}
+        for i, s in enumerate(self.shards_list(keys)):
+            out.setdefault(s, []).append(i)
+        return out
 
     def split_hashed(self, keys: list[bytes]) -> tuple[np.ndarray, dict[int, np.ndarray]]:
         """(the keys' hashes, positions grouped by shard in input order): the

@@ -161,8 +161,8 @@ class ShardRouter(Transactional, MappingSugar):
     def _ask_in_order(self, shard: int, op: str, payload: Any = None) -> Any:
         """``_ask`` through the process's shared connection, which keeps
         the order of the messages sent on it: for an ask that must arrive
-        after a tell this process sent (a transaction's check after its
-        snapshot's registration, snapshot.py), from whichever thread."""
+        after a tell sent there (a transaction's check after its snapshot's
+        registration, where it went there: snapshot.py)."""
         return self.refs[shard].ask(op, payload, self.timeout).result()
 
     def _on_retry(self, calls: int, exc: TransientError, delay: float) -> None:
@@ -188,6 +188,22 @@ class ShardRouter(Transactional, MappingSugar):
             return r
         return self._retry(attempt)
 
+    def _barrier(self, shards: list[int]) -> None:
+        """Tells this thread sent on its own connections (a transaction's
+        registrations and release, snapshot.py) have arrived at *shards*
+        once this returns: what is sent after it, on any connection, comes
+        after them."""
+        futs = []
+        for s in shards:
+            try:
+                f = self.refs[s].barrier_here(self.timeout)
+            except LightningError:
+                continue            # that connection is gone, and what it carried with it
+            if f is not None:
+                futs.append(f)
+        for f in futs:
+            _quiet(f)
+
     def _ask_all(self, op: str, payloads: Mapping[int, Any] | None = None, *,
                  idempotent: bool = False, partial: bool = False) -> dict[int, Any]:
         """The same op on several shards, sent together. *idempotent*: the
@@ -201,6 +217,7 @@ class ShardRouter(Transactional, MappingSugar):
                           deadline=time.monotonic() + self.timeout) if idempotent else None
         out: dict[int, Any] = {}
         todo = shards
+        self._barrier(shards)
         while True:
             # The shared connection: these (stats, flush, ...) come after this
             # process's tells (a snapshot's release), as they were sent.
@@ -533,8 +550,14 @@ class ShardRouter(Transactional, MappingSugar):
                    ranges: list[tuple[bytes | None, bytes | None]], serializable: bool, sync: bool | None) -> None:
         self._check_open()
         self._pipe.barrier()        # after every pipelined write of this handle, in order
-        commit_transaction(self, None if view is None else view.seqs, ops, reads, ranges, serializable,
-                           bool(sync))
+        if view is None:
+            commit_transaction(self, None, ops, reads, ranges, serializable, bool(sync))
+            return
+        snap = view.snap
+        # The checks end the snapshot's registrations where they go; its
+        # release then skips those shards (after a failure, it goes everywhere).
+        snap.ended = commit_transaction(self, view.seqs, ops, reads, ranges, serializable, bool(sync),
+                                        snap.ordered(), snap.token)
 
     # --- maintenance ----------------------------------------------------------------------------
     def flush(self) -> None:

@@ -16,10 +16,25 @@ not waited for, and a marked apply phase of a dead coordinator is finished
 first); ``take_cut`` asks every shard when one does not serve from shared
 memory. A transaction's snapshot (``tx=True``) is also registered on every
 shard for its commit's checks (storage/txn.py).
+
+Where the messages go. A transaction's registrations are tells on the
+connections of the thread that took the snapshot (``tell_here``), and its
+checks and release follow on the same connections when that thread sends
+them: one connection keeps their order, and no message waits for the
+mailbox's I/O thread. Another thread first registers again, waiting for
+the answers (``ShardSnapshot.ordered``). Each registration carries a token
+the caller drew, so the shard counts it once however often it arrives, and
+a release that overtakes its registration (sent on another connection)
+leaves nothing registered. A commit's checks carry the token too and end
+the registration on their shards (``ended``): a committed transaction's
+release goes only to the others. Other snapshots are registered and
+released on the process's shared connection.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -28,7 +43,7 @@ from ..db import ReadSugar, _scan_range
 from ..errors import InvalidArgument, LightningError, Timeout, TransientError
 from ..supervisor.retry import Backoff
 from .coordinator import _quiet_call, settle_commit, settle_marked
-from .resolve import _quiet, _send
+from .resolve import _quiet, _send, _send_here
 
 if TYPE_CHECKING:
     from .router import ShardRouter
@@ -36,36 +51,59 @@ if TYPE_CHECKING:
 __all__ = ["ShardSnapshot", "ScanIter", "take_cut"]
 
 CUT_ATTEMPTS = 64
+_SHARED = object()      # ShardSnapshot._thread: registered on the process's shared connection
+_MIXED = object()       # ... some on the shared connection, some on this thread's own
 
 
-def _tell(ref: Any, op: str, payload: Any) -> None:
-    """A tell on the process's shared connection: what depends on it is
-    sent there too (``ShardRouter._ask_in_order``), so it arrives first."""
+def _tell(ref: Any, op: str, payload: Any, here: bool = False) -> bool:
+    """A tell on the process's shared connection, or (*here*) on this
+    thread's own (``ActorRef.tell_here``: in order with the thread's direct
+    asks); True when it went on this thread's own."""
     try:
+        if here:
+            return ref.tell_here(op, payload)
         ref.tell(op, payload)
     except LightningError:
-        pass                    # a worker gone: nothing of ours stays registered there
+        return here             # a worker gone: nothing of ours stays registered there
+    return False
 
 
-def _release(router: "ShardRouter", seqs: Sequence[Any], tx: bool, wait: bool = True) -> list[Any]:
+def new_token() -> int:
+    """A transaction snapshot's name on the shards (actor.py: registered
+    twice it is one; released before it arrives it holds nothing)."""
+    return int.from_bytes(os.urandom(8), "big") >> 1 or 1
+
+
+def _release(router: "ShardRouter", seqs: Sequence[Any], tx: bool, wait: bool = True,
+             token: int | None = None, here: bool = False) -> list[Any]:
+    """Release a snapshot's registrations; *here*: on this thread's own
+    connections (those of the thread that registered them)."""
+    def payload(seq: int) -> list[Any]:
+        return ([seq, tx, token] if token is not None else [seq, tx]) if tx else [seq]
     if not wait:
         for ref, seq in zip(router.refs, seqs):
             if isinstance(seq, int):
-                _tell(ref, "release", [seq, tx])
+                _tell(ref, "release", payload(seq), here)
         return []
-    futs = [_send(ref, "release", [seq, tx] if tx else [seq], router.timeout)
+    send = _send_here if here else _send
+    futs = [send(ref, "release", payload(seq), router.timeout)
             for ref, seq in zip(router.refs, seqs) if isinstance(seq, int)]
     return [_quiet(f) for f in futs]
 
 
-def shared_cut(router: "ShardRouter", tx: bool) -> tuple[list[int], list[int | None]] | None:
+def shared_cut(router: "ShardRouter", tx: bool,
+               token: int | None = None) -> tuple[list[int], list[int | None], bool | None] | None:
     """The cut from the shards' published versions: every shard's visible
     seq read from shared memory under the gate held exclusive, then
     registered by a message that is not waited for (the shard keeps what a
     snapshot of the last SNAPSHOT_LAG_S seconds sees until it arrives, for
     as long as cuts are noted: ``note_cut``, storage/published.py). A
     marked apply phase (its coordinator died in it) is finished first. None
-    when a shard is not serving from shared memory (ask instead)."""
+    when a shard is not serving from shared memory (ask instead).
+
+    (seqs, incarnations, here): a transaction's registrations (*token*)
+    go on this thread's own connections, in order with its direct asks,
+    where it has them (*here*: True all, False none, None some)."""
     n = len(router.refs)
     readers = [router._reader(s) for s in range(n)]
     if any(r is None for r in readers):
@@ -85,9 +123,9 @@ def shared_cut(router: "ShardRouter", tx: bool) -> tuple[list[int], list[int | N
             return None
         if not marks:
             seqs = [st[2] for st in states]
-            for ref, seq in zip(router.refs, seqs):
-                _tell(ref, "register", [seq, tx])
-            return seqs, [st[0] for st in states]
+            payloads = [[seq, tx, token] if tx and token is not None else [seq, tx] for seq in seqs]
+            routes = [_tell(ref, "register", p, tx) for ref, p in zip(router.refs, payloads)]
+            return seqs, [st[0] for st in states], True if all(routes) else None if any(routes) else False
         for path, txid, shards in marks:
             settle_marked(router, path, txid, shards)
         delay = next(backoff, None)
@@ -98,14 +136,16 @@ def shared_cut(router: "ShardRouter", tx: bool) -> tuple[list[int], list[int | N
         time.sleep(delay)
 
 
-def take_cut(router: "ShardRouter", tx: bool) -> list[int]:
-    """One seq per shard, registered on each (released by the caller)."""
+def take_cut(router: "ShardRouter", tx: bool, token: int | None = None) -> list[int]:
+    """One seq per shard, registered on each (released by the caller;
+    a transaction's under *token*)."""
     refs, timeout = router.refs, router.timeout
     deadline = time.monotonic() + timeout
     backoff = Backoff(attempts=CUT_ATTEMPTS, base=0.01, cap=0.5, deadline=deadline)
+    ask = [tx, token] if tx and token is not None else [tx]
     while True:
         with router.gate.exclusive(max(0.001, deadline - time.monotonic())):
-            got = [_quiet(_send(ref, "snapshot", [tx], timeout)) for ref in refs]
+            got = [_quiet(_send(ref, "snapshot", ask, timeout)) for ref in refs]
         errors = [g for g in got if isinstance(g, LightningError)]
         seqs = [g[0] if not isinstance(g, LightningError) else None for g in got]
         half: dict[bytes, list[int]] = {}
@@ -118,7 +158,7 @@ def take_cut(router: "ShardRouter", tx: bool) -> list[int]:
                         half.setdefault(txid, []).append(s)
             if not half:
                 return seqs                      # type: ignore[return-value]
-        _release(router, seqs, tx)               # give back what was acquired
+        _release(router, seqs, tx, token=token)  # give back what was acquired
         if errors and not all(isinstance(e, TransientError) for e in errors):
             raise next(e for e in errors if not isinstance(e, TransientError))
         # Committed at the primary, prepared elsewhere: finish it, then cut again.
@@ -174,16 +214,42 @@ class ShardSnapshot(ReadSugar):
     def __init__(self, router: "ShardRouter", tx: bool = False) -> None:
         self._router = router
         self._tx = tx
-        cut = shared_cut(router, tx)
+        self.token = new_token() if tx else None
+        self.ended: set[int] = set()        # shards where a commit's check ended the registration
+        cut = shared_cut(router, tx, self.token)
         if cut is not None:
-            self.seqs, self.incs = cut
+            self.seqs, self.incs, here = cut
+            # Whose connections carried the registrations (``ordered``); some
+            # on each kind: nobody's (the next check registers again first).
+            self._thread: Any = threading.current_thread() if here else _SHARED if here is False else _MIXED
         else:
-            self.seqs = take_cut(router, tx)
+            self.seqs = take_cut(router, tx, self.token)
             # The engine each seq belongs to: reads from shared memory only while
             # the shard still runs it (a restarted worker does not hold our seq).
             self.incs = [router._incarnation(s) for s in range(len(router.refs))]
+            self._thread = None             # registered by answered asks: before anything sent now
         self._closed = False
         router._snapshots.add(self)
+
+    def ordered(self) -> bool:
+        """Where a message that must find this snapshot's registrations on
+        the shards (a transaction's checks) goes: True on this thread's own
+        connections (``ask_here``), False on the process's shared one,
+        which carried them. A thread other than the one whose connections
+        carried them registers again first, waiting for the answers (the
+        token keeps it one registration)."""
+        t = self._thread
+        if t is None or t is threading.current_thread():
+            return True
+        if t is _SHARED:
+            return False
+        r = self._router
+        futs = [_send_here(ref, "register", [seq, True, self.token], r.timeout)
+                for ref, seq in zip(r.refs, self.seqs) if isinstance(seq, int)]
+        for f in futs:
+            _quiet(f)
+        self._thread = None
+        return True
 
     def _check(self) -> None:
         self._router._check_open()         # a closed handle first: its snapshots went with it
@@ -218,7 +284,8 @@ class ShardSnapshot(ReadSugar):
         self._closed = True
         r = self._router
         r._snapshots.discard(self)
-        answers = _release(r, self.seqs, self._tx, wait)
+        seqs = [None if s in self.ended else seq for s, seq in enumerate(self.seqs)] if self.ended else self.seqs
+        answers = _release(r, seqs, self._tx, wait, self.token, self._thread is threading.current_thread())
         return not self._tx or all(a is True for a in answers)
 
 

@@ -43,14 +43,15 @@ class Participant:
                    check: TxCheck | None = None) -> int: ...
 
     # --- transactions (storage/txn.py) ----------------------------------------------------
-    def begin_tx(self, seq: int | None = None) -> int:
+    def begin_tx(self, seq: int | None = None, token: int | None = None) -> int:
         """Register a transaction's snapshot: *seq* (one taken from shared
         memory, at most SNAPSHOT_LAG_S ago) or the latest. Every write after
         it is tracked for its commit's checks (and compaction keeps what it
-        sees) until ``end_tx`` or expiry."""
+        sees) until ``end_tx`` or expiry. *token*: the caller's name for
+        this registration (``ConflictTracker.begin``)."""
         with self._write_lock:
             at = self._last_seq if seq is None else min(seq, self._last_seq)
-            self.txn.begin(at, self._last_seq)
+            self.txn.begin(at, self._last_seq, token)
             return at
 
     def acquire_snapshot_at(self, seq: int) -> None:
@@ -60,10 +61,11 @@ class Participant:
             seq = min(seq, self._last_seq)
             self._snapshots[seq] = self._snapshots.get(seq, 0) + 1
 
-    def end_tx(self, seq: int) -> bool:
-        """Drop a registration; False when it had expired meanwhile."""
+    def end_tx(self, seq: int, token: int | None = None) -> bool:
+        """Drop a registration (*token*'s, where given); False when it had
+        expired meanwhile."""
         with self._write_lock:
-            return self.txn.end(seq)
+            return self.txn.end(seq, token)
 
     def hold_reads(self, txid: bytes, check: TxCheck) -> None:
         """A cross-shard commit's participant that writes nothing here:

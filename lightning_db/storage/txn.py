@@ -30,6 +30,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import TransactionConflict, TransactionExpired
 
@@ -69,7 +70,11 @@ class ConflictTracker:
         # seq of *lag* seconds ago); one attribute, so the engine's
         # background thread reads it without a lock.
         self.floor: int | None = None
-        self._regs: dict[int, list[float]] = {}     # snapshot seq -> registration times
+        self._regs: dict[int, dict[Any, float]] = {}    # snapshot seq -> {token: registration time}
+        self._tokens: dict[Any, int] = {}           # token -> the seq it registered
+        self._ended: set[int] = set()               # tokens released (before or after they registered)
+        self._ended_at: deque[tuple[float, int]] = deque()      # ... in the order they were
+        self._gone: dict[int, float] = {}           # tokens whose registration expired -> when
         self._last: dict[bytes, int] = {}           # key -> seq of its newest recorded write
         self._log: deque[tuple[int, tuple[bytes, ...]]] = deque()
         self._samples: deque[tuple[float, int]] = deque()    # (monotonic time, last seq), with a lag
@@ -89,42 +94,65 @@ class ConflictTracker:
     def active(self) -> bool:
         return self.tracked_from is not None
 
-    def begin(self, seq: int, last_seq: int) -> None:
+    def begin(self, seq: int, last_seq: int, token: int | None = None) -> None:
         """Register a snapshot at *seq* (the shard is at *last_seq*). A
         shard that was not tracking starts at *last_seq*: a snapshot older
-        than that cannot be checked (its commit raises TransactionExpired)."""
+        than that cannot be checked (its commit raises TransactionExpired).
+
+        *token* (a caller's: its registrations and its release may arrive
+        on different connections, in any order) makes the registration
+        one: registered again, it stays one; a registration that arrives
+        after the release holds nothing."""
         self.expire()
         now = time.monotonic()
+        if token is None:
+            token = object()
+        elif token in self._tokens or token in self._ended or token in self._gone:
+            return
         if self.tracked_from is None:
             self.tracked_from = last_seq
         self._idle_until = now + self.max_age
-        self._regs.setdefault(seq, []).append(now)
+        self._regs.setdefault(seq, {})[token] = now
+        self._tokens[token] = seq
         self._prune()
 
-    def end(self, seq: int) -> bool:
-        """Drop one registration at *seq*; False when it had expired."""
-        times = self._regs.get(seq)
-        live = bool(times)
-        if times:
-            times.pop(0)
-            if not times:
-                del self._regs[seq]
+    def end(self, seq: int, token: int | None = None) -> bool:
+        """Drop one registration at *seq* (the one of *token*, where
+        given); False when it had expired."""
+        if token is None:
+            regs = self._regs.get(seq)
+            token = next(iter(regs)) if regs else None
+        at = self._tokens.pop(token, None) if token is not None else None
+        if at is not None:
+            regs = self._regs[at]
+            del regs[token]
+            if not regs:
+                del self._regs[at]
                 self._prune()
+            live = True
+        else:       # expired, or not arrived (yet: registered again, or late)
+            live = token is not None and self._gone.pop(token, None) is None
+        if type(token) is int and token not in self._ended:
+            self._ended.add(token)
+            self._ended_at.append((time.monotonic(), token))
         self.expire()
         return live
 
     def expire(self) -> None:
         """Drop registrations older than max_age, and the oldest ones while
         more than max_keys keys are tracked; stop tracking when idle."""
+        now = time.monotonic()
+        cutoff = now - self.max_age
+        if self._ended_at or self._gone:
+            self._forget_tokens(now)
         if self.tracked_from is None:
             return
-        cutoff = time.monotonic() - self.max_age
-        old = [s for s, ts in self._regs.items() if ts[-1] < cutoff]
+        old = [s for s, ts in self._regs.items() if next(reversed(ts.values())) < cutoff]
         for s in old:
-            del self._regs[s]
+            self._drop(s, now)
         if len(self._last) > self.max_keys:
             while len(self._last) > self.max_keys and self._regs:
-                del self._regs[min(self._regs)]
+                self._drop(min(self._regs), now)
                 old.append(0)
                 self._prune()
             if len(self._last) > self.max_keys:       # the lag window alone holds too much
@@ -132,6 +160,27 @@ class ConflictTracker:
         if old:
             self.expired += len(old)
         self._prune()
+
+    def _drop(self, seq: int, now: float) -> None:
+        """Expire every registration at *seq* (their tokens' releases answer False)."""
+        for token in self._regs.pop(seq):
+            del self._tokens[token]
+            if type(token) is int:
+                self._gone[token] = now
+
+    def _forget_tokens(self, now: float) -> None:
+        """Tokens released longer than the lag ago (no registration of
+        theirs can still be on its way), and tokens expired longer than
+        max_age ago (their transactions ended on the caller's side by then)."""
+        ended, order = self._ended, self._ended_at
+        cutoff = now - (self.lag or self.max_age)
+        while order and order[0][0] < cutoff:
+            ended.discard(order.popleft()[1])
+        gone = self._gone
+        if gone:
+            cutoff = now - self.max_age
+            for token in [t for t, at in gone.items() if at < cutoff]:
+                del gone[token]
 
     def sample(self, last_seq: int) -> None:
         """The shard is at *last_seq* now (every write, with a lag): keeps

@@ -209,3 +209,21 @@ def test_a_socket_that_cannot_be_made_leaves_the_ordinary_futures(served, client
     assert type(first).__name__ == "Future" and first.result(30) == 1
     assert client.ask_here("echo", 2, timeout=30).result(30) == 2
     assert len(tries) == 1 and client._directs == []
+
+
+def test_a_tell_here_arrives_before_the_threads_later_asks(served, client):
+    """Tells on the thread's own socket keep their order with its direct
+    asks: once an ask sent after them is answered, the server has them all."""
+    for n in range(50):
+        assert client.tell_here("note", n) is True
+    assert client.ask_here("echo", "after", timeout=30).result(30) == "after"
+    assert served.tells == list(range(50))
+    assert len(client._directs) == 1
+
+
+def test_a_tell_here_without_a_direct_socket_goes_on_the_shared_one(served, client, monkeypatch):
+    monkeypatch.setattr(mailbox_socket, "MAX_DIRECT", 0)
+    assert client.tell_here("note", "shared") is False
+    wait_until(lambda: served.tells == ["shared"], what="the tell on the shared socket")
+    with pytest.raises(errors.InvalidArgument):
+        client.tell_here(7, None)

@@ -81,6 +81,37 @@ def test_snapshot_release(shard):
     assert ask(ref, "get", [b"snap", None]) == b"new"
 
 
+def test_transaction_registrations_named_by_a_token(shard):
+    """A token makes a transaction's registration one: asked again it is
+    not counted twice; released before it arrives it holds nothing."""
+    ref, _ = shard
+    base = ask(ref, "stats")["tx_registered"]
+    seq, _, _ = ask(ref, "snapshot", [True, 41])
+    assert ask(ref, "register", [seq, True, 41]) is None           # again, from another thread
+    assert ask(ref, "stats")["tx_registered"] == base + 1
+    assert ask(ref, "release", [seq, True, 41]) is True
+    assert ask(ref, "release", [seq, True, 42]) is True            # overtook its registration
+    ref.tell("register", [seq, True, 42])                           # which arrives late
+    assert ask(ref, "stats")["tx_registered"] == base
+
+
+def test_a_check_with_the_token_ends_the_registration_passed_or_not(shard):
+    ref, _ = shard
+    base = ask(ref, "stats")["tx_registered"]
+    seq, _, _ = ask(ref, "snapshot", [True, 51])
+    ask(ref, "write", [[[1, b"ck", b"after"]], False])          # written after the snapshot
+    with pytest.raises(TransactionConflict):
+        ask(ref, "txwrite", [[[1, b"ck", b"lost"]], False, [seq, [], [], False, 51]])
+    assert ask(ref, "stats")["tx_registered"] == base
+    seq, _, _ = ask(ref, "snapshot", [True, 52])
+    tx = b"\x00\x07" + b"c" * 14
+    assert ask(ref, "prepare", [tx, [[1, b"ck2", b"v"]], [seq, [], [], False, 52]]) is None
+    assert ask(ref, "stats")["tx_registered"] == base
+    ask(ref, "abort", [tx])
+    with pytest.raises(InvalidArgument, match="needs its snapshot"):
+        ask(ref, "txwrite", [[[1, b"ck", b"x"]], False, [None, [], [], False, 53]])
+
+
 def test_two_phase_ops(shard):
     ref, _ = shard
     tx = b"\x00\x07" + b"a" * 14
@@ -141,7 +172,9 @@ def test_maintenance(shard):
     ("scan", [None, None, False, None, 10]), ("scan", [None, None, "no", None, 10, None]),
     ("scan", [None, None, False, None, 0, None]), ("scan", [1, None, False, None, 10, None]),
     ("scan", [None, None, False, None, 10, "after"]),
-    ("release", []), ("release", [None]), ("prepare", [b"\x00\x00" + b"x" * 14]),
+    ("release", []), ("release", [None]), ("release", [1, True, 0]), ("release", [1, True, "t"]),
+    ("release", [1, True, 1 << 63]), ("register", [1, True, -3]), ("register", [1]),
+    ("snapshot", [True, b"t"]), ("snapshot", [True, 1, 2]), ("prepare", [b"\x00\x00" + b"x" * 14]),
     ("prepare", [b"t", []]), ("prepare", [b"\x00\x00" + b"y" * 14, [[9, b"k", b"v"]]]),
     ("commit", [b"\x00\x00" + b"z" * 14, True]), ("commit", [b"\x00\x00" + b"z" * 14, 1, False]),
     ("abort", "txid"), ("decided", [1]), ("forget", []), ("checkpoint", []), ("checkpoint", [3]),

@@ -18,9 +18,10 @@ def test_every_key_has_one_owner_and_vectorised_agrees():
     assert set(one) == {0, 1, 2, 3}
     assert ring.shards_of(KEYS).tolist() == one
     assert ring.shards_list(KEYS) == one
-    groups = ring.split(KEYS)
-    assert sorted(p for g in groups.values() for p in g) == list(range(len(KEYS)))
-    assert all(one[p] == s for s, g in groups.items() for p in g)
+    for keys in (KEYS, KEYS[:5], KEYS[:1], []):          # numpy for a batch, plain Python for a few
+        groups = ring.split(keys)
+        assert sorted(p for g in groups.values() for p in g) == list(range(len(keys)))
+        assert all(one[p] == s and g == sorted(g) for s, g in groups.items() for p in g)
 
 
 def _searched(ring: HashRing, h: int) -> int:

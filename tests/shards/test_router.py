@@ -391,6 +391,9 @@ class _FlakyRef:
 
     ask_here = ask
 
+    def barrier_here(self, timeout=None):
+        return None                 # one queue: every ask in the order sent
+
 
 def _flaky_router(refs) -> ShardRouter:
     return ShardRouter(refs, HashRing(len(refs)), Config.from_dict(CONFIG), timeout=30)
