@@ -196,7 +196,7 @@ class ShardRouter(Transactional, MappingSugar):
         futs = []
         for s in shards:
             try:
-                f = self.refs[s].barrier_here(self.timeout)
+                f = self.refs[s].barrier_here(self.attempt_timeout)     # a hung worker: the ask itself fails
             except LightningError:
                 continue            # that connection is gone, and what it carried with it
             if f is not None:
