@@ -79,7 +79,7 @@ def _release(router: "ShardRouter", seqs: Sequence[Any], tx: bool, wait: bool = 
     """Release a snapshot's registrations; *here*: on this thread's own
     connections (those of the thread that registered them)."""
     def payload(seq: int) -> list[Any]:
-        return ([seq, tx, token] if token is not None else [seq, tx]) if tx else [seq]
+        return [seq, tx, token] if tx else [seq]
     if not wait:
         for ref, seq in zip(router.refs, seqs):
             if isinstance(seq, int):
@@ -123,7 +123,7 @@ def shared_cut(router: "ShardRouter", tx: bool,
             return None
         if not marks:
             seqs = [st[2] for st in states]
-            payloads = [[seq, tx, token] if tx and token is not None else [seq, tx] for seq in seqs]
+            payloads = [[seq, tx, token] if tx else [seq, tx] for seq in seqs]
             routes = [_tell(ref, "register", p, tx) for ref, p in zip(router.refs, payloads)]
             return seqs, [st[0] for st in states], True if all(routes) else None if any(routes) else False
         for path, txid, shards in marks:
@@ -142,7 +142,7 @@ def take_cut(router: "ShardRouter", tx: bool, token: int | None = None) -> list[
     refs, timeout = router.refs, router.timeout
     deadline = time.monotonic() + timeout
     backoff = Backoff(attempts=CUT_ATTEMPTS, base=0.01, cap=0.5, deadline=deadline)
-    ask = [tx, token] if tx and token is not None else [tx]
+    ask = [tx, token] if tx else [tx]
     while True:
         with router.gate.exclusive(max(0.001, deadline - time.monotonic())):
             got = [_quiet(_send(ref, "snapshot", ask, timeout)) for ref in refs]
