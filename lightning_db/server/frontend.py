@@ -6,18 +6,24 @@ port with SO_REUSEPORT (the kernel spreads connections across them) and
 opens the database itself (``lightning_db.open``: it attaches to the node
 serve.py started).
 
-Per connection, on the event loop: read a chunk, parse (resp.py), run the
-commands in order, write the replies, read again. Commands marked inline
-(no database call, or only reads served from shared memory) run on the
-loop; the others run in a worker thread (``Settings.workers``), a batch at
-a time, so a slow command of one client never holds up another, except
-plain SETs, alone or in pipelined runs: the SetWriter (setwriter.py) sends
-those of every connection from the loop itself, one message per shard per
-loop turn. While its
-commands run a connection is not read, so a client that sends faster than
-it is served (or reads its replies slower) is held back by TCP instead of
-growing buffers: memory per connection is bounded by the parser's limits,
-one read chunk of requests and about ``OUT_CHUNK`` bytes of replies.
+Per connection, on the event loop, an asyncio protocol (``_Connection``:
+callbacks, no stream reader or writer and no task per connection, which
+cost a third more CPU a request, bench/RESULTS.md): parse what arrives
+(resp.py), run the commands in order, write the replies. Commands marked
+inline (no database call, or only reads served from shared memory) run on
+the loop; the others run in a worker thread (``Settings.workers``), a
+batch at a time, so a slow command of one client never holds up another,
+except plain SETs, alone or in pipelined runs: the SetWriter
+(setwriter.py) sends those of every connection from the loop itself, one
+message per shard per loop turn. What a client sends while one of its
+commands waits is queued behind it, and reading stops once a chunk
+(``READ_CHUNK``) is queued or while its replies fill the transport's
+buffer, so a client that sends faster than it is served (or reads its
+replies slower) is held back by TCP instead of growing buffers: memory per
+connection is bounded by the parser's limits, about a chunk of requests
+and the transport's buffer plus ``OUT_CHUNK`` bytes of replies. A client
+idle for ``timeout`` seconds (CONFIG SET timeout; 0: never) is closed by
+the watcher, within WATCH_INTERVAL.
 
 Stopping (SIGTERM/SIGINT, the parent gone, or the database shut down): stop
 accepting, close idle connections, let running commands finish and send
@@ -71,11 +77,11 @@ class Frontend:
         self.server = ServerState(db, settings)
         self.metrics = metrics          # metrics.FrontendMetrics, or None
         self.dispatcher = Dispatcher(self.server, metrics)
-        self._pool = ThreadPoolExecutor(max(1, settings.workers), thread_name_prefix="ldb-resp")
-        self._tasks: dict[int, asyncio.Task[Any]] = {}
-        self._busy: set[int] = set()
+        self.pool = ThreadPoolExecutor(max(1, settings.workers), thread_name_prefix="ldb-resp")
+        self.connections: dict[int, _Connection] = {}   # client id -> its connection
         self._stop: asyncio.Event | None = None
-        self._sets: SetWriter | None = None       # plain SETs without a thread (setwriter.py)
+        self.sets: SetWriter | None = None        # plain SETs without a thread (setwriter.py)
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.stopping = False
         self.stop_reason = ""
 
@@ -93,18 +99,18 @@ class Frontend:
         """Serve until stopped; the exit status (see the module docstring)."""
         s = self.server.settings
         self._stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
+        loop = self.loop = asyncio.get_running_loop()
         self.server.loop_api = "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
         db = self.server.db
         if all(hasattr(db, a) for a in ("ring", "refs", "tokens", "_send_write")):
-            self._sets = SetWriter(db, loop, self._pool)
+            self.sets = SetWriter(db, loop, self.pool)
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
                 loop.add_signal_handler(sig, self.request_stop, f"signal {signal.Signals(sig).name}")
             except (RuntimeError, ValueError):       # not the main thread (tests)
                 pass
-        listener = await asyncio.start_server(self._on_connect, s.host, s.port, reuse_port=True,
-                                              limit=READ_CHUNK, backlog=511)
+        listener = await loop.create_server(lambda: _Connection(self), s.host, s.port, reuse_port=True,
+                                            backlog=511)
         if ready is not None:
             ready()
         watcher = asyncio.create_task(self._watch(os.getppid() if watch_parent else None))
@@ -114,9 +120,10 @@ class Frontend:
             watcher.cancel()
             listener.close()
             await self._close_connections()
-            self._pool.shutdown(wait=True)
-            if self._sets is not None:
-                self._sets.close()
+            self.pool.shutdown(wait=True)
+            if self.sets is not None:
+                self.sets.close()
+                open('/work/scratch/sw.%d' % os.getpid(), 'w').write(repr(self.sets.stats()))
         return EXIT_FATAL if self.server.fatal is not None else 0
 
     async def _watch(self, parent: int | None) -> None:
@@ -126,125 +133,33 @@ class Frontend:
                 self.request_stop("the serve process is gone")
             if self.server.fatal is not None:
                 self.request_stop(f"the database is gone: {self.server.fatal}")
+            idle = self.server.settings.timeout
+            if idle > 0:
+                now = time.time()
+                for conn in list(self.connections.values()):
+                    conn.close_if_idle(idle, now)
 
     async def _close_connections(self) -> None:
+        """Close the connections that wait for nothing now; the others once
+        their command answered (they close themselves: ``stopping``), or at
+        STOP_GRACE; a client that does not read its last replies is cut off
+        a second later."""
         loop = asyncio.get_running_loop()
-        for cid, task in list(self._tasks.items()):
-            if cid not in self._busy:
-                task.cancel()
+        for conn in list(self.connections.values()):
+            if not conn.waiting:
+                conn.close()
         deadline = loop.time() + STOP_GRACE
-        while self._busy and loop.time() < deadline:
+        while any(c.waiting for c in self.connections.values()) and loop.time() < deadline:
             await asyncio.sleep(0.02)
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=STOP_GRACE)
+        for conn in list(self.connections.values()):
+            conn.close()
+        deadline = loop.time() + 1.0
+        while self.connections and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        for conn in list(self.connections.values()):
+            conn.abort()
 
-    # --- connections ------------------------------------------------------------------------
-    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        server = self.server
-        if self.stopping or len(server.clients) >= server.settings.maxclients:
-            server.stats["rejected_connections"] += 1
-            try:
-                writer.write(b"-ERR max number of clients reached\r\n")
-                await writer.drain()
-            except OSError:
-                pass
-            writer.close()
-            return
-        sock = writer.get_extra_info("socket")
-        try:
-            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
-        client = ClientState(server.next_client_id(), addr=_addr(writer.get_extra_info("peername")),
-                             laddr=_addr(writer.get_extra_info("sockname")),
-                             fd=sock.fileno() if sock is not None else -1)
-        server.clients[client.id] = client
-        server.stats["total_connections_received"] += 1
-        if self.metrics is not None:
-            self.metrics.connections.inc()
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks[client.id] = task
-        try:
-            await self._serve(client, reader, writer)
-        except (ConnectionError, OSError, asyncio.CancelledError):
-            pass
-        finally:
-            server.clients.pop(client.id, None)
-            self._tasks.pop(client.id, None)
-            if self.metrics is not None:
-                self.metrics.connections.dec()
-            writer.close()
-
-    async def _serve(self, client: ClientState, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        server, settings = self.server, self.server.settings
-        parser = RequestParser(server.limits)
-        while not client.closing and not self.stopping:
-            if settings.timeout > 0:
-                try:
-                    data = await asyncio.wait_for(reader.read(READ_CHUNK), settings.timeout)
-                except TimeoutError:
-                    return
-            else:
-                data = await reader.read(READ_CHUNK)
-            if not data:
-                return
-            server.stats["total_net_input_bytes"] += len(data)
-            if self.metrics is not None:
-                self.metrics.bytes_in.inc(len(data))
-            client.last_active = time.time()
-            cmds = parser.feed(data)
-            client.qbuf = parser.buffered
-            if cmds:
-                await self._run(client, cmds, writer)
-            if parser.error is not None and not client.closing:
-                client.closing = True
-                await self._write(writer, [error_line(f"ERR {parser.error}")])
-        await writer.drain()
-
-    async def _run(self, client: ClientState, cmds: list[list[bytes]], writer: asyncio.StreamWriter) -> None:
-        """Run *cmds* in order: inline ones on the loop, the rest in a worker thread."""
-        dispatcher, loop = self.dispatcher, asyncio.get_running_loop()
-        i, n = 0, len(cmds)
-        while i < n and not client.closing:
-            out: list[bytes] = []
-            size = 0
-            while i < n and size < OUT_CHUNK and not client.closing and dispatcher.inline(client, cmds[i]):
-                data = dispatcher.execute(client, cmds[i])
-                out.append(data)
-                size += len(data)
-                i += 1
-            if out:
-                await self._write(writer, out)
-                continue
-            if self.stopping:
-                return
-            sets = self._sets
-            if sets is not None and client.multi is None and sets.ready():
-                run = dispatcher.set_run(client, cmds, i) or (1 if sets.plain(cmds[i]) else 0)
-                if run:
-                    started = time.perf_counter()
-                    taken = cmds[i:i + run]
-                    errors = await sets.set_many([c[1] for c in taken], [c[2] for c in taken])
-                    for e in errors or ():
-                        if e is not None and not isinstance(e, LightningError):
-                            raise e
-                    each = (time.perf_counter() - started) / run
-                    await self._write(writer, [dispatcher.set_replies(client, run, errors, each)])
-                    i += run
-                    continue
-            self._busy.add(client.id)
-            try:
-                out, i = await loop.run_in_executor(self._pool, self._run_batch, client, cmds, i)
-            finally:
-                self._busy.discard(client.id)
-            await self._write(writer, out)
-
-    def _run_batch(self, client: ClientState, cmds: list[list[bytes]], i: int) -> tuple[list[bytes], int]:
+    def run_batch(self, client: ClientState, cmds: list[list[bytes]], i: int) -> tuple[list[bytes], int]:
         """Worker thread: commands from *i* on until the replies reach
         OUT_CHUNK bytes or the connection is closing."""
         dispatcher = self.dispatcher
@@ -265,13 +180,238 @@ class Frontend:
             i += 1
         return out, i
 
-    async def _write(self, writer: asyncio.StreamWriter, out: list[bytes]) -> None:
+
+class _Connection(asyncio.Protocol):
+    """One client connection (event loop thread): read a chunk, parse, run
+    its commands in order, write their replies. A command that waits (a
+    SET run on the SetWriter, or a batch in a worker thread) leaves the
+    connection *waiting*: what the client sends meanwhile is parsed and
+    queued behind it, and reading pauses once a chunk is queued (TCP then
+    holds the client back); the rest runs when the answer comes. While the
+    transport's buffer of replies is over its high-water mark no command
+    runs and nothing is read."""
+
+    def __init__(self, frontend: "Frontend") -> None:
+        self.fe = frontend
+        self.client: ClientState | None = None
+        self.transport: Any = None
+        self.parser: RequestParser | None = None
+        self.cmds: list[list[bytes]] = []
+        self.i = 0                   # the next command of cmds to run
+        self.later: list[list[bytes]] = []     # commands read while waiting
+        self.waiting = False         # a command's answer is awaited
+        self.queued = 0              # bytes read while waiting (or blocked), not yet run
+        self.paused = False          # reading paused here
+        self.blocked = False         # the transport's buffer is full (pause_writing)
+
+    # --- asyncio.Protocol -------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport      # uvloop's transports are not asyncio.Transport subclasses
+        fe, server = self.fe, self.fe.server
+        if fe.stopping or len(server.clients) >= server.settings.maxclients:
+            server.stats["rejected_connections"] += 1
+            transport.write(b"-ERR max number of clients reached\r\n")
+            transport.close()
+            return
+        sock = transport.get_extra_info("socket")
+        try:
+            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+        client = ClientState(server.next_client_id(), addr=_addr(transport.get_extra_info("peername")),
+                             laddr=_addr(transport.get_extra_info("sockname")),
+                             fd=sock.fileno() if sock is not None else -1)
+        self.client = client
+        self.parser = RequestParser(server.limits)
+        server.clients[client.id] = client
+        fe.connections[client.id] = self
+        server.stats["total_connections_received"] += 1
+        if fe.metrics is not None:
+            fe.metrics.connections.inc()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        client = self.client
+        if client is None:
+            return
+        self.client = None
+        fe = self.fe
+        fe.server.clients.pop(client.id, None)
+        fe.connections.pop(client.id, None)
+        if fe.metrics is not None:
+            fe.metrics.connections.dec()
+
+    def data_received(self, data: bytes) -> None:
+        client, parser = self.client, self.parser
+        if client is None or parser is None or client.closing:
+            return
+        fe = self.fe
+        fe.server.stats["total_net_input_bytes"] += len(data)
+        if fe.metrics is not None:
+            fe.metrics.bytes_in.inc(len(data))
+        client.last_active = time.time()
+        cmds = parser.feed(data)
+        client.qbuf = parser.buffered
+        if self.waiting or self.blocked:
+            # Behind the command that waits (a worker thread may be running
+            # through self.cmds): taken up when it answered.
+            self.later += cmds
+            self.queued += len(data)
+            if self.queued >= READ_CHUNK:
+                self._pause()
+            return
+        self.cmds = self.cmds[self.i:] + cmds if self.i < len(self.cmds) else cmds
+        self.i = 0
+        self._go()
+
+    def pause_writing(self) -> None:
+        self.blocked = True
+
+    def resume_writing(self) -> None:
+        self.blocked = False
+        if not self.waiting:
+            self._go()
+
+    # --- running commands -------------------------------------------------------------------
+    def _go(self) -> None:
+        """Run the queued commands in order until one must wait for its
+        answer, the replies fill the transport's buffer, or none is left."""
+        client, fe = self.client, self.fe
+        if client is None or self.waiting:
+            return
+        dispatcher = fe.dispatcher
+        if self.later:
+            self.cmds = self.cmds[self.i:] + self.later
+            self.i, self.later, self.queued = 0, [], 0
+        cmds, i = self.cmds, self.i
+        n = len(cmds)
+        out: list[bytes] = []
+        size = 0
+        while i < n and not client.closing:
+            if self.blocked:
+                break
+            argv = cmds[i]
+            if dispatcher.inline(client, argv):
+                data = dispatcher.execute(client, argv)
+                out.append(data)
+                size += len(data)
+                i += 1
+                if size >= OUT_CHUNK:
+                    self._write(out)
+                    out, size = [], 0
+                continue
+            if fe.stopping:
+                client.closing = True
+                break
+            if out:
+                self._write(out)
+            sets = fe.sets
+            if sets is not None and client.multi is None and sets.ready():
+                run = dispatcher.set_run(client, cmds, i) or (1 if sets.plain(argv) else 0)
+                if run:
+                    self.i = i + run
+                    self._wait()
+                    taken = cmds[i:i + run]
+                    started = time.perf_counter()
+                    sets.set_many([c[1] for c in taken], [c[2] for c in taken],
+                                  lambda errors: self._sets_done(run, started, errors))
+                    return
+            self.i = i
+            self._wait()
+            fut = fe.loop.run_in_executor(fe.pool, fe.run_batch, client, cmds, i)
+            fut.add_done_callback(self._batch_done)
+            return
+        self.i = i
+        if out:
+            self._write(out)
+        if client.closing or fe.stopping:
+            self.close()
+        elif i >= n:
+            parser = self.parser
+            if parser is not None and parser.error is not None:
+                client.closing = True
+                self._write([error_line(f"ERR {parser.error}")])
+                self.close()
+            elif self.paused:
+                self.paused = False
+                self.transport.resume_reading()
+        elif self.blocked:
+            self._pause()
+
+    def _wait(self) -> None:
+        self.waiting = True
+        self.queued = 0
+
+    def _resume(self, out: list[bytes]) -> None:
+        """A waiting command answered: write *out*, run what follows."""
+        self.waiting = False
+        if self.client is None:
+            return
+        if out:
+            self._write(out)
+        self._go()
+
+    def _sets_done(self, run: int, started: float, errors: list[BaseException | None] | None) -> None:
+        client = self.client
+        if client is None:
+            self.waiting = False
+            return
+        for e in errors or ():
+            if e is not None and not isinstance(e, LightningError):
+                self._fail(e)
+                return
+        each = (time.perf_counter() - started) / run
+        self._resume([self.fe.dispatcher.set_replies(client, run, errors, each)])
+
+    def _batch_done(self, fut: asyncio.Future[tuple[list[bytes], int]]) -> None:
+        if fut.cancelled():
+            self._fail(None)
+            return
+        exc = fut.exception()
+        if exc is not None:
+            self._fail(exc)
+            return
+        out, self.i = fut.result()
+        self._resume(out)
+
+    def _fail(self, exc: BaseException | None) -> None:
+        """A command failed outside the protocol (a defect, or the pool
+        shut down): log it and drop the connection."""
+        self.waiting = False
+        if exc is not None:
+            log.error("a command of client %s failed: %s: %s",
+                      self.client.id if self.client else "?", type(exc).__name__, exc)
+        self.abort()
+
+    def _write(self, out: list[bytes]) -> None:
         data = out[0] if len(out) == 1 else b"".join(out)
-        self.server.stats["total_net_output_bytes"] += len(data)
-        if self.metrics is not None:
-            self.metrics.bytes_out.inc(len(data))
-        writer.write(data)
-        await writer.drain()
+        fe = self.fe
+        fe.server.stats["total_net_output_bytes"] += len(data)
+        if fe.metrics is not None:
+            fe.metrics.bytes_out.inc(len(data))
+        self.transport.write(data)
+
+    def _pause(self) -> None:
+        if not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def close(self) -> None:
+        """Close once the replies written so far are sent."""
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        """Close now, dropping replies not yet sent."""
+        if self.transport is not None:
+            self.transport.abort()
+
+    def close_if_idle(self, idle: float, now: float) -> None:
+        """Close the connection if it waits for nothing and its client sent
+        nothing for *idle* seconds (0: never)."""
+        client = self.client
+        if client is not None and not self.waiting and idle > 0 and now - client.last_active > idle:
+            self.close()
 
 
 # --- the process ------------------------------------------------------------------------------

@@ -6,14 +6,23 @@ them (``set_many``), from any connection is queued for its key's shard; at
 the end of a loop turn every queue of a shard with no message in flight goes
 out as one "write" (one WAL record on the shard, with a write token; its ops
 as columns, kinds bytes, keys and values, as pipelined runs send theirs)
-straight through the shard's mailbox, and each connection gets ``+OK`` when
-the shard acknowledged. Concurrent clients' SETs thus share messages, and
-none of them costs a hop to a worker thread and back. When many connections
+straight through the shard's mailbox, and each connection is told (a
+callback on the loop, no future or task) when the shard acknowledged.
+Concurrent clients' SETs thus share messages, and none of them costs a hop
+to a worker thread and back. When many connections
 write (an answered message carried LINGER_FROM SETs or more), the next
 message waits for twice as many SETs (LINGER_UPTO at most), or the last
 round trip (LINGER_MAX at most): a message costs both processes far more
 than a SET in it, so fewer, larger messages serve more SETs on busy cores
-(bench/RESULTS.md, tenth session); a lone client's SETs never wait.
+(bench/RESULTS.md, tenth session); a lone client's SETs never wait. When
+SETs come one or two at a time from many connections (a shard's last
+message carried those of two calls or more, and fewer than GATHER_BELOW
+SETs are ready to go),
+a flush first sleeps GATHER_S, the loop blocked, and sends at the next loop
+turn with what was read meanwhile: the cores go to the clients and the
+shards in the pause, and a front end quick to turn requests around would
+otherwise send a message for every SET or two (bench/RESULTS.md, twelfth
+session: 2.8 -> 7 SETs a message, 1.25x the SETs a second with 50 clients).
 
 The messages leave on the loop thread's own connection to each shard (a
 direct client, mailbox/direct.py) whose socket the loop watches
@@ -33,8 +42,11 @@ has no SetWriter: its SETs take the ordinary path.
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
+from functools import partial
 from typing import Any
 
 from ..errors import LightningError, TransientError
@@ -42,14 +54,39 @@ from ..mailbox.direct import LOST_POLL, DirectClient, DirectFuture
 
 __all__ = ["SetWriter"]
 
+log = logging.getLogger("lightning_db.server")
+
 MAX_SETS = 4096               # SETs in one message
 LINGER_FROM = 4               # an answered message of this many SETs or more: the next may wait
 LINGER_MAX = 0.002            # seconds a held message waits at most (and at most its last round trip)
+GATHER_S = 0.0002             # seconds a flush of a few SETs pauses first (busy shards only)
+GATHER_BELOW = 16             # SETs ready to go from which a flush never pauses
 LINGER_UPTO = 64              # SETs a held message waits for at most (past that, waiting idles the shard)
 # A message's ops as columns (what the shard's "write" takes, actor.py):
 # [kinds (one byte per op; all plain values here), keys, values].
 Ops = list[Any]
-Group = tuple[list[bytes], list[bytes], asyncio.Future[None]]      # keys, values, their future
+Answered = Callable[[BaseException | None], None]     # told a group's outcome: None, or its error
+Done = Callable[[list[BaseException | None] | None], None]   # told a run's outcome (``set_many``)
+Group = tuple[list[bytes], list[bytes], Answered]      # keys, values, whom to tell
+
+
+class _Run:
+    """A pipelined run of SETs over several shards: its outcome once every
+    shard's group answered."""
+
+    __slots__ = ("owners", "left", "done", "errors")
+
+    def __init__(self, owners: list[int], groups: int, done: Done) -> None:
+        self.owners, self.left, self.done = owners, groups, done
+        self.errors: dict[int, BaseException] = {}
+
+    def answered(self, shard: int, exc: BaseException | None) -> None:
+        if exc is not None:
+            self.errors[shard] = exc
+        self.left -= 1
+        if not self.left:
+            errors = self.errors
+            self.done([errors.get(s) for s in self.owners] if errors else None)
 
 
 class SetWriter:
@@ -57,12 +94,12 @@ class SetWriter:
         self._router = router
         self._loop = loop
         self._pool = pool
-        # shard -> queued groups: the SETs of one call for that shard, one future each
+        # shard -> queued groups: the SETs of one call for that shard, whom to tell each
         self._pending: dict[int, list[Group]] = {}
         self._in_flight: set[int] = set()      # shards with a message out
         self._scheduled = False
-        # shard -> (answer, ops, token, futures) of a message sent directly
-        self._direct: dict[int, tuple[DirectFuture, Ops, list[Any], list[asyncio.Future[None]]]] = {}
+        # shard -> (answer, ops, token, whom to tell) of a message sent directly
+        self._direct: dict[int, tuple[DirectFuture, Ops, list[Any], list[Answered]]] = {}
         self._watched: dict[DirectClient, int] = {}    # direct clients the loop reads, their fd
         self._timer: asyncio.TimerHandle | None = None
         self._queued: dict[int, int] = {}          # shard -> SETs queued
@@ -70,6 +107,8 @@ class SetWriter:
         self._held: dict[int, tuple[int, asyncio.TimerHandle]] = {}   # shard -> (SETs awaited, timer)
         config = router.config
         self._max_key, self._max_value = config.max_key_size, config.max_value_size
+        self._last_groups: dict[int, int] = {}   # shard -> calls (connections) in its last answered message
+        self._gathered = False                  # this flush's pause was taken (the next sends)
         self.messages = 0
         self.sets = 0
 
@@ -84,20 +123,17 @@ class SetWriter:
         process in flight, which a SET must not overtake)."""
         return not self._router._pipe.live
 
-    async def set_many(self, keys: list[bytes], vals: list[bytes]) -> list[BaseException | None] | None:
+    def set_many(self, keys: list[bytes], vals: list[bytes], done: Done) -> None:
         """Write each key with its value, in order (the later SET of a key
-        wins); returns once every shard involved answered: None when every
-        SET was written, else for each SET None or the error its shard's
-        write met."""
+        wins). *done* is called on the loop once every shard involved
+        answered: with None when every SET was written, else with each
+        SET's None or the error its shard's write met."""
         n = len(keys)
         owners = self._router.ring.shards_list(keys)
         first = owners[0]
         if owners.count(first) == n:            # one shard (a lone SET among them): one group
-            try:
-                await self._queue(first, keys, vals)
-            except Exception as exc:  # noqa: BLE001 - handed back, one per SET
-                return [exc] * n
-            return None
+            self._queue(first, keys, vals, lambda exc: done(None if exc is None else [exc] * n))
+            return
         groups: dict[int, tuple[list[bytes], list[bytes]]] = {}
         for s, k, v in zip(owners, keys, vals):
             group = groups.get(s)
@@ -106,35 +142,31 @@ class SetWriter:
             else:
                 group[0].append(k)
                 group[1].append(v)
-        queued = [(s, self._queue(s, *group)) for s, group in groups.items()]
-        errors: dict[int, BaseException] = {}
-        for s, fut in queued:                   # every group is queued before the first wait
-            try:
-                await fut
-            except asyncio.CancelledError:      # the connection's task: nobody waits for the rest
-                for _, other in queued:
-                    other.cancel()
-                raise
-            except Exception as exc:  # noqa: BLE001 - handed back to the SETs of that shard
-                errors[s] = exc
-        return [errors.get(s) for s in owners] if errors else None
+        run = _Run(owners, len(groups), done)
+        for s, group in groups.items():
+            self._queue(s, *group, partial(run.answered, s))
 
-    def _queue(self, shard: int, keys: list[bytes], vals: list[bytes]) -> asyncio.Future[None]:
-        fut: asyncio.Future[None] = self._loop.create_future()
-        self._pending.setdefault(shard, []).append((keys, vals, fut))
+    def _queue(self, shard: int, keys: list[bytes], vals: list[bytes], done: Answered) -> None:
+        self._pending.setdefault(shard, []).append((keys, vals, done))
         queued = self._queued[shard] = self._queued.get(shard, 0) + len(keys)
         held = self._held.get(shard)
         if held is not None:
             if queued < held[0]:
-                return fut
+                return
             self._release(shard)
         else:
             self._schedule()
-        return fut
 
     def _flush(self) -> None:
         self._scheduled = False
         ready = [s for s in self._pending if s not in self._in_flight and s not in self._held]
+        if (not self._gathered and ready and sum(self._queued.get(s, 0) for s in ready) < GATHER_BELOW
+                and any(self._last_groups.get(s, 0) >= 2 for s in ready)):
+            self._gathered = True
+            time.sleep(GATHER_S)
+            self._schedule()
+            return
+        self._gathered = False
         for shard in ready:
             self._send(shard, self._take(shard))
 
@@ -174,20 +206,20 @@ class SetWriter:
             keys = [k for group in items for k in group[0]]
             vals = [v for group in items for v in group[1]]
         ops: Ops = [b"\x01" * len(keys), keys, vals]        # every op a plain value (kind 1)
-        futs = [f for _, _, f in items]
+        tell = [f for _, _, f in items]
         token = router.tokens.take(shard)
         self.messages += 1
         self.sets += len(keys)
         try:
             cf = router.refs[shard].ask_here("write", [ops, False, token], router.attempt_timeout)
         except LightningError as exc:
-            self._finish(shard, ops, token, futs, exc)
+            self._finish(shard, ops, token, tell, exc)
             return
         if isinstance(cf, DirectFuture):
-            self._direct[shard] = (cf, ops, token, futs)
+            self._direct[shard] = (cf, ops, token, tell)
             self._watch(cf.client)
             return
-        cf.add_done_callback(self._on_answer(shard, ops, token, futs))
+        cf.add_done_callback(self._on_answer(shard, ops, token, tell))
 
     # --- messages sent directly (the loop reads their answers) ------------------------------
     def _watch(self, direct: DirectClient) -> None:
@@ -201,10 +233,10 @@ class SetWriter:
 
     def _pump(self, direct: DirectClient) -> None:
         direct.pump()
-        for shard, (answer, ops, token, futs) in list(self._direct.items()):
+        for shard, (answer, ops, token, tell) in list(self._direct.items()):
             if answer.client is direct and answer.done():
                 del self._direct[shard]
-                self._finish(shard, ops, token, futs, answer.exception())
+                self._finish(shard, ops, token, tell, answer.exception())
 
     def _tick(self) -> None:
         self._timer = None
@@ -229,25 +261,26 @@ class SetWriter:
         self._watched.clear()
 
     def _on_answer(self, shard: int, ops: Ops, token: list[Any],
-                   futs: list[asyncio.Future[None]]) -> Callable[[Future[Any]], None]:
+                   tell: list[Answered]) -> Callable[[Future[Any]], None]:
         def done(cf: Future[Any]) -> None:          # the mailbox's I/O thread
             exc = cf.exception()
-            self._loop.call_soon_threadsafe(self._finish, shard, ops, token, futs, exc)
+            self._loop.call_soon_threadsafe(self._finish, shard, ops, token, tell, exc)
         return done
 
-    def _finish(self, shard: int, ops: Ops, token: list[Any], futs: list[asyncio.Future[None]],
+    def _finish(self, shard: int, ops: Ops, token: list[Any], tell: list[Answered],
                 exc: BaseException | None) -> None:
         if isinstance(exc, TransientError):
             # Retried in a worker thread with the same token, as any write of the router.
             retry = self._loop.run_in_executor(self._pool, self._router._send_write, shard, ops, False, token)
-            retry.add_done_callback(lambda f: self._answered(shard, futs, f.exception()))
+            retry.add_done_callback(lambda f: self._answered(shard, tell, f.exception()))
             return
         self._router.tokens.done(shard, token)
-        self._answered(shard, futs, exc, len(ops[1]) if exc is None else 0)
+        self._answered(shard, tell, exc, len(ops[1]) if exc is None else 0)
 
-    def _answered(self, shard: int, futs: list[asyncio.Future[None]], exc: BaseException | None,
+    def _answered(self, shard: int, tell: list[Answered], exc: BaseException | None,
                   sets: int = 0) -> None:
-        self._settle(futs, exc)
+        self._last_groups[shard] = len(tell)
+        self._settle(tell, exc)
         self._in_flight.discard(shard)
         if shard not in self._pending:
             return
@@ -266,14 +299,12 @@ class SetWriter:
         self._schedule()
 
     @staticmethod
-    def _settle(futs: list[asyncio.Future[None]], exc: BaseException | None) -> None:
-        for f in futs:
-            if f.done():
-                continue
-            if exc is None:
-                f.set_result(None)
-            else:
-                f.set_exception(exc)
+    def _settle(tell: list[Answered], exc: BaseException | None) -> None:
+        for answered in tell:
+            try:
+                answered(exc)
+            except Exception:  # noqa: BLE001 - one connection's failure must not strand the others
+                log.exception("telling a SET's outcome failed")
 
     def stats(self) -> dict[str, int]:
         return {"messages": self.messages, "sets": self.sets}

@@ -149,6 +149,34 @@ def test_pipelined_runs_of_set(r):
     assert r.get("ttl-key") == b"new" and r.ttl("ttl-key") == -1
 
 
+def test_a_pipeline_larger_than_a_read_chunk_keeps_order(server, r):
+    """Requests that arrive while a SET waits for its shard or a command
+    runs in a worker thread are queued behind it, and reading pauses once
+    a chunk is queued: every reply comes, in order."""
+    import hiredis
+
+    n = 3000
+    reqs = b"".join(b"*3\r\n$3\r\nSET\r\n$6\r\nbig%03d\r\n$40\r\n%040d\r\n" % (i % 1000, i)
+                    + b"*2\r\n$4\r\nINCR\r\n$7\r\ncounter\r\n"
+                    + b"*2\r\n$3\r\nGET\r\n$6\r\nbig%03d\r\n" % (i % 1000) for i in range(n))
+    assert len(reqs) > 4 * 65536
+    replies: list = []
+    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as s:
+        sender = threading.Thread(target=s.sendall, args=(reqs,))
+        sender.start()
+        reader = hiredis.Reader()
+        while len(replies) < 3 * n:
+            chunk = s.recv(65536)
+            assert chunk, "the server closed the connection"
+            reader.feed(chunk)
+            while (reply := reader.gets()) is not False:
+                replies.append(reply)
+        sender.join(60)
+    for i in range(n):
+        assert replies[3 * i:3 * i + 3] == [b"OK", i + 1, b"%040d" % i]
+    assert r.get("counter") == str(n).encode()
+
+
 def test_multi_exec_discard(server, r):
     p = r.pipeline(transaction=True)
     assert p.set("m", 1).incr("m").get("m").execute() == [True, 2, b"2"]
@@ -367,6 +395,22 @@ def test_killed_front_end_is_restarted_and_data_survives_a_restart(tmp_path):
             assert c.dbsize() == 101 and c.get("keep:99") == b"99" and c.incr("counter") == 42
     finally:
         assert srv.stop(signal.SIGINT) == 0, srv.output()
+
+
+def test_an_idle_client_is_closed_after_the_timeout(tmp_path):
+    srv = ServerProcess(tmp_path / "db", shards=1, frontends=1)
+    try:
+        srv.wait_ready()
+        with srv.client() as c:
+            assert c.config_set("timeout", 1) is True
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=60) as idle:
+            idle.sendall(b"PING\r\n")
+            assert idle.recv(100) == b"+PONG\r\n"
+            assert idle.recv(100) == b""                  # closed by the server, well within the 60 s
+        with srv.client() as c:
+            assert c.config_set("timeout", 0) is True and c.ping() is True
+    finally:
+        assert srv.stop() == 0, srv.output()
 
 
 def test_usage_errors_and_a_port_in_use(tmp_path):

@@ -64,9 +64,16 @@ def cols(*pairs: tuple[bytes, bytes]) -> list:
     return [b"\x01" * len(pairs), [k for k, _ in pairs], [v for _, v in pairs]]
 
 
+async def many(w: SetWriter, keys: list[bytes], vals: list[bytes]) -> list | None:
+    """set_many's outcome, awaited (a connection is told by a callback)."""
+    told: asyncio.Future = asyncio.get_running_loop().create_future()
+    w.set_many(keys, vals, told.set_result)
+    return await told
+
+
 async def one(w: SetWriter, key: bytes, value: bytes) -> None:
     """A lone SET through the writer; raises its error."""
-    errors = await w.set_many([key], [value])
+    errors = await many(w, [key], [value])
     if errors is not None:
         raise errors[0]
 
@@ -184,7 +191,7 @@ def test_a_pipelined_run_goes_as_one_group_per_shard(monkeypatch):
             await _settle()
             single = asyncio.ensure_future(one(w, b"a9", b"s"))
             run = [(b"a1", b"1"), (b"b1", b"x"), (b"a2", b"2"), (b"a1", b"3"), (b"b2", b"y")]
-            many = asyncio.ensure_future(w.set_many([k for k, _ in run], [v for _, v in run]))
+            run_ = asyncio.ensure_future(many(w, [k for k, _ in run], [v for _, v in run]))
             await _settle()
             a, b = router.refs
             assert [p[0] for p, _ in a.asks] == [cols((b"a0", b"v"))]           # the rest waits behind it
@@ -197,38 +204,86 @@ def test_a_pipelined_run_goes_as_one_group_per_shard(monkeypatch):
             assert a.asks[2][0][0] == cols((b"a1", b"1"), (b"a2", b"2"), (b"a1", b"3"))    # whole
             a.asks[2][1].set_exception(IOFault("shard a said no"))
             b.asks[0][1].set_result(1)
-            got = await many
+            got = await run_
             assert [type(e).__name__ if e else None for e in got] == ["IOFault", None, "IOFault", "IOFault", None]
             assert await first is None and await single is None
     asyncio.run(main())
 
 
-def test_a_cancelled_run_leaves_no_group_waiting():
-    """The connection's task cancelled while its run waits: every group's
-    future is cancelled (its SETs still go; nobody waits for the answer)."""
+def test_a_busy_shard_pauses_a_small_flush(monkeypatch):
+    """After a message that carried the SETs of several connections, a
+    flush of a few SETs first pauses (GATHER_S) and sends at the next loop
+    turn, with what came meanwhile; a lone client's pipelined runs (one
+    call a shard) and flushes of GATHER_BELOW SETs or more never pause."""
+    pauses: list[float] = []
+    monkeypatch.setattr(setwriter.time, "sleep", pauses.append)
+
     async def main() -> None:
         router = FakeRouter()
         with ThreadPoolExecutor(2) as pool:
             w = SetWriter(router, asyncio.get_running_loop(), pool)
-            groups: list[asyncio.Future] = []
-            queue = w._queue
-
-            def recording(shard: int, keys: list, vals: list) -> asyncio.Future:
-                groups.append(queue(shard, keys, vals))
-                return groups[-1]
-            w._queue = recording
-            run = asyncio.ensure_future(w.set_many([b"a1", b"b1"], [b"1", b"2"]))
+            a, _ = router.refs
+            told: list = []
+            w.set_many([b"a1", b"a2"], [b"1", b"2"], told.append)       # one call: no pause after it
             await _settle()
-            assert len(groups) == 2 and not any(f.done() for f in groups)
-            run.cancel()
-            await asyncio.gather(run, return_exceptions=True)
-            assert run.cancelled() and all(f.cancelled() for f in groups)
-            a, b = router.refs
-            assert len(a.asks) == len(b.asks) == 1          # both groups went
-            b.asks[0][1].set_exception(IOFault("shard b said no"))
             a.asks[0][1].set_result(1)
             await _settle()
-            assert not w._in_flight                          # answered; no future left to tell
+            w.set_many([b"a3", b"a4"], [b"3", b"4"], told.append)
+            await _settle()
+            assert pauses == [] and len(a.asks) == 2
+            a.asks[1][1].set_result(2)
+            w.set_many([b"a5"], [b"5"], told.append)                   # two calls in one message
+            w.set_many([b"a6"], [b"6"], told.append)
+            await _settle()
+            assert pauses == [] and len(a.asks) == 3 and a.asks[2][0][0] == cols((b"a5", b"5"), (b"a6", b"6"))
+            a.asks[2][1].set_result(3)
+            await _settle()
+            w.set_many([b"a7"], [b"7"], told.append)
+            await asyncio.sleep(0)                                       # the flush: a pause, nothing sent
+            assert pauses == [setwriter.GATHER_S] and len(a.asks) == 3
+            w.set_many([b"a8"], [b"8"], told.append)                   # read in the pause's turn
+            await _settle()
+            assert pauses == [setwriter.GATHER_S] and a.asks[3][0][0] == cols((b"a7", b"7"), (b"a8", b"8"))
+            a.asks[3][1].set_result(4)
+            await _settle()
+            big = [(b"a%d" % i, b"v") for i in range(10, 10 + setwriter.GATHER_BELOW)]
+            w.set_many([k for k, _ in big], [v for _, v in big], told.append)
+            await _settle()
+            assert pauses == [setwriter.GATHER_S] and a.asks[4][0][0] == cols(*big)
+            a.asks[4][1].set_result(5)
+            await _settle()
+            assert told == [None] * 7
+    asyncio.run(main())
+
+
+def test_a_run_is_told_once_after_every_group_answered():
+    """A run over two shards is told its outcome once, after its last
+    group's answer, each SET with its shard's; a connection whose callback
+    raises does not keep the others in the message from being told."""
+    async def main() -> None:
+        router = FakeRouter()
+        with ThreadPoolExecutor(2) as pool:
+            w = SetWriter(router, asyncio.get_running_loop(), pool)
+            told: list = []
+            lone: list = []
+
+            def broken(errors: list | None) -> None:
+                raise RuntimeError("a connection's defect")
+            w.set_many([b"a1", b"b1"], [b"1", b"2"], told.append)
+            w.set_many([b"a2"], [b"3"], broken)
+            w.set_many([b"a3"], [b"4"], lone.append)
+            await _settle()
+            a, b = router.refs
+            assert len(a.asks) == len(b.asks) == 1           # one message per shard
+            assert a.asks[0][0][0] == cols((b"a1", b"1"), (b"a2", b"3"), (b"a3", b"4"))
+            b.asks[0][1].set_exception(IOFault("shard b said no"))
+            await _settle()
+            assert told == [] and lone == []                 # shard a has not answered
+            a.asks[0][1].set_result(1)
+            await _settle()
+            assert len(told) == 1 and told[0][0] is None and isinstance(told[0][1], IOFault)
+            assert lone == [None]
+            assert not w._in_flight
     asyncio.run(main())
 
 
