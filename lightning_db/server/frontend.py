@@ -198,7 +198,7 @@ class _Connection(asyncio.Protocol):
         self.parser: RequestParser | None = None
         self.cmds: list[list[bytes]] = []
         self.i = 0                   # the next command of cmds to run
-        self.later: list[list[bytes]] = []     # commands read while waiting
+        self.later: list[list[bytes]] = []     # commands read, not yet taken into cmds
         self.waiting = False         # a command's answer is awaited
         self.queued = 0              # bytes read while waiting (or blocked), not yet run
         self.paused = False          # reading paused here
@@ -250,18 +250,15 @@ class _Connection(asyncio.Protocol):
         if fe.metrics is not None:
             fe.metrics.bytes_in.inc(len(data))
         client.last_active = time.time()
-        cmds = parser.feed(data)
+        self.later += parser.feed(data)
         client.qbuf = parser.buffered
         if self.waiting or self.blocked:
             # Behind the command that waits (a worker thread may be running
-            # through self.cmds): taken up when it answered.
-            self.later += cmds
+            # through self.cmds): taken up once it answered.
             self.queued += len(data)
             if self.queued >= READ_CHUNK:
                 self._pause()
             return
-        self.cmds = self.cmds[self.i:] + cmds if self.i < len(self.cmds) else cmds
-        self.i = 0
         self._go()
 
     def pause_writing(self) -> None:
@@ -280,8 +277,8 @@ class _Connection(asyncio.Protocol):
         if client is None or self.waiting:
             return
         dispatcher = fe.dispatcher
-        if self.later:
-            self.cmds = self.cmds[self.i:] + self.later
+        if self.later:          # what was read since: behind what is left
+            self.cmds = self.cmds[self.i:] + self.later if self.i < len(self.cmds) else self.later
             self.i, self.later, self.queued = 0, [], 0
         cmds, i = self.cmds, self.i
         n = len(cmds)
