@@ -307,14 +307,14 @@ class _Connection(asyncio.Protocol):
                 run = dispatcher.set_run(client, cmds, i) or (1 if sets.plain(argv) else 0)
                 if run:
                     self.i = i + run
-                    self._wait()
+                    self.waiting = True
                     taken = cmds[i:i + run]
                     started = time.perf_counter()
                     sets.set_many([c[1] for c in taken], [c[2] for c in taken],
                                   lambda errors: self._sets_done(run, started, errors))
                     return
             self.i = i
-            self._wait()
+            self.waiting = True
             fut = fe.loop.run_in_executor(fe.pool, fe.run_batch, client, cmds, i)
             fut.add_done_callback(self._batch_done)
             return
@@ -334,10 +334,6 @@ class _Connection(asyncio.Protocol):
                 self.transport.resume_reading()
         elif self.blocked:
             self._pause()
-
-    def _wait(self) -> None:
-        self.waiting = True
-        self.queued = 0
 
     def _resume(self, out: list[bytes]) -> None:
         """A waiting command answered: write *out*, run what follows."""
