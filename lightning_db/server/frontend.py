@@ -123,7 +123,6 @@ class Frontend:
             self.pool.shutdown(wait=True)
             if self.sets is not None:
                 self.sets.close()
-                open('/work/scratch/sw.%d' % os.getpid(), 'w').write(repr(self.sets.stats()))
         return EXIT_FATAL if self.server.fatal is not None else 0
 
     async def _watch(self, parent: int | None) -> None:
