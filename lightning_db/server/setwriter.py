@@ -23,6 +23,12 @@ turn with what was read meanwhile: the cores go to the clients and the
 shards in the pause, and a front end quick to turn requests around would
 otherwise send a message for every SET or two (bench/RESULTS.md, twelfth
 session: 2.8 -> 7 SETs a message, 1.25x the SETs a second with 50 clients).
+Both waits only pay where the cores are short: they trade each SET's
+latency for fewer messages. So they apply only while the loop thread
+waits for a CPU (``CoreGauge``: the kernel's run-queue wait of the thread,
+CONTENDED_AT of its run time or more over the last GAUGE_S); with cores to
+spare every SET goes at the end of the loop turn that read it (thirteenth
+session, 16 CPUs: 1.16-1.32x the SETs a second with 50 clients).
 
 The messages leave on the loop thread's own connection to each shard (a
 direct client, mailbox/direct.py) whose socket the loop watches
@@ -43,6 +49,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
@@ -62,6 +70,8 @@ LINGER_MAX = 0.002            # seconds a held message waits at most (and at mos
 GATHER_S = 0.0002             # seconds a flush of a few SETs pauses first (busy shards only)
 GATHER_BELOW = 16             # SETs ready to go from which a flush never pauses
 LINGER_UPTO = 64              # SETs a held message waits for at most (past that, waiting idles the shard)
+CONTENDED_AT = 0.1            # run-queue wait per second run from which the loop thread counts as short of CPU
+GAUGE_S = 0.1                 # seconds over which the CoreGauge compares its counters
 # A message's ops as columns (what the shard's "write" takes, actor.py):
 # [kinds (one byte per op; all plain values here), keys, values].
 Ops = list[Any]
@@ -89,6 +99,41 @@ class _Run:
             self.done([errors.get(s) for s in self.owners] if errors else None)
 
 
+class CoreGauge:
+    """Whether the thread that made it waits for a CPU: the kernel's counters
+    of its time on a CPU and its time runnable but waiting for one
+    (``/proc/<pid>/task/<tid>/schedstat``, nanoseconds), compared every
+    GAUGE_S at most. Where they cannot be read (not Linux, no schedstat),
+    the cores always count as short, and the writer batches as much as it
+    can."""
+
+    def __init__(self, path: str | None = None) -> None:
+        self._path = path or f"/proc/{os.getpid()}/task/{threading.get_native_id()}/schedstat"
+        self._last = self._read()
+        self._at = time.monotonic()
+        self.short = True
+
+    def _read(self) -> tuple[int, int] | None:
+        try:
+            with open(self._path, "rb") as f:
+                run, wait = f.read().split()[:2]
+            return int(run), int(wait)
+        except (OSError, ValueError):
+            return None
+
+    def busy(self, now: float) -> bool:
+        """Whether the cores are short, as of the last GAUGE_S (*now*: the
+        monotonic clock)."""
+        if self._last is not None and now - self._at >= GAUGE_S:
+            counters = self._read()
+            if counters is not None:
+                run, wait = counters[0] - self._last[0], counters[1] - self._last[1]
+                if run > 0:
+                    self.short = wait >= CONTENDED_AT * run
+                self._last, self._at = counters, now
+        return self.short
+
+
 class SetWriter:
     def __init__(self, router: Any, loop: asyncio.AbstractEventLoop, pool: Executor) -> None:
         self._router = router
@@ -109,6 +154,9 @@ class SetWriter:
         self._max_key, self._max_value = config.max_key_size, config.max_value_size
         self._last_groups: dict[int, int] = {}   # shard -> calls (connections) in its last answered message
         self._gathered = False                  # this flush's pause was taken (the next sends)
+        self.cores = CoreGauge()                # made on the loop thread: whether it waits for a CPU
+        self.pauses = 0
+        self.holds = 0
         self.messages = 0
         self.sets = 0
 
@@ -161,8 +209,9 @@ class SetWriter:
         self._scheduled = False
         ready = [s for s in self._pending if s not in self._in_flight and s not in self._held]
         if (not self._gathered and ready and sum(self._queued.get(s, 0) for s in ready) < GATHER_BELOW
-                and any(self._last_groups.get(s, 0) >= 2 for s in ready)):
+                and any(self._last_groups.get(s, 0) >= 2 for s in ready) and self.cores.busy(time.monotonic())):
             self._gathered = True
+            self.pauses += 1
             time.sleep(GATHER_S)
             self._schedule()
             return
@@ -289,11 +338,13 @@ class SetWriter:
         # after a message of LINGER_FROM SETs or more (many connections
         # writing), it waits for twice as many (LINGER_UPTO at most), or as
         # long as that message's round trip (LINGER_MAX at most): fewer,
-        # larger messages when busy.
+        # larger messages while the cores are short (CoreGauge).
         target = min(2 * sets, LINGER_UPTO)
-        if sets >= LINGER_FROM and self._queued.get(shard, 0) < target and shard not in self._held:
+        if (sets >= LINGER_FROM and self._queued.get(shard, 0) < target and shard not in self._held
+                and self.cores.busy(time.monotonic())):
             now = self._loop.time()
             wait = min(LINGER_MAX, now - self._sent_at.get(shard, now))
+            self.holds += 1
             self._held[shard] = (target, self._loop.call_later(wait, self._release, shard))
             return
         self._schedule()
@@ -307,4 +358,4 @@ class SetWriter:
                 log.exception("telling a SET's outcome failed")
 
     def stats(self) -> dict[str, int]:
-        return {"messages": self.messages, "sets": self.sets}
+        return {"messages": self.messages, "sets": self.sets, "pauses": self.pauses, "holds": self.holds}

@@ -9,12 +9,40 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
+import pytest
+
 from lightning_db.config import Config
 from lightning_db.errors import IOFault, PeerLost
 from lightning_db.mailbox import MailboxClient, MailboxServer
 from lightning_db.server import setwriter
 from lightning_db.server.setwriter import SetWriter
 from lightning_db.shards.pipeline import TokenSource
+
+
+class FixedCores:
+    """A CoreGauge that says what it is told."""
+
+    def __init__(self, short: bool = True) -> None:
+        self.short = short
+
+    def busy(self, now: float) -> bool:
+        return self.short
+
+
+@pytest.fixture(autouse=True)
+def cores_short(monkeypatch):
+    """Every writer here sees its cores short (so it pauses and holds as its
+    rules say) unless a test says otherwise: the real gauge would follow the
+    machine running the tests."""
+    monkeypatch.setattr(setwriter, "CoreGauge", FixedCores)
+
+
+@pytest.fixture
+def pauses(monkeypatch) -> list[float]:
+    """The pauses the writer takes (``time.sleep`` recorded, not slept)."""
+    taken: list[float] = []
+    monkeypatch.setattr(setwriter.time, "sleep", taken.append)
+    return taken
 
 
 class FakeRef:
@@ -106,7 +134,7 @@ def test_sets_share_messages_one_in_flight_per_shard():
             await asyncio.gather(*more, other)
             tokens = [p[2] for p, _ in a.asks]
             assert tokens[0][1] != tokens[1][1]                          # a token per message
-            assert w.stats() == {"messages": 3, "sets": 9}
+            assert w.stats() == {"messages": 3, "sets": 9, "pauses": 1, "holds": 0}
     asyncio.run(main())
 
 
@@ -210,14 +238,11 @@ def test_a_pipelined_run_goes_as_one_group_per_shard(monkeypatch):
     asyncio.run(main())
 
 
-def test_a_busy_shard_pauses_a_small_flush(monkeypatch):
+def test_a_busy_shard_pauses_a_small_flush(pauses):
     """After a message that carried the SETs of several connections, a
     flush of a few SETs first pauses (GATHER_S) and sends at the next loop
     turn, with what came meanwhile; a lone client's pipelined runs (one
     call a shard) and flushes of GATHER_BELOW SETs or more never pause."""
-    pauses: list[float] = []
-    monkeypatch.setattr(setwriter.time, "sleep", pauses.append)
-
     async def main() -> None:
         router = FakeRouter()
         with ThreadPoolExecutor(2) as pool:
@@ -254,6 +279,62 @@ def test_a_busy_shard_pauses_a_small_flush(monkeypatch):
             await _settle()
             assert told == [None] * 7
     asyncio.run(main())
+
+
+def test_with_cores_to_spare_nothing_waits(pauses):
+    """While the loop thread does not wait for a CPU, what would pause a
+    flush (a message of several calls before) or hold one (a message of
+    LINGER_FROM SETs or more before) does neither: every SET goes at the end
+    of the loop turn that read it, as soon as its shard has none in flight."""
+    async def main() -> None:
+        router = FakeRouter()
+        with ThreadPoolExecutor(2) as pool:
+            w = SetWriter(router, asyncio.get_running_loop(), pool)
+            w.cores = FixedCores(short=False)
+            a = router.refs[0]
+            busy = setwriter.LINGER_FROM
+            first = [asyncio.ensure_future(one(w, b"a%d" % i, b"v")) for i in range(busy)]
+            await _settle()
+            assert len(a.asks) == 1 and len(a.asks[0][0][0][1]) == busy     # several calls, LINGER_FROM SETs
+            later = asyncio.ensure_future(one(w, b"a-later", b"v"))
+            await _settle()
+            a.asks[0][1].set_result(1)
+            await asyncio.gather(*first)
+            await _settle()
+            assert len(a.asks) == 2 and a.asks[1][0][0] == cols((b"a-later", b"v")) and not w._held
+            a.asks[1][1].set_result(2)
+            await later
+            w.close()
+            assert pauses == [] and w.stats()["pauses"] == w.stats()["holds"] == 0
+            assert w.stats()["messages"] == 2 and w.stats()["sets"] == busy + 1
+    asyncio.run(main())
+
+
+def test_the_core_gauge_compares_run_queue_wait_with_run_time(tmp_path, monkeypatch):
+    """Short of cores once the thread waited runnable CONTENDED_AT of the
+    time it ran, over at least GAUGE_S; no counters: always short."""
+    from lightning_db.server.setwriter import CONTENDED_AT, GAUGE_S
+    monkeypatch.undo()                                  # the real gauge
+    gauge_cls = setwriter.CoreGauge
+    stat = tmp_path / "schedstat"
+    stat.write_text("1000000 0 10\n")
+    g = gauge_cls(str(stat))
+    t = time.monotonic()
+    assert g.busy(t) is True                            # nothing compared yet: as before
+    stat.write_text("2000000 %d 20\n" % int(CONTENDED_AT * 1_000_000 / 2))
+    assert g.busy(t + GAUGE_S / 2) is True              # too soon to compare
+    assert g.busy(t + GAUGE_S) is False                 # waited half the threshold
+    stat.write_text("3000000 %d 30\n" % int(CONTENDED_AT * 1_000_000 / 2 + CONTENDED_AT * 1_000_000))
+    assert g.busy(t + 2 * GAUGE_S) is True              # waited the threshold
+    stat.write_text("3000000 %d 30\n" % int(CONTENDED_AT * 1_000_000 * 9))
+    assert g.busy(t + 3 * GAUGE_S) is True              # did not run: the last answer stands
+    missing = gauge_cls(str(tmp_path / "nothing-here"))
+    assert missing.busy(t + 10) is True and missing.busy(t + 20) is True
+    garbled = tmp_path / "garbled"
+    garbled.write_text("not numbers\n")
+    assert gauge_cls(str(garbled)).busy(t + 10) is True
+    real = gauge_cls()                                  # this thread's own counters, where the kernel has them
+    assert real.busy(time.monotonic() + GAUGE_S) in (True, False)
 
 
 def test_a_run_is_told_once_after_every_group_answered():
