@@ -215,6 +215,14 @@ class DirectClient:
         and after each ``ask``). For an event loop's ``add_reader``."""
         return self._sock.getsockopt(zmq.FD)
 
+    def readable(self) -> bool:
+        """Whether an answer waits on the socket now (zmq's ``EVENTS``; what
+        to look at after a send, which may have used up the edge of ``fileno``)."""
+        try:
+            return bool(self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN)
+        except zmq.ZMQError:
+            return True         # closed or broken: pump says how
+
     def pump(self) -> None:
         """Without waiting: take the answers that came, and end the asks
         that a dropped connection or their deadline ended (what ``result``

@@ -278,7 +278,8 @@ class SetWriter:
             self._watched[direct] = fd
         if self._timer is None:
             self._timer = self._loop.call_later(LOST_POLL, self._tick)
-        self._pump(direct)      # zmq's descriptor is edge-triggered: an answer may be in already
+        if direct.readable():   # zmq's descriptor is edge-triggered: an answer may be in already
+            self._pump(direct)
 
     def _pump(self, direct: DirectClient) -> None:
         direct.pump()

@@ -56,6 +56,22 @@ def test_a_deadline_is_a_timeout_and_the_late_reply_is_dropped(served, client):
     assert stats["timeouts"] == 1 and stats["late"] == 1
 
 
+def test_readable_says_whether_an_answer_waits_on_the_socket(served, client):
+    """What a thread that reads answers from an event loop looks at after a
+    send: no answer yet, one waiting, none once pumped; a closed socket says
+    yes (pump then tells every ask why)."""
+    fut = client.ask_here("block", None, timeout=60)
+    direct = fut.client
+    assert direct.readable() is False
+    served.release.set()
+    wait_until(direct.readable, what="the answer to arrive")
+    assert not fut.done()
+    direct.pump()
+    assert fut.done() and fut.result() is True and direct.readable() is False
+    client.close()
+    assert direct.readable() is True
+
+
 def test_a_bounded_wait_leaves_the_ask_pending(served, client):
     fut = client.ask_here("block", None, timeout=60)
     with pytest.raises(TimeoutError):
