@@ -280,6 +280,8 @@ def info_text(server: ServerState, sections: list[str], count_keys: Callable[[],
             fields = {"loading": 0, "async_loading": 0, "rdb_bgsave_in_progress": 0, "aof_enabled": 0}
         elif name == "stats":
             fields = dict(server.stats)
+            if server.set_writer is not None:
+                fields.update({f"setwriter_{k}": v for k, v in server.set_writer.stats().items()})
         elif name == "replication":
             fields = {"role": "master", "connected_slaves": 0}
         elif name == "keyspace":

@@ -103,7 +103,7 @@ class Frontend:
         self.server.loop_api = "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
         db = self.server.db
         if all(hasattr(db, a) for a in ("ring", "refs", "tokens", "_send_write")):
-            self.sets = SetWriter(db, loop, self.pool)
+            self.sets = self.server.set_writer = SetWriter(db, loop, self.pool)
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
                 loop.add_signal_handler(sig, self.request_stop, f"signal {signal.Signals(sig).name}")

@@ -157,6 +157,8 @@ class SetWriter:
         self.cores = CoreGauge()                # made on the loop thread: whether it waits for a CPU
         self.pauses = 0
         self.holds = 0
+        self.flushes = 0
+        self.short = 0                          # flushes that found the cores short
         self.messages = 0
         self.sets = 0
 
@@ -207,9 +209,12 @@ class SetWriter:
 
     def _flush(self) -> None:
         self._scheduled = False
+        self.flushes += 1
+        short = self.cores.busy(time.monotonic())
+        self.short += short
         ready = [s for s in self._pending if s not in self._in_flight and s not in self._held]
-        if (not self._gathered and ready and sum(self._queued.get(s, 0) for s in ready) < GATHER_BELOW
-                and any(self._last_groups.get(s, 0) >= 2 for s in ready) and self.cores.busy(time.monotonic())):
+        if (short and not self._gathered and ready and sum(self._queued.get(s, 0) for s in ready) < GATHER_BELOW
+                and any(self._last_groups.get(s, 0) >= 2 for s in ready)):
             self._gathered = True
             self.pauses += 1
             time.sleep(GATHER_S)
@@ -358,5 +363,12 @@ class SetWriter:
             except Exception:  # noqa: BLE001 - one connection's failure must not strand the others
                 log.exception("telling a SET's outcome failed")
 
+    def reset_stats(self) -> None:
+        self.messages = self.sets = self.flushes = self.short = self.pauses = self.holds = 0
+
     def stats(self) -> dict[str, int]:
-        return {"messages": self.messages, "sets": self.sets, "pauses": self.pauses, "holds": self.holds}
+        """Counters since start (or RESETSTAT): messages sent and the SETs
+        they carried, flushes and those that found the cores short, pauses
+        and holds."""
+        return {"messages": self.messages, "sets": self.sets, "flushes": self.flushes, "short": self.short,
+                "pauses": self.pauses, "holds": self.holds}

@@ -59,6 +59,7 @@ class ServerState:
              "total_error_replies", "unexpected_error_replies"), 0)
         self.fatal: BaseException | None = None     # the database is gone: the front end stops
         self.loop_api = "asyncio"        # the event loop serving it: "uvloop" or "asyncio" (INFO)
+        self.set_writer: Any = None       # the front end's SetWriter, if any (its counters go in INFO stats)
 
     def next_client_id(self) -> int:
         """Ids unique across front ends: n * frontends + index."""
@@ -67,6 +68,8 @@ class ServerState:
     def reset_stats(self) -> None:
         for k in self.stats:
             self.stats[k] = 0
+        if self.set_writer is not None:
+            self.set_writer.reset_stats()
 
 
 @dataclass(eq=False)

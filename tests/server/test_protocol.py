@@ -115,6 +115,12 @@ def test_command_config_info(server, r):
     assert info["multiplexing_api"] == "uvloop"      # a dependency: the front ends run on its loop
     assert r.info("keyspace") == {"db0": {"keys": 2}}
     assert r.info("stats")["total_commands_processed"] > 0
+    r.set("sw", "1")                                 # a plain SET: this front end's SetWriter sends it
+    stats = r.info("stats")
+    assert stats["setwriter_sets"] >= 1 and stats["setwriter_messages"] >= 1
+    assert stats["setwriter_flushes"] >= stats["setwriter_short"] >= 0
+    assert r.config_resetstat() is True
+    assert r.info("stats")["setwriter_sets"] == 0
 
 
 # --- pipelines and transactions ------------------------------------------------------------------
