@@ -28,7 +28,7 @@ latency for fewer messages. So they apply only while the loop thread
 waits for a CPU (``CoreGauge``: the kernel's run-queue wait of the thread,
 CONTENDED_AT of its run time or more over the last GAUGE_S); with cores to
 spare every SET goes at the end of the loop turn that read it (thirteenth
-session, 16 CPUs: 1.16-1.32x the SETs a second with 50 clients).
+session, 16 CPUs: 1.0-1.3x the SETs a second with 50 clients, by shape).
 
 The messages leave on the loop thread's own connection to each shard (a
 direct client, mailbox/direct.py) whose socket the loop watches
