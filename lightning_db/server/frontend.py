@@ -287,8 +287,13 @@ class _Connection(asyncio.Protocol):
             if self.blocked:
                 break
             argv = cmds[i]
-            if dispatcher.inline(client, argv):
+            if len(argv) == 2 and (argv[0] == b"GET" or argv[0] == b"get"):
+                data = dispatcher.plain_get(client, argv)           # GET runs on the loop, always
+            elif dispatcher.inline(client, argv):
                 data = dispatcher.execute(client, argv)
+            else:
+                data = None
+            if data is not None:
                 out.append(data)
                 size += len(data)
                 i += 1
