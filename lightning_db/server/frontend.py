@@ -287,8 +287,11 @@ class _Connection(asyncio.Protocol):
             if self.blocked:
                 break
             argv = cmds[i]
-            if len(argv) == 2 and (argv[0] == b"GET" or argv[0] == b"get"):
+            nargs = len(argv)
+            if nargs == 2 and (argv[0] == b"GET" or argv[0] == b"get"):
                 data = dispatcher.plain_get(client, argv)           # GET runs on the loop, always
+            elif nargs == 3 and (argv[0] == b"SET" or argv[0] == b"set") and client.multi is None:
+                data = None                                         # a write: never on the loop
             elif dispatcher.inline(client, argv):
                 data = dispatcher.execute(client, argv)
             else:

@@ -172,6 +172,10 @@ class SetWriter:
         answered: with None when every SET was written, else with each
         SET's None or the error its shard's write met."""
         n = len(keys)
+        if n == 1:
+            self._queue(self._router.ring.shard_of(keys[0]), keys, vals,
+                        lambda exc: done(None if exc is None else [exc]))
+            return
         owners = self._router.ring.shards_list(keys)
         first = owners[0]
         if owners.count(first) == n:            # one shard (a lone SET among them): one group
