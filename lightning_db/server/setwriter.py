@@ -178,7 +178,7 @@ class SetWriter:
             return
         owners = self._router.ring.shards_list(keys)
         first = owners[0]
-        if owners.count(first) == n:            # one shard (a lone SET among them): one group
+        if owners.count(first) == n:            # one shard: one group
             self._queue(first, keys, vals, lambda exc: done(None if exc is None else [exc] * n))
             return
         groups: dict[int, tuple[list[bytes], list[bytes]]] = {}
