@@ -100,6 +100,10 @@ def default_shards() -> int:
     return max(1, default_frontends() // 2)
 
 
+def _plural(n: int | str, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _has_shard_count(path: str) -> bool:
     from ..shards.attach import SHARDS_FILE
 
@@ -311,7 +315,8 @@ def serve(data_dir: str | os.PathLike[str], port: int = DEFAULT_PORT, shards: in
         try:
             if fronts.start_all(stop):
                 shard_count = len(getattr(db, "refs", ())) or "?"
-                print(f"lightning-db: serving {path} on {host}:{port} ({count} front ends, {shard_count} shards); "
+                print(f"lightning-db: serving {path} on {host}:{port} ({_plural(count, 'front end')}, "
+                      f"{_plural(shard_count, 'shard')}); "
                       f"connect with: redis-cli -p {port}", file=out, flush=True)
                 status = 0
                 while not stop.wait(0.2):

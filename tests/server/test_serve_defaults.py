@@ -23,7 +23,7 @@ def test_default_shards_are_half_the_default_front_ends(monkeypatch):
 
 
 def _serving_line(srv: ServerProcess) -> tuple[int, int]:
-    m = re.search(r"\((\d+) front ends, (\d+) shards\)", srv.output())
+    m = re.search(r"\((\d+) front ends?, (\d+) shards?\)", srv.output())
     assert m, srv.output()
     return int(m.group(1)), int(m.group(2))
 
