@@ -9,7 +9,11 @@ as columns, kinds bytes, keys and values, as pipelined runs send theirs)
 straight through the shard's mailbox, and each connection is told (a
 callback on the loop, no future or task) when the shard acknowledged.
 Concurrent clients' SETs thus share messages, and none of them costs a hop
-to a worker thread and back. When connections write pipelined runs (an
+to a worker thread and back. A message writes each key once, with the
+value of its last SET in the message: the shard applies the message as one
+batch that readers see whole or not at all, so the earlier values would
+never be read (one key written by 50 pipelining clients: 1.6x the SETs a
+second; bench/RESULTS.md, fourteenth session). When connections write pipelined runs (an
 answered message carried LINGER_FROM SETs or more, two or more a call),
 the next message waits for twice as many SETs (LINGER_UPTO at most), or
 the last round trip (LINGER_MAX at most): a message costs both processes
@@ -139,8 +143,8 @@ class SetWriter:
         self._pending: dict[int, list[Group]] = {}
         self._in_flight: set[int] = set()      # shards with a message out
         self._scheduled = False
-        # shard -> (answer, ops, token, whom to tell) of a message sent directly
-        self._direct: dict[int, tuple[DirectFuture, Ops, list[Any], list[Answered]]] = {}
+        # shard -> (answer, ops, token, whom to tell, SETs carried) of a message sent directly
+        self._direct: dict[int, tuple[DirectFuture, Ops, list[Any], list[Answered], int]] = {}
         self._watched: dict[DirectClient, int] = {}    # direct clients the loop reads, their fd
         self._timer: asyncio.TimerHandle | None = None
         self._queued: dict[int, int] = {}          # shard -> SETs queued
@@ -246,21 +250,29 @@ class SetWriter:
         else:
             keys = [k for group in items for k in group[0]]
             vals = [v for group in items for v in group[1]]
+        n = len(keys)
+        if n > 1:
+            # The last SET of a key wins: the message is one batch, which no
+            # reader sees a part of, so the earlier values of a key in it
+            # would never be read (as execute_sets does on the thread path).
+            latest = dict(zip(keys, vals))
+            if len(latest) < n:
+                keys, vals = list(latest), list(latest.values())
         ops: Ops = [b"\x01" * len(keys), keys, vals]        # every op a plain value (kind 1)
         tell = [f for _, _, f in items]
         token = router.tokens.take(shard)
         self.messages += 1
-        self.sets += len(keys)
+        self.sets += n
         try:
             cf = router.refs[shard].ask_here("write", [ops, False, token], router.attempt_timeout)
         except LightningError as exc:
-            self._finish(shard, ops, token, tell, exc)
+            self._finish(shard, ops, token, tell, n, exc)
             return
         if isinstance(cf, DirectFuture):
-            self._direct[shard] = (cf, ops, token, tell)
+            self._direct[shard] = (cf, ops, token, tell, n)
             self._watch(cf.client)
             return
-        cf.add_done_callback(self._on_answer(shard, ops, token, tell))
+        cf.add_done_callback(self._on_answer(shard, ops, token, tell, n))
 
     # --- messages sent directly (the loop reads their answers) ------------------------------
     def _watch(self, direct: DirectClient) -> None:
@@ -275,10 +287,10 @@ class SetWriter:
 
     def _pump(self, direct: DirectClient) -> None:
         direct.pump()
-        for shard, (answer, ops, token, tell) in list(self._direct.items()):
+        for shard, (answer, ops, token, tell, n) in list(self._direct.items()):
             if answer.client is direct and answer.done():
                 del self._direct[shard]
-                self._finish(shard, ops, token, tell, answer.exception())
+                self._finish(shard, ops, token, tell, n, answer.exception())
 
     def _tick(self) -> None:
         self._timer = None
@@ -302,22 +314,23 @@ class SetWriter:
             self._loop.remove_reader(fd)
         self._watched.clear()
 
-    def _on_answer(self, shard: int, ops: Ops, token: list[Any],
-                   tell: list[Answered]) -> Callable[[Future[Any]], None]:
+    def _on_answer(self, shard: int, ops: Ops, token: list[Any], tell: list[Answered],
+                   n: int) -> Callable[[Future[Any]], None]:
         def done(cf: Future[Any]) -> None:          # the mailbox's I/O thread
             exc = cf.exception()
-            self._loop.call_soon_threadsafe(self._finish, shard, ops, token, tell, exc)
+            self._loop.call_soon_threadsafe(self._finish, shard, ops, token, tell, n, exc)
         return done
 
-    def _finish(self, shard: int, ops: Ops, token: list[Any], tell: list[Answered],
+    def _finish(self, shard: int, ops: Ops, token: list[Any], tell: list[Answered], n: int,
                 exc: BaseException | None) -> None:
+        """A message answered (*n*: the SETs it carried)."""
         if isinstance(exc, TransientError):
             # Retried in a worker thread with the same token, as any write of the router.
             retry = self._loop.run_in_executor(self._pool, self._router._send_write, shard, ops, False, token)
             retry.add_done_callback(lambda f: self._answered(shard, tell, f.exception()))
             return
         self._router.tokens.done(shard, token)
-        self._answered(shard, tell, exc, len(ops[1]) if exc is None else 0)
+        self._answered(shard, tell, exc, n if exc is None else 0)
 
     def _answered(self, shard: int, tell: list[Answered], exc: BaseException | None,
                   sets: int = 0) -> None:

@@ -226,12 +226,38 @@ def test_a_pipelined_run_goes_as_one_group_per_shard(monkeypatch):
             assert a.asks[1][0][0] == cols((b"a9", b"s"))      # the run's group would pass MAX_SETS with it
             a.asks[1][1].set_result(2)
             await _settle()
-            assert a.asks[2][0][0] == cols((b"a1", b"1"), (b"a2", b"2"), (b"a1", b"3"))    # whole
+            assert a.asks[2][0][0] == cols((b"a1", b"3"), (b"a2", b"2"))    # whole; a1's last SET wins
             a.asks[2][1].set_exception(IOFault("shard a said no"))
             b.asks[0][1].set_result(1)
             got = await run_
             assert [type(e).__name__ if e else None for e in got] == ["IOFault", None, "IOFault", "IOFault", None]
             assert await first is None and await single is None
+    asyncio.run(main())
+
+
+def test_a_message_carries_each_key_once_with_its_last_value():
+    """SETs of one key from several connections (and within a run) that go
+    in one message: the message writes the key once, with the value of its
+    last SET (the batch is applied whole, so no reader could see the
+    others), and every SET is answered."""
+    async def main() -> None:
+        router = FakeRouter()
+        with ThreadPoolExecutor(2) as pool:
+            w = SetWriter(router, asyncio.get_running_loop(), pool)
+            a = router.refs[0]
+            first = asyncio.ensure_future(one(w, b"a-first", b"v"))
+            await _settle()
+            calls = [asyncio.ensure_future(one(w, b"a-k", b"1")),
+                     asyncio.ensure_future(many(w, [b"a-j", b"a-k", b"a-j"], [b"2", b"3", b"4"])),
+                     asyncio.ensure_future(one(w, b"a-k", b"5"))]
+            await _settle()
+            a.asks[0][1].set_result(1)
+            await first
+            await _settle()
+            assert len(a.asks) == 2 and a.asks[1][0][0] == cols((b"a-k", b"5"), (b"a-j", b"4"))
+            a.asks[1][1].set_result(2)
+            assert [await c for c in calls] == [None, None, None]
+            assert w.stats()["sets"] == 6 and w.stats()["messages"] == 2
     asyncio.run(main())
 
 
