@@ -13,7 +13,9 @@ to a worker thread and back. A message writes each key once, with the
 value of its last SET in the message: the shard applies the message as one
 batch that readers see whole or not at all, so the earlier values would
 never be read (one key written by 50 pipelining clients: 1.6x the SETs a
-second; bench/RESULTS.md, fourteenth session). When connections write pipelined runs (an
+second; bench/RESULTS.md, fourteenth session).
+
+When connections write pipelined runs (an
 answered message carried LINGER_FROM SETs or more, two or more a call),
 the next message waits for twice as many SETs (LINGER_UPTO at most), or
 the last round trip (LINGER_MAX at most): a message costs both processes
