@@ -202,6 +202,7 @@ class _Connection(asyncio.Protocol):
         self.queued = 0              # bytes read while waiting (or blocked), not yet run
         self.paused = False          # reading paused here
         self.blocked = False         # the transport's buffer is full (pause_writing)
+        self.started = 0.0           # when the lone SET awaited was sent (perf_counter)
 
     # --- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -275,6 +276,9 @@ class _Connection(asyncio.Protocol):
         client, fe = self.client, self.fe
         if client is None or self.waiting:
             return
+        if not self.later and self.i >= len(self.cmds) and not (
+                self.paused or client.closing or fe.stopping or self.parser.error):
+            return              # nothing to run, nothing to resume or close
         dispatcher = fe.dispatcher
         if self.later:          # what was read since: behind what is left
             self.cmds = self.cmds[self.i:] + self.later if self.i < len(self.cmds) else self.later
@@ -311,6 +315,12 @@ class _Connection(asyncio.Protocol):
                 self._write(out)
             sets = fe.sets
             if sets is not None and client.multi is None and sets.ready():
+                if i + 1 == n and sets.plain(argv):         # the last command read, a SET: alone
+                    self.i = n
+                    self.waiting = True
+                    self.started = time.perf_counter()
+                    sets.set_one(argv[1], argv[2], self._set_done)
+                    return
                 run = dispatcher.set_run(client, cmds, i) or (1 if sets.plain(argv) else 0)
                 if run:
                     self.i = i + run
@@ -350,6 +360,18 @@ class _Connection(asyncio.Protocol):
         if out:
             self._write(out)
         self._go()
+
+    def _set_done(self, exc: BaseException | None) -> None:
+        """A lone SET answered (None: written; else its error)."""
+        client = self.client
+        if client is None:
+            self.waiting = False
+            return
+        if exc is not None and not isinstance(exc, LightningError):
+            self._fail(exc)
+            return
+        each = time.perf_counter() - self.started
+        self._resume([self.fe.dispatcher.set_replies(client, 1, None if exc is None else [exc], each)])
 
     def _sets_done(self, run: int, started: float, errors: list[BaseException | None] | None) -> None:
         client = self.client

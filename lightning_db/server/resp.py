@@ -46,6 +46,7 @@ __all__ = [
     "error_line",
 ]
 
+WHOLE_MAX = 16 * 1024         # reads up to this long first try the parse of whole requests (_feed_whole)
 MAX_INLINE = 64 * 1024        # Redis's PROTO_INLINE_MAX_SIZE: longest inline request and header line
 DEFAULT_MAX_ARGS = 1024 * 1024
 
@@ -169,6 +170,11 @@ class RequestParser:
         out: list[list[bytes]] = []
         if self.error is not None or not data:
             return out
+        if (self._fed == self._done and not self._held and self._inline is None and data[0] == 0x2A
+                and len(data) <= WHOLE_MAX and self._limits.big_count.search(data) is None):
+            whole = self._feed_whole(data)
+            if whole is not None:
+                return whole
         if self._held:
             data, self._held = self._held + data, b""
         try:
@@ -199,6 +205,40 @@ class RequestParser:
                     pos += self._feed_resp(view[pos:m.end()], out)
         except ProtocolError as exc:
             self.error = str(exc)
+        return out
+
+    def _feed_whole(self, data: bytes) -> list[list[bytes]] | None:
+        """The usual read, nothing held from before: whole requests, arrays
+        of bulk strings, and nothing else. Their commands; None for
+        anything else (an incomplete request, an inline one, a null or
+        nested array, an error), with a fresh reader: the general path
+        then reads *data* from its start."""
+        reader = self._reader
+        reader.feed(data)
+        out: list[list[bytes]] = []
+        max_args = self._limits.max_args
+        try:
+            while True:
+                cmd = reader.gets()
+                if cmd is False:
+                    break
+                if type(cmd) is not list or len(cmd) > max_args:
+                    raise ProtocolError("not an array of bulk strings")
+                for a in cmd:
+                    if type(a) is not bytes:
+                        raise ProtocolError("not an array of bulk strings")
+                if cmd:                                      # *0: ignored
+                    out.append(cmd)
+            # Nothing left over: hiredis keeps no bytes and is not inside a
+            # request exactly when an empty array fed now is read back as one.
+            reader.feed(b"*0\r\n")
+            if reader.gets() != []:
+                raise ProtocolError("an incomplete request")
+        except ProtocolError:
+            self._reader = hiredis.Reader(protocolError=ProtocolError, replyError=_StreamReply)
+            return None
+        self._fed += len(data)
+        self._done = self._fed
         return out
 
     def _check_count(self, n: int) -> None:

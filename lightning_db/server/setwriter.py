@@ -172,6 +172,11 @@ class SetWriter:
         process in flight, which a SET must not overtake)."""
         return not self._router._pipe.live
 
+    def set_one(self, key: bytes, value: bytes, done: Answered) -> None:
+        """Write one key; *done* is called on the loop with None once its
+        shard acknowledged, else with the error its write met."""
+        self._queue(self._router.ring.shard_of(key), [key], [value], done)
+
     def set_many(self, keys: list[bytes], vals: list[bytes], done: Done) -> None:
         """Write each key with its value, in order (the later SET of a key
         wins). *done* is called on the loop once every shard involved
@@ -179,8 +184,7 @@ class SetWriter:
         SET's None or the error its shard's write met."""
         n = len(keys)
         if n == 1:
-            self._queue(self._router.ring.shard_of(keys[0]), keys, vals,
-                        lambda exc: done(None if exc is None else [exc]))
+            self.set_one(keys[0], vals[0], lambda exc: done(None if exc is None else [exc]))
             return
         owners = self._router.ring.shards_list(keys)
         first = owners[0]

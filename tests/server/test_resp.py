@@ -68,6 +68,29 @@ def test_inline_requests_mixed_with_arrays():
         assert feed_in_pieces(parser(), data, [cut]) == want, cut
 
 
+_PIECES = st.one_of(
+    st.lists(st.binary(max_size=30), min_size=1, max_size=5).map(lambda c: frame(*c)),
+    st.sampled_from([b"*0\r\n", b"*-1\r\n", b"PING\r\n", b"ECHO ab\n", b"*1\r\n*1\r\n$1\r\na\r\n",
+                     b"*2\r\n$4\r\nECHO\r\n:5\r\n", b"+OK\r\n", b"-ERR x\r\n", b"*1\r\n$-1\r\n"]))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_PIECES, min_size=1, max_size=10), st.lists(st.integers(min_value=0, max_value=400), max_size=6))
+def test_whole_reads_parse_as_the_general_path_does(pieces, cuts):
+    """Reads of whole requests take a shorter way (``_feed_whole``); any
+    read it cannot take whole (incomplete, inline, null or nested arrays,
+    errors) goes the general way from its start: same commands, same error."""
+    stream = b"".join(pieces)
+    cuts = [c % (len(stream) + 1) for c in cuts]
+    fast = parser()
+    got = feed_in_pieces(fast, stream, cuts)
+    slow = parser()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("lightning_db.server.resp.WHOLE_MAX", -1)
+        assert got == feed_in_pieces(slow, stream, cuts)
+    assert (fast.error, fast.buffered) == (slow.error, slow.buffered)
+
+
 @pytest.mark.parametrize("data, message", [
     (b"*1\r\n$2000000\r\n", "Protocol error: invalid bulk length"),
     (b"*2\r\n$3\r\nGET\r\n$-7\r\n", "Protocol error: invalid bulk length"),
