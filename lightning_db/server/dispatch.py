@@ -207,9 +207,8 @@ class Dispatcher:
         else:
             replies = [_OK_LINE] * n
         if self.metrics is not None:
-            each = (time.perf_counter() - started) / n
-            for _ in range(n):
-                self.metrics.command("set", each, replies[0][:1] == b"-")
+            self.metrics.commands("set", n, (time.perf_counter() - started) / n,
+                                  n if replies[0][:1] == b"-" else 0)
         return replies
 
     def set_replies(self, client: ClientState, n: int, errors: list[BaseException | None] | None,
@@ -234,8 +233,7 @@ class Dispatcher:
                     out.append(error_line(self._db_failure(client, e).message))
             replies = b"".join(out)
         if self.metrics is not None:
-            for i in range(n):
-                self.metrics.command("set", seconds, errors is not None and errors[i] is not None)
+            self.metrics.commands("set", n, seconds, 0 if errors is None else sum(e is not None for e in errors))
         return replies
 
     def run_queued(self, ctx: Context, argv: list[bytes]) -> Any:

@@ -123,6 +123,8 @@ class Frontend:
             self.pool.shutdown(wait=True)
             if self.sets is not None:
                 self.sets.close()
+            if self.metrics is not None:
+                self.metrics.flush()
         return EXIT_FATAL if self.server.fatal is not None else 0
 
     async def _watch(self, parent: int | None) -> None:
@@ -132,6 +134,8 @@ class Frontend:
                 self.request_stop("the serve process is gone")
             if self.server.fatal is not None:
                 self.request_stop(f"the database is gone: {self.server.fatal}")
+            if self.metrics is not None:
+                self.metrics.flush()
             idle = self.server.settings.timeout
             if idle > 0:
                 now = time.time()
@@ -228,7 +232,7 @@ class _Connection(asyncio.Protocol):
         fe.connections[client.id] = self
         server.stats["total_connections_received"] += 1
         if fe.metrics is not None:
-            fe.metrics.connections.inc()
+            fe.metrics.connections += 1
 
     def connection_lost(self, exc: BaseException | None) -> None:
         client = self.client
@@ -239,7 +243,7 @@ class _Connection(asyncio.Protocol):
         fe.server.clients.pop(client.id, None)
         fe.connections.pop(client.id, None)
         if fe.metrics is not None:
-            fe.metrics.connections.dec()
+            fe.metrics.connections -= 1
 
     def data_received(self, data: bytes) -> None:
         client, parser = self.client, self.parser
@@ -248,7 +252,7 @@ class _Connection(asyncio.Protocol):
         fe = self.fe
         fe.server.stats["total_net_input_bytes"] += len(data)
         if fe.metrics is not None:
-            fe.metrics.bytes_in.inc(len(data))
+            fe.metrics.bytes_in += len(data)
         client.last_active = time.time()
         self.later += parser.feed(data)
         client.qbuf = parser.buffered
@@ -410,7 +414,7 @@ class _Connection(asyncio.Protocol):
         fe = self.fe
         fe.server.stats["total_net_output_bytes"] += len(data)
         if fe.metrics is not None:
-            fe.metrics.bytes_out.inc(len(data))
+            fe.metrics.bytes_out += len(data)
         self.transport.write(data)
 
     def _pause(self) -> None:
@@ -486,8 +490,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = settings_for(config, data_dir=os.path.abspath(args.data), host=args.host, port=args.port,
                                 index=args.index, frontends=args.frontends, workers=args.workers)
-        from .metrics import MULTIPROC_ENV, FrontendMetrics
-        frontend = Frontend(db, settings, FrontendMetrics() if os.environ.get(MULTIPROC_ENV) else None)
+        from .metrics import METRICS_DIR_ENV, FrontendMetrics
+        metrics_dir = os.environ.get(METRICS_DIR_ENV)
+        frontend = Frontend(db, settings, FrontendMetrics(metrics_dir) if metrics_dir else None)
 
         def ready() -> None:
             if args.ready_fd is not None:

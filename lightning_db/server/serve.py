@@ -44,7 +44,7 @@ import psutil
 
 from ..config import Config
 from ..errors import InvalidArgument, LightningError
-from .metrics import MULTIPROC_ENV, MetricsServer
+from .metrics import METRICS_DIR_ENV, MetricsServer
 
 __all__ = ["DEFAULT_PORT", "EXIT_FATAL", "EXIT_USAGE", "add_arguments", "default_frontends", "default_shards", "main",
            "run_args", "serve"]
@@ -125,7 +125,7 @@ class _Frontends:
             paths.append(env["PYTHONPATH"])
         env["PYTHONPATH"] = os.pathsep.join(paths)
         if metrics_dir is not None:
-            env[MULTIPROC_ENV] = metrics_dir        # the front ends' metrics (metrics.py)
+            env[METRICS_DIR_ENV] = metrics_dir      # where the front ends write their metrics (metrics.py)
         self.metrics_dir = metrics_dir
         self._env = env
         self.procs: list[subprocess.Popen[bytes] | None] = [None] * count
@@ -190,14 +190,8 @@ class _Frontends:
                 log.error("front ends exited %d times within %gs; giving up", len(self._restarts), RESTART_PERIOD)
                 return 1
             log.warning("front end %d exited with status %s; starting it again", i, code)
-            self._dead(proc.pid)
             self.start(i)
         return None
-
-    def _dead(self, pid: int) -> None:
-        if self.metrics_dir is not None:
-            from prometheus_client.multiprocess import mark_process_dead
-            mark_process_dead(pid, self.metrics_dir)
 
     def stop(self) -> None:
         """SIGTERM every front end, wait, SIGKILL what is left; all reaped."""

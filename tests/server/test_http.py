@@ -4,9 +4,11 @@ database's per-shard figures) and ``/health`` of ``lightning-db serve``."""
 from __future__ import annotations
 
 import json
+import os
 import urllib.error
 import urllib.request
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.waiting import wait_until
@@ -89,3 +91,52 @@ def test_a_shard_that_does_not_answer_shows_as_down_and_degraded():
         assert samples[("ldb_shard_breaker_state", (("shard", "1"),))] == 2
     finally:
         m.stop()
+
+
+def _collected(directory) -> dict[tuple[str, tuple], float]:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from lightning_db.server.metrics import FrontendCollector
+    registry = CollectorRegistry()
+    registry.register(FrontendCollector(str(directory)))
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(generate_latest(registry).decode()) for s in fam.samples}
+
+
+def test_front_end_counters_are_summed_across_snapshots(tmp_path):
+    """Each front end counts in its own process and writes a snapshot; the
+    serve process sums them: counters of front ends that exited stay, their
+    connections do not."""
+    import psutil
+
+    from lightning_db.server.metrics import FrontendMetrics
+
+    m = FrontendMetrics(str(tmp_path))
+    m.command("get", 0.0002, False)
+    m.commands("set", 10, 0.003, 2)
+    m.command("set", 7.0, True)
+    m.bytes_in, m.bytes_out, m.connections = 100, 50, 3
+    m.flush()
+    first = (tmp_path / os.path.basename(m.path)).stat().st_mtime_ns
+    m.flush()                                          # nothing changed: not written again
+    assert (tmp_path / os.path.basename(m.path)).stat().st_mtime_ns == first
+    gone = psutil.Process().pid
+    while psutil.pid_exists(gone):
+        gone += 7919
+    (tmp_path / f"frontend-{gone}.json").write_text(json.dumps({
+        "pid": gone, "commands": {"set": [5, 0, 0.005] + [0, 0, 0, 0, 5] + [0] * 10},
+        "bytes_in": 1, "bytes_out": 2, "connections": 9}))
+    (tmp_path / "frontend-1.json.tmp").write_text("{")           # a snapshot being written: not read
+    s = _collected(tmp_path)
+    assert s[("ldb_commands_total", (("command", "set"),))] == 16
+    assert s[("ldb_commands_total", (("command", "get"),))] == 1
+    assert s[("ldb_command_errors_total", (("command", "set"),))] == 3
+    assert s[("ldb_command_seconds_count", (("command", "set"),))] == 16
+    assert s[("ldb_command_seconds_sum", (("command", "set"),))] == pytest.approx(7.035)
+    bucket = {le: s[("ldb_command_seconds_bucket", (("command", "set"), ("le", le)))]
+              for le in ("0.001", "0.0025", "0.005", "5.0", "+Inf")}
+    assert bucket == {"0.001": 5, "0.0025": 5, "0.005": 15, "5.0": 15, "+Inf": 16}
+    assert s[("ldb_command_seconds_bucket", (("command", "get"), ("le", "0.00025")))] == 1
+    assert s[("ldb_command_seconds_bucket", (("command", "get"), ("le", "0.0001")))] == 0
+    assert s[("ldb_bytes_received_total", ())] == 101 and s[("ldb_bytes_sent_total", ())] == 52
+    assert s[("ldb_connections", ())] == 3
