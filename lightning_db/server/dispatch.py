@@ -114,24 +114,33 @@ class Dispatcher:
         ``get``, two arguments), in fewer steps: the hot read of pipelines.
         Outside MULTI and where the read succeeds it counts and answers as
         the general path does; anything else takes the general path."""
-        if client.multi is not None:
-            return self.execute(client, argv)
         metrics = self.metrics
         started = time.perf_counter() if metrics is not None else 0.0
+        data = self.get_fast(client, argv)
+        if data is None:
+            return self.execute(client, argv)
+        if metrics is not None:
+            metrics.command("get", time.perf_counter() - started, False)
+        return data
+
+    def get_fast(self, client: ClientState, argv: list[bytes]) -> bytes | None:
+        """``plain_get``'s short way, without the metrics (for a caller that
+        counts a run of GETs at once): the reply, counted in the server's
+        and the client's counters; None where the general path must answer
+        (inside MULTI, or the read failed), having counted nothing."""
+        if client.multi is not None:
+            return None
         server = self.server
         try:
             v = server.direct.get(argv[1])
         except Exception:  # noqa: BLE001 - the general path reads again and answers the error its way
-            return self.execute(client, argv)
+            return None
         stats = server.stats
         stats["total_commands_processed"] += 1
         stats["keyspace_misses" if v is None else "keyspace_hits"] += 1
         client.commands += 1
         client.last_cmd = "get"
-        data = encode(v, client.resp == 3)
-        if metrics is not None:
-            metrics.command("get", time.perf_counter() - started, False)
-        return data
+        return encode(v, client.resp == 3)
 
     def _execute(self, client: ClientState, argv: list[bytes]) -> bytes:
         server = self.server

@@ -291,13 +291,24 @@ class _Connection(asyncio.Protocol):
         n = len(cmds)
         out: list[bytes] = []
         size = 0
+        metrics = fe.metrics
+        gets, took = 0, 0.0     # GETs answered the short way here, and their time (counted once, below)
         while i < n and not client.closing:
             if self.blocked:
                 break
             argv = cmds[i]
             nargs = len(argv)
             if nargs == 2 and (argv[0] == b"GET" or argv[0] == b"get"):
-                data = dispatcher.plain_get(client, argv)           # GET runs on the loop, always
+                if metrics is None:
+                    data = dispatcher.plain_get(client, argv)       # GET runs on the loop, always
+                else:
+                    began = time.perf_counter()
+                    data = dispatcher.get_fast(client, argv)
+                    if data is None:
+                        data = dispatcher.execute(client, argv)     # counted there
+                    else:
+                        gets += 1
+                        took += time.perf_counter() - began
             elif nargs == 3 and (argv[0] == b"SET" or argv[0] == b"set") and client.multi is None:
                 data = None                                         # a write: never on the loop
             elif dispatcher.inline(client, argv):
@@ -317,6 +328,8 @@ class _Connection(asyncio.Protocol):
                 break
             if out:
                 self._write(out)
+            if gets:
+                metrics.commands("get", gets, took / gets, 0)
             sets = fe.sets
             if sets is not None and client.multi is None and sets.ready():
                 if i + 1 == n and sets.plain(argv):         # the last command read, a SET: alone
@@ -342,6 +355,8 @@ class _Connection(asyncio.Protocol):
         self.i = i
         if out:
             self._write(out)
+        if gets:
+            metrics.commands("get", gets, took / gets, 0)
         if client.closing or fe.stopping:
             self.close()
         elif i >= n:

@@ -54,3 +54,21 @@ def test_plain_get_answers_and_counts_as_the_general_path(db, resp, multi, argv)
         assert got == (b"_\r\n" if resp == 3 else b"$-1\r\n") and s_server.stats["keyspace_misses"] == 1
     elif not argv[1] or len(argv[1]) > 65536:
         assert got.startswith(b"-") and s_server.stats["total_error_replies"] == 1
+
+
+@pytest.mark.parametrize("multi", [False, True])
+@pytest.mark.parametrize("argv", [[b"GET", b"here"], [b"GET", b"absent"], [b"GET", b""], [b"GET", b"k" * 70000]])
+def test_get_fast_answers_as_plain_get_or_leaves_it_to_the_general_path(db, multi, argv):
+    """``get_fast`` (the front end counts its metrics per run of GETs): the
+    same reply and counters as ``plain_get`` where it answers, nothing
+    counted where it leaves the request to the general path."""
+    fast, f_server, f_client, f_metrics = _twin(db, 2, multi)
+    plain, p_server, p_client, _ = _twin(db, 2, multi)
+    before = dict(f_server.stats)
+    got = fast.get_fast(f_client, list(argv))
+    want = plain.plain_get(p_client, list(argv))
+    if multi or not argv[1] or len(argv[1]) > 65536:
+        assert got is None and f_server.stats == before and f_client.commands == 0
+    else:
+        assert got == want and f_server.stats == p_server.stats and f_client.commands == p_client.commands == 1
+    assert f_metrics.calls == []
