@@ -30,6 +30,7 @@ Two sides, two kinds of process:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -44,6 +45,7 @@ __all__ = ["FrontendCollector", "FrontendMetrics", "MetricsServer", "METRICS_DIR
 
 METRICS_DIR_ENV = "LIGHTNING_DB_METRICS_DIR"
 SNAPSHOT_PREFIX = "frontend-"
+log = logging.getLogger("lightning_db.server")
 LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
 _BREAKER = {"closed": 0, "half_open": 1, "half-open": 1, "open": 2}
 
@@ -62,6 +64,7 @@ class FrontendMetrics:
         self.connections = 0
         self._counted = 0               # commands counted, for flush to see a change
         self._flushed: tuple[int, int, int, int] | None = None
+        self._failing = False           # the last write failed (logged once until one succeeds)
 
     def _row(self, name: str) -> list[float]:
         row = self.rows[name] = [0, 0, 0.0] + [0] * (len(LATENCY_BUCKETS) + 1)
@@ -89,16 +92,25 @@ class FrontendMetrics:
         self._counted += n
 
     def flush(self) -> None:
-        """Write the snapshot file (whole, by rename) if anything changed."""
+        """Write the snapshot file (whole, by rename) if anything changed. A
+        write that fails (the directory gone, a full disk) is logged once
+        and tried again at the next flush: metrics never stop a front end."""
         now = (self._counted, self.bytes_in, self.bytes_out, self.connections)
         if now == self._flushed:
             return
         doc = {"pid": os.getpid(), "commands": self.rows, "bytes_in": self.bytes_in,
                "bytes_out": self.bytes_out, "connections": self.connections}
         tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(doc, f)
-        os.replace(tmp, self.path)
+        try:
+            with open(tmp, "w") as f:
+                json.dump(doc, f)
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            if not self._failing:
+                log.warning("cannot write the front end's metrics to %s: %s", self.path, exc)
+            self._failing = True
+            return
+        self._failing = False
         self._flushed = now
 
 

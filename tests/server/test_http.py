@@ -140,3 +140,18 @@ def test_front_end_counters_are_summed_across_snapshots(tmp_path):
     assert s[("ldb_command_seconds_bucket", (("command", "get"), ("le", "0.0001")))] == 0
     assert s[("ldb_bytes_received_total", ())] == 101 and s[("ldb_bytes_sent_total", ())] == 52
     assert s[("ldb_connections", ())] == 3
+
+
+def test_a_snapshot_that_cannot_be_written_never_stops_the_front_end(tmp_path, caplog):
+    from lightning_db.server.metrics import FrontendMetrics
+
+    m = FrontendMetrics(str(tmp_path / "gone"))
+    m.command("set", 0.001, False)
+    m.flush()
+    m.flush()
+    assert [r.message for r in caplog.records].count(
+        next(r.message for r in caplog.records if "cannot write" in r.message)) == 1
+    (tmp_path / "gone").mkdir()
+    m.flush()
+    assert json.loads((tmp_path / "gone" / os.path.basename(m.path)).read_text())["commands"]["set"][0] == 1
+
