@@ -332,13 +332,14 @@ class _Connection(asyncio.Protocol):
                 metrics.commands("get", gets, took / gets, 0)
             sets = fe.sets
             if sets is not None and client.multi is None and sets.ready():
-                if i + 1 == n and sets.plain(argv):         # the last command read, a SET: alone
-                    self.i = n
+                # A run needs SET_RUN_MIN SETs in a row: none starts at the last command read.
+                run = 0 if i + 1 == n else dispatcher.set_run(client, cmds, i)
+                if not run and sets.plain(argv):            # a SET alone
+                    self.i = i + 1
                     self.waiting = True
                     self.started = time.perf_counter()
                     sets.set_one(argv[1], argv[2], self._set_done)
                     return
-                run = dispatcher.set_run(client, cmds, i) or (1 if sets.plain(argv) else 0)
                 if run:
                     self.i = i + run
                     self.waiting = True
@@ -381,16 +382,8 @@ class _Connection(asyncio.Protocol):
         self._go()
 
     def _set_done(self, exc: BaseException | None) -> None:
-        """A lone SET answered (None: written; else its error)."""
-        client = self.client
-        if client is None:
-            self.waiting = False
-            return
-        if exc is not None and not isinstance(exc, LightningError):
-            self._fail(exc)
-            return
-        each = time.perf_counter() - self.started
-        self._resume([self.fe.dispatcher.set_replies(client, 1, None if exc is None else [exc], each)])
+        """A SET alone answered (None: written; else its error): a run of one."""
+        self._sets_done(1, self.started, None if exc is None else [exc])
 
     def _sets_done(self, run: int, started: float, errors: list[BaseException | None] | None) -> None:
         client = self.client

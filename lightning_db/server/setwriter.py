@@ -183,9 +183,6 @@ class SetWriter:
         answered: with None when every SET was written, else with each
         SET's None or the error its shard's write met."""
         n = len(keys)
-        if n == 1:
-            self.set_one(keys[0], vals[0], lambda exc: done(None if exc is None else [exc]))
-            return
         owners = self._router.ring.shards_list(keys)
         first = owners[0]
         if owners.count(first) == n:            # one shard: one group
