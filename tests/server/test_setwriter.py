@@ -330,15 +330,18 @@ def test_the_core_gauge_compares_run_queue_wait_with_run_time(tmp_path, monkeypa
     stat = tmp_path / "schedstat"
     stat.write_text("1000000 0 10\n")
     g = gauge_cls(str(stat))
-    t = time.monotonic()
+    # times from the gauge's own start, never on a GAUGE_S boundary,
+    # where the float sum of a large monotonic clock may round either way
+    t = g._at
     assert g.busy(t) is True                            # nothing compared yet: as before
     stat.write_text("2000000 %d 20\n" % int(CONTENDED_AT * 1_000_000 / 2))
     assert g.busy(t + GAUGE_S / 2) is True              # too soon to compare
-    assert g.busy(t + GAUGE_S) is False                 # waited half the threshold
+    assert g.busy(t + 1.5 * GAUGE_S) is False           # waited half the threshold
     stat.write_text("3000000 %d 30\n" % int(CONTENDED_AT * 1_000_000 / 2 + CONTENDED_AT * 1_000_000))
-    assert g.busy(t + 2 * GAUGE_S) is True              # waited the threshold
+    assert g.busy(t + 2 * GAUGE_S) is False             # too soon after the last comparison
+    assert g.busy(t + 3 * GAUGE_S) is True              # waited the threshold
     stat.write_text("3000000 %d 30\n" % int(CONTENDED_AT * 1_000_000 * 9))
-    assert g.busy(t + 3 * GAUGE_S) is True              # did not run: the last answer stands
+    assert g.busy(t + 4.5 * GAUGE_S) is True            # did not run: the last answer stands
     missing = gauge_cls(str(tmp_path / "nothing-here"))
     assert missing.busy(t + 10) is True and missing.busy(t + 20) is True
     garbled = tmp_path / "garbled"
