@@ -109,38 +109,51 @@ class Dispatcher:
                              data[:1] == b"-")
         return data
 
-    def plain_get(self, client: ClientState, argv: list[bytes]) -> bytes:
-        """``execute`` of a ``GET key`` request (``argv[0]`` ``GET`` or
-        ``get``, two arguments), in fewer steps: the hot read of pipelines.
-        Outside MULTI and where the read succeeds it counts and answers as
-        the general path does; anything else takes the general path."""
-        metrics = self.metrics
-        started = time.perf_counter() if metrics is not None else 0.0
-        data = self.get_fast(client, argv)
-        if data is None:
-            return self.execute(client, argv)
-        if metrics is not None:
-            metrics.command("get", time.perf_counter() - started, False)
-        return data
-
-    def get_fast(self, client: ClientState, argv: list[bytes]) -> bytes | None:
-        """``plain_get``'s short way, without the metrics (for a caller that
-        counts a run of GETs at once): the reply, counted in the server's
-        and the client's counters; None where the general path must answer
-        (inside MULTI, or the read failed), having counted nothing."""
+    def get_run(self, client: ClientState, cmds: list[list[bytes]], i: int, budget: int,
+                ) -> tuple[list[bytes], int, int]:
+        """The short way of a run of ``GET key`` requests (``argv[0]``
+        ``GET`` or ``get``, two arguments) from ``cmds[i]`` on, the hot read
+        of pipelines: answered from shared memory outside MULTI, counted in
+        the server's and the client's counters as the general path counts
+        them, the metrics left to the caller (it counts the run at once).
+        Stops before the first other command, the first read that fails
+        (the general path answers it its way), or once the replies reach
+        *budget* bytes. Returns (replies, their size, the index of the
+        first command not answered)."""
         if client.multi is not None:
-            return None
-        server = self.server
-        try:
-            v = server.direct.get(argv[1])
-        except Exception:  # noqa: BLE001 - the general path reads again and answers the error its way
-            return None
-        stats = server.stats
-        stats["total_commands_processed"] += 1
-        stats["keyspace_misses" if v is None else "keyspace_hits"] += 1
-        client.commands += 1
-        client.last_cmd = "get"
-        return encode(v, client.resp == 3)
+            return [], 0, i
+        get = self.server.direct.get
+        resp3 = client.resp == 3
+        out: list[bytes] = []
+        size = hits = 0
+        j, n = i, len(cmds)
+        while j < n:
+            argv = cmds[j]
+            if len(argv) != 2 or not (argv[0] == b"GET" or argv[0] == b"get"):
+                break
+            try:
+                v = get(argv[1])
+            except Exception:  # noqa: BLE001 - the general path reads again and answers the error its way
+                break
+            if type(v) is bytes:
+                data = b"$%d\r\n%s\r\n" % (len(v), v)
+                hits += 1
+            else:
+                data = encode(v, resp3)
+                hits += v is not None
+            out.append(data)
+            size += len(data)
+            j += 1
+            if size >= budget:
+                break
+        if j > i:
+            stats = self.server.stats
+            stats["total_commands_processed"] += j - i
+            stats["keyspace_hits"] += hits
+            stats["keyspace_misses"] += j - i - hits
+            client.commands += j - i
+            client.last_cmd = "get"
+        return out, size, j
 
     def _execute(self, client: ClientState, argv: list[bytes]) -> bytes:
         server = self.server
