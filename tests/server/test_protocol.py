@@ -155,6 +155,35 @@ def test_pipelined_runs_of_set(r):
     assert r.get("ttl-key") == b"new" and r.ttl("ttl-key") == -1
 
 
+def test_a_run_of_gets_larger_than_the_reply_chunk_keeps_order(r):
+    """A pipelined run of GETs whose replies pass the bytes a front end
+    holds before writing (1 MiB) is answered in order, misses, bad keys
+    and other commands between them included."""
+    values = {f"g{i}": bytes([65 + i]) * (300_000 + i) for i in range(8)}
+    for k, v in values.items():
+        r.set(k, v)
+    p = r.pipeline(transaction=False)
+    want: list = []
+    for n in range(40):
+        k = f"g{n % 8}"
+        p.get(k)
+        want.append(values[k])
+        if n % 13 == 5:
+            p.get("absent")
+            p.ping()
+            want += [None, True]
+        if n == 20:
+            p.get("")
+            want.append("bad key")
+    out = p.execute(raise_on_error=False)
+    assert len(out) == len(want)
+    for got, w in zip(out, want):
+        if w == "bad key":
+            assert isinstance(got, redis.ResponseError) and "key" in str(got)
+        else:
+            assert got == w
+
+
 def test_a_pipeline_larger_than_a_read_chunk_keeps_order(server, r):
     """Requests that arrive while a SET waits for its shard or a command
     runs in a worker thread are queued behind it, and reading pauses once
