@@ -417,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
                 for test in tests:
                     for name, srv in servers.items():
                         results.setdefault((test, depth, name), []).append(
-                            _one(srv, client, test, depth, tests, args))
+                            _one(srv, test, depth, tests, args))
     finally:
         for srv in servers.values():
             srv.stop()
@@ -431,10 +431,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _one(srv: "Server", client: str, test: str, depth: int, tests: list[str], args: argparse.Namespace) -> dict:
+def _one(srv: Server, test: str, depth: int, tests: list[str], args: argparse.Namespace) -> dict:
     """One test against one server: its figures, with the CPU time by role."""
     cpu0 = cpu_snapshot(srv.proc.pid)
-    if client == "redis-benchmark":
+    if args.client == "redis-benchmark":
         c0 = _children_cpu()
         r = run_redis_benchmark(srv.port, test, args.n, args.c, depth, args.r, args.d)
         r["client_cpu"] = _children_cpu() - c0

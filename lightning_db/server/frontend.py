@@ -294,6 +294,9 @@ class _Connection(asyncio.Protocol):
         metrics = fe.metrics
         gets, took = 0, 0.0     # GETs answered the short way here, and their time (counted once, below)
         while i < n and not client.closing:
+            if size >= OUT_CHUNK:
+                self._write(out)
+                out, size = [], 0
             if self.blocked:
                 break
             argv = cmds[i]
@@ -309,9 +312,6 @@ class _Connection(asyncio.Protocol):
                     out += got
                     size += grew
                     i = j
-                    if size >= OUT_CHUNK:
-                        self._write(out)
-                        out, size = [], 0
                     continue
                 data = dispatcher.execute(client, argv)             # the general path, counted there
             elif nargs == 3 and (argv[0] == b"SET" or argv[0] == b"set") and client.multi is None:
@@ -324,9 +324,6 @@ class _Connection(asyncio.Protocol):
                 out.append(data)
                 size += len(data)
                 i += 1
-                if size >= OUT_CHUNK:
-                    self._write(out)
-                    out, size = [], 0
                 continue
             if fe.stopping:
                 client.closing = True
