@@ -36,6 +36,7 @@ __all__ = [
     "hugetlbfs_mounts",
     "mapping_page_size",
     "placement_report",
+    "batch_scheduling",
 ]
 
 SYSFS_NODES = "/sys/devices/system/node"
@@ -73,6 +74,29 @@ def pin(cpu: int) -> list[int]:
     except (psutil.Error, OSError, ValueError) as exc:
         raise PlacementRefused(f"cannot pin to cpu {cpu}: {exc}") from None
     return usable_cpus()
+
+
+def batch_scheduling() -> str:
+    """Ask the kernel to schedule the calling thread (only it, and threads
+    it starts later) as a batch thread: SCHED_BATCH, the same share of the
+    CPU and the same nice value as before, but its wake-ups do not preempt
+    the thread running, so a thread woken by one client's request runs once
+    the running one yields and then finds more requests ready (a front end's
+    event loop: bench/RESULTS.md). Returns the policy in force afterwards,
+    read back from the kernel: "batch", or "normal" where the kernel refused
+    or has no such policy."""
+    policy = getattr(os, "SCHED_BATCH", None)
+    if policy is not None:
+        try:
+            os.sched_setscheduler(0, policy, os.sched_param(0))
+        except OSError:
+            pass
+        try:
+            if os.sched_getscheduler(0) == policy:
+                return "batch"
+        except OSError:
+            pass
+    return "normal"
 
 
 def parse_cpulist(text: str) -> list[int]:

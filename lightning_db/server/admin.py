@@ -264,6 +264,7 @@ def info_text(server: ServerState, sections: list[str], count_keys: Callable[[],
             fields = {"redis_version": REDIS_VERSION, "lightning_db_version": __version__,
                       "redis_mode": "standalone", "os": f"{platform.system()} {platform.release()} "
                       f"{platform.machine()}", "arch_bits": 64, "multiplexing_api": server.loop_api,
+                      "loop_sched": server.loop_sched,
                       "python_version": platform.python_version(), "process_id": server.pid,
                       "frontend_index": s.index, "frontends": s.frontends, "tcp_port": s.port,
                       "server_time_usec": time.time_ns() // 1000, "uptime_in_seconds": up,

@@ -47,6 +47,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from ..actors.placement import batch_scheduling
 from ..errors import LightningError
 from .dispatch import Dispatcher
 from .resp import RequestParser, error_line
@@ -101,6 +102,7 @@ class Frontend:
         self._stop = asyncio.Event()
         loop = self.loop = asyncio.get_running_loop()
         self.server.loop_api = "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
+        self.server.loop_sched = batch_scheduling()     # after the mailbox's threads started: they keep theirs
         db = self.server.db
         if all(hasattr(db, a) for a in ("ring", "refs", "tokens", "_send_write")):
             self.sets = self.server.set_writer = SetWriter(db, loop, self.pool)

@@ -59,6 +59,7 @@ class ServerState:
              "total_error_replies", "unexpected_error_replies"), 0)
         self.fatal: BaseException | None = None     # the database is gone: the front end stops
         self.loop_api = "asyncio"        # the event loop serving it: "uvloop" or "asyncio" (INFO)
+        self.loop_sched = "normal"       # the loop thread's scheduling policy obtained: "batch" or "normal" (INFO)
         self.set_writer: Any = None       # the front end's SetWriter, if any (its counters go in INFO stats)
 
     def next_client_id(self) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import threading
 
 import psutil
 import pytest
@@ -26,7 +27,7 @@ from lightning_db.actors import (
     spawn,
     usable_cpus,
 )
-from lightning_db.actors.placement import mapping_page_size, parse_cpulist, thp_mode
+from lightning_db.actors.placement import batch_scheduling, mapping_page_size, parse_cpulist, thp_mode
 
 from .sample_actors import EchoActor
 
@@ -156,3 +157,38 @@ def test_hugetlbfs_mounts_and_thp_mode_from_planted_files(tmp_path):
     thp.write_text("always [madvise] never\n")
     assert thp_mode(str(thp)) == "madvise"
     assert thp_mode(str(tmp_path / "absent")) is None
+
+
+def _in_a_thread(fn):
+    """Run *fn* in a new thread (a policy set there ends with it); its result."""
+    out = []
+    t = threading.Thread(target=lambda: out.append(fn()))
+    t.start()
+    t.join(30)
+    return out[0]
+
+
+def test_batch_scheduling_sets_the_calling_thread_only_and_reports_the_kernel_policy():
+    before = os.sched_getscheduler(0)
+
+    def ask():
+        got = batch_scheduling()
+        return got, os.sched_getscheduler(0)
+
+    got, policy = _in_a_thread(ask)
+    assert (got, policy) == ("batch", os.SCHED_BATCH)      # no privilege is needed for it
+    assert os.sched_getscheduler(0) == before              # this thread's policy is untouched
+
+
+def test_batch_scheduling_refused_or_absent_reports_normal(monkeypatch):
+    def refuse(*_):
+        raise PermissionError(1, "Operation not permitted")
+
+    before = os.sched_getscheduler(0)
+    monkeypatch.setattr(os, "sched_setscheduler", refuse)
+    got, policy = _in_a_thread(lambda: (batch_scheduling(), os.sched_getscheduler(0)))
+    assert got == ("batch" if policy == os.SCHED_BATCH else "normal")     # what is in force, not what was asked
+    if before == os.SCHED_OTHER:
+        assert (got, policy) == ("normal", os.SCHED_OTHER)
+    monkeypatch.delattr(os, "SCHED_BATCH")
+    assert _in_a_thread(batch_scheduling) == "normal"

@@ -4,6 +4,7 @@ on raw sockets, several connections across both front ends, and a restart."""
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -113,6 +114,11 @@ def test_command_config_info(server, r):
     info = r.info()
     assert info["redis_version"] and info["connected_clients"] >= 1 and info["role"] == "master"
     assert info["multiplexing_api"] == "uvloop"      # a dependency: the front ends run on its loop
+    # The loop thread's policy as INFO reports it is the one the kernel has
+    # for that thread (the process's main thread, whose id is its pid).
+    policy = os.sched_getscheduler(info["process_id"])
+    assert info["loop_sched"] == ("batch" if policy == os.SCHED_BATCH else "normal")
+    assert policy == os.SCHED_BATCH          # no privilege needed (tests/actors/test_placement.py)
     assert r.info("keyspace") == {"db0": {"keys": 2}}
     assert r.info("stats")["total_commands_processed"] > 0
     r.set("sw", "1")                                 # a plain SET: this front end's SetWriter sends it
