@@ -1,6 +1,8 @@
 """Where a worker runs and where its memory lives: CPU pinning, NUMA nodes,
 huge pages (worker process, at start for ``pin``/``bind_to_node``/
-``advise_huge_pages``; any process for the queries).
+``advise_huge_pages``; any process for the queries), and the batch
+scheduling policy a front end's event-loop thread asks for
+(``batch_scheduling``).
 
 Every setter may be refused by the OS (a cpuset that shrank, no NUMA, huge
 pages disabled); each degrades cleanly. ``placement_report`` therefore reads
