@@ -25,6 +25,11 @@ answered ask; ``MailboxClient.barrier_here`` then pings on the socket, so
 that what the thread sends after the answer, on any connection, comes
 after the tells.
 
+Where the owner's address is a worker's ``ipc://...sock``, the thread's
+connection is a lane instead of a DEALER (lane.py: the same envelopes over
+a Unix socket, without zmq's thread hand-offs); ``OwnConnection`` holds
+what both kinds share, so the semantics above are the same on either.
+
 Direct clients are created per (client, thread) on first use, at most
 ``MAX_DIRECT`` live ones a client (a thread beyond that gets the client's
 ordinary futures); those of threads that ended are closed when the next
@@ -36,6 +41,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from abc import ABC, abstractmethod
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -50,7 +56,7 @@ from .wire import MsgKind
 if TYPE_CHECKING:
     from .socket import MailboxClient
 
-__all__ = ["DirectClient", "DirectFuture", "MAX_DIRECT", "LOST_POLL", "read_answer"]
+__all__ = ["DirectClient", "DirectFuture", "MAX_DIRECT", "LOST_POLL", "OwnConnection", "read_answer"]
 
 MAX_DIRECT = 16             # live direct clients (threads) per mailbox client
 LOST_POLL = 0.02            # seconds between checks of the connection while waiting
@@ -88,14 +94,14 @@ class DirectFuture:
 
     __slots__ = ("_client", "_id", "_mono", "_seen", "_value", "_exc")
 
-    def __init__(self, client: DirectClient, id_: int, mono: float, seen: int) -> None:
+    def __init__(self, client: OwnConnection, id_: int, mono: float, seen: int) -> None:
         self._client, self._id, self._mono = client, id_, mono
         self._seen = seen           # the owner's count of connection drops when it was sent
         self._value: Any = _PENDING
         self._exc: BaseException | None = None
 
     @property
-    def client(self) -> DirectClient:
+    def client(self) -> OwnConnection:
         """The direct client (the thread's socket) it was sent on."""
         return self._client
 
@@ -123,31 +129,31 @@ class DirectFuture:
             self._exc = exc
 
 
-class DirectClient:
-    """A DEALER to *owner*'s address, used by one thread only."""
+class OwnConnection(ABC):
+    """What a direct client on any transport shares: the asks of its one
+    thread by envelope id, their deadlines, the tells not yet confirmed,
+    and closing while that thread sends or waits. A subclass sends
+    (``_send``), reads (``_wait``, ``pump``) and closes its socket
+    (``_close_socket``)."""
 
     def __init__(self, owner: MailboxClient) -> None:
         self._owner = owner
         self.thread = threading.current_thread()
-        self._sock = make_socket(zmq.DEALER, f"DEALER for {owner.address}")
-        try:
-            self._sock.connect(owner.address)
-        except zmq.ZMQError as exc:
-            self._sock.close(0)
-            raise wrap_zmq_error(exc, f"cannot connect to {owner.address}") from None
         self._ids = itertools.count(1)
         self._pending: dict[int, DirectFuture] = {}
-        self._receiver = TimedReceiver(self._sock)     # the waits' blocking reads
-        self._lock = threading.Lock()   # guards busy and closed
+        self._lock = threading.Lock()   # guards busy and closing
         self._busy = False          # a send or wait is in progress (close() leaves the socket to it)
+        # closed: no more asks here (closed by close(), or given up: a lane
+        # whose peer went); the socket itself closes only through close().
         self.closed = False
+        self._closing = False
         self._told = 0              # id of the last tell sent
         self._answered = 0          # highest id of an ask answered: every tell before it arrived
 
     def ask(self, kind: MsgKind, op: str, payload: Any, deadline: float, mono: float) -> DirectFuture:
         """Send one request now; its answer is read when it is waited on."""
         seen = self._owner.disconnects
-        id_ = self._send(kind, op, payload, deadline)
+        id_ = self._send(kind, op, payload, deadline, mono)
         fut = DirectFuture(self, id_, mono, seen)
         self._pending[id_] = fut
         return fut
@@ -155,9 +161,135 @@ class DirectClient:
     def tell(self, op: str, payload: Any) -> None:
         """Send one TELL now (nothing comes back): after every request this
         thread sent on this socket, before every later one."""
-        self._told = self._send(MsgKind.TELL, op, payload, 0.0)
+        self._told = self._send(MsgKind.TELL, op, payload, 0.0, math.inf)
 
-    def _send(self, kind: MsgKind, op: str, payload: Any, deadline: float) -> int:
+    @abstractmethod
+    def _send(self, kind: MsgKind, op: str, payload: Any, deadline: float, mono: float) -> int:
+        """Encode and send one envelope (*mono*: the ask's monotonic
+        deadline); its id."""
+
+    @abstractmethod
+    def _read(self, seconds: float) -> None:
+        """Wait up to *seconds* for answers and take those that came."""
+
+    def _dropped(self, fut: DirectFuture) -> bool:
+        """Whether a drop of the connection was seen since *fut* was sent
+        (its asks then failed)."""
+        return False
+
+    def _wait(self, fut: DirectFuture, timeout: float | None) -> None:
+        """Read answers until *fut* is done or *timeout* passes (the asking
+        thread only)."""
+        if self.thread is not threading.current_thread():
+            raise RuntimeError("a direct ask is waited on only by the thread that made it")
+        limit = math.inf if timeout is None else time.monotonic() + timeout
+        if not self._begin():
+            return
+        try:
+            while not fut.done():
+                if self.closed:         # closed, or given up (its asks failed then)
+                    self._fail_all(MailboxClosed(f"client of {self._owner.address} closed"))
+                    return
+                if self._dropped(fut):
+                    continue
+                now = time.monotonic()
+                if fut._mono <= now:
+                    self._expire(now)
+                    continue
+                if limit <= now:
+                    raise TimeoutError("the wait for a direct answer timed out")
+                self._read(min(fut._mono, limit) - now)
+        finally:
+            self._leave()
+
+    @abstractmethod
+    def _close_socket(self) -> None:
+        """Close the transport's socket (once nothing uses it)."""
+
+    def _wake(self) -> None:
+        """Make the thread's wait in progress look at ``closed`` soon."""
+
+    @property
+    def tells_unconfirmed(self) -> bool:
+        """A tell went out after the last ask that was answered."""
+        return self._told > self._answered
+
+    def _take(self, frame: bytes) -> None:
+        """Tell the waiter of the answer in *frame* (if any still waits)."""
+        take = self._pending.pop
+        told = read_answer(frame, self._owner, lambda id_: take(id_, None))
+        if told is not None:
+            fut = told[0]
+            fut._set(told[1], told[2])
+            if fut._id > self._answered:
+                self._answered = fut._id
+
+    def _expire(self, now: float) -> None:
+        for id_, fut in list(self._pending.items()):
+            if fut._mono <= now:
+                del self._pending[id_]
+                self._owner.timeouts += 1
+                fut._set(None, Timeout(f"no answer from {self._owner.address} within the request's deadline"))
+
+    def _fail_all(self, exc: BaseException) -> None:
+        futs = list(self._pending.values())
+        self._pending.clear()
+        for fut in futs:
+            fut._set(None, exc)
+
+    def _begin(self) -> bool:
+        """``_enter`` for a read: False (every ask failed) once closed."""
+        try:
+            self._enter()
+        except MailboxClosed as exc:
+            self._fail_all(exc)
+            return False
+        return True
+
+    def _enter(self) -> None:
+        with self._lock:
+            if self._closing:
+                raise MailboxClosed(f"client of {self._owner.address} closed")
+            self._busy = True
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._busy = False
+            if not self._closing:
+                return
+        self._shut()
+
+    def close(self) -> None:
+        """Close the socket; asks still waited on fail with MailboxClosed.
+        While its thread is sending or waiting, only marks it closed (and
+        wakes the wait): that thread closes it when it is done."""
+        with self._lock:
+            self.closed = self._closing = True
+            if self._busy:
+                self._wake()
+                return
+        self._shut()
+
+    def _shut(self) -> None:
+        self._close_socket()
+        if self.thread is threading.current_thread():
+            self._fail_all(MailboxClosed(f"client of {self._owner.address} closed"))
+
+
+class DirectClient(OwnConnection):
+    """A DEALER to *owner*'s address, used by one thread only."""
+
+    def __init__(self, owner: MailboxClient) -> None:
+        super().__init__(owner)
+        self._sock = make_socket(zmq.DEALER, f"DEALER for {owner.address}")
+        try:
+            self._sock.connect(owner.address)
+        except zmq.ZMQError as exc:
+            self._sock.close(0)
+            raise wrap_zmq_error(exc, f"cannot connect to {owner.address}") from None
+        self._receiver = TimedReceiver(self._sock)     # the waits' blocking reads
+
+    def _send(self, kind: MsgKind, op: str, payload: Any, deadline: float, mono: float) -> int:
         """Encode and send one envelope; its id."""
         owner = self._owner
         if owner._fail_fast and owner._down:
@@ -174,40 +306,21 @@ class DirectClient:
         owner.sent += 1
         return id_
 
-    @property
-    def tells_unconfirmed(self) -> bool:
-        """A tell went out after the last ask that was answered."""
-        return self._told > self._answered
+    def _dropped(self, fut: DirectFuture) -> bool:
+        drops = self._owner.disconnects
+        if drops == fut._seen:
+            return False
+        self._drain()           # answers that came before the drop still count
+        self._lose(drops)
+        return True
 
-    def _wait(self, fut: DirectFuture, timeout: float | None) -> None:
-        if self.thread is not threading.current_thread():
-            raise RuntimeError("a direct ask is waited on only by the thread that made it")
-        owner = self._owner
-        limit = math.inf if timeout is None else time.monotonic() + timeout
-        if not self._begin():
-            return
+    def _read(self, seconds: float) -> None:
         try:
-            while not fut.done():
-                if self.closed:
-                    self._fail_all(MailboxClosed(f"client of {owner.address} closed"))
-                    return
-                if owner.disconnects != fut._seen:
-                    self._drain()           # answers that came before the drop still count
-                    self._lose(owner.disconnects)
-                    continue
-                now = time.monotonic()
-                if fut._mono <= now:
-                    self._expire(now)
-                    continue
-                if limit <= now:
-                    raise TimeoutError("the wait for a direct answer timed out")
-                frame = self._receiver.recv(min(fut._mono, limit, now + LOST_POLL) - now)
-                if frame is not None:
-                    self._take(frame)
+            frame = self._receiver.recv(min(seconds, LOST_POLL))   # looks at drops each LOST_POLL
+            if frame is not None:
+                self._take(frame)
         except zmq.ZMQError as exc:
-            self._fail_all(wrap_zmq_error(exc, f"direct receive from {owner.address}"))
-        finally:
-            self._leave()
+            self._fail_all(wrap_zmq_error(exc, f"direct receive from {self._owner.address}"))
 
     def fileno(self) -> int:
         """A file descriptor that becomes readable when the socket may have
@@ -252,23 +365,6 @@ class DirectClient:
                 return
             self._take(frame)
 
-    def _take(self, frame: bytes) -> None:
-        """Tell the waiter of the answer in *frame* (if any still waits)."""
-        take = self._pending.pop
-        told = read_answer(frame, self._owner, lambda id_: take(id_, None))
-        if told is not None:
-            fut = told[0]
-            fut._set(told[1], told[2])
-            if fut._id > self._answered:
-                self._answered = fut._id
-
-    def _expire(self, now: float) -> None:
-        for id_, fut in list(self._pending.items()):
-            if fut._mono <= now:
-                del self._pending[id_]
-                self._owner.timeouts += 1
-                fut._set(None, Timeout(f"no answer from {self._owner.address} within the request's deadline"))
-
     def _lose(self, drops: int) -> None:
         """The connection dropped (the owner counted *drops*): fail every
         ask sent before that was seen."""
@@ -278,46 +374,6 @@ class DirectClient:
                 self._owner.lost += 1
                 fut._set(None, PeerLost(f"the connection to {self._owner.address} dropped before the answer came"))
 
-    def _fail_all(self, exc: BaseException) -> None:
-        futs = list(self._pending.values())
-        self._pending.clear()
-        for fut in futs:
-            fut._set(None, exc)
-
-    def _begin(self) -> bool:
-        """``_enter`` for a read: False (every ask failed) once closed."""
-        try:
-            self._enter()
-        except MailboxClosed as exc:
-            self._fail_all(exc)
-            return False
-        return True
-
-    def _enter(self) -> None:
-        with self._lock:
-            if self.closed:
-                raise MailboxClosed(f"client of {self._owner.address} closed")
-            self._busy = True
-
-    def _leave(self) -> None:
-        with self._lock:
-            self._busy = False
-            if not self.closed:
-                return
-        self._shut()
-
-    def close(self) -> None:
-        """Close the socket (linger 0); asks still waited on fail with
-        MailboxClosed. While its thread is sending or waiting, only marks
-        it closed: that thread closes it when it is done."""
-        with self._lock:
-            self.closed = True
-            if self._busy:
-                return
-        self._shut()
-
-    def _shut(self) -> None:
+    def _close_socket(self) -> None:
         if not self._sock.closed:
             self._sock.close(0)
-        if self.thread is threading.current_thread():
-            self._fail_all(MailboxClosed(f"client of {self._owner.address} closed"))

@@ -49,6 +49,7 @@ from .context import (
     wrap_zmq_error,
 )
 from .direct import MAX_DIRECT, DirectClient, DirectFuture, read_answer
+from .lane import LaneClient, LaneServer, lane_path
 from .envelope import Envelope, decode, error_payload
 from .errors import MailboxClosed, MailboxError, MalformedFrame, PeerLost, Timeout
 from .wire import CONTROL_PING, MsgKind
@@ -57,6 +58,7 @@ __all__ = ["MailboxServer", "MailboxClient", "shutdown"]
 
 MAX_PARTS = 1024            # envelopes per multipart send
 MAX_DRAIN = 1024            # messages read per wake-up before other work gets a turn
+LANE_RETRY = 0.5            # seconds before a lane that could not be reached is tried again
 
 # --- server ----------------------------------------------------------------------------------
 
@@ -86,13 +88,21 @@ class MailboxServer:
         self._receiver = TimedReceiver(self._sock)
         self._closed = False
         self.messages = self.received = self.malformed = self.replies = self.errors = 0
+        self._lane: LaneServer | None = None
+        path = lane_path(self.address)
+        if path is not None:
+            try:
+                self._lane = LaneServer(path, self._sock.getsockopt(zmq.FD))
+            except OSError:             # callers then use zmq alone
+                self._lane = None
 
     def recv(self, timeout: float | None) -> list[tuple[bytes, Envelope]]:
         """Wait up to *timeout* seconds (None: forever) for a message, then
         take every message already queued without blocking (up to MAX_DRAIN).
         Returns (sender identity, envelope) pairs in arrival order; [] when
         nothing came. Malformed frames are answered here, never raised."""
-        sock = self._sock
+        if self._lane is not None:
+            return self._recv_lanes(timeout)
         try:
             # One blocking receive, then what else is queued, as zmq's EVENTS
             # tells (cheaper than the exception of an empty read).
@@ -100,25 +110,50 @@ class MailboxServer:
             if parts is None:
                 return []
             out: list[tuple[bytes, Envelope]] = []
-            for _ in range(MAX_DRAIN):
-                if parts is None:
-                    if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                        break
-                    parts = sock.recv_multipart(zmq.NOBLOCK)
-                self.messages += 1
-                identity = parts[0]
-                for frame in itertools.islice(parts, 1, None):
-                    try:
-                        out.append((identity, decode(frame)))
-                    except MalformedFrame as exc:
-                        self.malformed += 1
-                        bad = Envelope(exc.envelope_id, MsgKind.ERROR, "", 0.0, None, error_payload(exc))
-                        self._send(identity, [bad.encode()])
-                parts = None
+            self._drain(parts, out)
             self.received += len(out)
             return out
         except zmq.ZMQError as exc:
             raise wrap_zmq_error(exc, "mailbox receive") from None
+
+    def _recv_lanes(self, timeout: float | None) -> list[tuple[bytes, Envelope]]:
+        """``recv`` with lanes: zmq's queue first; then one epoll wait for
+        zmq's descriptor and the lanes (no wait when zmq had messages)."""
+        lane = self._lane
+        assert lane is not None
+        out: list[tuple[bytes, Envelope]] = []
+        bad: list[tuple[bytes, MalformedFrame]] = []
+        try:
+            self._drain(None, out)
+            if lane.wait(0.0 if out else timeout, out, bad):
+                self._drain(None, out)
+        except zmq.ZMQError as exc:
+            raise wrap_zmq_error(exc, "mailbox receive") from None
+        for identity, exc in bad:
+            self.malformed += 1
+            lane.send(identity, [Envelope(exc.envelope_id, MsgKind.ERROR, "", 0.0, None, error_payload(exc)).encode()])
+        self.received += len(out)
+        return out
+
+    def _drain(self, parts: list[bytes] | None, out: list[tuple[bytes, Envelope]]) -> None:
+        """Decode *parts* (a message already read, or None) and what else zmq
+        has queued (up to MAX_DRAIN messages) into *out*."""
+        sock = self._sock
+        for _ in range(MAX_DRAIN):
+            if parts is None:
+                if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    break
+                parts = sock.recv_multipart(zmq.NOBLOCK)
+            self.messages += 1
+            identity = parts[0]
+            for frame in itertools.islice(parts, 1, None):
+                try:
+                    out.append((identity, decode(frame)))
+                except MalformedFrame as exc:
+                    self.malformed += 1
+                    bad = Envelope(exc.envelope_id, MsgKind.ERROR, "", 0.0, None, error_payload(exc))
+                    self._send(identity, [bad.encode()])
+            parts = None
 
     def reply(self, identity: bytes, env: Envelope) -> None:
         """Send *env* (a REPLY or ERROR) to the peer *identity*."""
@@ -146,6 +181,10 @@ class MailboxServer:
         self.reply_many(identity, [request_env.error(exc)])
 
     def _send(self, identity: bytes, frames: list[bytes]) -> None:
+        lane = self._lane
+        if lane is not None and lane.owns(identity):
+            lane.send(identity, frames)
+            return
         try:
             self._sock.send_multipart([identity, *frames], zmq.NOBLOCK, copy=False)
         except zmq.ZMQError as exc:
@@ -154,8 +193,11 @@ class MailboxServer:
     def stats(self) -> dict[str, int]:
         """Counters: zmq messages and envelopes received (a batch is one
         message of many envelopes), malformed frames, replies, errors sent."""
-        return {"messages": self.messages, "received": self.received, "malformed": self.malformed,
-                "replies": self.replies, "errors": self.errors}
+        out = {"messages": self.messages, "received": self.received, "malformed": self.malformed,
+               "replies": self.replies, "errors": self.errors}
+        if self._lane is not None:
+            out.update(self._lane.stats())
+        return out
 
     def close(self, linger: float = 0.0) -> None:
         """Close the socket; answers still queued are flushed for up to
@@ -164,6 +206,8 @@ class MailboxServer:
             return
         self._closed = True
         if os.getpid() == self._pid:
+            if self._lane is not None:
+                self._lane.close()
             self._sock.close(int(linger * 1000))
 
 
@@ -226,8 +270,10 @@ class MailboxClient:
         self._close_exc: LightningError = MailboxClosed(f"client of {address} closed")
         self._pending: dict[int, tuple[Future, float]] = {}
         self._local = threading.local()       # each thread's DirectClient (ask_here)
-        self._directs: list[DirectClient] = []
+        self._directs: list[DirectClient | LaneClient] = []
         self._no_direct = False               # a direct socket could not be made: no more tries
+        self._lane = lane_path(address)       # the worker's lane (lane.py), where it has one
+        self._lane_retry = 0.0                # no lane until then (the last connect failed)
         # fail_fast: while the peer is gone (from a disconnect to the next
         # connection), requests fail at once with PeerLost instead of waiting
         # in zmq's queue for a peer that may never come back; for callers
@@ -301,10 +347,13 @@ class MailboxClient:
         deadline, mono = _deadlines(timeout)
         return direct.ask(MsgKind.REQUEST, op, payload, deadline, mono)
 
-    def direct(self) -> DirectClient | None:
+    def direct(self) -> DirectClient | LaneClient | None:
         """This thread's direct client; made on first use (None: MAX_DIRECT
-        threads have one already, or a socket could not be made). Raises
-        MailboxClosed when closed or in a forked copy."""
+        threads have one already, or a socket could not be made). On the
+        worker's lane where the address has one (lane.py); while the lane
+        cannot be reached (a worker being restarted) None, and the lane is
+        tried again LANE_RETRY seconds later. Raises MailboxClosed when
+        closed or in a forked copy."""
         if os.getpid() != self._pid:         # a forked copy: refused, the parent's socket untouched
             self._check_open()
         direct = getattr(self._local, "direct", None)
@@ -318,11 +367,21 @@ class MailboxClient:
             live[:] = [d for d in live if not d.closed]
             if len(live) >= MAX_DIRECT or self._no_direct:
                 return None
-            try:
-                direct = DirectClient(self)
-            except LightningError:           # e.g. the context's socket limit: futures serve as before
-                self._no_direct = True
-                return None
+            if self._lane is not None:
+                now = time.monotonic()
+                if now < self._lane_retry:
+                    return None
+                try:
+                    direct = LaneClient(self, self._lane)
+                except OSError:
+                    self._lane_retry = now + LANE_RETRY
+                    return None
+            else:
+                try:
+                    direct = DirectClient(self)
+                except LightningError:           # e.g. the context's socket limit: futures serve as before
+                    self._no_direct = True
+                    return None
             live.append(direct)
         self._local.direct = direct
         return direct

@@ -35,8 +35,12 @@ spare every SET goes at the end of the loop turn that read it (thirteenth
 session, 16 CPUs: 1.0-1.3x the SETs a second with 50 clients, by shape).
 
 The messages leave on the loop thread's own connection to each shard (a
-direct client, mailbox/direct.py) whose socket the loop watches
-(``add_reader``): no hop through the mailbox's I/O thread either way. A
+direct client, mailbox/direct.py: the shard's lane, mailbox/lane.py, a Unix
+socket with no zmq I/O thread on either side; 1.2x the unpipelined SETs a
+second of a DEALER there, bench/RESULTS.md, eighteenth session) whose
+socket the loop watches (``add_reader``): no hop through the mailbox's I/O
+thread either way. A client closed or given up (a lane whose shard went
+away) stops being watched before its socket closes. A
 timer looks at them every ``LOST_POLL`` seconds while any is out, for a
 dropped connection or a passed deadline. Where the mailbox has no direct
 client to spare, the message is an ordinary ask whose answer comes back
@@ -63,6 +67,7 @@ from typing import Any
 
 from ..errors import LightningError, TransientError
 from ..mailbox.direct import LOST_POLL, DirectClient, DirectFuture
+from ..mailbox.lane import LaneClient
 
 __all__ = ["SetWriter"]
 
@@ -80,6 +85,7 @@ Ops = list[Any]
 Answered = Callable[[BaseException | None], None]     # told a group's outcome: None, or its error
 Done = Callable[[list[BaseException | None] | None], None]   # told a run's outcome (``set_many``)
 Group = tuple[list[bytes], list[bytes], Answered]      # keys, values, whom to tell
+Direct = DirectClient | LaneClient                      # a direct client the loop reads
 
 
 class _Run:
@@ -147,7 +153,7 @@ class SetWriter:
         self._scheduled = False
         # shard -> (answer, ops, token, whom to tell, SETs carried) of a message sent directly
         self._direct: dict[int, tuple[DirectFuture, Ops, list[Any], list[Answered], int]] = {}
-        self._watched: dict[DirectClient, int] = {}    # direct clients the loop reads, their fd
+        self._watched: dict[int, Direct] = {}     # fd -> the direct client the loop reads there
         self._timer: asyncio.TimerHandle | None = None
         self._queued: dict[int, int] = {}          # shard -> SETs queued
         self._sent_at: dict[int, float] = {}       # shard -> when its message in flight left
@@ -278,28 +284,37 @@ class SetWriter:
         cf.add_done_callback(self._on_answer(shard, ops, token, tell, n))
 
     # --- messages sent directly (the loop reads their answers) ------------------------------
-    def _watch(self, direct: DirectClient) -> None:
-        if direct not in self._watched:
-            fd = direct.fileno()
+    def _watch(self, direct: Direct) -> None:
+        fd = direct.fileno()
+        if self._watched.get(fd) is not direct:
             self._loop.add_reader(fd, self._pump, direct)
-            self._watched[direct] = fd
+            self._watched[fd] = direct
         if self._timer is None:
             self._timer = self._loop.call_later(LOST_POLL, self._tick)
         if direct.readable():   # zmq's descriptor is edge-triggered: an answer may be in already
             self._pump(direct)
 
-    def _pump(self, direct: DirectClient) -> None:
+    def _pump(self, direct: Direct) -> None:
         direct.pump()
         for shard, (answer, ops, token, tell, n) in list(self._direct.items()):
             if answer.client is direct and answer.done():
                 del self._direct[shard]
                 self._finish(shard, ops, token, tell, n, answer.exception())
+        if direct.closed:
+            self._unwatch(direct)
+
+    def _unwatch(self, direct: Direct) -> None:
+        """Stop reading a closed direct client (before its descriptor is
+        closed: a lane's closes with the client, after this)."""
+        for fd, d in list(self._watched.items()):
+            if d is direct:
+                self._loop.remove_reader(fd)
+                del self._watched[fd]
+        direct.close()
 
     def _tick(self) -> None:
         self._timer = None
-        for direct in list(self._watched):
-            if direct.closed:
-                self._loop.remove_reader(self._watched.pop(direct))
+        for direct in list(self._watched.values()):
             self._pump(direct)
         if self._direct and self._timer is None:
             self._timer = self._loop.call_later(LOST_POLL, self._tick)
@@ -313,7 +328,7 @@ class SetWriter:
         for _, timer in self._held.values():
             timer.cancel()
         self._held.clear()
-        for fd in self._watched.values():
+        for fd in self._watched:
             self._loop.remove_reader(fd)
         self._watched.clear()
 

@@ -1,6 +1,9 @@
-"""Direct asks (mailbox/direct.py): a thread's own DEALER, answers read by
-the thread that waits. Same semantics as the client's futures: payloads,
-remote errors, deadlines, a dropped connection, close and fork."""
+"""Direct asks (mailbox/direct.py): a thread's own connection, answers read
+by the thread that waits. Same semantics as the client's futures: payloads,
+remote errors, deadlines, a dropped connection, close and fork. Each test
+that takes ``served`` runs twice: on the worker's lane (mailbox/lane.py,
+an address ``ipc://...sock``) and on a DEALER of its own (any other
+address); what only one of them has is pinned to it."""
 
 from __future__ import annotations
 
@@ -16,6 +19,28 @@ from lightning_db.mailbox import socket as mailbox_socket
 from lightning_db.mailbox.direct import DirectFuture
 from tests.mailbox.conftest import ServedMailbox, next_name, silent_router
 from tests.waiting import wait_until
+
+ZMQ_ONLY = pytest.mark.parametrize("served", ["zmq"], indirect=True)
+
+
+@pytest.fixture(params=["lane", "zmq"])
+def served(request, runtime_dir):
+    suffix = ".sock" if request.param == "lane" else ".zmq"
+    box = ServedMailbox(f"ipc://{runtime_dir}/s{next_name()}{suffix}")
+    try:
+        yield box
+    finally:
+        box.stop()
+
+
+def test_the_address_decides_the_transport(served, client):
+    fut = client.ask_here("echo", 1, timeout=30)
+    assert fut.result(30) == 1
+    lanes = served.server.stats().get("lanes_accepted", 0)
+    if served.address.endswith(".sock"):
+        assert type(fut.client).__name__ == "LaneClient" and lanes == 1
+    else:
+        assert type(fut.client).__name__ == "DirectClient" and lanes == 0
 
 
 def test_an_ask_here_is_answered_on_the_threads_own_socket(served, client):
@@ -56,6 +81,7 @@ def test_a_deadline_is_a_timeout_and_the_late_reply_is_dropped(served, client):
     assert stats["timeouts"] == 1 and stats["late"] == 1
 
 
+@ZMQ_ONLY
 def test_readable_says_whether_an_answer_waits_on_the_socket(served, client):
     """What a thread that reads answers from an event loop looks at after a
     send: no answer yet, one waiting, none once pumped; a closed socket says
@@ -100,7 +126,7 @@ def test_only_the_asking_thread_may_wait(served, client):
 def test_a_peer_that_dies_fails_the_wait_with_peer_lost(runtime_dir):
     """The server takes the ask and goes away: the wait ends with PeerLost
     long before the deadline; a server back at the address answers the next."""
-    address = f"ipc://{runtime_dir}/dlost{next_name()}.sock"
+    address = f"ipc://{runtime_dir}/dlost{next_name()}.zmq"
     router = silent_router(address)
     client = MailboxClient(address)
     try:
@@ -126,7 +152,7 @@ def test_a_peer_that_dies_fails_the_wait_with_peer_lost(runtime_dir):
 
 
 def test_a_fail_fast_client_refuses_at_once_while_the_peer_is_gone(runtime_dir):
-    address = f"ipc://{runtime_dir}/dfast{next_name()}.sock"
+    address = f"ipc://{runtime_dir}/dfast{next_name()}.zmq"
     served = ServedMailbox(address)
     client = MailboxClient(address, fail_fast=True)
     try:
@@ -212,6 +238,7 @@ def test_a_forked_child_cannot_use_the_parents_direct_socket(served, client):
     assert client.ask_here("echo", 3, timeout=30).result(30) == 3
 
 
+@ZMQ_ONLY
 def test_a_socket_that_cannot_be_made_leaves_the_ordinary_futures(served, client, monkeypatch):
     """Where no direct socket can be made (a context's socket limit, say),
     asks go as before, and no more sockets are tried for this client."""
