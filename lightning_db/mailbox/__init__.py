@@ -1,9 +1,12 @@
 """The mailbox: wire format (msgpack envelopes) and ZeroMQ sockets.
 
-The only package of Lightning DB that imports zmq (``socket.py`` and
-``context.py``); ``wire.py`` and ``envelope.py`` are pure and usable in any
-process. Workers bind a ``MailboxServer`` (ROUTER); callers connect a
-``MailboxClient`` (DEALER).
+The only package of Lightning DB that imports zmq (``server.py``,
+``socket.py``, ``direct.py`` and ``context.py``); ``wire.py`` and
+``envelope.py`` are pure and usable in any process. Workers bind a
+``MailboxServer`` (ROUTER, server.py); callers connect a ``MailboxClient``
+(DEALER, socket.py), and a thread that waits for its own answers has a
+direct client (direct.py): a DEALER of its own, or on a worker's ipc
+address a lane (lane.py, a Unix socket beside the ROUTER).
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from .errors import (
     lookup_error,
     register_error,
 )
-from .socket import MailboxClient, MailboxServer, shutdown
+from .server import MailboxServer
+from .socket import MailboxClient, shutdown
 from .wire import MAX_FRAME_SIZE, PROTOCOL_VERSION, MsgKind
 
 __all__ = [

@@ -194,6 +194,7 @@ def test_a_worker_that_takes_nothing_fails_the_send_and_not_the_thread(served, c
             client.ask_here("echo", payload, timeout=120)
     assert blocked.client.closed and isinstance(blocked.exception(30), errors.Timeout)
     served.release.set()
+    wait_until(lambda: served.server.stats()["lanes_dropped"] == 1, what="the worker to drop the lane given up")
     fut = client.ask_here("echo", "after", timeout=60)
     assert isinstance(fut.client, LaneClient) and fut.client is not blocked.client
     assert fut.result(60) == "after"
