@@ -116,7 +116,7 @@ class LaneServer:
         self._listen = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self._listen.bind(path)
-            self._listen.listen(64)
+            self._listen.listen(socket.SOMAXCONN)
             self._listen.setblocking(False)
             self._ep = select.epoll()
         except OSError:
@@ -283,8 +283,10 @@ class LaneClient(OwnConnection):
         super().__init__(owner)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.connect(path)
+            # Non-blocking first: a worker whose backlog is full (stopped,
+            # say) refuses at once (EAGAIN) instead of holding the thread.
             sock.setblocking(False)
+            sock.connect(path)
         except OSError:
             sock.close()
             raise

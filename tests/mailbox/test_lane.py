@@ -198,3 +198,34 @@ def test_a_worker_that_takes_nothing_fails_the_send_and_not_the_thread(served, c
     fut = client.ask_here("echo", "after", timeout=60)
     assert isinstance(fut.client, LaneClient) and fut.client is not blocked.client
     assert fut.result(60) == "after"
+
+
+def test_a_lane_whose_backlog_is_full_does_not_hold_the_thread(served, client):
+    """A worker that does not accept (stopped, say) with its backlog full:
+    the connect is refused at once and the ask goes on the shared socket."""
+    path = lane_path(served.address)
+    os.rename(path, path + ".away")
+    stuck = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    fillers: list[socket.socket] = []
+    try:
+        stuck.bind(path)
+        stuck.listen(0)
+        while True:                         # fill the backlog
+            f = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            f.setblocking(False)
+            fillers.append(f)
+            try:
+                f.connect(path)
+            except BlockingIOError:
+                break
+            assert len(fillers) < 64, "the backlog never filled"
+        started = time.monotonic()
+        fut = client.ask_here("echo", "shared", timeout=30)
+        assert type(fut).__name__ == "Future" and fut.result(30) == "shared"
+        assert time.monotonic() - started < 20
+    finally:
+        for f in fillers:
+            f.close()
+        stuck.close()
+        os.unlink(path)
+        os.rename(path + ".away", path)
