@@ -87,6 +87,31 @@ def _frames(buf: bytearray, out: list[bytes]) -> bool:
     return True
 
 
+def _receive(sock: socket.socket, buf: bytearray, reads: int | None) -> tuple[list[bytes], bool]:
+    """Read what *sock* holds (at most *reads* receives; None: all of it)
+    onto *buf*; (the whole frames now at its start, whether the stream
+    ended: the peer closed it, or sent a length past the limit). Frames
+    read before an end are returned too."""
+    ended = False
+    n = 0
+    while reads is None or n < reads:
+        n += 1
+        try:
+            data = sock.recv(_READ)
+        except (BlockingIOError, InterruptedError):
+            break
+        except OSError:
+            data = b""
+        if not data:
+            ended = True
+            break
+        buf += data
+        if len(data) < _READ:
+            break
+    frames: list[bytes] = []
+    return frames, not _frames(buf, frames) or ended
+
+
 def _pack(frames: list[bytes]) -> bytes:
     return b"".join(x for f in frames for x in (_LEN.pack(len(f)), f))
 
@@ -172,22 +197,8 @@ class LaneServer:
             self.accepted += 1
 
     def _read(self, conn: _Conn, out: list[tuple[bytes, Envelope]], bad: list[tuple[bytes, MalformedFrame]]) -> None:
-        ended = False
-        for _ in range(_READS):
-            try:
-                data = conn.sock.recv(_READ)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                data = b""
-            if not data:
-                ended = True
-                break
-            conn.buf += data
-            if len(data) < _READ:
-                break
-        frames: list[bytes] = []
-        if not _frames(conn.buf, frames) or ended:
+        frames, ended = _receive(conn.sock, conn.buf, _READS)
+        if ended:
             self._drop(conn)
         identity = conn.identity
         for frame in frames:
@@ -382,23 +393,7 @@ class LaneClient(OwnConnection):
     def _drain(self) -> None:
         """Read what the socket holds; answer the asks it completes. The
         peer gone: every ask still waiting fails with PeerLost."""
-        sock, buf, ended = self._sock, self._buf, False
-        while True:
-            try:
-                data = sock.recv(_READ)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                data = b""
-            if not data:
-                ended = True
-                break
-            buf += data
-            if len(data) < _READ:
-                break
-        frames: list[bytes] = []
-        if not _frames(buf, frames):
-            ended = True
+        frames, ended = _receive(self._sock, self._buf, None)
         for frame in frames:            # answers that came before the end still count
             self._take(frame)
         if ended:
