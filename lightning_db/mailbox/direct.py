@@ -41,9 +41,9 @@ from __future__ import annotations
 
 import itertools
 import math
-from abc import ABC, abstractmethod
 import threading
 import time
+from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any
 
 import zmq
@@ -132,9 +132,9 @@ class DirectFuture:
 class OwnConnection(ABC):
     """What a direct client on any transport shares: the asks of its one
     thread by envelope id, their deadlines, the tells not yet confirmed,
-    and closing while that thread sends or waits. A subclass sends
-    (``_send``), reads (``_wait``, ``pump``) and closes its socket
-    (``_close_socket``)."""
+    sending, waiting and pumping, and closing while that thread sends or
+    waits. A subclass puts a frame on its socket (``_transmit``), reads
+    (``_read``, ``_drain``) and closes it (``_close_socket``)."""
 
     def __init__(self, owner: MailboxClient) -> None:
         self._owner = owner
@@ -163,10 +163,48 @@ class OwnConnection(ABC):
         thread sent on this socket, before every later one."""
         self._told = self._send(MsgKind.TELL, op, payload, 0.0, math.inf)
 
-    @abstractmethod
     def _send(self, kind: MsgKind, op: str, payload: Any, deadline: float, mono: float) -> int:
         """Encode and send one envelope (*mono*: the ask's monotonic
         deadline); its id."""
+        self._may_send()
+        id_ = next(self._ids)
+        frame = Envelope(id_, kind, op, deadline, None, payload).encode()
+        self._enter()
+        try:
+            self._transmit(frame, mono)
+        finally:
+            self._leave()
+        self._owner.sent += 1
+        return id_
+
+    def _may_send(self) -> None:
+        """Raise where the connection is known to be down."""
+
+    @abstractmethod
+    def _transmit(self, frame: bytes, mono: float) -> None:
+        """Put one encoded envelope on the socket."""
+
+    @abstractmethod
+    def _drain(self) -> None:
+        """Take the answers the socket holds, without waiting."""
+
+    def _after_drain(self) -> None:
+        """What ``pump`` looks at after draining (a drop the owner saw)."""
+
+    def pump(self) -> None:
+        """Without waiting: take the answers that came, and end the asks
+        that a dropped connection or their deadline ended (what ``result``
+        does while it waits, for a thread that waits in an event loop
+        instead; it then looks at its futures' ``done``)."""
+        if not self._begin():
+            return
+        try:
+            self._drain()
+            self._after_drain()
+            if self._pending:
+                self._expire(time.monotonic())
+        finally:
+            self._leave()
 
     @abstractmethod
     def _read(self, seconds: float) -> None:
@@ -289,22 +327,16 @@ class DirectClient(OwnConnection):
             raise wrap_zmq_error(exc, f"cannot connect to {owner.address}") from None
         self._receiver = TimedReceiver(self._sock)     # the waits' blocking reads
 
-    def _send(self, kind: MsgKind, op: str, payload: Any, deadline: float, mono: float) -> int:
-        """Encode and send one envelope; its id."""
+    def _may_send(self) -> None:
         owner = self._owner
         if owner._fail_fast and owner._down:
             raise PeerLost(f"the connection to {owner.address} is down")
-        id_ = next(self._ids)
-        frame = Envelope(id_, kind, op, deadline, None, payload).encode()
-        self._enter()
+
+    def _transmit(self, frame: bytes, mono: float) -> None:
         try:
             self._sock.send(frame, zmq.NOBLOCK, copy=False)
         except zmq.ZMQError as exc:
-            raise wrap_zmq_error(exc, f"direct send to {owner.address}") from None
-        finally:
-            self._leave()
-        owner.sent += 1
-        return id_
+            raise wrap_zmq_error(exc, f"direct send to {self._owner.address}") from None
 
     def _dropped(self, fut: DirectFuture) -> bool:
         drops = self._owner.disconnects
@@ -336,34 +368,22 @@ class DirectClient(OwnConnection):
         except zmq.ZMQError:
             return True         # closed or broken: pump says how
 
-    def pump(self) -> None:
-        """Without waiting: take the answers that came, and end the asks
-        that a dropped connection or their deadline ended (what ``result``
-        does while it waits, for a thread that waits in an event loop
-        instead; it then looks at its futures' ``done``)."""
-        owner = self._owner
-        if not self._begin():
-            return
-        try:
-            self._drain()
-            drops = owner.disconnects
-            if any(f._seen != drops for f in self._pending.values()):
-                self._lose(drops)
-            if self._pending:
-                self._expire(time.monotonic())
-        except zmq.ZMQError as exc:
-            self._fail_all(wrap_zmq_error(exc, f"direct receive from {owner.address}"))
-        finally:
-            self._leave()
+    def _after_drain(self) -> None:
+        drops = self._owner.disconnects
+        if any(f._seen != drops for f in self._pending.values()):
+            self._lose(drops)
 
     def _drain(self) -> None:
         sock = self._sock
-        while True:
-            try:
-                frame = sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            self._take(frame)
+        try:
+            while True:
+                try:
+                    frame = sock.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    return
+                self._take(frame)
+        except zmq.ZMQError as exc:
+            self._fail_all(wrap_zmq_error(exc, f"direct receive from {self._owner.address}"))
 
     def _lose(self, drops: int) -> None:
         """The connection dropped (the owner counted *drops*): fail every

@@ -40,13 +40,13 @@ import select
 import socket
 import struct
 import time
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from ..errors import LightningError
 from .direct import OwnConnection
 from .envelope import Envelope, decode
 from .errors import MailboxClosed, MalformedFrame, PeerLost, Timeout
-from .wire import MAX_FRAME_SIZE, MsgKind
+from .wire import MAX_FRAME_SIZE
 
 if TYPE_CHECKING:
     from .socket import MailboxClient
@@ -306,25 +306,16 @@ class LaneClient(OwnConnection):
         self._poll.register(sock.fileno(), select.POLLIN)
         self._buf = bytearray()
 
-    def _send(self, kind: MsgKind, op: str, payload: Any, deadline: float, mono: float) -> int:
+    def _may_send(self) -> None:
         if self.closed and not self._closing:
             raise PeerLost(f"the lane to {self._owner.address} dropped")
-        id_ = next(self._ids)
-        frame = Envelope(id_, kind, op, deadline, None, payload).encode()
-        data = _LEN.pack(len(frame)) + frame
-        self._enter()
-        try:
-            self._write(data, mono)
-        finally:
-            self._leave()
-        self._owner.sent += 1
-        return id_
 
-    def _write(self, data: bytes, mono: float) -> None:
-        """Send one whole frame. Where the worker's socket is full, wait for
-        room while it takes some within SEND_STALL seconds and the ask's
-        deadline (*mono*) has not passed; else give the lane up (a frame
-        cut short breaks the stream)."""
+    def _transmit(self, frame: bytes, mono: float) -> None:
+        """Send one whole frame after its length. Where the worker's socket
+        is full, wait for room while it takes some within SEND_STALL
+        seconds and the ask's deadline (*mono*) has not passed; else give
+        the lane up (a frame cut short breaks the stream)."""
+        data = _LEN.pack(len(frame)) + frame
         sock = self._sock
         try:
             sent = sock.send(data)
@@ -377,18 +368,6 @@ class LaneClient(OwnConnection):
         """False: the descriptor is level-triggered, an event loop that
         watches it sees answers already in."""
         return False
-
-    def pump(self) -> None:
-        """Take the answers that came and end the asks whose deadline passed
-        (direct.py), without waiting."""
-        if not self._begin():
-            return
-        try:
-            self._drain()
-            if self._pending:
-                self._expire(time.monotonic())
-        finally:
-            self._leave()
 
     def _drain(self) -> None:
         """Read what the socket holds; answer the asks it completes. The
