@@ -16,6 +16,8 @@ from itertools import islice, repeat
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
+import numpy as np
+
 from .config import Config
 from .errors import DatabaseClosed, InvalidArgument
 from .storage.engine import Engine
@@ -59,14 +61,16 @@ class _Limits:
             raise InvalidArgument(f"{what} must be 1 to {self.max_key} bytes (max_key_size), got {n} bytes")
         return key
 
-    def keys(self, keys: Iterable[Any]) -> list[bytes]:
-        """``key`` of each; a batch of plain ``bytes`` keys is checked in C."""
+    def keys_and_lengths(self, keys: Iterable[Any]) -> tuple[list[bytes], np.ndarray]:
+        """``keys`` and the keys' lengths (int64 array); a batch of plain
+        ``bytes`` keys is checked on the lengths in numpy."""
         keys = list(keys)
-        if (keys and set(map(type, keys)) == _JUST_BYTES and min(map(len, keys)) > 0
-                and max(map(len, keys)) <= self.max_key):
-            return keys
-        key = self.key
-        return [key(k) for k in keys]
+        if keys and set(map(type, keys)) == _JUST_BYTES:
+            lens = np.fromiter(map(len, keys), dtype=np.int64, count=len(keys))
+            if lens.min() > 0 and lens.max() <= self.max_key:
+                return keys, lens
+        keys = [self.key(k) for k in keys]
+        return keys, np.fromiter(map(len, keys), dtype=np.int64, count=len(keys))
 
     def value_ops(self, pairs: Iterable[Any]) -> list[tuple[int, bytes, bytes]]:
         """(VALUE, key, value) of each (key, value) pair, checked; a batch of

@@ -427,7 +427,7 @@ class ShardRouter(Transactional, MappingSugar):
 
     def _get_many(self, keys: Iterable[Any], seqs: Sequence[int] | None,
                   incs: Sequence[int | None] | None = None) -> list[bytes | None]:
-        keys = self._limits.keys(keys)
+        keys, lens = self._limits.keys_and_lengths(keys)
         if not keys:
             return []
         # This process's writes still in flight, taken before the shards are
@@ -436,31 +436,31 @@ class ShardRouter(Transactional, MappingSugar):
         mine = ({i: w for i, k in enumerate(keys) if (w := pipe.mine(k)) is not None}
                 if seqs is None and pipe.live else {})
         hashes, groups = self.ring.split_hashed(keys)
-        parts: dict[int, tuple[list[int], list[bytes], Any]] = {}
+        parts: dict[int, tuple[list[int], list[bytes], Any, Any]] = {}
         for s, pos in groups.items():
             if len(groups) == 1:
-                parts[s] = (list(range(len(keys))), keys, hashes)
+                parts[s] = (list(range(len(keys))), keys, hashes, lens)
             else:
                 at = pos.tolist()
-                parts[s] = (at, list(map(keys.__getitem__, at)), hashes[pos])
+                parts[s] = (at, list(map(keys.__getitem__, at)), hashes[pos], lens[pos])
         answers: dict[int, Any] = {}
-        for s, (_, sub, subh) in parts.items():
+        for s, (_, sub, subh, subl) in parts.items():
             if seqs is None:
-                v = self._shared(s, "get_many", sub, None, None, subh)
+                v = self._shared(s, "get_many", sub, None, None, subh, subl)
             elif incs is not None and incs[s] is not None:
-                v = self._shared(s, "get_many", sub, seqs[s], incs[s], subh)
+                v = self._shared(s, "get_many", sub, seqs[s], incs[s], subh, subl)
             else:
                 continue
             if v is not UNAVAILABLE:
                 answers[s] = v
-        ask = {s: [sub, None if seqs is None else seqs[s]] for s, (_, sub, _) in parts.items() if s not in answers}
+        ask = {s: [sub, None if seqs is None else seqs[s]] for s, (_, sub, _, _) in parts.items() if s not in answers}
         if ask:
             answers.update(self._ask_all("get_many", ask, idempotent=True))
         if len(parts) == 1:
             out = list(answers.popitem()[1])
         else:
             out = [None] * len(keys)
-            for s, (at, _, _) in parts.items():
+            for s, (at, _, _, _) in parts.items():
                 list(map(out.__setitem__, at, answers[s]))
         for i, (kind, value) in mine.items():
             out[i] = visible(kind, value)

@@ -73,14 +73,15 @@ class KeyBatch:
     __slots__ = ("_arr", "_lens", "_mat", "_new", "hashes", "keys", "kinds", "pending", "points", "pos",
                  "todo", "vals")
 
-    def __init__(self, keys: Sequence[bytes], hashes: np.ndarray | None = None) -> None:
+    def __init__(self, keys: Sequence[bytes], hashes: np.ndarray | None = None,
+                 lens: np.ndarray | None = None) -> None:
         n = len(keys)
         self.keys = keys
         self.hashes = np.fromiter(map(key_hash, keys), dtype=np.uint64, count=n) if hashes is None else hashes
         self.pending = np.ones(n, dtype=bool)
         self.todo = np.arange(n)
         self._arr: np.ndarray | None = None
-        self._lens: np.ndarray | None = None
+        self._lens: np.ndarray | None = lens
         self._mat: np.ndarray | None = None
         self._new: list[Any] = []                # positions found since the last settle
         self.pos: list[int] = []
@@ -112,7 +113,15 @@ class KeyBatch:
         """The keys as a numpy ``S`` array (None: too wide, use bisect)."""
         arr = self._arr
         if arr is None:
-            arr = self._arr = np.array(self.keys, dtype=bytes) if self.lens().max() <= MAX_WIDTH else _WIDE
+            lens = self.lens()
+            width = int(lens.max())
+            if width > MAX_WIDTH:
+                arr = _WIDE
+            elif int(lens.min()) == width:      # keys of one length: their bytes side by side are the array
+                arr = np.frombuffer(b"".join(self.keys), dtype=f"S{width}")
+            else:
+                arr = np.array(self.keys, dtype=bytes)
+            self._arr = arr
         return None if arr is _WIDE else arr
 
     def matrix(self) -> np.ndarray | None:
@@ -293,12 +302,12 @@ def _route(b: KeyBatch, files: Sequence[Any], largest: list[bytes]) -> tuple[np.
 
 
 def _collect(mems: Sequence[Any], version: Version, keys: Sequence[bytes], seq: int,
-             hashes: np.ndarray | None = None) -> KeyBatch:
+             hashes: np.ndarray | None = None, lens: np.ndarray | None = None) -> KeyBatch:
     """Every source in lookup order, each for the keys still unresolved;
     then the point-index records found are verified for the whole batch,
     and a key whose record turns out to hold another key is looked up
     alone."""
-    b = KeyBatch(keys, hashes)
+    b = KeyBatch(keys, hashes, lens)
     _ask(b, mems, version, keys, seq)
     if b.points:
         twins = check_points(b, b.points)
@@ -362,7 +371,7 @@ def lookup_many(mems: Sequence[Any], version: Version, keys: Sequence[bytes],
 
 
 def values_many(mems: Sequence[Any], version: Version, keys: Sequence[bytes], seq: int,
-                hashes: np.ndarray | None = None) -> list[Any]:
+                hashes: np.ndarray | None = None, lens: np.ndarray | None = None) -> list[Any]:
     """The value of each key as ``lookup_many`` finds it, None for a key
     that is missing or deleted (``get_many``). *hashes*: ``key_hash`` of
     each key, where the caller has them already (uint64 array)."""
@@ -372,7 +381,7 @@ def values_many(mems: Sequence[Any], version: Version, keys: Sequence[bytes], se
             r = lookup(mems, version, k, seq)
             out.append(None if r is None else r[1] if r[0] == _VALUE else visible(*r))
         return out
-    b = _collect(mems, version, keys, seq, hashes)
+    b = _collect(mems, version, keys, seq, hashes, lens)
     out = [None] * len(keys)
     if b.pos:
         if _DELETE in b.kinds or VALUE_TTL in b.kinds:

@@ -262,15 +262,16 @@ class PublishedReader:
         return None if r is None else r[1] if r[0] == _VALUE else visible(*r)
 
     def get_many(self, keys: list[bytes], seq: int | None = None, expect: int | None = None,
-                 hashes: Any = None) -> Any:
+                 hashes: Any = None, lens: Any = None) -> Any:
         """Values in order, or UNAVAILABLE. Each source of the version is
-        asked once for the whole batch (``batch.values_many``); *hashes*:
-        the keys' ``key_hash`` values where the caller has them."""
+        asked once for the whole batch (``batch.values_many``); *hashes*
+        and *lens*: the keys' ``key_hash`` values and lengths (numpy
+        arrays) where the caller has them."""
         view = self._view(seq, expect)
         if view is None:
             return UNAVAILABLE
         cur, at = view
-        return values_many(cur.mems, cur.version, keys, at, hashes)
+        return values_many(cur.mems, cur.version, keys, at, hashes, lens)
 
     def scan(self, start: bytes | None, end: bytes | None, reverse: bool = False, seq: int | None = None,
              expect: int | None = None) -> Any:

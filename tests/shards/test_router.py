@@ -163,8 +163,12 @@ def test_get_many_order(shared):
     ks = [b"gm%03d" % i for i in random.Random(5).sample(range(200), 150)] + [b"gm000", b"gm000", b"zz"]
     assert db.get_many(ks) == [items.get(k) for k in ks]
     assert db.get_many([]) == []
-    with pytest.raises(InvalidArgument):
-        db.get_many([b"ok", b""])
+    assert db.get_many(iter([bytearray(b"gm002"), memoryview(b"gm004"), b"gm0", b"gm000"])) == \
+        [items[b"gm002"], items[b"gm004"], None, items[b"gm000"]]
+    for bad, what in (([b"ok", b""], "1 to 64 bytes"), ([b"ok", b"k" * 65], "got 65 bytes"),
+                      ([b"ok", "str"], "bytes-like"), ([bytearray(b"ok"), b""], "got 0 bytes")):
+        with pytest.raises(InvalidArgument, match=what):
+            db.get_many(bad)
 
 
 def test_validation_and_mapping(shared):

@@ -10,6 +10,7 @@ import os
 import random
 import shutil
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -164,6 +165,21 @@ def test_small_batches_and_the_batch_path_agree(world, monkeypatch):
     monkeypatch.setattr(batch, "MIN_BATCH", 128)                # the per-key path below it
     _check(world.mems, world.version, keys, world.seq)
     _check(world.mems, world.version, [], world.seq)
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 6])
+def test_batches_of_one_key_length(world, width):
+    """Keys all of one length take the joined-bytes array: NUL-ended and
+    all-NUL keys included, with and without the lengths passed in."""
+    rng = random.Random(width)
+    pool = [k for k in UNIVERSE + MISSING if len(k) == width] + [b"\x00" * width, b"\xff" * width]
+    for size in (130, 400):
+        keys = [rng.choice(pool) for _ in range(size)]
+        for seq in (world.seq, world.seq // 2):
+            _check(world.mems, world.version, keys, seq)
+            want = values_many(world.mems, world.version, keys, seq)
+            lens = np.full(len(keys), width, dtype=np.int64)
+            assert values_many(world.mems, world.version, keys, seq, None, lens) == want
 
 
 def test_wide_keys_are_routed_with_bisect(world, monkeypatch):
