@@ -31,19 +31,22 @@ def lookup(mems: Sequence[Any], version: Version, key: bytes, seq: int,
             r = f.reader.get(key, seq, h, True, copy)
             if r is not None:
                 return r
-    deep = version.deep
-    last = len(deep) - 1
-    for n, (files, largest) in enumerate(deep):
+    for files, largest in version.upper:
         i = bisect_left(largest, key)
         if i < len(files) and files[i].smallest <= key:
-            if n == last:
-                # The last level: most lookups of present keys end here, and
-                # the point index answers a miss as fast as the filter would.
-                r = files[i].reader.get(key, seq, h, False, copy)
-            else:
-                if h is None:
-                    h = key_hash(key)
-                r = files[i].reader.get(key, seq, h, True, copy)
+            if h is None:
+                h = key_hash(key)
+            r = files[i].reader.get(key, seq, h, True, copy)
             if r is not None:
                 return r
+    last = version.last
+    if last is not None:
+        # The last level: most lookups of present keys end here, and the
+        # point index answers a miss as fast as the filter would.
+        files, largest = last
+        i = bisect_left(largest, key)
+        if i < len(files):
+            f = files[i]
+            if f.smallest <= key:
+                return f.reader.get(key, seq, h, False, copy)
     return None

@@ -57,7 +57,7 @@ class Version:
     """Immutable: levels[0] newest first (files may overlap); levels[1:]
     sorted by smallest key and disjoint. ``largest_keys[n]`` serves bisect."""
 
-    __slots__ = ("levels", "largest_keys", "deep")
+    __slots__ = ("levels", "largest_keys", "deep", "upper", "last")
 
     def __init__(self, levels: list[list[FileMeta]]) -> None:
         self.levels = tuple(tuple(lvl) for lvl in levels)
@@ -65,6 +65,9 @@ class Version:
         # The non-empty levels >= 1 as (files, largest keys): the point-read path.
         self.deep = tuple((self.levels[n], self.largest_keys[n])
                           for n in range(1, len(self.levels)) if self.levels[n])
+        # ... split as a point read walks them: all but the last, and the last (None: none).
+        self.upper = self.deep[:-1]
+        self.last = self.deep[-1] if self.deep else None
 
     def files(self) -> list[FileMeta]:
         return [f for lvl in self.levels for f in lvl]
