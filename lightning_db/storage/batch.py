@@ -66,7 +66,8 @@ _32_NP, _40_NP, _1_NP = np.uint64(32), np.uint64(40), np.uint64(1)
 
 
 class KeyBatch:
-    """The keys of one batch, their hashes, and what has been found so far:
+    """The keys of one batch, their hashes and lengths (given, or computed
+    here), and what has been found so far:
     answers (``pos[j]`` is the position in ``keys`` of the j-th) and the
     point-index records still to verify (``points``, see ``check_points``)."""
 
@@ -373,8 +374,9 @@ def lookup_many(mems: Sequence[Any], version: Version, keys: Sequence[bytes],
 def values_many(mems: Sequence[Any], version: Version, keys: Sequence[bytes], seq: int,
                 hashes: np.ndarray | None = None, lens: np.ndarray | None = None) -> list[Any]:
     """The value of each key as ``lookup_many`` finds it, None for a key
-    that is missing or deleted (``get_many``). *hashes*: ``key_hash`` of
-    each key, where the caller has them already (uint64 array)."""
+    that is missing or deleted (``get_many``). *hashes* and *lens*:
+    ``key_hash`` and the length of each key, where the caller has them
+    already (uint64 and int64 arrays)."""
     if len(keys) < max(MIN_BATCH, 1):
         out = []
         for k in keys:
