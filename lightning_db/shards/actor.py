@@ -29,7 +29,8 @@ Messages (op, payload) -> reply; payloads are msgpack lists, bytes stay bytes:
     releases it once checked, passed or not
     "txwrite"  [ops, sync, check]                   -> last seq (check passes first, or nothing is written)
     "prepare"  [txid, ops(, check)]  "commit" [txid, sync, remember] -> seq
-    "abort"    [txid] -> bool    "in_doubt" -> [[txid, ops], ...]
+    "decide"   [txid]  the primary's decision to commit, durable, nothing applied
+    "abort"    [txid] -> bool (never a decided txid)    "in_doubt" -> [[txid, ops], ...]
     "decided"  [txid] -> bool    "forget" [txid]    "decisions" -> [txid, ...] (decisions kept)
     "sync"     every write so far made durable (its WAL records fsynced)
     "flush", "compact", "verify" -> dict | None
@@ -454,6 +455,10 @@ class ShardActor(Actor):
         txid, sync, remember = _shape(p, 3, "commit")
         return self._engine().commit_prepared(_txid(txid), _flag(sync, "sync"), _flag(remember, "remember"))
 
+    def _decide(self, p: Any) -> None:
+        (txid,) = _shape(p, 1, "decide")
+        self._engine().decide(_txid(txid))
+
     def _abort(self, p: Any) -> bool:
         (txid,) = _shape(p, 1, "abort")
         txid = _txid(txid)
@@ -509,7 +514,8 @@ _HANDLERS = {
     "get_entry": ShardActor._get_entry,
     "scan": ShardActor._scan, "snapshot": ShardActor._snapshot, "release": ShardActor._release,
     "register": ShardActor._register,
-    "txwrite": ShardActor._txwrite, "prepare": ShardActor._prepare, "commit": ShardActor._commit, "abort": ShardActor._abort,
+    "txwrite": ShardActor._txwrite, "prepare": ShardActor._prepare, "commit": ShardActor._commit, "decide": ShardActor._decide,
+    "abort": ShardActor._abort,
     "in_doubt": ShardActor._in_doubt, "decided": ShardActor._decided, "forget": ShardActor._forget,
     "decisions": ShardActor._decisions,
     "sync": ShardActor._sync, "flush": ShardActor._flush, "compact": ShardActor._compact, "checkpoint": ShardActor._checkpoint,

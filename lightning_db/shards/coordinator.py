@@ -10,9 +10,10 @@ Two-phase commit (``two_phase``): prepare everywhere (fsynced, but on the
 primary, whose decision's fsync covers its prepare; each participant also
 validates the transaction's check and takes its keys as intents,
 storage/txn.py); any failure -> abort every participant, raise.
-Else commit on the primary with remember=True (the durable decision,
-synced), then on the others (not synced: the decision covers them), then
-forget on the primary, later: a lost commit record on a participant whose
+Else "decide" at the primary (a DECISION record, synced: the durable
+decision, nothing applied yet), then, inside the gate, commit on every
+participant at once, the primary too (not synced: the decision covers
+them), then forget on the primary, later: a lost commit record on a participant whose
 primary already forgot would be resolved as an abort, so the forget waits
 until each other participant made a later record durable (a later
 prepare's fsync covers every record before it, or an explicit "sync" at
@@ -23,19 +24,20 @@ prepares with no ops: its read intents live in memory until the commit or
 abort releases them.
 
 A commit that spans shards holds the commit gate shared (gate.py) over
-its apply phase (two-phase commit: from the primary's commit to the last
-participant's; one writing shard with read-only participants: its write),
+its apply phase (two-phase commit: the commits after the decision, no
+fsync among them; one writing shard with read-only participants: its write),
 so a snapshot (an exclusive cut) never sees half of one, nor one without a
 commit it depended on: what it depended on was applied before its own
 snapshot was cut, and its validation holds intents until it applies.
 Commits on one shard only are checked and applied in one step and need no
 gate.
 
-Failures: prepare and the primary's commit are never retried (a failed
-prepare aborts; a TransactionConflict there is the answer). What follows a
-failure is: abort toward a participant that died, the question "committed?"
-to a primary that died, and, once the decision is durable, commit toward a
-participant that died and forget at the primary, each retried until the
+Failures: prepare and the decision are never retried (a failed prepare
+aborts; a TransactionConflict there is the answer). What follows a
+failure is: abort toward a participant that died, the question "decided?"
+to a primary that died (a decided transaction refuses abort), and, once
+the decision is durable, commit toward a participant that died (the
+primary included) and forget at the primary, each retried until the
 restarted worker answers (its PREPARE or decision is in its WAL), so a
 coordinator that lives on leaves nothing in doubt. Only when a worker stays
 unreachable past the deadline is the rest left to ``resolve_in_doubt``.
@@ -107,24 +109,26 @@ def two_phase(router: "ShardRouter", parts: dict[int, list[Op]], checks: dict[in
     router.note_durable([s for s in parts if s != primary], sent)
     if router.forgets:
         settle_forgets(router, False)       # earlier batches' forgets that this made due
+    # The decision, durable at the primary before anything is applied: from
+    # here the batch commits, whoever finishes it.
+    decided = time.monotonic_ns()
+    try:
+        router._ask(primary, "decide", [txid])
+        router.note_durable([primary], decided)     # the decision was synced, and all before it
+    except LightningError as exc:
+        outcome = _settle_primary(router, txid, primary)
+        if outcome is None:          # unreachable primary: resolve_in_doubt decides later
+            raise
+        if outcome is False:
+            abort_all(router, txid, [s for s in shards if s != primary])
+            if isinstance(exc, InvalidArgument):   # aborted under us by resolve_in_doubt
+                raise TransactionConflict(f"batch {txid.hex()} was aborted by in-doubt resolution") from None
+            raise
     with router.gate.shared(timeout):       # the apply phase: no snapshot is cut inside it
         marker = router.gate.mark(txid, shards)
-        decided = time.monotonic_ns()
-        try:
-            router._ask(primary, "commit", [txid, True, True])
-            router.note_durable([primary], decided)     # the decision was synced, and all before it
-        except LightningError as exc:
-            outcome = _settle_primary(router, txid, primary)
-            if outcome is None:          # unreachable primary: resolve_in_doubt decides later
-                raise
-            if outcome is False:
-                abort_all(router, txid, [s for s in shards if s != primary])
-                router.gate.unmark(marker)
-                if isinstance(exc, InvalidArgument):   # aborted under us by resolve_in_doubt
-                    raise TransactionConflict(f"batch {txid.hex()} was aborted by in-doubt resolution") from None
-                raise
-        rest = {s: _send_here(refs[s], "commit", [txid, False, False], timeout) for s in shards if s != primary}
-        failed = [s for s, f in rest.items() if isinstance(_quiet(f), LightningError)]
+        # Every participant at once, the primary too; none syncs (the decision covers them).
+        applies = {s: _send_here(refs[s], "commit", [txid, False, False], timeout) for s in shards}
+        failed = [s for s, f in applies.items() if isinstance(_quiet(f), LightningError)]
         committed = time.monotonic_ns()
     # The decision is durable at the primary: a participant that died
     # meanwhile is committed again once its worker is back (its PREPARE
@@ -132,7 +136,8 @@ def two_phase(router: "ShardRouter", parts: dict[int, list[Op]], checks: dict[in
     if all([settle_commit(router, txid, s) for s in failed]):
         router.gate.unmark(marker)
         # Later: the batch is whole already; the primary only stops keeping
-        # the decision, once the other commits are durable (settle_forgets).
+        # the decision, once the other commits are durable (settle_forgets;
+        # its own commit record comes before the forget in its WAL).
         router.forgets.append([primary, txid, committed, [s for s in parts if s != primary], None])
     # else: still unreachable; a snapshot or resolve_in_doubt commits the rest later
 
@@ -271,7 +276,7 @@ def settle_marked(router: "ShardRouter", path: str, txid: bytes, shards: list[in
     p = int.from_bytes(txid[:2], "big")
     try:        # each commit holds the gate (settle_commit); asks, aborts and forgets need not
         if router._ask(p, "decided", [txid]):
-            if not all([settle_commit(router, txid, s) for s in shards if s != p]):
+            if not all([settle_commit(router, txid, s) for s in shards]):    # the primary's part too
                 return False
             router._ask(p, "forget", [txid])
         elif router._ask(p, "abort", [txid]):

@@ -4,7 +4,11 @@ Runs in any process that holds refs to every shard: a caller's open
 (``ShardedDatabase``), the node after a caller died (only that caller's
 transactions: ``txid_pid``), tests. A participant's in-doubt txid is settled
 by its primary (the txid's first two bytes): decided there -> commit here;
-else abort at the primary, then here.
+else abort at the primary, then here. The primary itself may hold its own
+part prepared beside the decision (its coordinator died between the
+decision and the apply phase): committed there too. Every part of one
+txid is settled under one hold of the commit gate, behind an apply
+marker, so no snapshot sees some parts applied and others not.
 
 Once nothing of a dead coordinator is in doubt any more, the decisions its
 primaries still keep (it died between a commit and its forget) are
@@ -21,7 +25,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from ..actors import ActorRef
-from ..errors import LightningError
+from ..errors import InvalidArgument, LightningError
 
 __all__ = ["forget_settled", "resolve_in_doubt", "settle_gone", "txid_pid"]
 
@@ -71,27 +75,46 @@ def resolve_in_doubt(refs: Sequence[ActorRef], timeout: float = DEFAULT_TIMEOUT,
     shard by asking its primary (txid's first 2 bytes): decided there ->
     commit here; else abort at the primary (presumed abort: its coordinator
     is gone) and here. Safe to run any time, beside a live coordinator too.
-    Each settlement holds *gate* (a ``CommitGate``) shared, as any commit
-    does. Returns counts: committed, aborted, failed."""
+    The parts of one txid are settled under one hold of *gate* (a
+    ``CommitGate``) shared, behind an apply marker, as any commit's apply
+    phase. Returns counts of parts: committed, aborted, failed."""
     counts = {"committed": 0, "aborted": 0, "failed": 0}
     futs = [_send(ref, "in_doubt", None, timeout) for ref in refs]
+    holders: dict[bytes, list[int]] = {}
     for s, f in enumerate(futs):
         entries = _quiet(f)
         if isinstance(entries, LightningError):
             counts["failed"] += 1
             continue
         for txid, _ops in entries:
-            if only is not None and not only(txid):
-                continue
-            try:
-                if gate is None:
-                    counts[_resolve_one(refs, s, txid, timeout)] += 1
-                else:
-                    with gate.shared(timeout):
-                        counts[_resolve_one(refs, s, txid, timeout)] += 1
-            except LightningError:
-                counts["failed"] += 1
+            if only is None or only(txid):
+                holders.setdefault(txid, []).append(s)
+    for txid, shards in holders.items():
+        try:
+            if gate is None:
+                _resolve_parts(refs, txid, shards, timeout, counts)
+            else:
+                with gate.shared(timeout):
+                    marker = gate.mark(txid, shards)
+                    if _resolve_parts(refs, txid, shards, timeout, counts):
+                        gate.unmark(marker)
+        except LightningError:
+            counts["failed"] += len(shards)
     return counts
+
+
+def _resolve_parts(refs: Sequence[ActorRef], txid: bytes, shards: list[int], timeout: float,
+                   counts: dict[str, int]) -> bool:
+    """Settle *txid* on each of *shards* (those holding it in doubt); True
+    when every part was settled."""
+    settled = True
+    for s in shards:
+        try:
+            counts[_resolve_one(refs, s, txid, timeout)] += 1
+        except LightningError:
+            counts["failed"] += 1
+            settled = False
+    return settled
 
 
 def _resolve_one(refs: Sequence[ActorRef], shard: int, txid: bytes, timeout: float) -> str:
@@ -102,10 +125,21 @@ def _resolve_one(refs: Sequence[ActorRef], shard: int, txid: bytes, timeout: flo
         if not primary.ask("decided", [txid], timeout).result():
             primary.ask("abort", [txid], timeout).result()
         if primary.ask("decided", [txid], timeout).result():   # again: a coordinator may have raced us
-            here.ask("commit", [txid, True, False], timeout).result()
-            return "committed"
+            return _commit_part(here, txid, timeout)
+    elif p == shard and here.ask("decided", [txid], timeout).result():
+        return _commit_part(here, txid, timeout)                      # the primary's own part
     here.ask("abort", [txid], timeout).result()
     return "aborted"
+
+
+def _commit_part(ref: ActorRef, txid: bytes, timeout: float) -> str:
+    """Commit a decided *txid* on one shard, synced; a shard that no longer
+    holds it prepared committed it meanwhile (its coordinator lives on)."""
+    try:
+        ref.ask("commit", [txid, True, False], timeout).result()
+    except InvalidArgument:
+        pass
+    return "committed"
 
 
 def forget_settled(refs: Sequence[ActorRef], timeout: float = DEFAULT_TIMEOUT,

@@ -6,9 +6,9 @@ several shards is half applied at that moment, so the vector never shows
 part of a batch or transaction. A commit whose coordinator died (or lost a
 participant) after its decision can still be half applied without holding
 the gate: each shard's answer lists what it holds prepared and what it
-decided as primary, and a transaction decided at its primary but prepared
-elsewhere is committed there (under the gate, shared) before the cut is
-taken again.
+decided as primary, and a transaction decided at its primary with a part
+still prepared (on another shard, or on the primary itself) is committed
+there (under the gate, shared) before the cut is taken again.
 
 The cut is normally read from shared memory (``shared_cut``: every shard's
 published visible seq, no message; the registrations follow as messages
@@ -154,14 +154,14 @@ def take_cut(router: "ShardRouter", tx: bool, token: int | None = None) -> list[
             for s, g in enumerate(got):
                 for txid in g[1]:
                     p = int.from_bytes(txid[:2], "big")
-                    if p != s and p < len(refs) and txid in decided[p]:
+                    if p < len(refs) and txid in decided[p]:    # the primary's own part too
                         half.setdefault(txid, []).append(s)
             if not half:
                 return seqs                      # type: ignore[return-value]
         _release(router, seqs, tx, token=token)  # give back what was acquired
         if errors and not all(isinstance(e, TransientError) for e in errors):
             raise next(e for e in errors if not isinstance(e, TransientError))
-        # Committed at the primary, prepared elsewhere: finish it, then cut again.
+        # Decided at the primary, a part still prepared: finish it, then cut again.
         for txid, shards in half.items():
             if all([settle_commit(router, txid, s) for s in shards]):
                 p = int.from_bytes(txid[:2], "big")

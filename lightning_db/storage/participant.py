@@ -4,9 +4,11 @@ Mixed into ``Engine`` (engine.py), whose write lock, WAL, prepared and
 decided sets and conflict tracker (txn.py) these methods use: the same
 thread-safety rules apply. Two-phase commit: ``prepare`` writes a durable
 PREPARE record that nothing reads and takes the keys as intents,
+``decide`` (on the transaction's primary) makes the decision to commit
+durable without applying anything (a DECISION record, fsynced),
 ``commit_prepared`` writes a self-contained commit record (with
 ``remember``, the same record is the primary's durable decision, kept until
-``forget``), ``abort_prepared`` drops it.
+``forget``), ``abort_prepared`` drops it (never a decided one).
 """
 
 from __future__ import annotations
@@ -121,6 +123,32 @@ class Participant:
                     return self._last_seq
         return self._write(None, sync, txid, remember)
 
+    def decide(self, txid: bytes) -> None:
+        """As *txid*'s primary, make the decision to commit it durable
+        without applying it: a DECISION record, fsynced (which makes the
+        PREPARE before it durable too). From here the transaction commits
+        whatever dies: ``commit_prepared`` applies it (here and on every
+        other participant), ``abort_prepared`` refuses it, and the decision
+        is kept until ``forget``, across restarts (recovery replays PREPARE
+        and DECISION as prepared and decided)."""
+        with self._write_lock:
+            if self._write_error is not None or self._bg_error is not None or self._closed:
+                self._raise_write_error()
+            if txid not in self._prepared:
+                raise InvalidArgument(f"no prepared transaction {txid!r} on this shard")
+            wal = self._sv.wal
+            if txid in self._decided:
+                target = wal.size              # decided before (a retry): durable once synced
+            else:
+                try:
+                    target = wal.append(encode_marker(WalOp.DECISION, txid))
+                except LightningError as exc:
+                    if wal.torn:
+                        self._write_error = exc
+                    raise
+                self._decided.add(txid)
+        self._sync_through(wal, target)
+
     def decided(self, txid: bytes) -> bool:
         """Whether this shard, as primary, committed *txid* and still keeps
         the decision."""
@@ -140,12 +168,15 @@ class Participant:
             self._decided.discard(txid)
 
     def abort_prepared(self, txid: bytes) -> bool:
-        """Drop the prepared transaction *txid* (False if it is unknown). The
-        abort record need not be synced: a prepare found without a decision
-        after a crash is simply asked about again."""
+        """Drop the prepared transaction *txid* (False if it is unknown, or
+        decided here: a decided transaction only commits). The abort record
+        need not be synced: a prepare found without a decision after a
+        crash is simply asked about again."""
         with self._write_lock:
             if self._write_error is not None or self._closed:
                 self._raise_write_error()
+            if txid in self._decided:
+                return False
             if txid not in self._prepared:
                 return self.txn.release(txid)
             try:

@@ -27,7 +27,7 @@ sent = 0
 
 def before(op):
     global sent
-    if op in ("prepare", "commit", "abort", "forget"):
+    if op in ("prepare", "decide", "commit", "abort", "forget"):
         sent += 1
         if sent == step:
             print("killing before", op, flush=True)
@@ -47,7 +47,7 @@ print("committed", flush=True)
 db.close()
 """
 
-STEPS = 6          # prepare x2, commit at the primary, commit at the other, forget; 6 = no kill
+STEPS = 7          # prepare x2, the primary's decision, commit x2 (the primary's first), forget; 7 = no kill
 
 
 @pytest.mark.crash

@@ -34,9 +34,10 @@ PARTICIPANTS = {"primary": 0, "other": 1}         # the primary is the lowest sh
 STEPS = {
     "a": "before its prepare is sent",
     "b": "right after its prepare was sent, before the reply is used",
-    "c": "after every prepare was acked, before the primary's commit",
-    "d": "after the primary's commit, before the other's commit",
-    "e": "after the other's commit, before forget",
+    "c": "after every prepare was acked, before the primary's decision",
+    "d": "after the primary's decision, before any commit",
+    "e": "after the commits, before forget",
+    "f": "after the commit to the primary was sent, before the other's",
 }
 RESTART_S = 60.0                                  # generous: a loaded 2-core machine
 
@@ -103,6 +104,8 @@ class Killer:
             self.kill(f"before the prepare to shard {shard}")
         if self.armed and (self.step, op) in (("d", "commit"), ("e", "forget")):
             self.kill(f"before the {op} to shard {shard}")   # whoever the victim is
+        if self.armed and self.step == "f" and op == "commit" and shard != 0:
+            self.kill(f"after the commit to the primary, before the {op} to shard {shard}")
         fut = (plain or plain_send)(ref, op, payload, timeout)
         if mine and self.step == "b" and op == "prepare":
             self.kill(f"right after the prepare to shard {shard}")
@@ -111,8 +114,8 @@ class Killer:
     def ask(self, rtr, shard: int, op: str, payload=None):
         if self.armed and rtr is self.db:
             self.sent.append(f"{op}@{shard}(ask)")
-            if self.step == "c" and op == "commit" and payload[2] is True:
-                self.kill(f"before the primary's commit to shard {shard}")
+            if self.step == "c" and op == "decide":
+                self.kill(f"before the primary's decision to shard {shard}")
             if self.step == "e" and op == "forget":
                 self.kill(f"before the forget to shard {shard}")
         return plain_ask(rtr, shard, op, payload)

@@ -17,6 +17,7 @@ from lightning_db.actors import ActorDead, spawn
 from lightning_db.config import Config
 from lightning_db.errors import CriticalError, DatabaseClosed, InvalidArgument
 from lightning_db.shards.actor import ShardActor
+from lightning_db.shards.gate import CommitGate
 from lightning_db.shards.ring import HashRing
 from lightning_db.shards.router import ShardRouter, resolve_in_doubt
 
@@ -309,6 +310,31 @@ def test_coordinator_dies_after_primary_commit(fresh, victim):
     assert resolve_in_doubt(fresh.refs)["committed"] == 0     # idempotent
 
 
+@pytest.mark.parametrize("victim", [None, 0, 1])
+def test_coordinator_dies_after_the_decision(fresh, victim):
+    """The primary made the decision durable, nothing is applied anywhere
+    (the coordinator died before the apply phase); optionally a shard is
+    killed and restarted too: the primary refuses an abort, and resolution
+    commits every part, the primary's own included."""
+    ks = keys_on_distinct_shards(fresh.ring, b"dc")
+    txid = prepare_all(fresh, ks, b"d")
+    ask(fresh.refs[0], "decide", [txid])
+    if victim is not None:
+        fresh.restart(victim)
+    assert visible(fresh, ks) == [None] * 3
+    assert ask(fresh.refs[0], "decided", [txid]) and len(ask(fresh.refs[0], "in_doubt")) == 1
+    assert ask(fresh.refs[0], "abort", [txid]) is False            # a decided transaction only commits
+    gate = CommitGate()
+    try:
+        counts = resolve_in_doubt(fresh.refs, gate=gate)
+        assert gate.markers() == []                                 # the apply marker went with it
+    finally:
+        gate.close()
+    assert counts == {"committed": 3, "aborted": 0, "failed": 0}
+    assert visible(fresh, ks) == [b"d"] * 3 and no_doubt(fresh)
+    assert resolve_in_doubt(fresh.refs)["committed"] == 0     # idempotent
+
+
 def test_partial_commit_then_resolve(fresh):
     """Primary and one participant committed, the last one killed before its
     commit: after restart resolve commits it."""
@@ -340,14 +366,14 @@ def test_router_batch_after_resolution_and_dead_ref(fresh):
 
 
 def test_resolution_racing_live_coordinator(fresh):
-    """resolve_in_doubt runs between prepare and the primary commit: the
-    coordinator sees its primary commit refused, treats it as an abort and
+    """resolve_in_doubt runs between prepare and the primary's decision: the
+    coordinator sees its decision refused, treats it as an abort and
     raises TransactionConflict; nothing is applied anywhere."""
     from lightning_db.errors import TransactionConflict
 
     class Racing(ShardRouter):
         def _ask(self, shard, op, payload=None):
-            if op == "commit":
+            if op == "decide":
                 assert resolve_in_doubt(self.refs)["aborted"] == 3
             return super()._ask(shard, op, payload)
 

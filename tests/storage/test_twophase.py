@@ -122,6 +122,37 @@ def test_primary_keeps_its_decision_until_forgotten(tmp_path):
     eng.close()
 
 
+def test_a_decision_before_the_apply_survives_power_loss_rotation_and_checkpoint(tmp_path):
+    """``decide``: durable (its fsync covers the unsynced prepare before it),
+    nothing applied, an abort refused; after a power cut, WAL rotations and
+    a checkpoint the transaction is still prepared and decided, and its
+    commit (unsynced) applies it while the decision stays until forget."""
+    fs = FaultInjectingFileSystem()
+    eng = Engine(str(tmp_path / "db"), Config(sync="never", **SMALL), fs=fs)
+    eng.prepare(b"t", [(V, b"k", b"v")], sync=False)
+    with pytest.raises(InvalidArgument):
+        eng.decide(b"unknown")
+    eng.decide(b"t")
+    eng.decide(b"t")                              # a retry: still one decision
+    assert eng.get(b"k") is None and eng.decided(b"t")
+    assert eng.abort_prepared(b"t") is False and eng.in_doubt() == {b"t": [(V, b"k", b"v")]}
+    fs.power_loss()
+    eng = Engine(str(tmp_path / "db"), Config(**SMALL))
+    assert eng.decided(b"t") and eng.in_doubt() == {b"t": [(V, b"k", b"v")]} and eng.get(b"k") is None
+    for i in range(2000):                        # rotations and flushes
+        eng.write([(V, b"%06d" % i, b"x" * 60)])
+    eng.checkpoint(str(tmp_path / "cp"))
+    eng.close()
+    for where in ("db", "cp"):
+        eng = Engine(str(tmp_path / where), Config(**SMALL))
+        assert eng.decided(b"t") and set(eng.in_doubt()) == {b"t"}
+        eng.commit_prepared(b"t", sync=False)
+        assert eng.get(b"k") == b"v" and eng.in_doubt() == {} and eng.decided(b"t")
+        eng.forget(b"t")
+        assert not eng.decided(b"t")
+        eng.close()
+
+
 def test_decision_without_remember_is_not_kept(tmp_path):
     eng = Engine(str(tmp_path), Config())
     eng.prepare(b"t", [(V, b"k", b"v")])
