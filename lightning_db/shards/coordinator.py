@@ -61,7 +61,8 @@ from .resolve import _quiet, _send, _send_here
 if TYPE_CHECKING:
     from .router import ShardRouter
 
-__all__ = ["commit_transaction", "make_txid", "settle_commit", "settle_forgets", "settle_marked", "two_phase"]
+__all__ = ["commit_transaction", "make_txid", "settle_commit", "settle_decided", "settle_forgets", "settle_marked",
+           "two_phase"]
 
 Op = tuple[int, bytes, bytes]
 CLOSE_SETTLE_S = 5.0        # closing: how long the last syncs and forgets may take
@@ -195,6 +196,19 @@ def settle_commit(router: "ShardRouter", txid: bytes, shard: int) -> bool:
         raise                            # the database is gone: nothing to settle here
     except LightningError:
         return False
+
+
+def settle_decided(router: "ShardRouter", txid: bytes, shards: list[int]) -> bool:
+    """Commit a *txid* decided at its primary on each of *shards* (those
+    holding a part prepared), behind an apply marker written first: a
+    snapshot cut between two of these commits finds the marker and
+    finishes the rest before it cuts. True once every part is committed
+    (the marker is gone); else the marker stays for a later snapshot."""
+    marker = router.gate.mark(txid, shards)
+    if all([settle_commit(router, txid, s) for s in shards]):
+        router.gate.unmark(marker)
+        return True
+    return False
 
 
 def _settle_primary(router: "ShardRouter", txid: bytes, primary: int) -> bool | None:

@@ -6,9 +6,10 @@ transactions: ``txid_pid``), tests. A participant's in-doubt txid is settled
 by its primary (the txid's first two bytes): decided there -> commit here;
 else abort at the primary, then here. The primary itself may hold its own
 part prepared beside the decision (its coordinator died between the
-decision and the apply phase): committed there too. Every part of one
-txid is settled under one hold of the commit gate, behind an apply
-marker, so no snapshot sees some parts applied and others not.
+decision and the apply phase): committed there too. The parts of one txid
+are settled behind an apply marker, so a snapshot cut between two of
+them finishes the rest first and never sees some parts applied and
+others not.
 
 Once nothing of a dead coordinator is in doubt any more, the decisions its
 primaries still keep (it died between a commit and its forget) are
@@ -75,9 +76,9 @@ def resolve_in_doubt(refs: Sequence[ActorRef], timeout: float = DEFAULT_TIMEOUT,
     shard by asking its primary (txid's first 2 bytes): decided there ->
     commit here; else abort at the primary (presumed abort: its coordinator
     is gone) and here. Safe to run any time, beside a live coordinator too.
-    The parts of one txid are settled under one hold of *gate* (a
-    ``CommitGate``) shared, behind an apply marker, as any commit's apply
-    phase. Returns counts of parts: committed, aborted, failed."""
+    Each settlement holds *gate* (a ``CommitGate``) shared, as any commit
+    does, behind an apply marker for the txid's parts, as any commit's
+    apply phase. Returns counts of parts: committed, aborted, failed."""
     counts = {"committed": 0, "aborted": 0, "failed": 0}
     futs = [_send(ref, "in_doubt", None, timeout) for ref in refs]
     holders: dict[bytes, list[int]] = {}
@@ -90,31 +91,23 @@ def resolve_in_doubt(refs: Sequence[ActorRef], timeout: float = DEFAULT_TIMEOUT,
             if only is None or only(txid):
                 holders.setdefault(txid, []).append(s)
     for txid, shards in holders.items():
-        try:
-            if gate is None:
-                _resolve_parts(refs, txid, shards, timeout, counts)
-            else:
-                with gate.shared(timeout):
-                    marker = gate.mark(txid, shards)
-                    if _resolve_parts(refs, txid, shards, timeout, counts):
-                        gate.unmark(marker)
-        except LightningError:
-            counts["failed"] += len(shards)
+        # The marker first: a snapshot cut between two parts' commits finds
+        # it and finishes the rest before it cuts.
+        marker = gate.mark(txid, shards) if gate is not None else None
+        settled = True
+        for s in shards:
+            try:
+                if gate is None:
+                    counts[_resolve_one(refs, s, txid, timeout)] += 1
+                else:
+                    with gate.shared(timeout):
+                        counts[_resolve_one(refs, s, txid, timeout)] += 1
+            except LightningError:
+                counts["failed"] += 1
+                settled = False
+        if marker is not None and settled:
+            gate.unmark(marker)
     return counts
-
-
-def _resolve_parts(refs: Sequence[ActorRef], txid: bytes, shards: list[int], timeout: float,
-                   counts: dict[str, int]) -> bool:
-    """Settle *txid* on each of *shards* (those holding it in doubt); True
-    when every part was settled."""
-    settled = True
-    for s in shards:
-        try:
-            counts[_resolve_one(refs, s, txid, timeout)] += 1
-        except LightningError:
-            counts["failed"] += 1
-            settled = False
-    return settled
 
 
 def _resolve_one(refs: Sequence[ActorRef], shard: int, txid: bytes, timeout: float) -> str:

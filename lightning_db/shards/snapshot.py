@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 from ..db import ReadSugar, _scan_range
 from ..errors import InvalidArgument, LightningError, Timeout, TransientError
 from ..supervisor.retry import Backoff
-from .coordinator import _quiet_call, settle_commit, settle_marked
+from .coordinator import _quiet_call, settle_decided, settle_marked
 from .resolve import _quiet, _send, _send_here
 
 if TYPE_CHECKING:
@@ -163,7 +163,7 @@ def take_cut(router: "ShardRouter", tx: bool, token: int | None = None) -> list[
             raise next(e for e in errors if not isinstance(e, TransientError))
         # Decided at the primary, a part still prepared: finish it, then cut again.
         for txid, shards in half.items():
-            if all([settle_commit(router, txid, s) for s in shards]):
+            if settle_decided(router, txid, shards):
                 p = int.from_bytes(txid[:2], "big")
                 _quiet_call(lambda p=p, txid=txid: router._ask(p, "forget", [txid]))
         if errors or half:

@@ -155,7 +155,7 @@ def test_segments_get_huge_page_advice_and_report_what_they_got(tmp_path):
 def test_an_open_never_aborts_a_live_callers_batch(tmp_path, monkeypatch):
     """Opening settles what dead callers left in doubt, and only that: a
     batch whose coordinator is alive (here: another handle opened between
-    its prepares and its commit) commits as if nothing happened."""
+    its prepares and its decision) commits as if nothing happened."""
     from lightning_db.shards import router
 
     path = str(tmp_path / "db")
@@ -165,7 +165,7 @@ def test_an_open_never_aborts_a_live_callers_batch(tmp_path, monkeypatch):
         plain_ask, opened = router.ShardRouter._ask, []
 
         def ask(self, shard, op, payload=None):
-            if op == "commit" and payload[2] is True and not opened:     # prepared everywhere, undecided
+            if op == "decide" and not opened:                            # prepared everywhere, undecided
                 opened.append(ldb.open(path))                            # resolves in-doubt txids
             return plain_ask(self, shard, op, payload)
 

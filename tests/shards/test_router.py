@@ -335,6 +335,26 @@ def test_coordinator_dies_after_the_decision(fresh, victim):
     assert resolve_in_doubt(fresh.refs)["committed"] == 0     # idempotent
 
 
+@pytest.mark.parametrize("applied", [(), (1,), (0, 2)])
+def test_a_snapshot_finishes_a_decided_transaction_before_it_cuts(fresh, applied):
+    """Decided at the primary, applied on none, some or all but one of its
+    shards (its coordinator died in between): a snapshot asked of the
+    shards (this router has no published versions) commits the remaining
+    parts before it cuts, so it sees the whole transaction, never a part."""
+    ks = keys_on_distinct_shards(fresh.ring, b"sd")
+    db = fresh.router()
+    db.put_many({k: b"old" for k in ks})
+    txid = prepare_all(fresh, ks, b"new")
+    ask(fresh.refs[0], "decide", [txid])
+    for s in applied:
+        ask(fresh.refs[s], "commit", [txid, False, False])
+    with db.snapshot() as snap:
+        assert snap.get_many(ks) == [b"new"] * 3
+    assert visible(fresh, ks) == [b"new"] * 3 and no_doubt(fresh)
+    assert not ask(fresh.refs[0], "decided", [txid])         # finished and forgotten
+    assert db.gate.markers() == []
+
+
 def test_partial_commit_then_resolve(fresh):
     """Primary and one participant committed, the last one killed before its
     commit: after restart resolve commits it."""
