@@ -33,6 +33,7 @@ import fcntl
 import os
 import shutil
 import tempfile
+import threading
 import time
 import weakref
 from collections.abc import Iterator
@@ -116,12 +117,16 @@ class CommitGate:
         and its participants, so that a snapshot finds it if the coordinator
         dies before ``unmark`` (its shared hold on the gate dies with it)."""
         path = os.path.join(self.directory, _MARK + txid.hex())
-        fd = self._open(path + ".tmp")
+        # A temporary name of this thread's own: several processes may mark
+        # the same transaction at once (snapshots finishing it), each
+        # replacing the marker with the same contents.
+        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+        fd = self._open(tmp)
         try:
             os.write(fd, msgpack.packb([txid, shards]))
         finally:
             os.close(fd)
-        os.rename(path + ".tmp", path)
+        os.rename(tmp, path)
         return path
 
     def unmark(self, path: str) -> None:

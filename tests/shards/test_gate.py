@@ -37,3 +37,32 @@ def test_a_shared_directory_stays(tmp_path):
     del g
     gc.collect()
     assert os.path.isdir(d)
+
+
+def test_the_same_transaction_marked_by_many_at_once(tmp_path):
+    """Snapshots in several processes may finish (and so mark) one
+    transaction at the same time: each marking replaces the marker with
+    the same contents, none fails, and one unmark removes it."""
+    import threading
+
+    gate = CommitGate(str(tmp_path))
+    txid = b"\x00\x01" + bytes(14)
+    errors: list[BaseException] = []
+
+    def mark_often() -> None:
+        try:
+            for _ in range(300):
+                gate.mark(txid, [0, 1])
+        except BaseException as exc:      # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=mark_often) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    (marker,) = gate.markers()
+    assert marker[1:] == (txid, [0, 1])
+    gate.unmark(marker[0])
+    assert gate.markers() == [] and [n for n in os.listdir(tmp_path) if "applying" in n] == []
