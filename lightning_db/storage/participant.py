@@ -150,8 +150,8 @@ class Participant:
         self._sync_through(wal, target)
 
     def decided(self, txid: bytes) -> bool:
-        """Whether this shard, as primary, committed *txid* and still keeps
-        the decision."""
+        """Whether this shard, as primary, decided to commit *txid* (applied
+        here or not yet) and still keeps the decision."""
         return txid in self._decided
 
     def decisions(self) -> list[bytes]:
