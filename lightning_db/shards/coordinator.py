@@ -212,7 +212,7 @@ def settle_decided(router: "ShardRouter", txid: bytes, shards: list[int]) -> boo
 
 
 def _settle_primary(router: "ShardRouter", txid: bytes, primary: int) -> bool | None:
-    """After a failed primary commit: True committed, False aborted, None unknown."""
+    """After a failed decision at the primary: True decided (it commits), False aborted, None unknown."""
     try:       # retried: a primary that died is asked again once its worker is back
         if router._retry(lambda: router._ask(primary, "abort", [txid])):
             return False
