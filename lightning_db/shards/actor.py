@@ -31,7 +31,7 @@ Messages (op, payload) -> reply; payloads are msgpack lists, bytes stay bytes:
     "prepare"  [txid, ops(, check)]  "commit" [txid, sync, remember] -> seq
     "decide"   [txid]  the primary's decision to commit, durable, nothing applied
     "abort"    [txid] -> bool (never a decided txid)    "in_doubt" -> [[txid, ops], ...]
-    "decided"  [txid] -> bool    "forget" [txid]    "decisions" -> [txid, ...] (decisions kept)
+    "decided"  [txid] -> bool    "forget" [txid, ...]    "decisions" -> [txid, ...] (decisions kept)
     "sync"     every write so far made durable (its WAL records fsynced)
     "flush", "compact", "verify" -> dict | None
     "checkpoint" [dir] -> dict   "stats" -> engine stats + shard_id
@@ -481,8 +481,9 @@ class ShardActor(Actor):
         return self._engine().decisions()
 
     def _forget(self, p: Any) -> None:
-        (txid,) = _shape(p, 1, "forget")
-        self._engine().forget(_txid(txid))
+        if not isinstance(p, (list, tuple)) or not p:
+            raise InvalidArgument(f"'forget' takes a list of one or more txids, got {p!r:.80}")
+        self._engine().forget(*map(_txid, p))
 
     def _sync(self, p: Any) -> None:
         self._engine().sync_wal()

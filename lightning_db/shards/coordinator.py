@@ -66,6 +66,8 @@ __all__ = ["commit_transaction", "make_txid", "settle_commit", "settle_decided",
 
 Op = tuple[int, bytes, bytes]
 CLOSE_SETTLE_S = 5.0        # closing: how long the last syncs and forgets may take
+FORGET_BATCH = 32           # due forgets to one primary sent together (settle_forgets) ...
+FORGET_WAIT_S = 0.2         # ... or once the oldest of them committed this long ago
 
 
 def make_txid(primary: int) -> bytes:
@@ -146,11 +148,15 @@ def two_phase(router: "ShardRouter", parts: dict[int, list[Op]], checks: dict[in
 def settle_forgets(router: "ShardRouter", wait: bool) -> None:
     """Send the forgets that are due: a batch's once each other writing
     participant made a record durable after its commit (``note_durable``);
-    send again one that failed. Never blocks unless *wait* (closing): then
-    the participants still behind are asked to sync, and the syncs and
-    forgets are waited for, each at most CLOSE_SETTLE_S (all at once). A
-    forget leaves the queue only once answered; one that could not be sent
-    leaves its decision kept at the primary, which is safe."""
+    send again one that failed. The due forgets of one primary go as one
+    message, once ``router.forget_batch`` of them are due or the oldest
+    committed FORGET_WAIT_S ago (a decision kept a little longer costs the
+    primary nothing but a few bytes). Never blocks unless *wait*
+    (closing): then every forget goes, the participants still behind are
+    asked to sync first, and the syncs and forgets are waited for, each at
+    most CLOSE_SETTLE_S (all at once). A forget leaves the queue only once
+    answered; one that could not be sent leaves its decision kept at the
+    primary, which is safe."""
     queue = router.forgets
     entries = []
     for _ in range(len(queue)):
@@ -166,11 +172,18 @@ def settle_forgets(router: "ShardRouter", wait: bool) -> None:
         asked = time.monotonic_ns()
         syncs = {s: _send(router.refs[s], "sync", None, limit) for s in behind}
         router.note_durable([s for s, f in syncs.items() if not isinstance(_quiet(f), LightningError)], asked)
+    due: dict[int, list[list[Any]]] = {}
     for e in entries:                           # [primary, txid, commit time, others, future]
         if e[4] is not None and e[4].done() and isinstance(_quiet(e[4]), LightningError):
             e[4] = None                         # failed: sent again
         if e[4] is None and all(router.durable[s] > e[2] for s in e[3]):
-            e[4] = _send(router.refs[e[0]], "forget", [e[1]], limit)
+            due.setdefault(e[0], []).append(e)
+    oldest = time.monotonic_ns() - int(FORGET_WAIT_S * 1e9)
+    for primary, group in due.items():
+        if wait or len(group) >= router.forget_batch or min(e[2] for e in group) <= oldest:
+            fut = _send(router.refs[primary], "forget", [e[1] for e in group], limit)
+            for e in group:
+                e[4] = fut
     for e in entries:
         fut = e[4]
         if fut is not None and (wait or fut.done()) and not isinstance(_quiet(fut), LightningError):

@@ -31,6 +31,7 @@ from ..errors import InvalidArgument, LightningError
 __all__ = ["forget_settled", "resolve_in_doubt", "settle_gone", "txid_pid"]
 
 DEFAULT_TIMEOUT = 30.0
+FORGET_CHUNK = 512         # txids per "forget" message
 
 
 def _failed(exc: LightningError) -> Future:
@@ -156,9 +157,10 @@ def forget_settled(refs: Sequence[ActorRef], timeout: float = DEFAULT_TIMEOUT,
         f.result()
     n = 0
     for s, txids in kept.items():
-        for f in [_send(refs[s], "forget", [t], timeout) for t in txids]:
+        chunks = [txids[i:i + FORGET_CHUNK] for i in range(0, len(txids), FORGET_CHUNK)]
+        for chunk, f in [(c, _send(refs[s], "forget", c, timeout)) for c in chunks]:
             f.result()
-            n += 1
+            n += len(chunk)
     return n
 
 

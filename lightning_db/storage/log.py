@@ -57,18 +57,17 @@ class LogWriter:
     def size(self) -> int:
         return self.file.size
 
-    def add(self, payload: bytes) -> None:
-        """Append one frame. A write that fails (a full disk) is cut back
-        off the file, so the log stays whole and later adds may succeed; when
-        even that fails, ``torn`` is set and the caller must stop adding."""
+    def add(self, payload: bytes, *more: bytes) -> None:
+        """Append one frame (or one per payload, in one write call). A write
+        that fails (a full disk) is cut back off the file, so the log stays
+        whole and later adds may succeed; when even that fails, ``torn`` is
+        set and the caller must stop adding."""
         if self.torn:
             raise IOFault(f"log {self.file.path} holds a partial frame; it takes no more records")
-        n = len(payload)
         f = self.file
         size = f.size
         try:
-            f.write(_pack_frame(mask_crc(crc32c(n.to_bytes(4, "little"))), n,
-                                mask_crc(crc32c(payload))) + payload)
+            f.write(encode_frame(payload) if not more else b"".join(map(encode_frame, (payload, *more))))
         except LightningError:
             try:
                 f.rollback(size)

@@ -159,13 +159,17 @@ class Participant:
         with self._write_lock:
             return list(self._decided)
 
-    def forget(self, txid: bytes) -> None:
-        """Every participant has the decision: stop keeping it."""
+    def forget(self, *txids: bytes) -> None:
+        """Every participant has the decision of each of *txids*: stop
+        keeping them (one FORGET record each, in one WAL write)."""
         with self._write_lock:
-            if txid not in self._decided or self._write_error is not None or self._closed:
+            if self._write_error is not None or self._closed:
                 return
-            self._sv.wal.append(encode_marker(WalOp.FORGET, txid))
-            self._decided.discard(txid)
+            kept = [t for t in dict.fromkeys(txids) if t in self._decided]
+            if not kept:
+                return
+            self._sv.wal.append(*[encode_marker(WalOp.FORGET, t) for t in kept])
+            self._decided.difference_update(kept)
 
     def abort_prepared(self, txid: bytes) -> bool:
         """Drop the prepared transaction *txid* (False if it is unknown, or

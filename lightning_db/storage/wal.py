@@ -126,11 +126,12 @@ class Wal:
         """A failed append left part of a frame behind: no more appends."""
         return self.log.torn
 
-    def append(self, payload: bytes) -> int:
-        """Write one record; return the file size after it (the sync target).
-        A failed append (a full disk) leaves the WAL as it was unless ``torn``.
-        REQUIRES: the engine's write lock."""
-        self.log.add(payload)
+    def append(self, payload: bytes, *more: bytes) -> int:
+        """Write one record (or several, in one write call); return the file
+        size after it (the sync target). A failed append (a full disk)
+        leaves the WAL as it was unless ``torn``. REQUIRES: the engine's
+        write lock."""
+        self.log.add(payload, *more)
         return self.log.size
 
     def sync_to(self, target: int) -> None:

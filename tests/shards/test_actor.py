@@ -126,6 +126,16 @@ def test_two_phase_ops(shard):
     assert ask(ref, "decided", [tx]) is True
     assert ask(ref, "forget", [tx]) is None
     assert ask(ref, "decided", [tx]) is False
+    several = [b"\x00\x07" + bytes([c]) * 14 for c in b"cde"]
+    for t in several:
+        ask(ref, "prepare", [t, [[1, t, b"v"]]])
+        ask(ref, "commit", [t, False, True])
+    assert ask(ref, "forget", several[:2]) is None           # one message, several txids
+    assert sorted(ask(ref, "decisions")) == [several[2]]
+    with pytest.raises(InvalidArgument, match="txid"):
+        ask(ref, "forget", [several[2], 7])                   # a bad txid: nothing forgotten
+    assert ask(ref, "decisions") == [several[2]]
+    ask(ref, "forget", [several[2]])
 
     tx2 = b"\x00\x07" + b"b" * 14
     ask(ref, "prepare", [tx2, [[1, b"tx2", b"v"]]])

@@ -16,6 +16,7 @@ import pytest
 from lightning_db.actors import ActorDead, spawn
 from lightning_db.config import Config
 from lightning_db.errors import CriticalError, DatabaseClosed, InvalidArgument
+from lightning_db.shards import coordinator
 from lightning_db.shards.actor import ShardActor
 from lightning_db.shards.gate import CommitGate
 from lightning_db.shards.ring import HashRing
@@ -522,6 +523,7 @@ def test_the_primary_forgets_only_once_the_other_commits_are_durable(fresh):
     # The other participants' commits are not synced; a later prepare there
     # (synced) makes them durable, and only then does the forget go out.
     r = fresh.router()
+    r.forget_batch = 1                      # each forget goes out once it is due
     keys = keys_on_distinct_shards(fresh.ring, b"dur")
     try:
         r.put_many({k: b"1" for k in keys})
@@ -534,6 +536,34 @@ def test_the_primary_forgets_only_once_the_other_commits_are_durable(fresh):
         # The forget went out before this question, on the same connection.
         assert fresh.refs[0].ask("decided", [first], T).result() is False
         assert r.get_many(keys) == [b"2"] * len(keys)
+    finally:
+        r.close()
+    assert not r.forgets
+
+
+def test_due_forgets_go_to_the_primary_together(fresh, monkeypatch):
+    # Each batch's forget is due once the next batch's prepares (synced)
+    # reach the other participants; they go out as one message per primary
+    # once forget_batch of them are due, or once the oldest is FORGET_WAIT_S old.
+    r = fresh.router()
+    r.forget_batch = 3
+    monkeypatch.setattr(coordinator, "FORGET_WAIT_S", 3600.0)
+    keys = keys_on_distinct_shards(fresh.ring, b"grp")
+    decided = lambda t: fresh.refs[0].ask("decided", [t], T).result()      # noqa: E731
+    try:
+        txids = []
+        for i in range(3):
+            r.put_many({k: b"%d" % i for k in keys})
+            txids.append(r.forgets[-1][1])
+        assert all(decided(t) for t in txids)                 # two due, one not: none sent
+        r.put_many({k: b"3" for k in keys})                   # the third is due: all three go
+        assert [decided(t) for t in txids] == [False] * 3
+        assert [e[1] for e in r.forgets if e[4] is None] == [r.forgets[-1][1]]    # only the newest waits
+        monkeypatch.setattr(coordinator, "FORGET_WAIT_S", 0.0)
+        last = r.forgets[-1][1]
+        r.put_many({k: b"4" for k in keys})                   # one due, old enough: it goes alone
+        assert decided(last) is False
+        assert r.get_many(keys) == [b"4"] * len(keys)
     finally:
         r.close()
     assert not r.forgets

@@ -122,6 +122,23 @@ def test_primary_keeps_its_decision_until_forgotten(tmp_path):
     eng.close()
 
 
+def test_many_decisions_forgotten_in_one_write_stay_forgotten(tmp_path):
+    eng = Engine(str(tmp_path), Config(**SMALL))
+    txids = [b"t%d" % i for i in range(5)]
+    for i, t in enumerate(txids):
+        eng.prepare(t, [(V, b"k%d" % i, b"v")])
+        eng.commit_prepared(t, remember=True)
+    assert eng.decisions() and sorted(eng.decisions()) == txids
+    eng.forget(b"t0", b"t2", b"t2", b"unknown", b"t4")     # a duplicate and an unknown one are ignored
+    assert sorted(eng.decisions()) == [b"t1", b"t3"]
+    eng.forget(b"unknown")                                   # nothing kept of it: nothing written
+    eng.close()
+    eng = Engine(str(tmp_path), Config(**SMALL))
+    assert sorted(eng.decisions()) == [b"t1", b"t3"]
+    assert [eng.get(b"k%d" % i) for i in range(5)] == [b"v"] * 5
+    eng.close()
+
+
 def test_a_decision_before_the_apply_survives_power_loss_rotation_and_checkpoint(tmp_path):
     """``decide``: durable (its fsync covers the unsynced prepare before it),
     nothing applied, an abort refused; after a power cut, WAL rotations and
