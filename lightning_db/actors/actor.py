@@ -55,6 +55,12 @@ class Actor:
     poison_limit: int = 3
     """Crashes in a row of one message after which it is poison."""
 
+    switch_interval: float | None = None
+    """The worker process's GIL switch interval (``sys.setswitchinterval``),
+    set before ``on_start``; None keeps Python's (5 ms). An actor whose own
+    threads run long Python work beside the message loop sets it lower, so
+    a message waits less for the GIL."""
+
     name: str = ""
     address: str = ""
 

@@ -161,6 +161,10 @@ def _txid(x: Any) -> bytes:
 class ShardActor(Actor):
     """One shard: ``ShardActor(shard_dir, config_dict, shard_id, publish_path)``."""
 
+    # The engine's flush and compaction thread hands the GIL back to the
+    # message loop every millisecond (its long steps go in chunks: keyruns.py).
+    switch_interval = 0.001
+
     def __init__(self, shard_dir: str, config: dict[str, Any], shard_id: int,
                  publish_path: str | None = None) -> None:
         self.shard_dir = shard_dir

@@ -12,7 +12,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ..errors import CorruptionError, DiskFull, LightningError
-from . import compaction, restore
+from . import compaction, gil, restore
 from .outputs import discard
 from .format import Kind, segment_name, table_name
 from .lookup import lookup
@@ -53,6 +53,7 @@ class Background:
         return compaction.pick(self._sv.version, self.config, self.versions.compact_pointers) is not None
 
     def _bg_loop(self) -> None:
+        gil.background()            # flushes and compactions step aside for the message loop (gil.py)
         try:
             self._maybe_restore_point()
             while True:

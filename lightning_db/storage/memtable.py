@@ -41,7 +41,8 @@ from ..errors import CorruptionError, InvalidArgument
 from .format import (FORMAT_VERSION, KIND_BITS, SEGMENT_FLAG_IMMUTABLE, SEGMENT_HEADER,
                      SEGMENT_HEADER_SIZE, SEGMENT_MAGIC, SEGMENT_RECORD)
 from .fs import OSFileSystem, wrap_oserror
-from .keyruns import KeyRuns
+from . import gil
+from .keyruns import KeyRuns, sort_keys
 from .memtable_bulk import BULK_MIN, add_bulk
 
 __all__ = ["Memtable", "SegmentReader", "segment_slots", "segment_size"]
@@ -244,9 +245,9 @@ class Memtable:
         n = len(added)                                # a writer may be appending meanwhile
         runs = self._sorted
         if runs is None:
-            runs = KeyRuns(sorted(added[:n]))
+            runs = KeyRuns(sort_keys(added[:n]))
         elif runs.count != n:
-            runs = runs.add(sorted(added[runs.count:n]))
+            runs = runs.add(sort_keys(added[runs.count:n]))
         else:
             return runs
         self._sorted = runs
@@ -322,18 +323,34 @@ class Memtable:
         words32 = np.frombuffer(mv, dtype=np.uint32, count=len(mv) // 4)
         words64 = np.frombuffer(mv, dtype=np.uint64, count=len(mv) // 8)
         # Slot numbers from the Python index, slots gathered in numpy (a
-        # memoryview item per key costs four times the dict lookup).
-        si = np.fromiter(map(self._index.__getitem__, keys), dtype=np.int64, count=n)
+        # memoryview item per key costs four times the dict lookup). Per-key
+        # work in C goes a chunk of keys at a time: this runs on the flush
+        # thread, beside the shard's message loop (gil.py).
+        chunk = gil.CHUNK
+        index = self._index
+        parts = []
+        for i in range(0, n, chunk):
+            part = keys[i:i + chunk]
+            parts.append(np.fromiter(map(index.__getitem__, part), dtype=np.int64, count=len(part)))
+            gil.pause()
+        si = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+        del parts
         si += SEGMENT_HEADER_SIZE // 8
         off = words64[si].astype(np.int64)
         off += self._base - 1                     # records start 8-aligned (sizes are rounded up)
         klen = words32[off >> 2].astype(np.int64)
         vlen = words32[(off >> 2) + 1].astype(np.int64)
-        sks = words64[(off >> 3) + 1].tolist()
+        seqkinds = words64[(off >> 3) + 1]
         del words32, words64                      # no export of the mapping outlives the call
         vstart = off + 24 + klen
+        vend = vstart + vlen
         mm = self._mm
-        vals = list(map(mm.__getitem__, map(slice, vstart.tolist(), (vstart + vlen).tolist())))
+        sks: list[int] = []
+        vals: list[bytes] = []
+        for i in range(0, n, chunk):
+            sks += seqkinds[i:i + chunk].tolist()
+            vals += map(mm.__getitem__, map(slice, vstart[i:i + chunk].tolist(), vend[i:i + chunk].tolist()))
+            gil.pause()
         return keys, sks, vals, klen, vlen
 
     # --- accounting ---------------------------------------------------------------

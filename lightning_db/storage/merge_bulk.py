@@ -32,6 +32,7 @@ from operator import and_, ne, not_
 
 import numpy as np
 
+from . import gil
 from .format import Kind
 from .outputs import TableOutputs
 from .table import TableReader
@@ -89,6 +90,7 @@ def bulk_merge(readers: list[TableReader], is_base: Callable[[bytes], bool],
     with out:                                       # a failure: no table stays
         counts = out.counts
         for keys, sks, vals in _chunks([_Source(r) for r in readers], counts):
+            gil.pause()                             # the compaction thread steps aside (gil.py)
             kinds = bytes(map(and_, sks, repeat(0xFF, len(sks))))
             if kinds.count(_DELETE):                # a tombstone no deeper level needs goes
                 keep = [k != _DELETE or not is_base(key) for k, key in zip(kinds, keys)]

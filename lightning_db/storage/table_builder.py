@@ -8,7 +8,7 @@ All I/O goes through the ``fs`` seam.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import islice, repeat
+from itertools import repeat
 from operator import and_, lt, ne
 from typing import Any
 
@@ -18,6 +18,7 @@ import zstandard
 from crc32c import crc32c
 
 from .bloom import build_filter, key_hash
+from . import gil
 from .format import BLOCK_TRAILER, FORMAT_VERSION, TABLE_FOOTER, TABLE_MAGIC, Compression, Kind, mask_crc
 
 __all__ = ["TableWriter", "TableMeta", "build_point_index", "probe_slots", "PROPS_FIELDS", "FOOTER_CRC_SPAN"]
@@ -131,16 +132,28 @@ class TableWriter:
         if not n:
             return
         last = self._last_key
-        if (last is not None and keys[0] <= last) or not all(map(lt, keys, islice(keys, 1, None))):
-            for k, sk, v in zip(keys, sks, vals):       # add says what is out of order
+        # Per-key work in C goes a chunk of keys at a time (a flush or
+        # compaction thread beside the shard's message loop: gil.py).
+        chunk = gil.CHUNK
+        for i in range(0, n, chunk):
+            if not all(map(lt, keys[i:i + chunk], keys[i + 1:i + chunk + 1])):
+                for k, sk, v in zip(keys, sks, vals):   # add says what is out of order
+                    self.add(k, sk, v)
+                return
+            gil.pause()
+        if last is not None and keys[0] <= last:
+            for k, sk, v in zip(keys, sks, vals):
                 self.add(k, sk, v)
             return
-        self._hashes += map(key_hash, keys)
-        kl = np.fromiter(map(len, keys), dtype=np.int64, count=n) if klen is None else klen
-        vl = np.fromiter(map(len, vals), dtype=np.int64, count=n) if vlen is None else vlen
+        for i in range(0, n, chunk):
+            self._hashes += map(key_hash, keys[i:i + chunk])
+            gil.pause()
+        kl = _lengths(keys) if klen is None else klen
+        vl = _lengths(vals) if vlen is None else vlen
         ends = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(kl + vl + _ENTRY_OVERHEAD, out=ends[1:])
-        kinds = np.fromiter(map(and_, sks, repeat(0xFF)), dtype=np.uint8, count=n)
+        kinds = np.concatenate([np.fromiter(map(and_, sks[i:i + chunk], repeat(0xFF)), dtype=np.uint8,
+                                            count=len(sks[i:i + chunk])) for i in range(0, n, chunk)])
         if self._point is not None and (kinds == _TTL).any():
             self._point = None                          # as _flush would at the first such block
         span = _record_spans(kl, vl) if self._point is not None else None
@@ -163,6 +176,7 @@ class TableWriter:
                 self._block_distinct += j - i
                 self._pending += int(ends[j] - ends[i])
             i = j
+            gil.pause()
         self._last_key, self._last_sk = keys[-1], sks[-1]
 
     def _encode(self, payload: bytes, compress: bool) -> bytes:
@@ -347,6 +361,16 @@ def probe_slots(hashes: np.ndarray, nslots: int) -> np.ndarray:
     slot = np.empty(n, dtype=np.int64)
     slot[order] = p
     return slot
+
+
+def _lengths(items: list[bytes]) -> np.ndarray:
+    """len() of each item as int64, a chunk of items per call (gil.py)."""
+    parts = []
+    for i in range(0, len(items), gil.CHUNK):
+        part = items[i:i + gil.CHUNK]
+        parts.append(np.fromiter(map(len, part), dtype=np.int64, count=len(part)))
+        gil.pause()
+    return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
 
 
 def _record_spans(kl: np.ndarray, vl: np.ndarray) -> np.ndarray:

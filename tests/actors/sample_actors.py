@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 import time
 from typing import Any
 
@@ -65,6 +66,8 @@ class EchoActor(Actor):
             return os.getpid()
         if op == "gc":
             return [list(gc.get_threshold()), gc.get_freeze_count()]
+        if op == "switch":
+            return sys.getswitchinterval()
         return super().on_receive(op, payload)
 
     def on_control(self, op: str, payload: Any) -> Any:
@@ -88,6 +91,12 @@ class StopRecorder(Actor):
     def on_stop(self) -> None:
         with open(self.path, "w") as f:
             f.write("stopped")
+
+
+class QuickSwitch(EchoActor):
+    """An echo whose process hands the GIL over every 2 ms."""
+
+    switch_interval = 0.002
 
 
 class LockedOnStart(Actor):

@@ -10,6 +10,7 @@ import gc
 import itertools
 import os
 import pickle
+import sys
 
 import msgpack
 import pytest
@@ -44,6 +45,7 @@ from .sample_actors import (
     ExitOnStart,
     LetItCrash,
     LockedOnStart,
+    QuickSwitch,
     StopRecorder,
 )
 from .util import gone, wait_until
@@ -84,6 +86,16 @@ def test_a_worker_tunes_its_garbage_collector(echo):
     assert thresholds == list(GC_THRESHOLDS) and thresholds[0] > 700
     assert frozen > 0
     assert gc.get_freeze_count() == 0 and gc.get_threshold()[0] == 700
+
+
+def test_an_actor_sets_its_process_switch_interval(echo, runtime_dir):
+    ref = spawn(QuickSwitch, "module", name="quick", runtime_dir=runtime_dir)
+    try:
+        assert ref.ask("switch").result(30) == 0.002
+    finally:
+        ref.stop()
+    assert echo.ask("switch").result(30) == 0.005            # Python's default, kept
+    assert sys.getswitchinterval() == 0.005                  # the caller's own untouched
 
 
 def test_pipelining_1000_asks_in_flight(echo):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import random
+import threading
+import time
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lightning_db.storage import keyruns
+from lightning_db.storage import gil, keyruns
 from lightning_db.storage.keyruns import KeyRuns, fold_at
 
 
@@ -73,3 +75,52 @@ def test_an_iterator_keeps_its_keys_while_keys_are_added():
     assert list(it) == [b"d", b"f"]
     assert list(later.range(None, None, False)) == [b"b", b"c", b"d", b"e", b"f"]
     assert list(later.range(b"c", b"f", True)) == [b"e", b"d", b"c"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(keys=st.lists(st.binary(min_size=1, max_size=4).map(lambda b: b.replace(b"\x01", b"\x00")), unique=True,
+                     max_size=80),
+       chunk=st.sampled_from([1, 3, 4096]))
+def test_sort_keys_in_numpy_is_sorted(keys, chunk):
+    """Every path of the numpy sort, in chunks of any size, and keys that
+    differ only in trailing NULs (numpy ties them: b"a" < b"a\\0" < b"a\\0\\0")."""
+    saved = gil.CHUNK, keyruns.SORT_IN_NUMPY
+    gil.CHUNK, keyruns.SORT_IN_NUMPY = chunk, 0
+    try:
+        assert keyruns.sort_keys(keys) == sorted(keys)
+    finally:
+        gil.CHUNK, keyruns.SORT_IN_NUMPY = saved
+
+
+def test_sort_keys_of_a_big_segment():
+    rng = random.Random(7)
+    keys = {rng.randbytes(rng.randint(1, 24)) for _ in range(30_000)}
+    keys |= {k + b"\0" * rng.randint(1, 3) for k in list(keys)[:2000]}       # trailing-NUL twins
+    keys = list(keys)
+    rng.shuffle(keys)
+    assert len(keys) > keyruns.SORT_IN_NUMPY
+    assert keyruns.sort_keys(keys) == sorted(keys)
+
+
+def test_pause_steps_aside_on_background_threads_only():
+    slept = []
+    real = gil._sleep
+    gil._sleep = slept.append
+    try:
+        gil.pause()                                   # this thread is not a background one
+        assert slept == []
+
+        def bg():
+            gil.background()
+            for _ in range(3):
+                t = time.perf_counter()
+                while time.perf_counter() - t < gil.PAUSE_EVERY_S * 1.5:
+                    pass                              # a millisecond and a half of work
+                gil.pause()
+
+        t = threading.Thread(target=bg)
+        t.start()
+        t.join()
+        assert len(slept) == 3
+    finally:
+        gil._sleep = real

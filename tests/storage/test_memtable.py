@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from lightning_db.config import Config
 from lightning_db.errors import CorruptionError
+from lightning_db.storage import gil, keyruns
 from lightning_db.storage.format import (FORMAT_VERSION, SEGMENT_FLAG_IMMUTABLE, SEGMENT_HEADER,
                                          SEGMENT_HEADER_SIZE, SEGMENT_MAGIC, SEGMENT_RECORD, Kind,
                                          pack_seqkind)
@@ -472,9 +473,14 @@ def test_reader_in_another_process_never_sees_part_of_a_bulk_batch(tmp_path):
 
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.tuples(st.binary(min_size=1, max_size=40), st.binary(max_size=300), st.sampled_from([V, D])),
-                max_size=120))
-def test_newest_lists_is_iter_internal_when_each_key_has_one_version(tmp_path, rows):
+                max_size=120), st.sampled_from([None, 1, 7]))
+def test_newest_lists_is_iter_internal_when_each_key_has_one_version(tmp_path, rows, chunk):
+    """Also with the per-key steps (and the sort in numpy) taken in chunks
+    of a few keys, as they are for a big memtable."""
     m = Memtable(OSFileSystem(), str(tmp_path / "n.seg"), 9, CAP)
+    saved = gil.CHUNK, keyruns.SORT_IN_NUMPY
+    if chunk is not None:
+        gil.CHUNK, keyruns.SORT_IN_NUMPY = chunk, 0
     try:
         fit = []
         for k, v, kind in rows:
@@ -500,4 +506,5 @@ def test_newest_lists_is_iter_internal_when_each_key_has_one_version(tmp_path, r
         assert newest[3].tolist() == list(map(len, newest[0]))
         assert newest[4].tolist() == list(map(len, newest[2]))
     finally:
+        gil.CHUNK, keyruns.SORT_IN_NUMPY = saved
         m.close()

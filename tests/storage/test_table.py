@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from lightning_db.config import Config
 from lightning_db.errors import CorruptionError
-from lightning_db.storage import batch
+from lightning_db.storage import batch, gil
 from lightning_db.storage.batch import lookup_many
 from lightning_db.storage.lookup import lookup
 from lightning_db.storage.cache import LRUCache
@@ -539,11 +539,22 @@ def test_plain_tables_say_so_in_their_props(tmp_path):
 @given(st.lists(st.tuples(st.binary(min_size=1, max_size=300), st.binary(max_size=2000),
                           st.sampled_from([V, V, D, int(Kind.VALUE_TTL)])),
                 max_size=300, unique_by=lambda r: r[0]),
-       st.integers(0, 300), st.sampled_from([256, 1024, 4096]), st.booleans())
-def test_add_many_writes_the_table_add_writes(tmp_path_factory, rows, split, block_size, lengths):
+       st.integers(0, 300), st.sampled_from([256, 1024, 4096]), st.booleans(), st.sampled_from([None, 1, 5]))
+def test_add_many_writes_the_table_add_writes(tmp_path_factory, rows, split, block_size, lengths, chunk):
     """Bulk and record by record write the same bytes: blocks written
     straight from the batch, the pending block, tombstones, expiring values
-    (no point index), with the lengths given or not."""
+    (no point index), with the lengths given or not, and with the per-key
+    steps taken a few keys at a time (as they are for a big batch)."""
+    saved = gil.CHUNK
+    if chunk is not None:
+        gil.CHUNK = chunk
+    try:
+        _add_many_and_add(tmp_path_factory, rows, split, block_size, lengths)
+    finally:
+        gil.CHUNK = saved
+
+
+def _add_many_and_add(tmp_path_factory, rows, split, block_size, lengths):
     rows.sort()
     records = [(k, pack_seqkind(i + 1, kind), b"" if kind == D else v) for i, (k, v, kind) in enumerate(rows)]
     d = tmp_path_factory.mktemp("many")
