@@ -47,7 +47,7 @@ from .scan import first_chunk, version_scan
 from .ttl import VALUE_TTL, entry, visible
 from .txn import ConflictTracker, TxCheck
 from .version import FileMeta, VersionSet
-from .wal import Op, Wal, encode_batch, encode_marker, encode_prepare, encode_tokened
+from .wal import Op, Wal, encode_batch, encode_commit, encode_marker, encode_prepare, encode_tokened
 
 _VALUE = int(Kind.VALUE)
 SNAPSHOT_LAG_S = 10.0        # how late a snapshot taken from shared memory may be registered
@@ -271,8 +271,10 @@ class Engine(Background, Participant):
                     mem = self._make_room(nbytes, n)
                 wal = self._sv.wal
                 seq = self._last_seq + 1
-                payload = (encode_batch(seq, ops, commit, remember) if token is None
-                           else encode_tokened(seq, ops, token))
+                # A commit names its prepared transaction: the ops are in its
+                # PREPARE, earlier in this WAL (rotation logs it again).
+                payload = (encode_commit(seq, commit, remember) if commit is not None
+                           else encode_batch(seq, ops) if token is None else encode_tokened(seq, ops, token))
                 try:
                     target = wal.append(payload)
                 except LightningError as exc:

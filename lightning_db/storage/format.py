@@ -59,6 +59,9 @@ class WalOp(IntEnum):
     FORGET = 5    # (FORGET, 0, [], txid): every participant has the decision
     TOKENED = 6   # (TOKENED, first_seq, ops, writer, n, lo): a BATCH with its write token
     TOKENS = 7    # (TOKENS, 0, [], state): every write token still kept (dedupe.py)
+    COMMIT = 8    # (COMMIT, first_seq, [], txid[, remember]): the commit of that prepared
+                  #   transaction, whose ops are its PREPARE's, earlier in the same WAL
+                  #   (a transaction still prepared is logged again into every new WAL)
 
 
 # --- memtable segments -------------------------------------------------------

@@ -6,9 +6,11 @@ thread-safety rules apply. Two-phase commit: ``prepare`` writes a durable
 PREPARE record that nothing reads and takes the keys as intents,
 ``decide`` (on the transaction's primary) makes the decision to commit
 durable without applying anything (a DECISION record, fsynced),
-``commit_prepared`` writes a self-contained commit record (with
-``remember``, the same record is the primary's durable decision, kept until
-``forget``), ``abort_prepared`` drops it (never a decided one).
+``commit_prepared`` writes a commit record naming the transaction (its ops
+are its PREPARE's, earlier in the same WAL: a transaction still prepared
+is logged again into every new WAL; with ``remember``, the same record is
+the primary's durable decision, kept until ``forget``), ``abort_prepared``
+drops it (never a decided one).
 """
 
 from __future__ import annotations
@@ -111,10 +113,11 @@ class Participant:
             self._sync_through(wal, target)
 
     def commit_prepared(self, txid: bytes, sync: bool = True, remember: bool = False) -> int:
-        """Apply the prepared transaction *txid*; the commit record carries
-        its ops, so it is self-contained. With *remember* this shard is the
-        transaction's primary: the same record is the durable decision, kept
-        (``decided``) until ``forget``. Returns the last sequence number.
+        """Apply the prepared transaction *txid*; the commit record names
+        it (replay takes the ops from its PREPARE, earlier in the same WAL).
+        With *remember* this shard is the transaction's primary: the same
+        record is the durable decision, kept (``decided``) until
+        ``forget``. Returns the last sequence number.
         A transaction that only holds read intents here (``hold_reads``)
         has them released."""
         if txid not in self._prepared:

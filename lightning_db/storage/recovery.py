@@ -106,11 +106,18 @@ def recover(engine: "Engine") -> tuple[Memtable, Wal, int, dict[bytes, list], se
                 continue
             if rec.token is not None:
                 tokens.add(*rec.token)
-            if rec.txid is not None:                   # the commit of a prepared transaction
+            ops = rec.ops
+            if rec.op == WalOp.COMMIT:                 # a commit naming its PREPARE, earlier in this WAL
+                ops = prepared.pop(rec.txid, None)
+                if ops is None:
+                    raise CorruptionError(f"commit of transaction {rec.txid!r} without its PREPARE", wpath)
+                if rec.remember:
+                    decided.add(rec.txid)
+            elif rec.txid is not None:                 # a self-contained commit (older WALs)
                 prepared.pop(rec.txid, None)
                 if rec.remember:
                     decided.add(rec.txid)
-            first_seq, ops = rec.first_seq, rec.ops
+            first_seq = rec.first_seq
             if not ops:
                 continue
             nbytes = sum(len(op[1]) + len(op[2]) + 32 for op in ops)

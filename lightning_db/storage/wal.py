@@ -35,6 +35,12 @@ def encode_batch(first_seq: int, ops: list[Op], txid: bytes | None = None, remem
     return msgpack.packb(rec, use_bin_type=True)
 
 
+def encode_commit(first_seq: int, txid: bytes, remember: bool = False) -> bytes:
+    """The commit of prepared transaction *txid*: its ops are its PREPARE's."""
+    rec: tuple = (WalOp.COMMIT, first_seq, [], txid, 1) if remember else (WalOp.COMMIT, first_seq, [], txid)
+    return msgpack.packb(rec, use_bin_type=True)
+
+
 def encode_tokened(first_seq: int, ops: list[Op], token: tuple[bytes, int, int]) -> bytes:
     """A plain batch tagged with its write token (storage/dedupe.py)."""
     return msgpack.packb((WalOp.TOKENED, first_seq, ops, *token), use_bin_type=True)
@@ -78,7 +84,8 @@ def decode_record(payload: bytes, path: str) -> WalRecord:
     if (not isinstance(rec, list) or len(rec) not in (3, 4, 5) or rec[0] not in _OPS
             or not isinstance(rec[1], int) or not isinstance(rec[2], list)
             or (len(rec) >= 4 and not isinstance(rec[3], bytes))
-            or (rec[0] != WalOp.BATCH and len(rec) != 4)):
+            or (rec[0] not in (WalOp.BATCH, WalOp.COMMIT) and len(rec) != 4)
+            or (rec[0] == WalOp.COMMIT and (len(rec) < 4 or rec[2]))):
         raise CorruptionError(f"malformed or unknown WAL record {str(rec)[:60]!r}", path)
     return WalRecord(rec[0], rec[1], rec[2], rec[3] if len(rec) >= 4 else None, len(rec) == 5 and rec[4] == 1)
 

@@ -4,13 +4,19 @@ flushes, crashes and checkpoints, and come back in doubt after recovery."""
 
 from __future__ import annotations
 
+import os
+
+import msgpack
 import pytest
 
 from lightning_db.config import Config
-from lightning_db.errors import InvalidArgument
+from lightning_db.errors import CorruptionError, InvalidArgument
 from lightning_db.storage.engine import Engine
 from lightning_db.storage.faultfs import FaultInjectingFileSystem
-from lightning_db.storage.format import Kind
+from lightning_db.storage.format import Kind, WalOp
+from lightning_db.storage.fs import OSFileSystem
+from lightning_db.storage.log import encode_frame
+from lightning_db.storage.wal import decode_record, encode_commit, read_wal
 
 V, D = int(Kind.VALUE), int(Kind.DELETE)
 SMALL = dict(memtable_size=64 * 1024, l0_compaction_trigger=2)
@@ -247,3 +253,58 @@ def test_an_unsynced_commit_is_made_durable_by_a_later_prepare(tmp_path):
         assert eng.get(b"k1") == b"v1", make_durable
         assert b"t1" not in eng.in_doubt(), make_durable
         eng.close()
+
+
+def test_a_commit_names_its_prepare_and_replays_from_it(tmp_path):
+    """The commit record carries the txid, not the ops again (they are in
+    the PREPARE before it); replay applies the PREPARE's ops, also when
+    WAL rotations and a flush came between the prepare and the commit."""
+    eng = Engine(str(tmp_path), Config(**SMALL))
+    big = [(V, b"k%03d" % i, b"v" * 200) for i in range(100)]
+    eng.prepare(b"near", big)
+    eng.commit_prepared(b"near", remember=True)
+    eng.prepare(b"far", [(V, b"far", b"1"), (D, b"k000", b"")])
+    for i in range(2000):                        # rotations and flushes: "far"'s PREPARE is logged again
+        eng.write([(V, b"%06d" % i, b"x" * 60)])
+    eng.commit_prepared(b"far")
+    wals = sorted(n for n in os.listdir(tmp_path) if n.endswith(".log"))
+    records = [r for n in wals for r in read_wal(OSFileSystem(), str(tmp_path / n)).records]
+    commits = [r for r in records if r.op == WalOp.COMMIT]
+    assert [(r.txid, r.ops, r.remember) for r in commits][-1] == (b"far", [], False)
+    eng.close()
+    eng = Engine(str(tmp_path), Config(**SMALL))
+    assert eng.get(b"far") == b"1" and eng.get(b"k000") is None and eng.get(b"k099") == b"v" * 200
+    assert eng.decided(b"near") and eng.in_doubt() == {}
+    eng.close()
+
+
+def test_a_commit_replayed_from_the_wal_after_power_loss(tmp_path):
+    fs = FaultInjectingFileSystem()
+    eng = Engine(str(tmp_path / "db"), Config(sync="never", **SMALL), fs=fs)
+    eng.prepare(b"t", [(V, b"a", b"1"), (V, b"b", b"2")])
+    eng.commit_prepared(b"t", sync=True)         # durable: the WAL holds PREPARE then COMMIT
+    fs.power_loss()
+    eng = Engine(str(tmp_path / "db"), Config(**SMALL))
+    assert (eng.get(b"a"), eng.get(b"b")) == (b"1", b"2") and eng.in_doubt() == {}
+    eng.close()
+
+
+def test_a_commit_without_its_prepare_is_corruption(tmp_path):
+    eng = Engine(str(tmp_path), Config())
+    eng.write([(V, b"a", b"1")])
+    eng.close()
+    live = max(n for n in os.listdir(tmp_path) if n.endswith(".log"))
+    with open(tmp_path / live, "ab") as f:
+        f.write(encode_frame(encode_commit(99, b"nowhere")))
+    with pytest.raises(CorruptionError, match="without its PREPARE"):
+        Engine(str(tmp_path), Config())
+
+
+@pytest.mark.parametrize("rec", [
+    (int(WalOp.COMMIT), 1, [[1, b"k", b"v"]], b"t"),       # a commit names its prepare: no ops
+    (int(WalOp.COMMIT), 1, []),                             # no txid
+    (int(WalOp.COMMIT), 1, [], b"t", 1, 2),
+])
+def test_malformed_commit_records_are_refused(rec):
+    with pytest.raises(CorruptionError):
+        decode_record(msgpack.packb(rec, use_bin_type=True), "wal")
