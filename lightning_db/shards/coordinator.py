@@ -110,8 +110,11 @@ def two_phase(router: "ShardRouter", parts: dict[int, list[Op]], checks: dict[in
     # Each other writing participant's prepare was synced, and all before it
     # (the primary's was not: its decision's fsync covers it).
     router.note_durable([s for s in parts if s != primary], sent)
-    if router.forgets:
-        settle_forgets(router, False)       # earlier batches' forgets that this made due
+    queue = router.forgets
+    # Earlier batches' forgets that this made due, once enough may be to send
+    # (settle_forgets would otherwise look through the queue for nothing).
+    if queue and (len(queue) >= router.forget_batch or queue[0][2] <= sent - int(FORGET_WAIT_S * 1e9)):
+        settle_forgets(router, False)
     # The decision, durable at the primary before anything is applied: from
     # here the batch commits, whoever finishes it.
     decided = time.monotonic_ns()
@@ -133,11 +136,14 @@ def two_phase(router: "ShardRouter", parts: dict[int, list[Op]], checks: dict[in
         applies = {s: _send_here(refs[s], "commit", [txid, False, False], timeout) for s in shards}
         failed = [s for s, f in applies.items() if isinstance(_quiet(f), LightningError)]
         committed = time.monotonic_ns()
+        if not failed:
+            router.gate.unmark(marker)      # before the gate opens: no snapshot finds it and settles it again
     # The decision is durable at the primary: a participant that died
     # meanwhile is committed again once its worker is back (its PREPARE
     # is in its WAL), so the batch is whole when this call returns.
     if all([settle_commit(router, txid, s) for s in failed]):
-        router.gate.unmark(marker)
+        if failed:
+            router.gate.unmark(marker)
         # Later: the batch is whole already; the primary only stops keeping
         # the decision, once the other commits are durable (settle_forgets;
         # its own commit record comes before the forget in its WAL).

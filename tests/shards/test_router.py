@@ -515,6 +515,9 @@ class _Recording:
     def __len__(self):
         return len(self._dq)
 
+    def __getitem__(self, i):
+        return self._dq[i]
+
     def __bool__(self):
         return bool(self._dq)
 
