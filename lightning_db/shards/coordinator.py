@@ -110,10 +110,9 @@ def two_phase(router: "ShardRouter", parts: dict[int, list[Op]], checks: dict[in
     # Each other writing participant's prepare was synced, and all before it
     # (the primary's was not: its decision's fsync covers it).
     router.note_durable([s for s in parts if s != primary], sent)
-    queue = router.forgets
     # Earlier batches' forgets that this made due, once enough may be to send
     # (settle_forgets would otherwise look through the queue for nothing).
-    if queue and (len(queue) >= router.forget_batch or queue[0][2] <= sent - int(FORGET_WAIT_S * 1e9)):
+    if _forgets_may_be_due(router, sent):
         settle_forgets(router, False)
     # The decision, durable at the primary before anything is applied: from
     # here the batch commits, whoever finishes it.
@@ -149,6 +148,14 @@ def two_phase(router: "ShardRouter", parts: dict[int, list[Op]], checks: dict[in
         # its own commit record comes before the forget in its WAL).
         router.forgets.append([primary, txid, committed, [s for s in parts if s != primary], None])
     # else: still unreachable; a snapshot or resolve_in_doubt commits the rest later
+
+
+def _forgets_may_be_due(router: "ShardRouter", now: int) -> bool:
+    queue = router.forgets
+    try:            # another thread may take the queue's entries meanwhile
+        return len(queue) >= router.forget_batch or queue[0][2] <= now - int(FORGET_WAIT_S * 1e9)
+    except IndexError:
+        return False
 
 
 def settle_forgets(router: "ShardRouter", wait: bool) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import time
+import types
 
 import pytest
 
@@ -496,6 +498,17 @@ def test_forgets_go_out_without_waiting_and_closing_waits_for_them(fresh):
     assert not r.forgets                            # closing settled every one
     for t in txids:                                 # and the primary (the lowest shard) keeps no decision
         assert fresh.refs[0].ask("decided", [t], T).result() is False
+
+
+def test_the_forget_check_meets_a_queue_another_thread_emptied():
+    class Emptied(list):                  # len() said one entry; another thread took it since
+        def __len__(self):
+            return 1
+
+    router = types.SimpleNamespace(forgets=Emptied(), forget_batch=32)
+    assert coordinator._forgets_may_be_due(router, time.monotonic_ns()) is False
+    router.forgets = [[0, b"t", 0, [1], None]]
+    assert coordinator._forgets_may_be_due(router, time.monotonic_ns()) is True     # old enough
 
 
 class _Recording:
