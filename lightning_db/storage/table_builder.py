@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from itertools import repeat
 from operator import and_, lt, ne
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgpack
@@ -17,8 +18,8 @@ import numpy as np
 import zstandard
 from crc32c import crc32c
 
-from .bloom import build_filter, key_hash
 from . import gil
+from .bloom import build_filter, key_hash
 from .format import BLOCK_TRAILER, FORMAT_VERSION, TABLE_FOOTER, TABLE_MAGIC, Compression, Kind, mask_crc
 
 __all__ = ["TableWriter", "TableMeta", "build_point_index", "probe_slots", "PROPS_FIELDS", "FOOTER_CRC_SPAN"]
@@ -134,26 +135,18 @@ class TableWriter:
         last = self._last_key
         # Per-key work in C goes a chunk of keys at a time (a flush or
         # compaction thread beside the shard's message loop: gil.py).
-        chunk = gil.CHUNK
-        for i in range(0, n, chunk):
-            if not all(map(lt, keys[i:i + chunk], keys[i + 1:i + chunk + 1])):
-                for k, sk, v in zip(keys, sks, vals):   # add says what is out of order
-                    self.add(k, sk, v)
-                return
-            gil.pause()
-        if last is not None and keys[0] <= last:
-            for k, sk, v in zip(keys, sks, vals):
+        if (last is not None and keys[0] <= last) or not _ascending(keys):
+            for k, sk, v in zip(keys, sks, vals):       # add says what is out of order
                 self.add(k, sk, v)
             return
-        for i in range(0, n, chunk):
-            self._hashes += map(key_hash, keys[i:i + chunk])
+        for i in range(0, n, gil.CHUNK):
+            self._hashes += map(key_hash, keys[i:i + gil.CHUNK])
             gil.pause()
-        kl = _lengths(keys) if klen is None else klen
-        vl = _lengths(vals) if vlen is None else vlen
+        kl = _per_item(_lengths, keys, np.int64) if klen is None else klen
+        vl = _per_item(_lengths, vals, np.int64) if vlen is None else vlen
         ends = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(kl + vl + _ENTRY_OVERHEAD, out=ends[1:])
-        kinds = np.concatenate([np.fromiter(map(and_, sks[i:i + chunk], repeat(0xFF)), dtype=np.uint8,
-                                            count=len(sks[i:i + chunk])) for i in range(0, n, chunk)])
+        kinds = _per_item(_kinds, sks, np.uint8)
         if self._point is not None and (kinds == _TTL).any():
             self._point = None                          # as _flush would at the first such block
         span = _record_spans(kl, vl) if self._point is not None else None
@@ -363,14 +356,32 @@ def probe_slots(hashes: np.ndarray, nslots: int) -> np.ndarray:
     return slot
 
 
-def _lengths(items: list[bytes]) -> np.ndarray:
-    """len() of each item as int64, a chunk of items per call (gil.py)."""
+def _ascending(keys: list[bytes]) -> bool:
+    """Whether *keys* are strictly ascending, a chunk at a time (gil.py)."""
+    for i in range(0, len(keys), gil.CHUNK):
+        if not all(map(lt, keys[i:i + gil.CHUNK], keys[i + 1:i + gil.CHUNK + 1])):
+            return False
+        gil.pause()
+    return True
+
+
+def _lengths(items: list[bytes]) -> Iterator[int]:
+    return map(len, items)
+
+
+def _kinds(seqkinds: list[int]) -> Iterator[int]:
+    return map(and_, seqkinds, repeat(0xFF))
+
+
+def _per_item(each: Callable[[list[Any]], Iterator[Any]], items: list[Any], dtype: Any) -> np.ndarray:
+    """``each(chunk)`` (one value per item, in C) as an array of *dtype*, a
+    chunk of items per call (gil.py)."""
     parts = []
     for i in range(0, len(items), gil.CHUNK):
         part = items[i:i + gil.CHUNK]
-        parts.append(np.fromiter(map(len, part), dtype=np.int64, count=len(part)))
+        parts.append(np.fromiter(each(part), dtype=dtype, count=len(part)))
         gil.pause()
-    return np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+    return np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
 
 
 def _record_spans(kl: np.ndarray, vl: np.ndarray) -> np.ndarray:
