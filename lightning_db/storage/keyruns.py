@@ -24,17 +24,19 @@ import numpy as np
 from . import gil
 
 MIN_FOLD = 1024          # the small run is folded in past max(MIN_FOLD, 4 * sqrt(big run)) keys
-SORT_IN_NUMPY = 8192     # more keys than this: ``sort_keys`` sorts them in numpy
+SORT_IN_NUMPY = 8192     # more keys than this: ``sort_keys`` sorts them in numpy ...
+SORT_PREFIX = 64         # ... on their first this many bytes (then runs of ties exactly)
 
 
 def sort_keys(keys: list[bytes]) -> list[bytes]:
     """*keys* (distinct) in ascending order, as a new list. ``sorted``
     holds the GIL for the whole sort (75 ms for 250,000 keys: a shard's
     flush thread would stall its message loop that long), so a long list
-    is sorted by numpy, which lets other threads run meanwhile, and copied
-    in and out in steps of ``gil.CHUNK`` keys (gil.py). numpy compares
-    bytes strings padded with NULs: keys that differ only in trailing NULs
-    tie, and each such run is then put in order."""
+    is sorted by numpy on the keys' first SORT_PREFIX bytes, which lets
+    other threads run meanwhile, and copied in and out in steps of
+    ``gil.CHUNK`` keys (gil.py). Keys that tie there (numpy compares bytes
+    strings padded with NULs: keys that differ only in trailing NULs, or
+    only after the prefix) are then put in order run by run."""
     n = len(keys)
     if n <= SORT_IN_NUMPY:
         return sorted(keys)
@@ -43,6 +45,7 @@ def sort_keys(keys: list[bytes]) -> list[bytes]:
     for i in range(0, n, chunk):
         width = max(width, max(map(len, keys[i:i + chunk])))
         gil.pause()
+    width = min(width, SORT_PREFIX)           # longer keys are cut to their prefix (numpy truncates)
     parts = []
     for i in range(0, n, chunk):
         parts.append(np.array(keys[i:i + chunk], dtype=f"S{width}"))
@@ -58,7 +61,7 @@ def sort_keys(keys: list[bytes]) -> list[bytes]:
         out += map(keys.__getitem__, order[i:i + chunk].tolist())
         gil.pause()
     j = 0
-    while j < len(ties):                  # runs of consecutive ties: out[a:b + 2] differ in NULs only
+    while j < len(ties):                  # runs of consecutive ties: out[a:b + 2] tie in numpy
         a = b = ties[j]
         while j + 1 < len(ties) and ties[j + 1] == b + 1:
             j += 1

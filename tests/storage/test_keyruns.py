@@ -80,22 +80,25 @@ def test_an_iterator_keeps_its_keys_while_keys_are_added():
 @settings(max_examples=300, deadline=None)
 @given(keys=st.lists(st.binary(min_size=1, max_size=4).map(lambda b: b.replace(b"\x01", b"\x00")), unique=True,
                      max_size=80),
-       chunk=st.sampled_from([1, 3, 4096]))
-def test_sort_keys_in_numpy_is_sorted(keys, chunk):
-    """Every path of the numpy sort, in chunks of any size, and keys that
-    differ only in trailing NULs (numpy ties them: b"a" < b"a\\0" < b"a\\0\\0")."""
-    saved = gil.CHUNK, keyruns.SORT_IN_NUMPY
-    gil.CHUNK, keyruns.SORT_IN_NUMPY = chunk, 0
+       chunk=st.sampled_from([1, 3, 4096]), prefix=st.sampled_from([1, 2, 64]))
+def test_sort_keys_in_numpy_is_sorted(keys, chunk, prefix):
+    """Every path of the numpy sort, in chunks of any size, keys that
+    differ only in trailing NULs (numpy ties them: b"a" < b"a\\0" < b"a\\0\\0")
+    and keys longer than the prefix numpy sorts on."""
+    saved = gil.CHUNK, keyruns.SORT_IN_NUMPY, keyruns.SORT_PREFIX
+    gil.CHUNK, keyruns.SORT_IN_NUMPY, keyruns.SORT_PREFIX = chunk, 0, prefix
     try:
         assert keyruns.sort_keys(keys) == sorted(keys)
     finally:
-        gil.CHUNK, keyruns.SORT_IN_NUMPY = saved
+        gil.CHUNK, keyruns.SORT_IN_NUMPY, keyruns.SORT_PREFIX = saved
 
 
 def test_sort_keys_of_a_big_segment():
     rng = random.Random(7)
     keys = {rng.randbytes(rng.randint(1, 24)) for _ in range(30_000)}
     keys |= {k + b"\0" * rng.randint(1, 3) for k in list(keys)[:2000]}       # trailing-NUL twins
+    keys |= {b"p" * 70 + rng.randbytes(rng.randint(0, 40)) for _ in range(3000)}   # past SORT_PREFIX
+    keys.add(b"k" * 65536)                                                        # one huge key
     keys = list(keys)
     rng.shuffle(keys)
     assert len(keys) > keyruns.SORT_IN_NUMPY
