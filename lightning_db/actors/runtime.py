@@ -427,8 +427,9 @@ def _child_main(boot: _Boot, actor_cls: type[Actor], args: tuple[Any, ...], kwar
             except PlacementRefused as exc:
                 notes["cpu_fallback"] = str(exc)
         threading.Thread(target=_watch_lifeline, args=(conn, parent), name="ldb-lifeline", daemon=True).start()
-        if actor_cls.switch_interval is not None:
-            sys.setswitchinterval(actor_cls.switch_interval)
+        switch = getattr(actor_cls, "switch_interval", None)
+        if switch is not None:
+            sys.setswitchinterval(switch)
         actor = actor_cls(*args, **kwargs)
         actor.name = boot.name
         server = MailboxServer(boot.address)
