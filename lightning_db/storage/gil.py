@@ -23,8 +23,12 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
-__all__ = ["CHUNK", "PAUSE_EVERY_S", "background", "pause"]
+import numpy as np
+
+__all__ = ["CHUNK", "PAUSE_EVERY_S", "background", "pause", "per_item"]
 
 CHUNK = 4096              # per-key work in C on a long list goes in steps of this many keys
 PAUSE_EVERY_S = 0.001     # a background thread steps aside at most this often
@@ -49,3 +53,14 @@ def pause() -> None:
     if now - last >= PAUSE_EVERY_S:
         _sleep(_PAUSE_S)
         _local.last = time.perf_counter()
+
+
+def per_item(each: Callable[[list[Any]], Iterator[Any]], items: list[Any], dtype: Any) -> np.ndarray:
+    """``each(chunk)`` (one value per item, computed in C) for every item,
+    as an array of *dtype*: a CHUNK of items per call, pausing between."""
+    parts = []
+    for i in range(0, len(items), CHUNK):
+        part = items[i:i + CHUNK]
+        parts.append(np.fromiter(each(part), dtype=dtype, count=len(part)))
+        pause()
+    return np.concatenate(parts) if parts else np.empty(0, dtype=dtype)

@@ -326,15 +326,8 @@ class Memtable:
         # memoryview item per key costs four times the dict lookup). Per-key
         # work in C goes a chunk of keys at a time: this runs on the flush
         # thread, beside the shard's message loop (gil.py).
-        chunk = gil.CHUNK
-        index = self._index
-        parts = []
-        for i in range(0, n, chunk):
-            part = keys[i:i + chunk]
-            parts.append(np.fromiter(map(index.__getitem__, part), dtype=np.int64, count=len(part)))
-            gil.pause()
-        si = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
-        del parts
+        lookup = self._index.__getitem__
+        si = gil.per_item(lambda part: map(lookup, part), keys, np.int64)
         si += SEGMENT_HEADER_SIZE // 8
         off = words64[si].astype(np.int64)
         off += self._base - 1                     # records start 8-aligned (sizes are rounded up)
@@ -347,6 +340,7 @@ class Memtable:
         mm = self._mm
         sks: list[int] = []
         vals: list[bytes] = []
+        chunk = gil.CHUNK
         for i in range(0, n, chunk):
             sks += seqkinds[i:i + chunk].tolist()
             vals += map(mm.__getitem__, map(slice, vstart[i:i + chunk].tolist(), vend[i:i + chunk].tolist()))

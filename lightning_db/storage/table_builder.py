@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from itertools import repeat
 from operator import and_, lt, ne
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import msgpack
@@ -142,11 +142,11 @@ class TableWriter:
         for i in range(0, n, gil.CHUNK):
             self._hashes += map(key_hash, keys[i:i + gil.CHUNK])
             gil.pause()
-        kl = _per_item(_lengths, keys, np.int64) if klen is None else klen
-        vl = _per_item(_lengths, vals, np.int64) if vlen is None else vlen
+        kl = gil.per_item(_lengths, keys, np.int64) if klen is None else klen
+        vl = gil.per_item(_lengths, vals, np.int64) if vlen is None else vlen
         ends = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(kl + vl + _ENTRY_OVERHEAD, out=ends[1:])
-        kinds = _per_item(_kinds, sks, np.uint8)
+        kinds = gil.per_item(_kinds, sks, np.uint8)
         if self._point is not None and (kinds == _TTL).any():
             self._point = None                          # as _flush would at the first such block
         span = _record_spans(kl, vl) if self._point is not None else None
@@ -371,17 +371,6 @@ def _lengths(items: list[bytes]) -> Iterator[int]:
 
 def _kinds(seqkinds: list[int]) -> Iterator[int]:
     return map(and_, seqkinds, repeat(0xFF))
-
-
-def _per_item(each: Callable[[list[Any]], Iterator[Any]], items: list[Any], dtype: Any) -> np.ndarray:
-    """``each(chunk)`` (one value per item, in C) as an array of *dtype*, a
-    chunk of items per call (gil.py)."""
-    parts = []
-    for i in range(0, len(items), gil.CHUNK):
-        part = items[i:i + gil.CHUNK]
-        parts.append(np.fromiter(each(part), dtype=dtype, count=len(part)))
-        gil.pause()
-    return np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
 
 
 def _record_spans(kl: np.ndarray, vl: np.ndarray) -> np.ndarray:
