@@ -107,14 +107,12 @@ def recover(engine: "Engine") -> tuple[Memtable, Wal, int, dict[bytes, list], se
             if rec.token is not None:
                 tokens.add(*rec.token)
             ops = rec.ops
-            if rec.op == WalOp.COMMIT:                 # a commit naming its PREPARE, earlier in this WAL
-                ops = prepared.pop(rec.txid, None)
-                if ops is None:
-                    raise CorruptionError(f"commit of transaction {rec.txid!r} without its PREPARE", wpath)
-                if rec.remember:
-                    decided.add(rec.txid)
-            elif rec.txid is not None:                 # a self-contained commit (older WALs)
-                prepared.pop(rec.txid, None)
+            if rec.txid is not None:                   # the commit of a prepared transaction
+                held = prepared.pop(rec.txid, None)
+                if rec.op == WalOp.COMMIT:             # it names its PREPARE, earlier in this WAL
+                    if held is None:
+                        raise CorruptionError(f"commit of transaction {rec.txid!r} without its PREPARE", wpath)
+                    ops = held                         # (else a self-contained commit: older WALs)
                 if rec.remember:
                     decided.add(rec.txid)
             first_seq = rec.first_seq

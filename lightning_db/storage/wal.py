@@ -27,12 +27,8 @@ from .log import LogWriter, read_log
 Op = tuple[int, bytes, bytes]   # (kind, key, value)
 
 
-def encode_batch(first_seq: int, ops: list[Op], txid: bytes | None = None, remember: bool = False) -> bytes:
-    if txid is None:
-        rec: tuple = (WalOp.BATCH, first_seq, ops)
-    else:
-        rec = (WalOp.BATCH, first_seq, ops, txid, 1) if remember else (WalOp.BATCH, first_seq, ops, txid)
-    return msgpack.packb(rec, use_bin_type=True)
+def encode_batch(first_seq: int, ops: list[Op]) -> bytes:
+    return msgpack.packb((WalOp.BATCH, first_seq, ops), use_bin_type=True)
 
 
 def encode_commit(first_seq: int, txid: bytes, remember: bool = False) -> bytes:

@@ -300,6 +300,23 @@ def test_a_commit_without_its_prepare_is_corruption(tmp_path):
         Engine(str(tmp_path), Config())
 
 
+def test_older_self_contained_commits_still_replay(tmp_path):
+    """WALs from before the COMMIT record hold commits that carry their
+    ops (a BATCH with the txid, and 1 when it is the primary's decision)."""
+    eng = Engine(str(tmp_path), Config())
+    eng.write([(V, b"a", b"1")])
+    eng.close()
+    live = max(n for n in os.listdir(tmp_path) if n.endswith(".log"))
+    ops = [[V, b"old", b"v"], [D, b"a", b""]]
+    with open(tmp_path / live, "ab") as f:
+        for rec in ((int(WalOp.PREPARE), 0, ops, b"t"), (int(WalOp.BATCH), 50, ops, b"t", 1)):
+            f.write(encode_frame(msgpack.packb(rec, use_bin_type=True)))
+    eng = Engine(str(tmp_path), Config())
+    assert eng.get(b"old") == b"v" and eng.get(b"a") is None
+    assert eng.in_doubt() == {} and eng.decided(b"t")
+    eng.close()
+
+
 @pytest.mark.parametrize("rec", [
     (int(WalOp.COMMIT), 1, [[1, b"k", b"v"]], b"t"),       # a commit names its prepare: no ops
     (int(WalOp.COMMIT), 1, []),                             # no txid
