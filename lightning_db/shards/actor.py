@@ -30,6 +30,7 @@ Messages (op, payload) -> reply; payloads are msgpack lists, bytes stay bytes:
     "txwrite"  [ops, sync, check]                   -> last seq (check passes first, or nothing is written)
     "prepare"  [txid, ops(, check)]  "commit" [txid, sync, remember] -> seq
     "decide"   [txid]  the primary's decision to commit, durable, nothing applied
+    "decide"   [txid, ops(, check)]  the primary's prepare and decision in one step (one WAL write)
     "abort"    [txid] -> bool (never a decided txid)    "in_doubt" -> [[txid, ops], ...]
     "decided"  [txid] -> bool    "forget" [txid, ...]    "decisions" -> [txid, ...] (decisions kept)
     "sync"     every write so far made durable (its WAL records fsynced)
@@ -437,21 +438,26 @@ class ShardActor(Actor):
         finally:
             self._end(check, token)
 
-    def _prepare(self, p: Any) -> None:
+    def _prepare(self, p: Any, decide: bool = False) -> None:
+        op = "decide" if decide else "prepare"
         if not isinstance(p, (list, tuple)) or len(p) not in (2, 3):
-            raise InvalidArgument(f"'prepare' takes [txid, ops] or [txid, ops, check], got {p!r:.80}")
+            raise InvalidArgument(f"'{op}' takes [txid, ops] or [txid, ops, check], got {p!r:.80}")
         txid = _txid(p[0])
         check, token = self._check(p[2]) if len(p) == 3 else (None, None)
         try:
             ops = self._ops(p[1])
             if txid in self._aborted:
                 raise TransactionConflict(f"transaction {txid.hex()} was already aborted on shard {self.shard_id}")
+            primary = int.from_bytes(txid[:2], "big") == self.shard_id
+            if decide and (not primary or not ops):
+                raise InvalidArgument(f"'decide' with ops goes to the transaction's primary with its part, "
+                                      f"got {len(ops)} ops on shard {self.shard_id} for {txid.hex()}")
             if not ops and check is not None:
                 self._engine().hold_reads(txid, check)
             else:
-                # The primary (the txid's first two bytes) needs no fsync here:
-                # its fsynced decision covers its prepare (Participant.prepare).
-                self._engine().prepare(txid, ops, check, sync=int.from_bytes(txid[:2], "big") != self.shard_id)
+                # The primary needs no fsync here: its fsynced decision
+                # (later, or in this same write) covers its prepare.
+                self._engine().prepare(txid, ops, check, sync=not primary, decide=decide)
         finally:
             self._end(check, token)
 
@@ -460,6 +466,8 @@ class ShardActor(Actor):
         return self._engine().commit_prepared(_txid(txid), _flag(sync, "sync"), _flag(remember, "remember"))
 
     def _decide(self, p: Any) -> None:
+        if isinstance(p, (list, tuple)) and len(p) > 1:     # prepare and decide in one step
+            return self._prepare(p, decide=True)
         (txid,) = _shape(p, 1, "decide")
         self._engine().decide(_txid(txid))
 

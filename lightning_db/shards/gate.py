@@ -20,9 +20,13 @@ finishes the commit (or aborts it) before it cuts.
 
 Each acquisition opens its own file descriptors (a ``flock`` belongs to an
 open file description: threads of one process must not share one), and a
-process that dies releases what it held. Waiting polls with a short
-backoff up to a deadline, then raises ``Timeout`` (transient): a commit
-stopped by SIGSTOP while holding the gate does not hang snapshots forever.
+process that dies releases what it held. Waiting polls up to a deadline,
+then raises ``Timeout`` (transient): a commit stopped by SIGSTOP while
+holding the gate does not hang snapshots forever. The first 2 ms of a wait
+poll between yields of the CPU (``sched_yield``: the holders, a commit's
+apply phase or a cut, mostly let go within a round trip, and a sleep's
+wake-up came late: ~10% of the transactions' throughput with four
+clients), then with sleeps that grow to 1 ms.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from ..errors import Timeout
 __all__ = ["CommitGate"]
 
 _MARK = "applying."
+_YIELD_S = 0.002          # first, give the CPU up this long, then sleep
 _SPIN = (0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001)
 
 
@@ -69,7 +74,7 @@ class CommitGate:
     def _lock(self, path: str, mode: int, deadline: float, what: str) -> int:
         fd = self._open(path)
         try:
-            i = 0
+            spin_until = i = 0
             while True:
                 try:
                     fcntl.flock(fd, mode | fcntl.LOCK_NB)
@@ -80,6 +85,11 @@ class CommitGate:
                 now = time.monotonic()
                 if now >= deadline:
                     raise Timeout(f"the commit gate stayed held past the deadline while {what}")
+                if not spin_until:
+                    spin_until = now + _YIELD_S
+                if now < spin_until:        # holders let go within a round trip or so: stay close
+                    os.sched_yield()
+                    continue
                 time.sleep(min(_SPIN[min(i, len(_SPIN) - 1)], deadline - now))
                 i += 1
         except BaseException:

@@ -65,7 +65,7 @@ from ..supervisor.breaker import CircuitBreaker
 from ..supervisor.retry import Backoff, retry
 from ..transaction import Transactional
 from .combine import WriteCombiner
-from .coordinator import FORGET_BATCH, commit_transaction, settle_forgets, two_phase
+from .coordinator import FORGET_BATCH, MERGE_OPS, commit_transaction, settle_forgets, two_phase
 from .gate import CommitGate
 from .pipeline import TokenSource, WritePipeline
 from .resolve import _quiet, _send, resolve_in_doubt, txid_pid
@@ -137,6 +137,7 @@ class ShardRouter(Transactional, MappingSugar):
         # [primary, txid, commit time, other writing shards, future or None].
         self.forgets: deque[list[Any]] = deque()
         self.forget_batch = FORGET_BATCH    # due forgets to one primary sent as one message
+        self.merge_ops = MERGE_OPS          # a primary's part this small goes with its decision
         # Per shard: the send time (monotonic ns) of the latest answered
         # synced request, so every record written there before it is durable.
         self.durable = [0] * len(self.refs)

@@ -81,7 +81,8 @@ class Participant:
 
 
     # --- two-phase commit (a participant's side) --------------------------------------------
-    def prepare(self, txid: bytes, ops: list[Op], check: TxCheck | None = None, sync: bool = True) -> None:
+    def prepare(self, txid: bytes, ops: list[Op], check: TxCheck | None = None, sync: bool = True,
+                decide: bool = False) -> None:
         """Make *ops* durable under *txid* without applying them: after this
         returns, the transaction survives any crash until ``commit_prepared``
         or ``abort_prepared`` decides it. Fsynced, except with ``sync=False``:
@@ -90,7 +91,9 @@ class Participant:
         with it, and whose prepare lost to a power loss before any decision
         means an abort, as an undecided one does. The keys become intents;
         *check* (a transaction's) is validated first, and without one the
-        ops still may not meet another transaction's intents."""
+        ops still may not meet another transaction's intents. With *decide*
+        (the primary, once every other participant prepared): the decision
+        too, in the same WAL write, fsynced (``decide`` in one step)."""
         with self._write_lock:
             if self._write_error is not None or self._bg_error is not None or self._closed:
                 self._raise_write_error()
@@ -101,15 +104,20 @@ class Participant:
             check.writes = keys
             self.txn.check(check, txid)
             wal = self._sv.wal
+            records = [encode_prepare(txid, ops)]
+            if decide:
+                records.append(encode_marker(WalOp.DECISION, txid))
             try:
-                target = wal.append(encode_prepare(txid, ops))
+                target = wal.append(*records)
             except LightningError as exc:
                 if wal.torn:
                     self._write_error = exc
                 raise
             self._prepared[txid] = list(ops)
             self.txn.hold(txid, keys, check.reads, check.ranges if check.serializable else ())
-        if sync:
+            if decide:
+                self._decided.add(txid)
+        if sync or decide:
             self._sync_through(wal, target)
 
     def commit_prepared(self, txid: bytes, sync: bool = True, remember: bool = False) -> int:

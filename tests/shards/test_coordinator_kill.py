@@ -22,7 +22,7 @@ from tests.waiting import wait_until
 import lightning_db.shards.router as router
 import lightning_db.shards.coordinator as coordinator
 
-path, step, tag = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode()
+path, step, tag, n = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode(), int(sys.argv[4])
 sent = 0
 
 def before(op):
@@ -39,7 +39,7 @@ coordinator._send_here = lambda ref, op, payload, timeout: (before(op), plain_he
 router.ShardRouter._ask = lambda self, shard, op, payload=None: (before(op), plain_ask(self, shard, op, payload))[1]
 
 db = ldb.open(path)
-keys = [b"batch-%03d" % i for i in range(40)]          # spread over both shards
+keys = [b"batch-%03d" % i for i in range(n)]           # spread over both shards
 with db.batch() as b:
     for k in keys:
         b.put(k, tag)
@@ -47,19 +47,24 @@ print("committed", flush=True)
 db.close()
 """
 
-STEPS = 7          # prepare x2, the primary's decision, commit x2 (the primary's first), forget; 7 = no kill
+# Keys in the batch -> its steps. Small: prepare on the other shard, the
+# primary's part with its decision, commit x2 (the primary's first), forget;
+# large (more than MERGE_OPS keys on the primary): prepare x2, the primary's
+# decision, commit x2, forget. The last step: no kill.
+SIZES = {40: 6, 200: 7}
 
 
 @pytest.mark.crash
-def test_coordinator_killed_before_every_step_leaves_all_or_nothing(tmp_path):
+@pytest.mark.parametrize("n", sorted(SIZES))
+def test_coordinator_killed_before_every_step_leaves_all_or_nothing(tmp_path, n):
     path = str(tmp_path / "db")
     with ldb.open(path, shards=2) as db:                # keeps the node up across the children
-        keys = [b"batch-%03d" % i for i in range(40)]
+        keys = [b"batch-%03d" % i for i in range(n)]
         assert len({db.ring.shard_of(k) for k in keys}) == 2
-        outcomes = []
-        for step in range(1, STEPS + 1):
+        outcomes, kills = [], []
+        for step in range(1, SIZES[n] + 1):
             tag = b"t%d" % step
-            child = subprocess.run([sys.executable, "-c", CHILD, path, str(step), tag.decode()],
+            child = subprocess.run([sys.executable, "-c", CHILD, path, str(step), tag.decode(), str(n)],
                                    capture_output=True, text=True, timeout=120)
             killed = child.returncode == -9
             assert killed or (child.returncode == 0 and "committed" in child.stdout), child.stderr[-2000:]
@@ -76,11 +81,13 @@ def test_coordinator_killed_before_every_step_leaves_all_or_nothing(tmp_path):
                 got = again.get_many(keys)
                 in_doubt = [ref.ask("in_doubt", None, 30).result(30) for ref in again.refs]
             assert in_doubt == [[], []], (step, in_doubt)
-            assert got == seen and got in ([tag] * 40, [db.get(keys[0])] * 40), (step, set(got))
-            outcomes.append("applied" if got == [tag] * 40 else "absent")
+            assert got == seen and got in ([tag] * n, [db.get(keys[0])] * n), (step, set(got))
+            outcomes.append("applied" if got == [tag] * n else "absent")
+            kills.append(killed)
             if not killed:
                 assert outcomes[-1] == "applied"
         print("outcomes by step:", outcomes)
+        assert kills == [True] * (SIZES[n] - 1) + [False], kills     # the path meant: its number of steps
         # Killed before any prepare finished: absent; after the primary commit: applied.
         assert outcomes[0] == "absent" and outcomes[-1] == "applied"
         assert "applied" in outcomes[:-1], outcomes        # some kill came after the decision

@@ -28,12 +28,15 @@ from lightning_db.errors import LightningError
 from lightning_db.shards import coordinator, router
 from tests.waiting import answers, node_workers, wait_until
 
-KEYS = [b"pk-%03d" % i for i in range(40)]       # spread over both shards
+# Spread over both shards. Small: the primary's part goes with its decision
+# (one message, after the other prepared); large: more than MERGE_OPS keys
+# on the primary, prepared beside the other's.
+SIZES = {"small": 40, "large": 200}
 OLD, NEW = b"old", b"new"
 PARTICIPANTS = {"primary": 0, "other": 1}         # the primary is the lowest shard id
 STEPS = {
-    "a": "before its prepare is sent",
-    "b": "right after its prepare was sent, before the reply is used",
+    "a": "before its prepare (the primary's, small: with the decision) is sent",
+    "b": "right after its prepare (the primary's, small: with the decision) was sent, before the reply is used",
     "c": "after every prepare was acked, before the primary's decision",
     "d": "after the primary's decision, before any commit",
     "e": "after the commits, before forget",
@@ -114,10 +117,20 @@ class Killer:
     def ask(self, rtr, shard: int, op: str, payload=None):
         if self.armed and rtr is self.db:
             self.sent.append(f"{op}@{shard}(ask)")
+            # The primary's small part goes with its decision: its prepare.
+            prepare = op == "decide" and len(payload) > 1 and shard == self.victim
+            if self.txid is None and op == "decide":
+                self.txid = payload[0]
             if self.step == "c" and op == "decide":
                 self.kill(f"before the primary's decision to shard {shard}")
+            if self.step == "a" and prepare:
+                self.kill(f"before the prepare with the decision to shard {shard}")
             if self.step == "e" and op == "forget":
                 self.kill(f"before the forget to shard {shard}")
+            if self.step == "b" and prepare:
+                fut = rtr.refs[shard].ask_here(op, payload, rtr.timeout)
+                self.kill(f"right after the prepare with the decision to shard {shard}")
+                return fut.result()
         return plain_ask(rtr, shard, op, payload)
 
 
@@ -142,7 +155,9 @@ def _wait_node_exit(pid: int | None) -> None:
 @pytest.mark.crash
 @pytest.mark.parametrize("step", sorted(STEPS))
 @pytest.mark.parametrize("who", sorted(PARTICIPANTS, reverse=True))
-def test_participant_killed_at_every_step_leaves_all_or_nothing(tmp_path, monkeypatch, who, step):
+@pytest.mark.parametrize("size", sorted(SIZES, reverse=True))
+def test_participant_killed_at_every_step_leaves_all_or_nothing(tmp_path, monkeypatch, size, who, step):
+    keys = [b"pk-%03d" % i for i in range(SIZES[size])]
     victim = PARTICIPANTS[who]
     path = str(tmp_path / "db")
     db = again = None
@@ -150,11 +165,13 @@ def test_participant_killed_at_every_step_leaves_all_or_nothing(tmp_path, monkey
     try:
         db = ldb.open(path, shards=2)
         node_pid = db.stats()["node"]["node_pid"]
-        assert {db.ring.shard_of(k) for k in KEYS} == {0, 1}
+        assert {db.ring.shard_of(k) for k in keys} == {0, 1}
+        on_primary = sum(db.ring.shard_of(k) == 0 for k in keys)
+        assert (on_primary > coordinator.MERGE_OPS) == (size == "large"), on_primary
         with db.batch() as b:                     # the previous round: a cross-shard batch too
-            for k in KEYS:
+            for k in keys:
                 b.put(k, OLD)
-        assert db.get_many(KEYS) == [OLD] * len(KEYS)
+        assert db.get_many(keys) == [OLD] * len(keys)
         before = _workers(db)[victim]
         assert before["pid"] and before["restarts"] == 0, before
 
@@ -167,7 +184,7 @@ def test_participant_killed_at_every_step_leaves_all_or_nothing(tmp_path, monkey
         raised: LightningError | None = None
         try:
             with db.batch() as b:
-                for k in KEYS:
+                for k in keys:
                     b.put(k, NEW)
         except LightningError as exc:             # a failed batch may have been applied or not
             raised = exc
@@ -177,7 +194,8 @@ def test_participant_killed_at_every_step_leaves_all_or_nothing(tmp_path, monkey
             finally:
                 killer.armed = False
         call = "acked" if raised is None else f"raised {type(raised).__name__}"
-        case = f"{who} (shard {victim}) killed {STEPS[step]} [{step}]: batch {call}, sent {killer.sent}"
+        case = f"{size}: {who} (shard {victim}) killed {STEPS[step]} [{step}]: batch {call}, sent {killer.sent}"
+        assert ("prepare@0" in killer.sent) == (size == "large"), f"{case}: not the path meant"
         assert killer.fired, f"{case}: the kill never fired"
         case += f", the kill came {killer.fired}"
 
@@ -193,7 +211,7 @@ def test_participant_killed_at_every_step_leaves_all_or_nothing(tmp_path, monkey
 
         # 1. The caller's own handle once the worker is back, before anyone opens the
         #    database again: the coordinator finished (or undid) the batch itself.
-        reads = {"caller, after the restart": _state(db.get_many(KEYS))}
+        reads = {"caller, after the restart": _state(db.get_many(keys))}
         doubt = {"after the restart": _in_doubt(db)}
         # A forget that met the dead primary goes again at the caller's next
         # batch or when it closes (settle_forgets); settle it now.
@@ -203,8 +221,8 @@ def test_participant_killed_at_every_step_leaves_all_or_nothing(tmp_path, monkey
         # 2. In-doubt resolution (a new open settles what is in doubt), read through both handles.
         again = ldb.open(path)
         doubt["after resolution"] = _in_doubt(again)
-        reads["new handle, after resolution"] = _state(again.get_many(KEYS))
-        reads["caller, after resolution"] = _state(db.get_many(KEYS))
+        reads["new handle, after resolution"] = _state(again.get_many(keys))
+        reads["caller, after resolution"] = _state(db.get_many(keys))
         _close(again, db)
         again = db = None
         _wait_node_exit(node_pid)
@@ -214,7 +232,7 @@ def test_participant_killed_at_every_step_leaves_all_or_nothing(tmp_path, monkey
         db = ldb.open(path)
         node_pid = db.stats()["node"]["node_pid"]
         doubt["after reopening"] = _in_doubt(db)
-        reads["after reopening"] = _state(db.get_many(KEYS))
+        reads["after reopening"] = _state(db.get_many(keys))
 
         summary = (f"{case}; read: {reads}; txids in doubt per shard: {doubt}"
                    + ("; the primary still keeps the decision" if kept else ""))
