@@ -83,6 +83,24 @@ class Actor:
         ask, never counted as a crash nor poisoned."""
         raise InvalidArgument(f"actor {self.name!r} has no control op {op!r}")
 
+    def on_batch(self) -> None:
+        """Before the messages of one receive are handled (all of them, then
+        their answers go out)."""
+
+    def pending(self) -> int:
+        """How much work handlers of this batch left for ``before_replies``
+        so far (a count that grows; the loop compares it around each
+        message)."""
+        return 0
+
+    def before_replies(self) -> BaseException | None:
+        """After the batch's messages, before any answer from the first one
+        that left work (``pending`` grew) goes out: do that work once for
+        all of them (a shard: one fsync for every write that waits for one:
+        group commit). An exception returned is the answer of each message
+        that left work; the others after it are answered as they were."""
+        return None
+
     def on_failure(self, exc: Exception, op: str, payload: Any) -> BaseException:
         """After ``on_receive`` raised *exc*: return the exception the asker
         receives (default *exc*). Raise to let the process crash."""
@@ -121,23 +139,47 @@ class ActorLoop:
         self._failing_ops: dict[str, int] = {}               # op -> keys of it in _failures
 
     def run(self) -> int:
-        server, handle = self.server, self._handle
+        server, handle, actor = self.server, self._handle, self.actor
         while not self.stopping:
             batch = server.recv(self.poll_interval)
             if not batch:
                 continue
-            answers: dict[bytes, list[Envelope]] = {}
+            actor.on_batch()
+            # (identity, request, answer, left work) in order; from *held*
+            # on, answers wait for before_replies (they may tell of work
+            # not done yet: a decision not yet durable).
+            answers: list[tuple[bytes, Envelope, Envelope, bool]] = []
+            held = None
             for identity, env in batch:
+                before = actor.pending()
                 if self.stopping:
-                    answer = (env.error(ActorDead(f"actor {self.actor.name!r} is stopping"))
+                    answer = (env.error(ActorDead(f"actor {actor.name!r} is stopping"))
                               if env.kind in (MsgKind.REQUEST, MsgKind.CONTROL) else None)
                 else:
                     answer = handle(env)
+                left = actor.pending() != before
+                if left and held is None:
+                    held = len(answers)
                 if answer is not None:
-                    answers.setdefault(identity, []).append(answer)
-            for identity, envs in answers.items():
-                server.reply_many(identity, envs)
+                    answers.append((identity, env, answer, left))
+            if held is None:
+                self._reply(answers)
+                continue
+            self._reply(answers[:held])
+            failed = actor.before_replies()
+            rest = answers[held:]
+            if failed is not None:
+                rest = [(i, env, env.error(failed) if left else a, left) for i, env, a, left in rest]
+            self._reply(rest)
         return self.exit_code
+
+    def _reply(self, answers: list[tuple[bytes, Envelope, Envelope, bool]]) -> None:
+        """Send *answers*, each peer's in one go, in order."""
+        per: dict[bytes, list[Envelope]] = {}
+        for identity, _, answer, _ in answers:
+            per.setdefault(identity, []).append(answer)
+        for identity, envs in per.items():
+            self.server.reply_many(identity, envs)
 
     def _handle(self, env: Envelope) -> Envelope | None:
         kind = env.kind

@@ -173,6 +173,7 @@ class ShardActor(Actor):
         self.config = Config.from_dict(config)
         self.shard_id = shard_id
         self.engine: Engine | None = None
+        self._deferring: Engine | None = None      # the engine whose syncs wait for before_replies
         self.engine_fs = OSFileSystem()
         self.restores = 0
         self.quarantined: list[str] = []
@@ -211,6 +212,20 @@ class ShardActor(Actor):
 
     def stats(self) -> dict[str, Any]:
         return {"shard_id": self.shard_id, "restores": self.restores}
+
+    # --- group commit: one fsync for a receive's writes ---------------------------------------
+    def on_batch(self) -> None:
+        self._deferring = self.engine
+        if self.engine is not None:
+            self.engine.defer_syncs()
+
+    def pending(self) -> int:
+        engine = self._deferring
+        return engine.deferred_syncs() if engine is not None else 0
+
+    def before_replies(self) -> BaseException | None:
+        engine, self._deferring = self._deferring, None
+        return engine.finish_syncs() if engine is not None else None
 
     # --- the critical path: quarantine + restore -------------------------------------------
     def _open(self) -> Engine:

@@ -76,6 +76,9 @@ class Engine(Background, Participant):
         self._closed = False
         self._closing = False
         self._write_error: Exception | None = None
+        # Syncs left for later by one thread (``defer_syncs``): (wal, target).
+        self._deferred: list[tuple[Wal, int]] | None = None
+        self._defer_thread = 0
         self._bg_error: Exception | None = None
         self._snapshots: dict[int, int] = {}
         self._ttl_seen = False             # expiring values written (or met by compaction): sweep them
@@ -313,10 +316,42 @@ class Engine(Background, Participant):
             return n
         return self._last_seq if not n else seq + n - 1
 
+    def defer_syncs(self) -> None:
+        """From now on this thread's syncs wait for ``finish_syncs`` (group
+        commit: a shard worker handles every message one receive brought,
+        then makes them durable with one fsync before it answers any that
+        waits for it). Other threads sync as before."""
+        self._deferred = []
+        self._defer_thread = threading.get_ident()
+
+    def deferred_syncs(self) -> int:
+        """Syncs this thread left for ``finish_syncs`` so far."""
+        return len(self._deferred) if self._deferred is not None else 0
+
+    def finish_syncs(self) -> LightningError | None:
+        """Do the syncs left since ``defer_syncs`` (each WAL once, to the
+        furthest target) and stop deferring; the error one met, if any (the
+        engine then refuses writes, as after any failed sync)."""
+        deferred, self._deferred = self._deferred, None
+        targets: dict[int, tuple[Wal, int]] = {}
+        for wal, target in deferred or ():
+            if target > targets.get(id(wal), (wal, -1))[1]:
+                targets[id(wal)] = (wal, target)
+        try:
+            for wal, target in targets.values():
+                self._sync_through(wal, target)
+        except LightningError as exc:
+            return exc
+        return None
+
     def _sync_through(self, wal: Wal, target: int) -> None:
         """Make *wal* durable up to *target*, and every older WAL whose
         memtable still awaits flush with it: a synced write makes every
-        earlier write durable too."""
+        earlier write durable too. Deferred (``defer_syncs``): noted only."""
+        deferred = self._deferred
+        if deferred is not None and threading.get_ident() == self._defer_thread:
+            deferred.append((wal, target))
+            return
         try:
             for _, old in reversed(self._sv.imms):
                 if old.synced_size < old.size:

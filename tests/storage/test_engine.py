@@ -220,3 +220,48 @@ def test_unexpected_background_failure_is_classified(tmp_path):
     assert eng.get(b"k") is None                     # nothing was written
     eng._bg_error = None
     eng.close()
+
+
+def test_deferred_syncs_wait_for_finish_and_share_one_fsync(tmp_path):
+    """A shard worker defers its thread's syncs over one receive
+    (``defer_syncs``) and makes them durable with one fsync per WAL
+    (``finish_syncs``) before it answers; other threads sync as before."""
+    import errno
+
+    fs = FaultInjectingFileSystem()
+    syncs = []
+    real = fs._sync
+
+    def counting(f):
+        if f.path.endswith(".log"):                       # the WAL's (not the manifest's)
+            syncs.append(f.path)
+        real(f)
+    fs._sync = counting
+    eng = Engine(str(tmp_path), Config(sync="never"), fs=fs)
+    wal = eng._sv.wal
+    eng.defer_syncs()
+    eng.write([(V, b"a", b"1")], sync=True)
+    eng.write([(V, b"b", b"2")], sync=True)
+    eng.sync_wal()
+    assert eng.deferred_syncs() == 3 and syncs == []
+    assert wal.log.synced_size < wal.log.size               # written, not durable yet
+    other = threading.Thread(target=lambda: eng.write([(V, b"c", b"3")], sync=True))
+    other.start()
+    other.join()
+    assert len(syncs) == 1                                 # another thread's sync is not deferred
+    eng.write([(V, b"d", b"4")], sync=True)
+    assert eng.finish_syncs() is None
+    assert len(syncs) == 2 and wal.log.synced_size == wal.log.size
+    assert eng.deferred_syncs() == 0
+    eng.write([(V, b"e", b"5")], sync=True)                # no longer deferred
+    assert len(syncs) == 3
+    # A failed fsync is the answer of the deferred writes: returned, and
+    # the engine refuses writes after it, as after any failed sync.
+    eng.defer_syncs()
+    eng.write([(V, b"f", b"6")], sync=True)
+    fs.inject("sync", errno.EIO, ".log")
+    failed = eng.finish_syncs()
+    assert failed is not None and "fsync" in str(failed)
+    with pytest.raises(type(failed)):
+        eng.write([(V, b"g", b"7")])
+    eng.close()
