@@ -340,6 +340,10 @@ class Engine(Background, Participant):
         try:
             for wal, target in targets.values():
                 self._sync_through(wal, target)
+                if wal.log.synced_size < target:   # closed meanwhile, without its last sync
+                    err = self._write_error
+                    return err if isinstance(err, LightningError) else DatabaseClosed(
+                        f"database {self.path} closed before its writes were made durable")
         except LightningError as exc:
             return exc
         return None

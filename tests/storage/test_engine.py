@@ -265,3 +265,28 @@ def test_deferred_syncs_wait_for_finish_and_share_one_fsync(tmp_path):
     with pytest.raises(type(failed)):
         eng.write([(V, b"g", b"7")])
     eng.close()
+
+
+def test_deferred_syncs_of_an_engine_closed_meanwhile(tmp_path):
+    """A shard closed (stopped, or replaced by a restore) while its writes'
+    syncs were deferred: their answer is success only if the close made
+    them durable."""
+    import errno
+
+    from lightning_db.errors import LightningError
+
+    fs = FaultInjectingFileSystem()
+    eng = Engine(str(tmp_path / "a"), Config(sync="never"), fs=fs)
+    eng.defer_syncs()
+    eng.write([(V, b"a", b"1")], sync=True)
+    eng.close()
+    assert eng.finish_syncs() is None               # the close synced the WAL
+    eng = Engine(str(tmp_path / "b"), Config(sync="never"), fs=fs)
+    eng.defer_syncs()
+    eng.write([(V, b"a", b"1")], sync=True)
+    fs.inject("sync", errno.EIO, ".log", count=10)
+    try:
+        eng.close()
+    except LightningError:
+        pass                                        # the close met the failed fsync
+    assert isinstance(eng.finish_syncs(), LightningError)
