@@ -333,12 +333,11 @@ class Engine(Background, Participant):
         furthest target) and stop deferring; the error one met, if any (the
         engine then refuses writes, as after any failed sync)."""
         deferred, self._deferred = self._deferred, None
-        targets: dict[int, tuple[Wal, int]] = {}
+        targets: dict[Wal, int] = {}
         for wal, target in deferred or ():
-            if target > targets.get(id(wal), (wal, -1))[1]:
-                targets[id(wal)] = (wal, target)
+            targets[wal] = max(target, targets.get(wal, 0))
         try:
-            for wal, target in targets.values():
+            for wal, target in targets.items():
                 self._sync_through(wal, target)
                 if wal.log.synced_size < target:   # closed meanwhile, without its last sync
                     err = self._write_error
