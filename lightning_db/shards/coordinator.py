@@ -108,7 +108,8 @@ def two_phase(router: "ShardRouter", parts: dict[int, list[Op]], checks: dict[in
     # once the others prepared (one round trip fewer for the primary, one
     # WAL write); a large one is prepared beside the others, in parallel.
     merged = len(parts[primary]) <= router.merge_ops
-    first = [s for s in shards if s != primary] if merged else shards
+    # The others first: their prepares are fsynced, the primary's is not.
+    first = [s for s in shards if s != primary] + ([] if merged else [primary])
     sent = time.monotonic_ns()
     # A transaction's checks go the way its snapshot's registrations went
     # (asks after tells on one connection: in order); a plain batch's
