@@ -259,12 +259,11 @@ def settle_decided(router: "ShardRouter", txid: bytes, shards: list[int]) -> boo
     return False
 
 
-def _settle_primary(router: "ShardRouter", txid: bytes, primary: int, ask: Any = None) -> bool | None:
+def _settle_primary(router: "ShardRouter", txid: bytes, primary: int, ask: Any) -> bool | None:
     """After a failed decision at the primary: True decided (it commits),
     False aborted, None unknown. *ask*: on the decision's connection (an
     abort of a txid the primary does not know is remembered there, so a
     decision arriving later is refused)."""
-    ask = ask or router._ask
     try:       # retried: a primary that died is asked again once its worker is back
         if router._retry(lambda: ask(primary, "abort", [txid])):
             return False
