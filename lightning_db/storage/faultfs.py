@@ -217,11 +217,11 @@ class FaultInjectingFileSystem(OSFileSystem):
                 self._synced.pop(_key(st), None)
 
     # --- files -------------------------------------------------------------------------
-    def create(self, path: str) -> WritableFile:
+    def create(self, path: str, reserve: int = 0) -> WritableFile:
         self._enter("create", path)
         try:
             existed = os.path.lexists(path)
-            f = super().create(path)
+            f = super().create(path, reserve)
             with self._mu:
                 self._synced[_key(os.fstat(f.fd))] = 0
                 self._files.add(f)

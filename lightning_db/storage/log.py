@@ -8,7 +8,10 @@ Layout (format.py): a file header (magic, format version), then frames
 the length, so recovery can tell a torn write (correct header, file ends
 early) from damage (a header or payload that fails its crc with more data
 behind it). A torn tail is cut off and never replayed; damage anywhere else
-is a ``CorruptionError``: the log is never replayed past a bad record.
+is a ``CorruptionError``: the log is never replayed past a bad record. A
+file allocated ahead of its records (the WAL: fs.WritableFile) that a crash
+left longer ends in zeros: the records end where they start, and a frame
+torn by the crash is followed by zeros alone.
 """
 
 from __future__ import annotations
@@ -36,8 +39,8 @@ class LogWriter:
 
     __slots__ = ("file", "synced_size", "closed", "torn")
 
-    def __init__(self, fs: OSFileSystem, path: str, magic: bytes) -> None:
-        self.file: WritableFile = fs.create(path)
+    def __init__(self, fs: OSFileSystem, path: str, magic: bytes, reserve: int = 0) -> None:
+        self.file: WritableFile = fs.create(path, reserve)
         self.synced_size = 0
         self.closed = False
         self.torn = False        # a failed add could not be cut back: no more adds
@@ -129,8 +132,8 @@ def read_log(fs: OSFileSystem, path: str, magic: bytes) -> LogContents:
             break                                          # torn frame header
         hcrc, length, pcrc = LOG_FRAME.unpack_from(data, pos)
         if mask_crc(crc32c(length.to_bytes(4, "little"))) != hcrc:
-            if _zeros(view, pos):
-                break                                      # zero-filled tail
+            if _zeros(view, pos + _FRAME):
+                break                                      # zero-filled tail, or a header torn before it
             raise CorruptionError(f"log frame header checksum mismatch at offset {pos}", path)
         end = pos + _FRAME + length
         if end > size:

@@ -10,6 +10,10 @@ A failed fsync is never retried (PostgreSQL's "fsyncgate": after EIO the
 kernel may already have dropped the dirty pages, so a second fsync that
 succeeds proves nothing). The WAL remembers the failure and the engine
 refuses writes until it is reopened and recovers from what is on disk.
+
+The file is allocated ahead of its records (``WAL_RESERVE``) and cut back to
+them when closed; one a crash left longer ends in zeros, which ``read_log``
+takes for the end of the records (recovery then cuts them off).
 """
 
 from __future__ import annotations
@@ -25,6 +29,10 @@ from .fs import OSFileSystem
 from .log import LogWriter, read_log
 
 Op = tuple[int, bytes, bytes]   # (kind, key, value)
+
+# A WAL's blocks are allocated this far ahead of its writes (fs.WritableFile):
+# its syncs then write data, not the file's size and block map.
+WAL_RESERVE = 4 << 20
 
 
 def encode_batch(first_seq: int, ops: list[Op]) -> bytes:
@@ -111,7 +119,7 @@ class Wal:
 
     def __init__(self, fs: OSFileSystem, path: str, number: int) -> None:
         self.number = number
-        self.log = LogWriter(fs, path, WAL_MAGIC)
+        self.log = LogWriter(fs, path, WAL_MAGIC, WAL_RESERVE)
         self._sync_lock = threading.Lock()
         self.failed: Exception | None = None
         self.syncs = 0
