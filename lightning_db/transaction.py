@@ -230,8 +230,8 @@ class Transaction(KeyAccess):
             if not self._writes:
                 if view is not None and not view.release():
                     raise TransactionExpired("the transaction's snapshot expired on a shard before it "
-                                             f"committed (transaction_max_age "
-                                             f"{self._db.config.transaction_max_age:g} s)")
+                                             f"committed (open past transaction_max_age "
+                                             f"{self._db.config.transaction_max_age:g} s, or the shard restarted)")
                 return
             ops = [(kind, k, v) for k, (kind, v) in self._writes.items()]
             ranges = [r for s in self._scans if (r := s.range()) is not None]

@@ -262,23 +262,35 @@ def _commit_in_a_thread(tx) -> list[BaseException]:
     return errors
 
 
+def _registered_next(db) -> None:
+    """The next transaction snapshot of *db* (sharded) is registered on the
+    shards (else one is only while none was lately: shards/snapshot.py)."""
+    db.tx_registered = (-1e9, [])
+
+
+@pytest.mark.parametrize("registered", [True, False])
 @pytest.mark.parametrize("writes", [True, False])
-def test_a_transaction_taken_in_one_thread_commits_from_another(sharded, writes):
+def test_a_transaction_taken_in_one_thread_commits_from_another(sharded, writes, registered):
     """A transaction's snapshot is registered on the connections of the
     thread that took it. Committed from another thread, its checks still
     find the registrations (that thread registers again first: one
     registration, by its token), a conflict is still one, and nothing
-    stays registered."""
-    a, b = keys_on_distinct_shards(sharded.ring, b"xthread%d-" % writes)[:2]
+    stays registered. Unregistered, the same holds with nothing sent."""
+    a, b = keys_on_distinct_shards(sharded.ring, b"xthread%d%d-" % (writes, registered))[:2]
     base = sharded.stats()["tx_registered"]
     sharded.put_many({a: b"0", b: b"0"})
+    if registered:
+        _registered_next(sharded)
     tx = sharded.transaction()
     assert tx.get(a) == b"0" and tx.get(b) == b"0"
+    assert tx._view.snap.registered is registered
     if writes:
         tx.put(a, b"1")
         tx.put(b, b"1")
     assert _commit_in_a_thread(tx) == []
     assert sharded.get_many([a, b]) == ([b"1", b"1"] if writes else [b"0", b"0"])
+    if registered:
+        _registered_next(sharded)
     tx = sharded.transaction()
     assert tx.get(a) is not None
     tx.put(a, b"2")                         # a lost update if it committed
@@ -304,6 +316,7 @@ def test_registrations_split_between_connections_are_made_again_before_the_check
     asked: list[str] = []
     ask_here = type(ref).ask_here
     monkeypatch.setattr(type(ref), "ask_here", lambda self, op, *a, **k: (asked.append(op), ask_here(self, op, *a, **k))[1])
+    _registered_next(sharded)
     with sharded.transaction() as tx:
         tx.get(a)
         tx.put(a, b"1")
@@ -318,6 +331,7 @@ def test_stats_after_a_commit_count_its_release(sharded):
     a, b = keys_on_distinct_shards(sharded.ring, b"released")[:2]
     base = sharded.stats()["tx_registered"]
     for n in range(20):
+        _registered_next(sharded)
         with sharded.transaction() as tx:
             tx.get(a)
             tx.put(b, b"%d" % n)

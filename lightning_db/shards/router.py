@@ -111,6 +111,10 @@ class ShardRouter(Transactional, MappingSugar):
         # Snapshots are cuts no multi-shard commit straddles (gate.py): shared
         # by every process of a node; None: private to this router.
         self.gate = gate or CommitGate()
+        # The last registration of a transaction's snapshot on every shard:
+        # (monotonic time, incarnations); keeps the shards tracking writes
+        # for the unregistered ones (snapshot.py).
+        self.tx_registered: tuple[float, list[int | None]] = (-1e9, [])
         # Reads without messages: each shard's published version (superblock
         # paths, storage/published.py), mapped on first use; None: ask only.
         self._published = list(published) if published is not None else None
@@ -556,10 +560,11 @@ class ShardRouter(Transactional, MappingSugar):
             commit_transaction(self, None, ops, reads, ranges, serializable, bool(sync))
             return
         snap = view.snap
+        snap.check_unregistered()
         # The checks end the snapshot's registrations where they go; its
         # release then skips those shards (after a failure, it goes everywhere).
         snap.ended = commit_transaction(self, view.seqs, ops, reads, ranges, serializable, bool(sync),
-                                        snap.ordered(), snap.token)
+                                        snap.ordered(), snap.token if snap.registered else None)
 
     # --- maintenance ----------------------------------------------------------------------------
     def flush(self) -> None:

@@ -15,7 +15,11 @@ published visible seq, no message; the registrations follow as messages
 not waited for, and a marked apply phase of a dead coordinator is finished
 first); ``take_cut`` asks every shard when one does not serve from shared
 memory. A transaction's snapshot (``tx=True``) is also registered on every
-shard for its commit's checks (storage/txn.py).
+shard for its commit's checks (storage/txn.py), unless this process
+registered one there lately (``KEEPALIVE_S``): the shards are tracking
+writes then, and keep what a snapshot of the last SNAPSHOT_LAG_S seconds
+reads, so a short transaction needs neither a registration nor a release;
+one that stays open is registered late (``ShardSnapshot.fresh``).
 
 Where the messages go. A transaction's registrations are tells on the
 connections of the thread that took the snapshot (``tell_here``), and its
@@ -40,7 +44,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..db import ReadSugar, _scan_range
-from ..errors import InvalidArgument, LightningError, Timeout, TransientError
+from ..errors import InvalidArgument, LightningError, Timeout, TransactionExpired, TransientError
+from ..storage.engine import SNAPSHOT_LAG_S
 from ..supervisor.retry import Backoff
 from .coordinator import _quiet_call, settle_decided, settle_marked
 from .resolve import _quiet, _send, _send_here
@@ -51,6 +56,17 @@ if TYPE_CHECKING:
 __all__ = ["ShardSnapshot", "ScanIter", "take_cut"]
 
 CUT_ATTEMPTS = 64
+# A transaction's snapshot is registered on the shards (tracked writes for
+# its commit's checks, versions kept for its reads) unless this process
+# registered one on every shard in the last KEEPALIVE_S (the shards track
+# writes then, and keep the versions of the last SNAPSHOT_LAG_S seconds for
+# snapshots registered late). An unregistered one is registered at its
+# first read after LATE_S (or first scan); past TOO_LATE_S unregistered it
+# expired. A transaction of a few milliseconds sends no registration and
+# no release.
+KEEPALIVE_S = 1.0
+LATE_S = 1.0
+TOO_LATE_S = SNAPSHOT_LAG_S / 2
 _SHARED = object()      # ShardSnapshot._thread: registered on the process's shared connection
 _MIXED = object()       # ... some on the shared connection, some on this thread's own
 
@@ -91,8 +107,8 @@ def _release(router: "ShardRouter", seqs: Sequence[Any], tx: bool, wait: bool = 
     return [_quiet(f) for f in futs]
 
 
-def shared_cut(router: "ShardRouter", tx: bool,
-               token: int | None = None) -> tuple[list[int], list[int | None], bool | None] | None:
+def shared_cut(router: "ShardRouter", tx: bool, token: int | None = None,
+               register: bool = True) -> tuple[list[int], list[int | None], bool | None] | None:
     """The cut from the shards' published versions: every shard's visible
     seq read from shared memory under the gate held exclusive, then
     registered by a message that is not waited for (the shard keeps what a
@@ -103,7 +119,9 @@ def shared_cut(router: "ShardRouter", tx: bool,
 
     (seqs, incarnations, here): a transaction's registrations (*token*)
     go on this thread's own connections, in order with its direct asks,
-    where it has them (*here*: True all, False none, None some)."""
+    where it has them (*here*: True all, False none, None some).
+    *register* False: none is sent (an unregistered transaction snapshot:
+    ``ShardSnapshot``); *here* is then True."""
     n = len(router.refs)
     readers = [router._reader(s) for s in range(n)]
     if any(r is None for r in readers):
@@ -123,6 +141,8 @@ def shared_cut(router: "ShardRouter", tx: bool,
             return None
         if not marks:
             seqs = [st[2] for st in states]
+            if not register:
+                return seqs, [st[0] for st in states], True
             payloads = [[seq, tx, token] if tx else [seq, tx] for seq in seqs]
             routes = [_tell(ref, "register", p, tx) for ref, p in zip(router.refs, payloads)]
             return seqs, [st[0] for st in states], True if all(routes) else None if any(routes) else False
@@ -216,13 +236,24 @@ class ShardSnapshot(ReadSugar):
         self._tx = tx
         self.token = new_token() if tx else None
         self.ended: set[int] = set()        # shards where a commit's check ended the registration
-        cut = shared_cut(router, tx, self.token)
+        self._cut_at = time.monotonic()
+        # A transaction's snapshot goes unregistered while this process
+        # registered one on every shard lately (they track writes then).
+        last, incs = router.tx_registered
+        self.registered = not (tx and self._cut_at - last < KEEPALIVE_S)
+        cut = shared_cut(router, tx, self.token, self.registered)
         if cut is not None:
             self.seqs, self.incs, here = cut
+            if not self.registered and self.incs != incs:       # a shard restarted: its tracking too
+                self.registered = True
+                here = self._register()
+            elif tx:
+                router.tx_registered = (self._cut_at, list(self.incs))
             # Whose connections carried the registrations (``ordered``); some
             # on each kind: nobody's (the next check registers again first).
             self._thread: Any = threading.current_thread() if here else _SHARED if here is False else _MIXED
         else:
+            self.registered = True
             self.seqs = take_cut(router, tx, self.token)
             # The engine each seq belongs to: reads from shared memory only while
             # the shard still runs it (a restarted worker does not hold our seq).
@@ -230,6 +261,42 @@ class ShardSnapshot(ReadSugar):
             self._thread = None             # registered by answered asks: before anything sent now
         self._closed = False
         router._snapshots.add(self)
+
+    def _register(self) -> bool | None:
+        """Register this transaction snapshot on every shard now (tells on
+        this thread's connections); *here* as ``shared_cut``."""
+        r = self._router
+        routes = [_tell(ref, "register", [seq, True, self.token], True) for ref, seq in zip(r.refs, self.seqs)]
+        r.tx_registered = (time.monotonic(), list(self.incs))
+        return True if all(routes) else None if any(routes) else False
+
+    def fresh(self, now: bool = False) -> None:
+        """Before a read of an unregistered transaction snapshot: one open
+        LATE_S (or, *now*, at once) is registered first; one open
+        TOO_LATE_S, or whose shards restarted meanwhile, expired (the
+        versions it reads are kept that long for it: storage/published.py)."""
+        if self.registered:
+            return
+        age = time.monotonic() - self._cut_at
+        if age < LATE_S and not now:
+            return
+        self._expire_if_stale(age)
+        self.registered = True
+        here = self._register()
+        self._thread = threading.current_thread() if here else _SHARED if here is False else _MIXED
+
+    def check_unregistered(self) -> None:
+        """Before the commit of an unregistered transaction snapshot: its
+        shards still run the engines it read (TransactionExpired)."""
+        if not self.registered:
+            self._expire_if_stale(0.0)
+
+    def _expire_if_stale(self, age: float) -> None:
+        r = self._router
+        if age >= TOO_LATE_S or [r._incarnation(s) for s in range(len(r.refs))] != list(self.incs):
+            raise TransactionExpired(
+                f"the transaction's snapshot went unregistered for {age:.1f} s (at most {TOO_LATE_S:g} s) "
+                "or a shard restarted meanwhile")
 
     def ordered(self) -> bool:
         """Where a message that must find this snapshot's registrations on
@@ -239,7 +306,7 @@ class ShardSnapshot(ReadSugar):
         carried them registers again first, waiting for the answers (the
         token keeps it one registration)."""
         t = self._thread
-        if t is None or t is threading.current_thread():
+        if t is None or t is threading.current_thread() or not self.registered:
             return True
         if t is _SHARED:
             return False
@@ -284,6 +351,12 @@ class ShardSnapshot(ReadSugar):
         self._closed = True
         r = self._router
         r._snapshots.discard(self)
+        if not self.registered:          # nothing to release; its reads hold if no shard restarted
+            try:
+                self._expire_if_stale(0.0)
+            except TransactionExpired:
+                return False
+            return True
         seqs = [None if s in self.ended else seq for s, seq in enumerate(self.seqs)] if self.ended else self.seqs
         answers = _release(r, seqs, self._tx, wait, self.token, self._thread is threading.current_thread())
         return not self._tx or all(a is True for a in answers)
@@ -298,15 +371,19 @@ class TxView:
         self._router = router
 
     def get(self, key: bytes) -> bytes | None:
+        self.snap.fresh()
         return self._router._get(key, None, self.seqs, True, self.snap.incs)
 
     def get_many(self, keys: list[bytes]) -> list[bytes | None]:
+        self.snap.fresh()
         return self._router._get_many(keys, self.seqs, self.snap.incs)
 
     def get_entry(self, key: bytes) -> tuple[bytes, float | None] | None:
+        self.snap.fresh()
         return self._router._get_entry(key, self.seqs)
 
     def scan(self, lo: bytes | None, hi: bytes | None, reverse: bool) -> Iterator[tuple[bytes, bytes]]:
+        self.snap.fresh(now=True)        # a scan may be read for a long time: registered first
         return self.snap._scan((lo, hi, None), reverse)
 
     def release(self, wait: bool = True) -> bool:
