@@ -48,8 +48,8 @@ class WritableFile:
     ahead of its writes (``posix_fallocate``): an append then changes
     neither the file's size nor its block map, and a sync is an
     ``fdatasync`` that writes the data alone instead of a journal commit
-    per call (~27% less time a sync on ext4, ~10% more transactions a
-    second with four clients). ``size`` stays the bytes written; the file
+    per call (~27% less time a sync on ext4; synced puts +10-26%).
+    ``size`` stays the bytes written; the file
     is cut back to it on ``close``; a file left longer by a crash ends in
     zeros, which a log's reader takes for its end (log.py). Where the file
     system cannot allocate (no support, a full disk) the file goes on
