@@ -84,6 +84,19 @@ def _tell(ref: Any, op: str, payload: Any, here: bool = False) -> bool:
     return False
 
 
+def _here(routes: list[bool]) -> bool | None:
+    """Registrations sent (``_tell``'s answers): True all on this thread's
+    own connections, False none, None some."""
+    return True if all(routes) else None if any(routes) else False
+
+
+def _carrier(here: bool | None) -> Any:
+    """Whose connections carried a snapshot's registrations (``ordered``):
+    this thread's, the shared one's, or some on each kind: nobody's (the
+    next check registers again first)."""
+    return threading.current_thread() if here else _SHARED if here is False else _MIXED
+
+
 def new_token() -> int:
     """A transaction snapshot's name on the shards (actor.py: registered
     twice it is one; released before it arrives it holds nothing)."""
@@ -145,7 +158,7 @@ def shared_cut(router: "ShardRouter", tx: bool, token: int | None = None,
                 return seqs, [st[0] for st in states], True
             payloads = [[seq, tx, token] if tx else [seq, tx] for seq in seqs]
             routes = [_tell(ref, "register", p, tx) for ref, p in zip(router.refs, payloads)]
-            return seqs, [st[0] for st in states], True if all(routes) else None if any(routes) else False
+            return seqs, [st[0] for st in states], _here(routes)
         for path, txid, shards in marks:
             settle_marked(router, path, txid, shards)
         delay = next(backoff, None)
@@ -249,9 +262,7 @@ class ShardSnapshot(ReadSugar):
                 here = self._register()
             elif tx:
                 router.tx_registered = (self._cut_at, list(self.incs))
-            # Whose connections carried the registrations (``ordered``); some
-            # on each kind: nobody's (the next check registers again first).
-            self._thread: Any = threading.current_thread() if here else _SHARED if here is False else _MIXED
+            self._thread: Any = _carrier(here)
         else:
             self.registered = True
             self.seqs = take_cut(router, tx, self.token)
@@ -268,7 +279,7 @@ class ShardSnapshot(ReadSugar):
         r = self._router
         routes = [_tell(ref, "register", [seq, True, self.token], True) for ref, seq in zip(r.refs, self.seqs)]
         r.tx_registered = (time.monotonic(), list(self.incs))
-        return True if all(routes) else None if any(routes) else False
+        return _here(routes)
 
     def fresh(self, now: bool = False) -> None:
         """Before a read of an unregistered transaction snapshot: one open
@@ -282,8 +293,7 @@ class ShardSnapshot(ReadSugar):
             return
         self._expire_if_stale(age)
         self.registered = True
-        here = self._register()
-        self._thread = threading.current_thread() if here else _SHARED if here is False else _MIXED
+        self._thread = _carrier(self._register())
 
     def check_unregistered(self) -> None:
         """Before the commit of an unregistered transaction snapshot: its
