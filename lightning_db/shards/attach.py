@@ -12,7 +12,10 @@ vnodes, format).
 The node keeps a session for each attach and checks the session's pid (and
 its start time), so a caller killed with -9 is noticed; when the last session
 is gone the node stops its shards and exits. ``Session.detach`` is idempotent
-and registered with atexit.
+and registered with atexit; the detach that ends the last session waits (up
+to ``STOP_WAIT_S``) until the node has exited: its workers stopped, their
+files closed, node.json and the runtime directory removed, so the caller
+may copy, move or delete the directory as soon as ``close()`` returns.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ SHARDS_FORMAT = 1
 MAX_SHARDS = 1024
 PING_TIMEOUT_S = 5.0
 ATTACH_TIMEOUT_S = 10.0       # one attach request; a node that stopped meanwhile is looked up again
+STOP_WAIT_S = 60.0            # the last detach waits this long at most for the node to exit
 LOG_TAIL_BYTES = 4000
 
 _started: list[subprocess.Popen] = []     # nodes this process started (and still runs)
@@ -87,9 +91,10 @@ class Session:
         return _request(self.control, op, payload, timeout)
 
     def detach(self) -> None:
-        """Tell the node this session ended (the last one ends the node).
-        Idempotent; in a process forked from the attacher it does nothing
-        (the session is the parent's)."""
+        """Tell the node this session ended; the last one ends the node and
+        returns once it has exited (at most STOP_WAIT_S). Idempotent; in a
+        process forked from the attacher it does nothing (the session is
+        the parent's)."""
         with self._lock:
             if self._detached or os.getpid() != self._pid:
                 return
@@ -98,7 +103,9 @@ class Session:
         if not same_process(self.node_pid, self._node_ctime):
             return                                       # the node is gone: nothing to tell
         with contextlib.suppress(LightningError):
-            _request(self.control, "detach", self.session, PING_TIMEOUT_S)
+            reply = _request(self.control, "detach", self.session, PING_TIMEOUT_S)
+            if isinstance(reply, dict) and reply.get("stopping"):
+                _await_exit(self.node_pid, self._node_ctime, time.monotonic() + STOP_WAIT_S)
         _reap_started()
 
     def __enter__(self) -> Self:
@@ -249,6 +256,13 @@ def _await_gone_or_fatal(data: str, info: dict[str, Any], deadline: float) -> No
         if fresh is not None and fresh.get("pid") == info["pid"] and fresh.get("status") == "shutdown":
             raise DatabaseShutdown(f"the database at {data} shut down: {fresh.get('reason')}")
         _left(deadline)
+        delay = _sleep(delay, deadline)
+
+
+def _await_exit(pid: int, create_time: float | None, deadline: float) -> None:
+    """Wait until the node *pid* has exited, or *deadline* (monotonic) passes."""
+    delay = 0.001
+    while same_process(pid, create_time) and time.monotonic() < deadline:
         delay = _sleep(delay, deadline)
 
 

@@ -19,7 +19,9 @@ node process:
   restarted shard keeps its ipc address and reopens its directory.
 
 Control ops (REQUEST payloads): ``attach [pid, create_time]`` -> ``{"session",
-"shards", "node_pid"}``; ``detach session``; ``ping``; ``stats``; ``shutdown``.
+"shards", "node_pid"}``; ``detach session`` -> ``{"detached", "stopping"}``
+(stopping: that was the last session, the node now stops); ``ping``;
+``stats``; ``shutdown``.
 
 Exit: when no session is left (or none attached within the startup grace), or
 on SIGTERM/SIGINT, or on ``shutdown``: node.json removed, shards stopped in
@@ -326,7 +328,12 @@ class Node:
             gone = self.sessions.pop(str(payload), None)
             if gone is not None:
                 log.info("session %s detached (pid %d)", payload, gone[0])
-            return gone is not None
+            # The last one: stop now (a later attach waits for a fresh node),
+            # and say so, so that its caller waits for the exit.
+            stopping = gone is not None and not self.sessions
+            if stopping:
+                self._stop_reason = "last session detached"
+            return {"detached": gone is not None, "stopping": stopping}
         if op == "stats":
             return self.stats()
         if op == "shutdown":

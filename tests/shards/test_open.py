@@ -3,6 +3,8 @@ public API, from one and from several processes."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 
@@ -11,6 +13,7 @@ import pytest
 
 import lightning_db as ldb
 from lightning_db.errors import InvalidArgument
+from lightning_db.shards.node import NODE_FILE, runtime_dir_for
 from tests.waiting import wait_until
 
 CHILD = r"""
@@ -57,6 +60,31 @@ def test_open_sharded_round_trip_and_reopen(tmp_path):
         assert db.get(b"k199") == b"v199" and db.get(b"a") == b"1"
         assert sum(1 for _ in db.scan()) == 200
     wait_until(lambda: not node_pids(path), what="the node to exit")
+
+
+def test_the_last_close_returns_once_the_node_has_exited(tmp_path):
+    # A caller may copy, move or delete the directory as soon as its last
+    # handle's close() returns: the node and its workers are gone by then,
+    # their files closed, node.json and the runtime directory removed.
+    path, copy = str(tmp_path / "db"), str(tmp_path / "copy")
+    db = ldb.open(path, shards=2)
+    second = ldb.open(path)
+    node = node_pids(path)
+    assert len(node) == 1
+    workers = [c.pid for c in psutil.Process(node[0]).children()]
+    db.put_many({b"k%04d" % i: b"v%d" % i for i in range(1000)})
+    db.close()                                   # not the last: the node serves on
+    assert node_pids(path) == node and second.get(b"k0999") == b"v999"
+    second.close()
+    assert not node_pids(path)
+    for pid in workers:
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert not os.path.exists(os.path.join(path, NODE_FILE)) and not os.path.exists(runtime_dir_for(path))
+    shutil.copytree(path, copy)
+    shutil.rmtree(path)
+    with ldb.open(copy) as db:
+        assert db.get(b"k0000") == b"v0" and sum(1 for _ in db.scan()) == 1000
+    assert not node_pids(copy)
 
 
 def test_layouts_and_counts_are_checked(tmp_path):
