@@ -99,6 +99,8 @@ DEFAULT_GRACE_S = 10.0        # no attach within this long after start: exit
 SESSION_CHECK_S = 0.5         # how often attached pids are checked
 SETTLE_TIMEOUT_S = 10.0       # per ask while settling what dead callers left in doubt
 FATAL_LINGER_S = 10.0         # after a fatal error, answer DatabaseShutdown this long at most
+# Where runtime directories go (runtime_dir_for): tmpfs where there is one.
+_RUNTIME_ROOT = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK | os.X_OK) else "/tmp"
 # The node's settings are Config fields; these are their defaults.
 DEFAULT_INTENSITY, DEFAULT_PERIOD = Config.restart_intensity, Config.restart_period
 DEFAULT_HEARTBEAT_S, DEFAULT_HEARTBEAT_MISSES = Config.heartbeat_interval, Config.heartbeat_misses
@@ -114,9 +116,14 @@ log = logging.getLogger("lightning_db.node")
 
 def runtime_dir_for(data_dir: str) -> str:
     """The short directory for the node's ipc sockets (ipc paths are limited
-    to 107 bytes): ``/tmp/ldb-<uid>/<xxh3 of the absolute data path>``."""
+    to 107 bytes), its workers' published superblocks and the commit gate's
+    files: ``<root>/ldb-<uid>/<xxh3 of the absolute data path>``, where the
+    root is ``/dev/shm`` (tmpfs) when it is a writable directory, else
+    ``/tmp``. Nothing there outlives the node, and a commit across shards
+    creates and removes a marker file there: on tmpfs that costs a third of
+    what it costs on a disk file system's journal (20 against 63 µs)."""
     digest = xxhash.xxh3_64_hexdigest(os.fsencode(os.path.abspath(data_dir)))
-    return os.path.join(f"/tmp/ldb-{os.getuid()}", digest)
+    return os.path.join(_RUNTIME_ROOT, f"ldb-{os.getuid()}", digest)
 
 
 def shard_dir(data_dir: str, shard_id: int) -> str:
