@@ -18,9 +18,14 @@ A two-phase commit also leaves a marker file for its apply phase
 the gate with its life, and the next snapshot finds the marker and
 finishes the commit (or aborts it) before it cuts.
 
-Each acquisition opens its own file descriptors (a ``flock`` belongs to an
-open file description: threads of one process must not share one), and a
-process that dies releases what it held. Waiting polls up to a deadline,
+A ``flock`` belongs to an open file description, so threads of one process
+must not share one: each thread keeps descriptors of its own for the two
+files, opened at its first acquisition and unlocked (not closed) after
+each, and closed when the thread ends or the gate goes; an acquisition
+nested in one of the same thread's, and any in a process forked since
+(whose inherited descriptors share the parent's locks), opens fresh ones
+(reusing them: 1.9 against 8.6 µs a commit's hold on tmpfs). A process
+that dies releases what it held. Waiting polls up to a deadline,
 then raises ``Timeout`` (transient): a commit stopped by SIGSTOP while
 holding the gate does not hang snapshots forever. The first 2 ms of a wait
 poll between yields of the CPU (``sched_yield``: the holders, a commit's
@@ -63,22 +68,48 @@ class CommitGate:
                         if directory is None else None)
         self._gate = os.path.join(self.directory, "commit.gate")
         self._turnstile = os.path.join(self.directory, "commit.turnstile")
+        self._local = threading.local()         # each thread's _ThreadFds
+
+    def _mine(self, path: str) -> int | None:
+        """This thread's descriptor of *path*, marked in use; None while it is
+        in use already (a nested acquisition) or after a fork."""
+        fds = getattr(self._local, "fds", None)
+        if fds is None or fds.pid != os.getpid():
+            if fds is not None:
+                fds.forget()            # the parent's: never locked or closed here
+            fds = self._local.fds = _ThreadFds(self.directory)
+        if path in fds.busy:
+            return None
+        fd = fds.fd(path)
+        fds.busy.add(path)
+        return fd
+
+    def _done(self, path: str, fd: int, cached: bool) -> None:
+        """Let go of *path* taken with *fd*."""
+        if not cached:
+            os.close(fd)                # releases the lock
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            self._local.fds.busy.discard(path)
 
     def _open(self, path: str) -> int:
-        try:
-            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except FileNotFoundError:            # the runtime directory went with a stopped node
-            os.makedirs(self.directory, mode=0o700, exist_ok=True)
-            return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        return _open_in(self.directory, path)
 
-    def _lock(self, path: str, mode: int, deadline: float, what: str) -> int:
-        fd = self._open(path)
+    def _lock(self, path: str, mode: int, deadline: float, what: str) -> tuple[int, bool]:
+        """(descriptor, whether it is this thread's kept one) holding *path*
+        locked in *mode*; give it to ``_done``."""
+        fd = self._mine(path)
+        cached = fd is not None
+        if fd is None:
+            fd = self._open(path)
         try:
             spin_until = i = 0
             while True:
                 try:
                     fcntl.flock(fd, mode | fcntl.LOCK_NB)
-                    return fd
+                    return fd, cached
                 except OSError as exc:
                     if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EINTR):
                         raise
@@ -93,33 +124,36 @@ class CommitGate:
                 time.sleep(min(_SPIN[min(i, len(_SPIN) - 1)], deadline - now))
                 i += 1
         except BaseException:
-            os.close(fd)
+            if cached:
+                self._local.fds.busy.discard(path)
+            else:
+                os.close(fd)
             raise
 
     @contextlib.contextmanager
     def shared(self, timeout: float) -> Iterator[None]:
         """Held by a commit from its first step to its last apply."""
         deadline = time.monotonic() + timeout
-        os.close(self._lock(self._turnstile, fcntl.LOCK_EX, deadline, "a commit waited to start"))
-        fd = self._lock(self._gate, fcntl.LOCK_SH, deadline, "a commit waited to start")
+        self._done(self._turnstile, *self._lock(self._turnstile, fcntl.LOCK_EX, deadline, "a commit waited to start"))
+        fd, cached = self._lock(self._gate, fcntl.LOCK_SH, deadline, "a commit waited to start")
         try:
             yield
         finally:
-            os.close(fd)
+            self._done(self._gate, fd, cached)
 
     @contextlib.contextmanager
     def exclusive(self, timeout: float) -> Iterator[None]:
         """Held by a snapshot while it reads every shard's seq."""
         deadline = time.monotonic() + timeout
-        turn = self._lock(self._turnstile, fcntl.LOCK_EX, deadline, "a snapshot waited for commits")
+        turn, turn_cached = self._lock(self._turnstile, fcntl.LOCK_EX, deadline, "a snapshot waited for commits")
         try:
-            fd = self._lock(self._gate, fcntl.LOCK_EX, deadline, "a snapshot waited for commits")
+            fd, cached = self._lock(self._gate, fcntl.LOCK_EX, deadline, "a snapshot waited for commits")
             try:
                 yield
             finally:
-                os.close(fd)
+                self._done(self._gate, fd, cached)
         finally:
-            os.close(turn)
+            self._done(self._turnstile, turn, turn_cached)
 
     # --- apply markers ----------------------------------------------------------------------------
     def mark(self, txid: bytes, shards: list[int]) -> str:
@@ -165,6 +199,50 @@ class CommitGate:
     def close(self) -> None:
         if self._remove is not None:
             self._remove()
+
+
+class _ThreadFds:
+    """One thread's descriptors of a gate's files (closed when the thread's
+    locals go, or the gate does), and which of them it holds now."""
+
+    def __init__(self, directory: str) -> None:
+        self._directory = directory
+        self.pid = os.getpid()
+        self.fds: dict[str, int] = {}
+        self.busy: set[str] = set()
+        self._close = weakref.finalize(self, _close_all, self.fds, self.pid)
+
+    def fd(self, path: str) -> int:
+        fd = self.fds.get(path)
+        if fd is None:
+            fd = self.fds[path] = _open_in(self._directory, path)
+        return fd
+
+    def forget(self) -> None:
+        """Inherited across a fork (in the child): close the copies; the
+        parent's locks stay with the parent's descriptors."""
+        self._close.detach()
+        for fd in self.fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.fds.clear()
+
+
+def _open_in(directory: str, path: str) -> int:
+    """Open (creating) one of the gate's files in *directory*."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except FileNotFoundError:            # the runtime directory went with a stopped node
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+
+def _close_all(fds: dict[str, int], owner: int) -> None:
+    if os.getpid() == owner:
+        for fd in fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        fds.clear()
 
 
 def _remove_private(directory: str, owner: int) -> None:

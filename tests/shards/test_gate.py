@@ -116,3 +116,87 @@ def test_a_held_gate_is_taken_once_let_go_and_times_out_while_held(tmp_path):
     finally:
         release.set()
         t.join(30)
+
+
+def test_a_thread_reuses_its_descriptors_and_they_close_when_it_ends(tmp_path):
+    import psutil
+
+    gate = CommitGate(str(tmp_path))
+    me = psutil.Process()
+    seen: list[int] = []
+
+    def commits() -> None:
+        with gate.shared(5):
+            pass
+        seen.append(me.num_fds())
+        for _ in range(50):
+            with gate.shared(5):
+                pass
+            with gate.exclusive(5):
+                pass
+        seen.append(me.num_fds())
+
+    before = me.num_fds()
+    t = threading.Thread(target=commits)
+    t.start()
+    t.join(30)
+    assert seen[0] == seen[1] == before + 2          # the two files, opened once
+    gc.collect()
+    assert me.num_fds() == before                     # closed with the thread
+
+
+def test_a_nested_hold_on_one_thread_does_not_let_go_of_the_outer_one(tmp_path):
+    gate = CommitGate(str(tmp_path))
+    with gate.shared(5):
+        with gate.shared(5):                          # fresh descriptors: the kept one is in use
+            pass
+        got: list[BaseException] = []
+
+        def snapshot() -> None:
+            try:
+                with gate.exclusive(0.2):
+                    pass
+            except Timeout as exc:
+                got.append(exc)
+
+        t = threading.Thread(target=snapshot)
+        t.start()
+        t.join(30)
+        assert len(got) == 1                          # the outer hold still holds
+    with gate.exclusive(5):                           # and lets go at its end
+        pass
+
+
+def test_a_forked_child_opens_descriptors_of_its_own(tmp_path):
+    """Descriptors inherited across a fork share one lock with the parent's:
+    a child holding the gate exclusive through them would have it turned
+    shared by the parent's next commit. The child opens its own, so the
+    parent's commit waits for the child's snapshot."""
+    gate = CommitGate(str(tmp_path))
+    with gate.shared(5):                              # this thread keeps its descriptors
+        pass
+    held_r, held_w = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                      # the child: a snapshot held until told
+        code = 0
+        try:
+            with gate.exclusive(5):
+                os.write(held_w, b"x")
+                os.read(go_r, 1)
+        except BaseException:                         # noqa: BLE001 - reported by the exit code
+            code = 2
+        os._exit(code)
+    try:
+        assert os.read(held_r, 1) == b"x"
+        with pytest.raises(Timeout):
+            with gate.shared(0.3):
+                pass
+    finally:
+        os.write(go_w, b"x")
+        _, status = os.waitpid(pid, 0)
+        for fd in (held_r, held_w, go_r, go_w):
+            os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0
+    with gate.exclusive(5):
+        pass
