@@ -21,10 +21,12 @@ finishes the commit (or aborts it) before it cuts.
 A ``flock`` belongs to an open file description, so threads of one process
 must not share one: each thread keeps descriptors of its own for the two
 files, opened at its first acquisition and unlocked (not closed) after
-each, and closed when the thread ends or the gate goes; an acquisition
-nested in one of the same thread's, and any in a process forked since
-(whose inherited descriptors share the parent's locks), opens fresh ones
-(reusing them: 1.9 against 8.6 µs a commit's hold on tmpfs). A process
+each, and closed when the thread ends or the gate goes (reusing them: 1.9
+against 8.6 µs a commit's hold on tmpfs); an acquisition nested in one of
+the same thread's opens fresh ones. A process forked from one holding
+such descriptors closes its copies at once: they share the parent's
+locks, and a lock stays while any descriptor of its description is open,
+so a child living on would keep the gate a dead parent held. A process
 that dies releases what it held. Waiting polls up to a deadline,
 then raises ``Timeout`` (transient): a commit stopped by SIGSTOP while
 holding the gate does not hang snapshots forever. The first 2 ms of a wait
@@ -72,11 +74,10 @@ class CommitGate:
 
     def _mine(self, path: str) -> int | None:
         """This thread's descriptor of *path*, marked in use; None while it is
-        in use already (a nested acquisition) or after a fork."""
+        in use already (a nested acquisition). In a process forked since they
+        were opened, new ones (the inherited copies were closed at the fork)."""
         fds = getattr(self._local, "fds", None)
         if fds is None or fds.pid != os.getpid():
-            if fds is not None:
-                fds.forget()            # the parent's: never locked or closed here
             fds = self._local.fds = _ThreadFds(self.directory)
         if path in fds.busy:
             return None
@@ -89,10 +90,12 @@ class CommitGate:
         if not cached:
             os.close(fd)                # releases the lock
             return
+        fds = self._local.fds
         try:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            if fds.pid == os.getpid():          # else taken before a fork: the copy was closed then
+                fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
-            self._local.fds.busy.discard(path)
+            fds.busy.discard(path)
 
     def _open(self, path: str) -> int:
         return _open_in(self.directory, path)
@@ -210,7 +213,10 @@ class _ThreadFds:
         self.pid = os.getpid()
         self.fds: dict[str, int] = {}
         self.busy: set[str] = set()
-        self._close = weakref.finalize(self, _close_all, self.fds, self.pid)
+        # Runs in a forked child too, for the other threads' descriptors
+        # (their locals go at the fork): their copies are closed there.
+        self._close = weakref.finalize(self, _close_all, self.fds)
+        _ALL_FDS.add(self)
 
     def fd(self, path: str) -> int:
         fd = self.fds.get(path)
@@ -219,13 +225,28 @@ class _ThreadFds:
         return fd
 
     def forget(self) -> None:
-        """Inherited across a fork (in the child): close the copies; the
-        parent's locks stay with the parent's descriptors."""
+        """Inherited across a fork (in the child): close the copies, so that
+        a parent that dies holding the gate releases it even while the
+        child lives on (a lock stays while any descriptor of its open file
+        description is open); the parent's locks stay with the parent's."""
         self._close.detach()
         for fd in self.fds.values():
             with contextlib.suppress(OSError):
                 os.close(fd)
         self.fds.clear()
+
+
+# Every thread's descriptors in this process: a forked child closes its
+# copies of those still referenced after the fork (the forking thread's).
+_ALL_FDS: "weakref.WeakSet[_ThreadFds]" = weakref.WeakSet()
+
+
+def _forked() -> None:
+    for fds in list(_ALL_FDS):
+        fds.forget()
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def _open_in(directory: str, path: str) -> int:
@@ -237,12 +258,11 @@ def _open_in(directory: str, path: str) -> int:
         return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
 
-def _close_all(fds: dict[str, int], owner: int) -> None:
-    if os.getpid() == owner:
-        for fd in fds.values():
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        fds.clear()
+def _close_all(fds: dict[str, int]) -> None:
+    for fd in fds.values():
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    fds.clear()
 
 
 def _remove_private(directory: str, owner: int) -> None:

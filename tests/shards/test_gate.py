@@ -200,3 +200,40 @@ def test_a_forked_child_opens_descriptors_of_its_own(tmp_path):
     assert os.waitstatus_to_exitcode(status) == 0
     with gate.exclusive(5):
         pass
+
+
+def test_a_forked_child_keeps_no_copy_of_any_threads_descriptors(tmp_path):
+    """A lock stays while any descriptor of its open file description is
+    open: a child holding copies of the parent's kept descriptors would
+    keep a gate the parent held when it died locked for as long as the
+    child lives. Every thread's copies are closed in the child."""
+    gate = CommitGate(str(tmp_path))
+    started, stop = threading.Event(), threading.Event()
+
+    def committer() -> None:
+        with gate.shared(5):
+            pass
+        started.set()
+        stop.wait(30)
+
+    t = threading.Thread(target=committer)
+    t.start()
+    try:
+        assert started.wait(30)
+        with gate.exclusive(5):
+            pass
+        files = {os.path.realpath(gate._gate), os.path.realpath(gate._turnstile)}
+        pid = os.fork()
+        if pid == 0:
+            held = 0
+            for fd in os.listdir("/proc/self/fd"):
+                try:
+                    held += os.path.realpath(os.readlink(f"/proc/self/fd/{fd}")) in files
+                except OSError:
+                    pass
+            os._exit(min(held, 100))
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        stop.set()
+        t.join(30)
