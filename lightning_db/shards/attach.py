@@ -260,10 +260,12 @@ def _await_gone_or_fatal(data: str, info: dict[str, Any], deadline: float) -> No
 
 
 def _await_exit(pid: int, create_time: float | None, deadline: float) -> None:
-    """Wait until the node *pid* has exited, or *deadline* (monotonic) passes."""
+    """Wait until the node *pid* has exited (it takes some 50 ms: polled
+    every 10 ms at most), or *deadline* (monotonic) passes."""
     delay = 0.001
     while same_process(pid, create_time) and time.monotonic() < deadline:
-        delay = _sleep(delay, deadline)
+        time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
+        delay = min(delay * 2, 0.01)
 
 
 def _await_lock_free(data: str, deadline: float) -> None:
