@@ -86,6 +86,13 @@ class Session:
     def detached(self) -> bool:
         return self._detached
 
+    @property
+    def runtime_dir(self) -> str:
+        """The node's runtime directory (where its control socket is): every
+        process attached takes the commit gate and the published versions
+        from there, wherever its own environment would put one."""
+        return os.path.dirname(self.control.removeprefix("ipc://"))
+
     def request(self, op: str, payload: Any = None, timeout: float = PING_TIMEOUT_S) -> Any:
         """Ask the node (``ping``, ``stats``, ``shutdown``); raises what it answers."""
         return _request(self.control, op, payload, timeout)

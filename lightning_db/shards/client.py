@@ -24,7 +24,7 @@ from ..errors import DatabaseShutdown, InvalidArgument, LightningError, PeerLost
 from ..storage.format import CURRENT
 from .attach import SHARDS_FILE, attach
 from .gate import CommitGate
-from .node import published_path, runtime_dir_for
+from .node import published_path
 from .ring import HashRing
 from .resolve import DEFAULT_TIMEOUT, settle_gone
 from .router import ShardRouter, _quiet_call, txid_pid
@@ -66,8 +66,8 @@ class ShardedDatabase(ShardRouter):
             refs = [ActorRef(f"shard-{i}", addr, 0, fail_fast=True)
                     for i, addr in enumerate(self._session.addresses)]
             super().__init__(refs, HashRing(self._session.shards), config,
-                             published=[published_path(self._path, i) for i in range(len(refs))],
-                             gate=CommitGate(runtime_dir_for(self._path)))
+                             published=[published_path(self._session.runtime_dir, i) for i in range(len(refs))],
+                             gate=CommitGate(self._session.runtime_dir))
             # Settle what callers that are gone left in doubt; a transaction
             # whose coordinator still runs is its own to finish (aborting it
             # here would fail a batch that did nothing wrong).

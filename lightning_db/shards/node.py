@@ -130,10 +130,10 @@ def shard_dir(data_dir: str, shard_id: int) -> str:
     return os.path.join(data_dir, f"shard-{shard_id:03d}")
 
 
-def published_path(data_dir: str, shard_id: int) -> str:
+def published_path(runtime_dir: str, shard_id: int) -> str:
     """The shard's published-version superblock (storage/published.py): in
-    the runtime directory, so it goes with the node."""
-    return os.path.join(runtime_dir_for(data_dir), f"shard-{shard_id:03d}.pub")
+    the node's runtime directory, so it goes with the node."""
+    return os.path.join(runtime_dir, f"shard-{shard_id:03d}.pub")
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
@@ -238,7 +238,7 @@ class Node:
         return True
 
     def _spec(self, i: int, cpus: list[int]) -> ChildSpec:
-        extra = {"publish_path": published_path(self.data_dir, i)} if self._settles else {}
+        extra = {"publish_path": published_path(self.runtime_dir, i)} if self._settles else {}
 
         def start() -> ActorRef:
             return spawn(self.actor_cls, name=f"shard-{i:03d}", address=self.addresses[i], cpu=cpus[i % len(cpus)],

@@ -87,6 +87,24 @@ def test_the_last_close_returns_once_the_node_has_exited(tmp_path):
     assert not node_pids(copy)
 
 
+def test_every_caller_uses_the_nodes_runtime_directory(tmp_path, monkeypatch):
+    """The commit gate and the published versions must be the node's for
+    every process attached: a caller whose own environment would put a
+    runtime directory elsewhere (another root) still takes the node's."""
+    from lightning_db.shards import node as node_mod
+
+    path = str(tmp_path / "db")
+    with ldb.open(path, shards=2) as first:
+        nodes_dir = first.gate.directory
+        monkeypatch.setattr(node_mod, "_RUNTIME_ROOT", str(tmp_path / "elsewhere"))
+        with ldb.open(path) as second:
+            assert second.gate.directory == nodes_dir
+            first.put_many({b"a": b"1", b"b": b"2"})
+            reads = second.shared_reads
+            assert second.get(b"a") == b"1" and second.shared_reads == reads + 1   # from shared memory
+    assert not node_pids(path)
+
+
 def test_layouts_and_counts_are_checked(tmp_path):
     inproc, sharded = str(tmp_path / "inproc"), str(tmp_path / "sharded")
     ldb.open(inproc, shards=0).close()
