@@ -72,10 +72,11 @@ class CommitGate:
         self._turnstile = os.path.join(self.directory, "commit.turnstile")
         self._local = threading.local()         # each thread's _ThreadFds
 
-    def _mine(self, path: str) -> int | None:
-        """This thread's descriptor of *path*, marked in use; None while it is
-        in use already (a nested acquisition). In a process forked since they
-        were opened, new ones (the inherited copies were closed at the fork)."""
+    def _mine(self, path: str) -> tuple[int, _ThreadFds] | None:
+        """This thread's descriptor of *path* (and their keeper), marked in
+        use; None while it is in use already (a nested acquisition). In a
+        process forked since they were opened, new ones (the inherited
+        copies were closed at the fork)."""
         fds = getattr(self._local, "fds", None)
         if fds is None or fds.pid != os.getpid():
             fds = self._local.fds = _ThreadFds(self.directory)
@@ -83,36 +84,34 @@ class CommitGate:
             return None
         fd = fds.fd(path)
         fds.busy.add(path)
-        return fd
+        return fd, fds
 
-    def _done(self, path: str, fd: int, cached: bool) -> None:
-        """Let go of *path* taken with *fd*."""
-        if not cached:
+    def _done(self, path: str, fd: int, kept: _ThreadFds | None) -> None:
+        """Let go of *path* taken with *fd* (*kept*: the keeper of a thread's
+        own descriptor, None for a fresh one)."""
+        if kept is None:
             os.close(fd)                # releases the lock
             return
-        fds = self._local.fds
         try:
-            if fds.pid == os.getpid():          # else taken before a fork: the copy was closed then
+            if kept.pid == os.getpid():         # else taken before a fork: the copy was closed then
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
-            fds.busy.discard(path)
+            kept.busy.discard(path)
 
     def _open(self, path: str) -> int:
         return _open_in(self.directory, path)
 
-    def _lock(self, path: str, mode: int, deadline: float, what: str) -> tuple[int, bool]:
-        """(descriptor, whether it is this thread's kept one) holding *path*
-        locked in *mode*; give it to ``_done``."""
-        fd = self._mine(path)
-        cached = fd is not None
-        if fd is None:
-            fd = self._open(path)
+    def _lock(self, path: str, mode: int, deadline: float, what: str) -> tuple[int, _ThreadFds | None]:
+        """(descriptor, its keeper where it is this thread's own, else None)
+        holding *path* locked in *mode*; give both to ``_done``."""
+        mine = self._mine(path)
+        fd, kept = mine if mine is not None else (self._open(path), None)
         try:
             spin_until = i = 0
             while True:
                 try:
                     fcntl.flock(fd, mode | fcntl.LOCK_NB)
-                    return fd, cached
+                    return fd, kept
                 except OSError as exc:
                     if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EINTR):
                         raise
@@ -127,8 +126,8 @@ class CommitGate:
                 time.sleep(min(_SPIN[min(i, len(_SPIN) - 1)], deadline - now))
                 i += 1
         except BaseException:
-            if cached:
-                self._local.fds.busy.discard(path)
+            if kept is not None:
+                kept.busy.discard(path)
             else:
                 os.close(fd)
             raise
@@ -138,25 +137,25 @@ class CommitGate:
         """Held by a commit from its first step to its last apply."""
         deadline = time.monotonic() + timeout
         self._done(self._turnstile, *self._lock(self._turnstile, fcntl.LOCK_EX, deadline, "a commit waited to start"))
-        fd, cached = self._lock(self._gate, fcntl.LOCK_SH, deadline, "a commit waited to start")
+        fd, kept = self._lock(self._gate, fcntl.LOCK_SH, deadline, "a commit waited to start")
         try:
             yield
         finally:
-            self._done(self._gate, fd, cached)
+            self._done(self._gate, fd, kept)
 
     @contextlib.contextmanager
     def exclusive(self, timeout: float) -> Iterator[None]:
         """Held by a snapshot while it reads every shard's seq."""
         deadline = time.monotonic() + timeout
-        turn, turn_cached = self._lock(self._turnstile, fcntl.LOCK_EX, deadline, "a snapshot waited for commits")
+        turn, turn_kept = self._lock(self._turnstile, fcntl.LOCK_EX, deadline, "a snapshot waited for commits")
         try:
-            fd, cached = self._lock(self._gate, fcntl.LOCK_EX, deadline, "a snapshot waited for commits")
+            fd, kept = self._lock(self._gate, fcntl.LOCK_EX, deadline, "a snapshot waited for commits")
             try:
                 yield
             finally:
-                self._done(self._gate, fd, cached)
+                self._done(self._gate, fd, kept)
         finally:
-            self._done(self._turnstile, turn, turn_cached)
+            self._done(self._turnstile, turn, turn_kept)
 
     # --- apply markers ----------------------------------------------------------------------------
     def mark(self, txid: bytes, shards: list[int]) -> str:
@@ -229,11 +228,7 @@ class _ThreadFds:
         a parent that dies holding the gate releases it even while the
         child lives on (a lock stays while any descriptor of its open file
         description is open); the parent's locks stay with the parent's."""
-        self._close.detach()
-        for fd in self.fds.values():
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self.fds.clear()
+        self._close()
 
 
 # Every thread's descriptors in this process: a forked child closes its

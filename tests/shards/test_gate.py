@@ -178,22 +178,31 @@ def test_a_forked_child_opens_descriptors_of_its_own(tmp_path):
     held_r, held_w = os.pipe()
     go_r, go_w = os.pipe()
     pid = os.fork()
-    if pid == 0:                                      # the child: a snapshot held until told
+    if pid == 0:                                      # the child: a snapshot held until told, twice
         code = 0
         try:
-            with gate.exclusive(5):
-                os.write(held_w, b"x")
+            for _ in range(2):
+                with gate.exclusive(5):
+                    os.write(held_w, b"x")
+                    os.read(go_r, 1)
+                os.write(held_w, b"-")                # let go, and still alive
                 os.read(go_r, 1)
         except BaseException:                         # noqa: BLE001 - reported by the exit code
             code = 2
         os._exit(code)
     try:
-        assert os.read(held_r, 1) == b"x"
-        with pytest.raises(Timeout):
-            with gate.shared(0.3):
+        for _ in range(2):
+            assert os.read(held_r, 1) == b"x"
+            with pytest.raises(Timeout):
+                with gate.shared(0.3):
+                    pass
+            os.write(go_w, b"x")
+            assert os.read(held_r, 1) == b"-"
+            with gate.shared(5):                      # the child's snapshot let go of the gate
                 pass
+            os.write(go_w, b"x")
     finally:
-        os.write(go_w, b"x")
+        os.write(go_w, b"xxxx")
         _, status = os.waitpid(pid, 0)
         for fd in (held_r, held_w, go_r, go_w):
             os.close(fd)
