@@ -189,9 +189,10 @@ def _left(deadline: float) -> float:
     return left
 
 
-def _sleep(delay: float, deadline: float) -> float:
+def _sleep(delay: float, deadline: float, cap: float = 0.05) -> float:
+    """Sleep *delay* (not past *deadline*); the next delay, doubled up to *cap*."""
     time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
-    return min(delay * 2, 0.05)
+    return min(delay * 2, cap)
 
 
 @contextlib.contextmanager
@@ -271,8 +272,7 @@ def _await_exit(pid: int, create_time: float | None, deadline: float) -> None:
     every 10 ms at most), or *deadline* (monotonic) passes."""
     delay = 0.001
     while same_process(pid, create_time) and time.monotonic() < deadline:
-        time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
-        delay = min(delay * 2, 0.01)
+        delay = _sleep(delay, deadline, 0.01)
 
 
 def _await_lock_free(data: str, deadline: float) -> None:
