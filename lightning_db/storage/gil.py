@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CHUNK", "PAUSE_EVERY_S", "background", "pause", "per_item"]
+__all__ = ["CHUNK", "PAUSE_EVERY_S", "background", "pause", "per_item", "take"]
 
 CHUNK = 4096              # per-key work in C on a long list goes in steps of this many keys
 PAUSE_EVERY_S = 0.001     # a background thread steps aside at most this often
@@ -64,3 +64,12 @@ def per_item(each: Callable[[list[Any]], Iterator[Any]], items: list[Any], dtype
         parts.append(np.fromiter(each(part), dtype=dtype, count=len(part)))
         pause()
     return np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
+
+
+def take(items: list[Any], order: np.ndarray) -> list[Any]:
+    """``[items[i] for i in order]``, a CHUNK of items per step, pausing between."""
+    out: list[Any] = []
+    for i in range(0, len(order), CHUNK):
+        out += map(items.__getitem__, order[i:i + CHUNK].tolist())
+        pause()
+    return out

@@ -26,20 +26,31 @@ from . import gil
 MIN_FOLD = 1024          # the small run is folded in past max(MIN_FOLD, 4 * sqrt(big run)) keys
 SORT_IN_NUMPY = 8192     # more keys than this: ``sort_keys`` sorts them in numpy ...
 SORT_PREFIX = 64         # ... on their first this many bytes (then runs of ties exactly)
+LEX_WIDTH = 32           # keys up to this wide sort as big-endian u64 words (lexsort)
 
 
 def sort_keys(keys: list[bytes]) -> list[bytes]:
     """*keys* (distinct) in ascending order, as a new list. ``sorted``
     holds the GIL for the whole sort (75 ms for 250,000 keys: a shard's
     flush thread would stall its message loop that long), so a long list
-    is sorted by numpy on the keys' first SORT_PREFIX bytes, which lets
-    other threads run meanwhile, and copied in and out in steps of
-    ``gil.CHUNK`` keys (gil.py). Keys that tie there (numpy compares bytes
-    strings padded with NULs: keys that differ only in trailing NULs, or
-    only after the prefix) are then put in order run by run."""
+    is put in order by ``sort_order`` and copied out in steps of
+    ``gil.CHUNK`` keys (gil.py)."""
     n = len(keys)
     if n <= SORT_IN_NUMPY:
         return sorted(keys)
+    return gil.take(keys, sort_order(keys))
+
+
+def sort_order(keys: list[bytes]) -> np.ndarray:
+    """The permutation (int64) that puts *keys* (distinct) in ascending
+    order. A long list is sorted by numpy on the keys' first SORT_PREFIX
+    bytes, which lets other threads run meanwhile; keys copied in steps of
+    ``gil.CHUNK``: keys up to LEX_WIDTH bytes long by ``order_rows``,
+    longer ones as bytes strings. Keys that tie there (numpy pads with NULs: keys that differ only in trailing
+    NULs, or only after the prefix) are then put in order run by run."""
+    n = len(keys)
+    if n <= SORT_IN_NUMPY:
+        return np.array(sorted(range(n), key=keys.__getitem__), dtype=np.int64)
     chunk = gil.CHUNK
     width = 1
     for i in range(0, n, chunk):
@@ -52,23 +63,40 @@ def sort_keys(keys: list[bytes]) -> list[bytes]:
         gil.pause()
     arr = np.concatenate(parts)
     del parts
+    if width <= LEX_WIDTH:
+        rows = np.zeros((n, -(-width // 8) * 8), dtype=np.uint8)
+        rows[:, :width] = arr.view(np.uint8).reshape(n, width)
+        del arr
+        return order_rows(rows, keys)
     order = np.argsort(arr, kind="stable")
     arr = arr[order]
-    ties = np.flatnonzero(arr[1:] == arr[:-1]).tolist()
-    del arr
-    out: list[bytes] = []
-    for i in range(0, n, chunk):
-        out += map(keys.__getitem__, order[i:i + chunk].tolist())
-        gil.pause()
+    _order_ties(order, np.flatnonzero(arr[1:] == arr[:-1]).tolist(), keys)
+    return order
+
+
+def order_rows(rows: np.ndarray, keys: list[bytes]) -> np.ndarray:
+    """``sort_order`` of *keys* (distinct) given *rows*: each key's first
+    bytes, padded with NULs to a multiple of 8 (uint8, one row a key).
+    Sorted by ``lexsort`` on the rows read as big-endian 64-bit words (a
+    third of the time of numpy's bytes-string sort), then ties in order."""
+    words = rows.view(">u8")
+    order = np.lexsort(words.T[::-1])
+    words = words[order]
+    _order_ties(order, np.flatnonzero((words[1:] == words[:-1]).all(axis=1)).tolist(), keys)
+    return order
+
+
+def _order_ties(order: np.ndarray, ties: list[int], keys: list[bytes]) -> None:
+    """Put in order, in place, the runs of *order* whose keys tied in numpy
+    (``ties``: each i where order[i] and order[i + 1] did)."""
     j = 0
-    while j < len(ties):                  # runs of consecutive ties: out[a:b + 2] tie in numpy
+    while j < len(ties):                  # runs of consecutive ties: order[a:b + 2] tie in numpy
         a = b = ties[j]
         while j + 1 < len(ties) and ties[j + 1] == b + 1:
             j += 1
             b += 1
-        out[a:b + 2] = sorted(out[a:b + 2])
+        order[a:b + 2] = sorted(order[a:b + 2].tolist(), key=keys.__getitem__)
         j += 1
-    return out
 
 
 def merged(keys: list[bytes], new: list[bytes]) -> list[bytes]:

@@ -30,6 +30,7 @@ import mmap
 import os
 import struct
 import threading
+from array import array
 from itertools import repeat
 from operator import eq
 from typing import TYPE_CHECKING, Any, Iterator
@@ -41,8 +42,8 @@ from ..errors import CorruptionError, InvalidArgument
 from .format import (FORMAT_VERSION, KIND_BITS, SEGMENT_FLAG_IMMUTABLE, SEGMENT_HEADER,
                      SEGMENT_HEADER_SIZE, SEGMENT_MAGIC, SEGMENT_RECORD)
 from .fs import OSFileSystem, wrap_oserror
-from . import gil
-from .keyruns import KeyRuns, sort_keys
+from . import gil, keyruns
+from .keyruns import KeyRuns, order_rows, sort_keys, sort_order
 from .memtable_bulk import BULK_MIN, add_bulk
 
 __all__ = ["Memtable", "SegmentReader", "segment_slots", "segment_size"]
@@ -103,6 +104,7 @@ class Memtable:
         self._hdr = self._mv[:SEGMENT_HEADER_SIZE].cast("Q")    # header fields as u64 slots
         self._index: dict[bytes, int] = {}                   # key -> slot number
         self._added: list[bytes] = []                       # keys in the order they were first added
+        self._added_slots = array("q")                      # ... and their slot numbers (flush: no dict lookups)
         self._sorted: KeyRuns | None = None                 # sorted keys, built on demand (keyruns.py)
         self._used = 0
         self._count = 0
@@ -142,6 +144,7 @@ class Memtable:
         index = self._index
         index_get = index.get
         added = self._added.append
+        added_slot = self._added_slots.append
         pack = SEGMENT_RECORD.pack_into
         khash = _key_hash
         mask = self._mask
@@ -182,6 +185,7 @@ class Memtable:
                 used += size
                 if not prev:                          # new key: Python index last
                     index[key] = si
+                    added_slot(si)                # before the key: a reader of both never finds it short
                     added(key)
                     new_keys += 1
                 seq += 1
@@ -315,23 +319,31 @@ class Memtable:
         C: flush's bulk path."""
         if self._count != len(self._index) and not newest_only:
             return None
-        keys = self._sorted_keys()
-        n = len(keys)
+        added = self._added
+        n = len(added)                                # the writer may be appending meanwhile
         if n != len(self._index):
             return None
+        # Sorted from the keys in the order they came, with their slot
+        # numbers beside them (a dict lookup per key costs more than the
+        # sort), and where they are short enough, their first bytes read
+        # from the arena in numpy. Per-key work in C goes a chunk of keys at
+        # a time: this runs on the flush thread, beside the shard's message
+        # loop (gil.py).
+        added = added[:n]
+        slots = np.frombuffer(self._added_slots[:n], dtype=np.int64) + SEGMENT_HEADER_SIZE // 8
         mv = self._mv
         words32 = np.frombuffer(mv, dtype=np.uint32, count=len(mv) // 4)
         words64 = np.frombuffer(mv, dtype=np.uint64, count=len(mv) // 8)
-        # Slot numbers from the Python index, slots gathered in numpy (a
-        # memoryview item per key costs four times the dict lookup). Per-key
-        # work in C goes a chunk of keys at a time: this runs on the flush
-        # thread, beside the shard's message loop (gil.py).
-        lookup = self._index.__getitem__
-        si = gil.per_item(lambda part: map(lookup, part), keys, np.int64)
-        si += SEGMENT_HEADER_SIZE // 8
-        off = words64[si].astype(np.int64)
+        off = words64[slots].astype(np.int64)
         off += self._base - 1                     # records start 8-aligned (sizes are rounded up)
         klen = words32[off >> 2].astype(np.int64)
+        if n > keyruns.SORT_IN_NUMPY and int(klen.max()) <= keyruns.LEX_WIDTH:
+            order = order_rows(_key_rows(np.frombuffer(mv, dtype=np.uint8), off, klen), added)
+        else:
+            order = sort_order(added)
+        keys = gil.take(added, order)
+        off = off[order]
+        klen = klen[order]
         vlen = words32[(off >> 2) + 1].astype(np.int64)
         seqkinds = words64[(off >> 3) + 1]
         del words32, words64                      # no export of the mapping outlives the call
@@ -659,3 +671,22 @@ class SegmentReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _key_rows(arena: np.ndarray, off: np.ndarray, klen: np.ndarray) -> np.ndarray:
+    """The keys of the records at *off* (offsets into the segment's bytes
+    *arena*, keys *klen* long, at most LEX_WIDTH) as rows of bytes padded
+    with NULs to a multiple of 8 (``keyruns.order_rows``), gathered a chunk
+    of records at a time (the bytes past a short key, which may lie past
+    the arena's end, are read clipped and then cleared)."""
+    n = len(off)
+    width = -(-int(klen.max()) // 8) * 8
+    cols = np.arange(width)
+    last = len(arena) - 1
+    rows = np.empty((n, width), dtype=np.uint8)
+    for i in range(0, n, gil.CHUNK):
+        part = rows[i:i + gil.CHUNK]
+        part[...] = arena[np.minimum((off[i:i + gil.CHUNK] + 24)[:, None] + cols, last)]
+        part[cols >= klen[i:i + gil.CHUNK, None]] = 0
+        gil.pause()
+    return rows

@@ -105,6 +105,7 @@ def add_bulk(mt: "Memtable", first_seq: int, ops: list[tuple[int, bytes, bytes]]
     finally:
         del words                   # no export of the mapping outlives the call
     index.update(zip(new_keys, placed))                         # then the Python index
+    mt._added_slots.extend(placed)                              # before the keys (Memtable.newest_lists)
     mt._added.extend(new_keys)
     mt._publish(first_seq, n, used + total)
     return True

@@ -76,7 +76,7 @@ class TableWriter:
         # a time: (file offsets, spans, kinds, crcs), in the order of
         # ``_hashes``; only for uncompressed tables (offsets must address the
         # file's bytes directly).
-        self._point: list[tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]] | None = (
+        self._point: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] | None = (
             [] if self._zstd is None and config.point_index else None)
         self._flushed = self._tombstones = self._expiring = self._max_seq = 0
         self._min_seq: int | None = None
@@ -238,7 +238,8 @@ class TableWriter:
                 span, end, kind = span[first], end[first], kind[first]
             start = end - span
             view = memoryview(payload)
-            crcs = [crc32c(view[a:b]) for a, b in zip(start.tolist(), end.tolist())]
+            crcs = np.fromiter(map(crc32c, map(view.__getitem__, map(slice, start.tolist(), end.tolist()))),
+                               dtype=np.uint64, count=len(start))
             self._point.append((start + self._offset, span, kind, crcs))
         self._ix[0].append(keys[-1])
         self._ix[1].append(self._write(block))
@@ -260,7 +261,7 @@ class TableWriter:
         off = np.concatenate([p[0] for p in parts]).astype(np.uint64)
         span = np.concatenate([p[1] for p in parts]).astype(np.uint64)
         kinds = np.concatenate([p[2] for p in parts])
-        crcs = np.array([c for p in parts for c in p[3]], dtype=np.uint64)
+        crcs = np.concatenate([p[3] for p in parts])
         if not hashes.size == off.size == crcs.size:
             raise AssertionError("point index entries do not match the table's keys")
         a = off | (kinds << np.uint64(40)) | ((hashes >> np.uint64(41)) << np.uint64(41))

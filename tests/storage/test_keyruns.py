@@ -80,17 +80,19 @@ def test_an_iterator_keeps_its_keys_while_keys_are_added():
 @settings(max_examples=300, deadline=None)
 @given(keys=st.lists(st.binary(min_size=1, max_size=4).map(lambda b: b.replace(b"\x01", b"\x00")), unique=True,
                      max_size=80),
-       chunk=st.sampled_from([1, 3, 4096]), prefix=st.sampled_from([1, 2, 64]))
-def test_sort_keys_in_numpy_is_sorted(keys, chunk, prefix):
-    """Every path of the numpy sort, in chunks of any size, keys that
-    differ only in trailing NULs (numpy ties them: b"a" < b"a\\0" < b"a\\0\\0")
-    and keys longer than the prefix numpy sorts on."""
-    saved = gil.CHUNK, keyruns.SORT_IN_NUMPY, keyruns.SORT_PREFIX
-    gil.CHUNK, keyruns.SORT_IN_NUMPY, keyruns.SORT_PREFIX = chunk, 0, prefix
+       chunk=st.sampled_from([1, 3, 4096]), prefix=st.sampled_from([1, 2, 64]), lex=st.sampled_from([0, 32]))
+def test_sort_keys_in_numpy_is_sorted(keys, chunk, prefix, lex):
+    """Every path of the numpy sort (as 64-bit words, and as bytes strings
+    when *lex* is 0), in chunks of any size, keys that differ only in
+    trailing NULs (numpy ties them: b"a" < b"a\\0" < b"a\\0\\0") and keys
+    longer than the prefix numpy sorts on."""
+    saved = gil.CHUNK, keyruns.SORT_IN_NUMPY, keyruns.SORT_PREFIX, keyruns.LEX_WIDTH
+    gil.CHUNK, keyruns.SORT_IN_NUMPY, keyruns.SORT_PREFIX, keyruns.LEX_WIDTH = chunk, 0, prefix, lex
     try:
         assert keyruns.sort_keys(keys) == sorted(keys)
+        assert [keys[i] for i in keyruns.sort_order(keys)] == sorted(keys)
     finally:
-        gil.CHUNK, keyruns.SORT_IN_NUMPY, keyruns.SORT_PREFIX = saved
+        gil.CHUNK, keyruns.SORT_IN_NUMPY, keyruns.SORT_PREFIX, keyruns.LEX_WIDTH = saved
 
 
 def test_sort_keys_of_a_big_segment():
@@ -103,6 +105,9 @@ def test_sort_keys_of_a_big_segment():
     rng.shuffle(keys)
     assert len(keys) > keyruns.SORT_IN_NUMPY
     assert keyruns.sort_keys(keys) == sorted(keys)
+    short = [k for k in keys if len(k) <= keyruns.LEX_WIDTH]      # sorted as 64-bit words
+    assert len(short) > keyruns.SORT_IN_NUMPY
+    assert [short[i] for i in keyruns.sort_order(short)] == sorted(short)
 
 
 def test_pause_steps_aside_on_background_threads_only():

@@ -473,12 +473,14 @@ def test_reader_in_another_process_never_sees_part_of_a_bulk_batch(tmp_path):
 
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.tuples(st.binary(min_size=1, max_size=40), st.binary(max_size=300), st.sampled_from([V, D])),
-                max_size=120), st.sampled_from([None, 1, 7]))
-def test_newest_lists_is_iter_internal_when_each_key_has_one_version(tmp_path, rows, chunk):
-    """Also with the per-key steps (and the sort in numpy) taken in chunks
-    of a few keys, as they are for a big memtable."""
+                max_size=120), st.sampled_from([None, 1, 7]), st.sampled_from([0, 32, 64]))
+def test_newest_lists_is_iter_internal_when_each_key_has_one_version(tmp_path, rows, chunk, lex):
+    """Also with the per-key steps (and the sort in numpy: on keys read
+    from the arena, up to *lex* bytes long) taken in chunks of a few keys,
+    as they are for a big memtable."""
     m = Memtable(OSFileSystem(), str(tmp_path / "n.seg"), 9, CAP)
-    saved = gil.CHUNK, keyruns.SORT_IN_NUMPY
+    saved = gil.CHUNK, keyruns.SORT_IN_NUMPY, keyruns.LEX_WIDTH
+    keyruns.LEX_WIDTH = lex
     if chunk is not None:
         gil.CHUNK, keyruns.SORT_IN_NUMPY = chunk, 0
     try:
@@ -506,5 +508,52 @@ def test_newest_lists_is_iter_internal_when_each_key_has_one_version(tmp_path, r
         assert newest[3].tolist() == list(map(len, newest[0]))
         assert newest[4].tolist() == list(map(len, newest[2]))
     finally:
-        gil.CHUNK, keyruns.SORT_IN_NUMPY = saved
+        gil.CHUNK, keyruns.SORT_IN_NUMPY, keyruns.LEX_WIDTH = saved
+        m.close()
+
+
+def test_newest_lists_of_a_full_memtable_written_in_bulk(tmp_path):
+    """Keys added in bulk batches and one by one, versions of some written
+    again, the arena filled to its last byte by a short key whose padded
+    row reaches past the mapping: the keys read from the arena sort as the
+    keys do."""
+    rng = random.Random(11)
+    m = Memtable(OSFileSystem(), str(tmp_path / "b.seg"), 9, CAP)
+    saved = keyruns.SORT_IN_NUMPY
+    keyruns.SORT_IN_NUMPY = 0
+    try:
+        seq = 1
+        keys: list[bytes] = []
+        while True:
+            batch = list({rng.randbytes(rng.randint(1, 20)): None for _ in range(BULK_MIN)})
+            ops = [(V, k, rng.randbytes(rng.randint(60, 150))) for k in batch]
+            if not m.fits(sum(Memtable.record_size(len(k), len(v)) for _, k, v in ops), len(ops)):
+                break
+            m.add_batch(seq, ops)
+            seq += len(ops)
+            keys += batch
+        assert len(keys) >= 2 * BULK_MIN
+        while m.capacity - m.arena_used > 400:                 # then one by one, some keys again
+            k = rng.choice(keys) if rng.random() < 0.3 else rng.randbytes(rng.randint(1, 20))
+            if not m.fits(Memtable.record_size(len(k), 50)):
+                k = rng.choice(keys)
+            m.add(seq, V, k, rng.randbytes(50))
+            seq += 1
+            if k not in keys:
+                keys.append(k)
+        k = keys[0]                                             # a record that leaves 32 bytes
+        m.add(seq, V, k, b"v" * (m.capacity - m.arena_used - 32 - 24 - len(k)))
+        seq += 1
+        assert m.capacity - m.arena_used == 32
+        m.add(seq, V, b"\x00", b"")                          # the arena's last record: 32 bytes
+        assert m.arena_used == m.capacity
+        newest = m.newest_lists(newest_only=True)
+        assert newest is not None
+        first = {}
+        for k, sk, v in m.iter_internal():
+            first.setdefault(k, (k, sk, bytes(v)))
+        assert list(zip(*newest[:3])) == sorted(first.values())
+        assert newest[3].tolist() == list(map(len, newest[0]))
+    finally:
+        keyruns.SORT_IN_NUMPY = saved
         m.close()
