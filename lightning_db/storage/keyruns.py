@@ -44,10 +44,12 @@ def sort_keys(keys: list[bytes]) -> list[bytes]:
 def sort_order(keys: list[bytes]) -> np.ndarray:
     """The permutation (int64) that puts *keys* (distinct) in ascending
     order. A long list is sorted by numpy on the keys' first SORT_PREFIX
-    bytes, which lets other threads run meanwhile; keys copied in steps of
-    ``gil.CHUNK``: keys up to LEX_WIDTH bytes long by ``order_rows``,
-    longer ones as bytes strings. Keys that tie there (numpy pads with NULs: keys that differ only in trailing
-    NULs, or only after the prefix) are then put in order run by run."""
+    bytes (copied into numpy in steps of ``gil.CHUNK`` keys), which lets
+    other threads run meanwhile: keys up to LEX_WIDTH bytes long as rows
+    of 64-bit words (``order_rows``), longer ones as bytes strings. Keys
+    that tie there (numpy pads with NULs: keys that differ only in
+    trailing NULs, or only after the prefix) are then put in order run by
+    run."""
     n = len(keys)
     if n <= SORT_IN_NUMPY:
         return np.array(sorted(range(n), key=keys.__getitem__), dtype=np.int64)
