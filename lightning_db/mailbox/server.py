@@ -25,6 +25,9 @@ from .wire import MsgKind
 __all__ = ["MailboxServer", "MAX_DRAIN"]
 
 MAX_DRAIN = 1024            # messages read per wake-up before other work gets a turn
+# zmq's constants are enum members: as plain ints, the check of EVENTS
+# that runs at every wake-up of the loop skips enum's operators.
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 
 
 class MailboxServer:
@@ -105,7 +108,7 @@ class MailboxServer:
         sock = self._sock
         for _ in range(MAX_DRAIN):
             if parts is None:
-                if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                if not sock.getsockopt(_EVENTS) & _POLLIN:
                     break
                 parts = sock.recv_multipart(zmq.NOBLOCK)
             self.messages += 1
