@@ -43,6 +43,7 @@ import errno
 import fcntl
 import os
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -56,6 +57,7 @@ from ..errors import Timeout
 __all__ = ["CommitGate"]
 
 _MARK = "applying."
+_NAME_MAX = 255           # a marker's name holds its participants up to this length
 _YIELD_S = 0.002          # first, give the CPU up this long, then sleep
 _SPIN = (0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001)
 
@@ -161,13 +163,28 @@ class CommitGate:
     def mark(self, txid: bytes, shards: list[int]) -> str:
         """A two-phase commit is entering its apply phase: a file naming it
         and its participants, so that a snapshot finds it if the coordinator
-        dies before ``unmark`` (its shared hold on the gate dies with it)."""
+        dies before ``unmark`` (its shared hold on the gate dies with it).
+        The marker is an empty file whose name says it all (one ``mknod``:
+        the apply phase holds the gate, and every snapshot waits for it),
+        or, past NAME_MAX, a file holding the participants."""
+        name = f"{_MARK}{txid.hex()}.{'-'.join(map(str, shards))}"
+        if len(name) > _NAME_MAX:
+            return self._mark_in_file(txid, shards)
+        path = os.path.join(self.directory, name)
+        try:
+            _create_empty(path)
+        except FileNotFoundError:           # the runtime directory went with a stopped node
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            _create_empty(path)
+        return path
+
+    def _mark_in_file(self, txid: bytes, shards: list[int]) -> str:
         path = os.path.join(self.directory, _MARK + txid.hex())
         # A temporary name of this thread's own: several processes may mark
         # the same transaction at once (snapshots finishing it), each
         # replacing the marker with the same contents.
         tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
-        fd = self._open(tmp)
+        fd = _open_in(self.directory, tmp)
         try:
             os.write(fd, msgpack.packb([txid, shards]))
         finally:
@@ -190,9 +207,13 @@ class CommitGate:
             return out
         for n in names:
             path = os.path.join(self.directory, n)
+            hexid, named, parts = n[len(_MARK):].partition(".")
             try:
-                with open(path, "rb") as f:
-                    txid, shards = msgpack.unpackb(f.read())
+                if named:
+                    txid, shards = bytes.fromhex(hexid), [int(x) for x in parts.split("-")]
+                else:
+                    with open(path, "rb") as f:
+                        txid, shards = msgpack.unpackb(f.read())
             except (OSError, ValueError, msgpack.UnpackException):
                 continue
             out.append((path, txid, list(shards)))
@@ -242,6 +263,15 @@ def _forked() -> None:
 
 
 os.register_at_fork(after_in_child=_forked)
+
+
+def _create_empty(path: str) -> None:
+    """Create the empty regular file *path* (one system call); one that
+    exists already is the same marker, made by another settler."""
+    try:
+        os.mknod(path, stat.S_IFREG | 0o600)
+    except FileExistsError:
+        pass
 
 
 def _open_in(directory: str, path: str) -> int:
