@@ -28,9 +28,19 @@ _FRAME = LOG_FRAME.size
 _pack_frame = LOG_FRAME.pack
 
 
+_HEADER_CRCS: dict[int, int] = {}      # frame length -> its masked crc (lengths repeat: a put's)
+_HEADER_CRCS_MAX = 4096
+
+
 def encode_frame(payload: bytes) -> bytes:
     n = len(payload)
-    return _pack_frame(mask_crc(crc32c(n.to_bytes(4, "little"))), n, mask_crc(crc32c(payload))) + payload
+    head = _HEADER_CRCS.get(n)
+    if head is None:
+        head = mask_crc(crc32c(n.to_bytes(4, "little")))
+        if len(_HEADER_CRCS) < _HEADER_CRCS_MAX:
+            _HEADER_CRCS[n] = head
+    crc = crc32c(payload)           # mask_crc, inline: this runs once a write
+    return _pack_frame(head, n, ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF) + payload
 
 
 class LogWriter:

@@ -35,36 +35,49 @@ Op = tuple[int, bytes, bytes]   # (kind, key, value)
 WAL_RESERVE = 4 << 20
 
 
+_local = threading.local()
+
+
+def _pack(rec: tuple) -> bytes:
+    """*rec* in msgpack, the bytes ``packb`` gives, by this thread's own
+    packer: building a packer costs more than packing a small record (a
+    put's: 1.3 against 0.6 µs). A pack that fails leaves it empty."""
+    packer = getattr(_local, "packer", None)
+    if packer is None:
+        packer = _local.packer = msgpack.Packer(use_bin_type=True)
+    return packer.pack(rec)
+
+
 def encode_batch(first_seq: int, ops: list[Op]) -> bytes:
-    return msgpack.packb((WalOp.BATCH, first_seq, ops), use_bin_type=True)
+    return _pack((WalOp.BATCH, first_seq, ops))
 
 
 def encode_commit(first_seq: int, txid: bytes, remember: bool = False) -> bytes:
     """The commit of prepared transaction *txid*: its ops are its PREPARE's."""
     rec: tuple = (WalOp.COMMIT, first_seq, [], txid, 1) if remember else (WalOp.COMMIT, first_seq, [], txid)
-    return msgpack.packb(rec, use_bin_type=True)
+    return _pack(rec)
 
 
 def encode_tokened(first_seq: int, ops: list[Op], token: tuple[bytes, int, int]) -> bytes:
     """A plain batch tagged with its write token (storage/dedupe.py)."""
-    return msgpack.packb((WalOp.TOKENED, first_seq, ops, *token), use_bin_type=True)
+    return _pack((WalOp.TOKENED, first_seq, ops, *token))
 
 
 def encode_tokens(state: bytes) -> bytes:
-    return msgpack.packb((WalOp.TOKENS, 0, [], state), use_bin_type=True)
+    return _pack((WalOp.TOKENS, 0, [], state))
 
 
 def encode_marker(op: WalOp, txid: bytes) -> bytes:
     """DECISION or FORGET of *txid*."""
-    return msgpack.packb((op, 0, [], txid), use_bin_type=True)
+    return _pack((op, 0, [], txid))
 
 
 def encode_prepare(txid: bytes, ops: list[Op]) -> bytes:
-    return msgpack.packb((WalOp.PREPARE, 0, ops, txid), use_bin_type=True)
+    return _pack((WalOp.PREPARE, 0, ops, txid))
 
 
 def encode_abort(txid: bytes) -> bytes:
-    return msgpack.packb((WalOp.ABORT, 0, [], txid), use_bin_type=True)
+    return _pack((WalOp.ABORT, 0, [], txid))
 
 
 class WalRecord(NamedTuple):
