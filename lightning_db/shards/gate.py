@@ -48,13 +48,16 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import msgpack
 
 from ..errors import Timeout
 
 __all__ = ["CommitGate"]
+
+T = TypeVar("T")
 
 _MARK = "applying."
 _NAME_MAX = 255           # a marker's name holds its participants up to this length
@@ -171,11 +174,7 @@ class CommitGate:
         if len(name) > _NAME_MAX:
             return self._mark_in_file(txid, shards)
         path = os.path.join(self.directory, name)
-        try:
-            _create_empty(path)
-        except FileNotFoundError:           # the runtime directory went with a stopped node
-            os.makedirs(self.directory, mode=0o700, exist_ok=True)
-            _create_empty(path)
+        _in_dir(self.directory, lambda: _create_empty(path))
         return path
 
     def _mark_in_file(self, txid: bytes, shards: list[int]) -> str:
@@ -184,7 +183,7 @@ class CommitGate:
         # the same transaction at once (snapshots finishing it), each
         # replacing the marker with the same contents.
         tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
-        fd = _open_in(self.directory, tmp)
+        fd = self._open(tmp)
         try:
             os.write(fd, msgpack.packb([txid, shards]))
         finally:
@@ -274,13 +273,19 @@ def _create_empty(path: str) -> None:
         pass
 
 
+def _in_dir(directory: str, make: Callable[[], T]) -> T:
+    """``make()``, which creates a file in *directory*; where the directory
+    went (with a stopped node: the runtime directory), made again first."""
+    try:
+        return make()
+    except FileNotFoundError:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        return make()
+
+
 def _open_in(directory: str, path: str) -> int:
     """Open (creating) one of the gate's files in *directory*."""
-    try:
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except FileNotFoundError:            # the runtime directory went with a stopped node
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    return _in_dir(directory, lambda: os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
 
 
 def _close_all(fds: dict[str, int]) -> None:

@@ -39,8 +39,7 @@ def encode_frame(payload: bytes) -> bytes:
         head = mask_crc(crc32c(n.to_bytes(4, "little")))
         if len(_HEADER_CRCS) < _HEADER_CRCS_MAX:
             _HEADER_CRCS[n] = head
-    crc = crc32c(payload)           # mask_crc, inline: this runs once a write
-    return _pack_frame(head, n, ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + 0xA282EAD8) & 0xFFFFFFFF) + payload
+    return _pack_frame(head, n, mask_crc(crc32c(payload))) + payload
 
 
 class LogWriter:
