@@ -362,6 +362,8 @@ class ShardSnapshot(ReadSugar):
         r = self._router
         r._snapshots.discard(self)
         if not self.registered:          # nothing to release; its reads hold if no shard restarted
+            if not wait:
+                return True              # nobody asks (a committed or rolled back transaction's view)
             try:
                 self._expire_if_stale(0.0)
             except TransactionExpired:

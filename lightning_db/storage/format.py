@@ -85,6 +85,8 @@ SEGMENT_HEADER = struct.Struct("<8sIIQQQQQ")
 SEGMENT_HEADER_SIZE = 64
 SEGMENT_RECORD = struct.Struct("<IIQQ")
 SEGMENT_FLAG_IMMUTABLE = 1
+SEGMENT_OFF_FLAGS = 12                 # byte offsets of header fields
+SEGMENT_OFF_USED = 32                  # arena_used, then count
 
 # --- published versions (storage/published.py) --------------------------------
 #

@@ -59,7 +59,7 @@ from .format import (FORMAT_VERSION, PUBLISHED_HEADER, PUBLISHED_MAGIC, PUBLISHE
                      segment_name, table_name)
 from .fs import OSFileSystem
 from .lookup import lookup
-from .memtable import SegmentReader
+from .segment_reader import SegmentReader
 from .scan import CHUNK_MIN, version_chunks
 from .table import TableReader
 from .ttl import visible

@@ -23,7 +23,8 @@ from lightning_db.storage.engine import Engine
 from lightning_db.storage.format import Kind, pack_seqkind
 from lightning_db.storage.fs import OSFileSystem
 from lightning_db.storage.lookup import lookup
-from lightning_db.storage.memtable import Memtable, SegmentReader
+from lightning_db.storage.memtable import Memtable
+from lightning_db.storage.segment_reader import SegmentReader
 from lightning_db.storage.published import PublishedReader
 from lightning_db.storage.table import TableReader, TableWriter
 from lightning_db.storage.version import FileMeta, Version

@@ -42,3 +42,41 @@ def test_holding_again_replaces_a_transactions_own_intents():
         t.check(TxCheck(0, writes=[b"r1"]), b"t3")       # still read by t2
     with pytest.raises(TransactionConflict, match="held by prepared transaction 7431"):
         t.check(TxCheck(0, reads=[b"b"]), b"t3")
+
+
+def test_a_release_drops_only_the_intents_that_are_still_its_own():
+    """A write intent taken over by another transaction (a state a replay
+    can leave) stays with that one when the first is released; a key
+    written twice by one transaction is released once, without error."""
+    t = _tracker()
+    t.hold(b"t1", [b"a", b"b", b"a"])
+    t.hold(b"t2", [b"b"])                                  # b's intent is t2's now
+    assert t.release(b"t1")
+    assert t._write_intents == {b"b": b"t2"}
+    t.check_plain([b"a", b"c"])                           # nobody holds a any more
+    with pytest.raises(TransactionConflict, match="key b'b' is held by prepared transaction 7432"):
+        t.check_plain([b"a", b"b"])
+    assert t.release(b"t2") and not t._write_intents
+    t.hold(b"t3", [b"x", b"x"])
+    assert t.release(b"t3") and not t._write_intents and not t.release(b"t3")
+
+
+def test_a_check_names_the_key_that_was_written_after_the_snapshot():
+    t = _tracker()
+    t.record(1, [b"a", b"b", b"a"])                        # a at seq 3 (its later write), b at 2
+    assert t._last == {b"a": 3, b"b": 2}
+    t.check(TxCheck(3, writes=[b"a"], reads=[b"b"]), b"t1")
+    with pytest.raises(TransactionConflict, match="key b'b' was written after"):
+        t.check(TxCheck(1, writes=[b"c"], reads=[b"b"]), b"t1")
+    with pytest.raises(TransactionConflict, match="key b'a' was written after"):
+        t.check(TxCheck(2, writes=[b"a", b"b"]), b"t1")
+    t.check(TxCheck(2, writes=[], reads=[]), b"t1")       # nothing to check
+
+
+def test_a_transaction_may_check_keys_under_its_own_write_intents():
+    t = _tracker()
+    t.hold(b"t1", [b"a"])
+    t.check(TxCheck(None, writes=[b"a", b"z"]), b"t1")
+    t.check(TxCheck(None, writes=[b"z"]), b"t2")           # disjoint from every intent
+    with pytest.raises(TransactionConflict, match="key b'a' is held by prepared transaction 7431"):
+        t.check(TxCheck(None, writes=[b"z"], reads=[b"a"]), b"t2")

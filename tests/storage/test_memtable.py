@@ -24,7 +24,8 @@ from lightning_db.storage.format import (FORMAT_VERSION, SEGMENT_FLAG_IMMUTABLE,
                                          SEGMENT_HEADER_SIZE, SEGMENT_MAGIC, SEGMENT_RECORD, Kind,
                                          pack_seqkind)
 from lightning_db.storage.fs import OSFileSystem
-from lightning_db.storage.memtable import Memtable, SegmentReader, segment_size
+from lightning_db.storage.memtable import Memtable, segment_size
+from lightning_db.storage.segment_reader import SegmentReader
 from lightning_db.storage.memtable_bulk import BULK_MIN, add_bulk
 
 V, D = int(Kind.VALUE), int(Kind.DELETE)
