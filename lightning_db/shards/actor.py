@@ -467,12 +467,11 @@ class ShardActor(Actor):
             if decide and (not primary or not ops):
                 raise InvalidArgument(f"'decide' with ops goes to the transaction's primary with its part, "
                                       f"got {len(ops)} ops on shard {self.shard_id} for {txid.hex()}")
-            if not ops and check is not None:
-                self._engine().hold_reads(txid, check)
-            else:
-                # The primary needs no fsync here: its fsynced decision
-                # (later, or in this same write) covers its prepare.
-                self._engine().prepare(txid, ops, check, sync=not primary, decide=decide)
+            # The primary needs no fsync here: its fsynced decision (later,
+            # or in this same write) covers its prepare. A participant that
+            # only validates reads is never the primary: its read intents are
+            # durable before the decision, as another participant's ops are.
+            self._engine().prepare(txid, ops, check, sync=not primary, decide=decide)
         finally:
             self._end(check, token)
 

@@ -24,8 +24,11 @@ prepare's fsync covers every record before it, or an explicit "sync" at
 close). ``settle_forgets`` sends the forgets that are due at each batch
 and every one at close, without waiting on the batch's critical path. A
 participant that only validates reads (a serializable transaction's)
-prepares with no ops: its read intents live in memory until the commit or
-abort releases them.
+prepares with no ops. Every participant's PREPARE carries the read intents
+of its check (keys read, ranges scanned), fsynced but at the primary: a
+worker restarted before the commit holds them again until the commit or
+abort releases them, so no write of a key the transaction read slips in
+between its validation and its commit.
 
 A commit that spans shards holds the commit gate shared (gate.py) over
 its apply phase (two-phase commit: the commits after the decision, no

@@ -97,8 +97,10 @@ class Engine(Background, Participant):
             if publish is not None:
                 self._pub = Publisher(publish)
             self.versions = VersionSet(self.fs, self.path, self.config.num_levels)
-            mem, wal, last_seq, self._prepared, self._decided, self.tokens = recover(self)
-            # Optimistic transactions (storage/txn.py): prepared ops are write intents again.
+            mem, wal, last_seq, self._prepared, self._intents, self._decided, self.tokens = recover(self)
+            # Optimistic transactions (storage/txn.py): prepared transactions hold their
+            # intents again: their ops' keys as write intents, and what a serializable
+            # one read and scanned here as read intents (until its commit or abort).
             # Published (shard) engines: snapshots are taken from shared memory
             # and registered up to SNAPSHOT_LAG_S later (shards/snapshot.py).
             self._lag = publish is not None
@@ -107,7 +109,8 @@ class Engine(Background, Participant):
             if self._lag:
                 self.txn.sample(last_seq)
             for txid, ops in self._prepared.items():
-                self.txn.hold(txid, [op[1] for op in ops])
+                reads, ranges = self._intents.get(txid, ((), ()))
+                self.txn.hold(txid, [op[1] for op in ops], reads, ranges)
             self._last_seq = last_seq
             self._sv = SuperVersion(mem, wal, (), self.versions.current)
             self._publish()
@@ -300,6 +303,7 @@ class Engine(Background, Participant):
                         txn.sample(self._last_seq)
                 if commit is not None:
                     del self._prepared[commit]
+                    self._intents.pop(commit, None)
                     txn.release(commit)
                     if remember:
                         self._decided.add(commit)
@@ -408,7 +412,7 @@ class Engine(Background, Participant):
             # the old one is unlinked once its memtable is flushed; they must not be.
             if self._prepared or self._decided:
                 for txid, ops in self._prepared.items():
-                    wal.append(encode_prepare(txid, ops))
+                    wal.append(encode_prepare(txid, ops, self._intents.get(txid)))
                 for txid in self._decided:
                     wal.append(encode_marker(WalOp.DECISION, txid))
                 wal.sync_to(wal.size)

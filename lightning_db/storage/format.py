@@ -53,7 +53,10 @@ class WalOp(IntEnum):
     BATCH = 1     # (BATCH, first_seq, [(kind, key, value), ...][, txid[, remember]])
                   #   with txid: the commit of that prepared transaction; with
                   #   remember=1 this shard also keeps the decision (the primary)
-    PREPARE = 2   # (PREPARE, 0, [(kind, key, value), ...], txid): durable, not applied
+    PREPARE = 2   # (PREPARE, 0, [(kind, key, value), ...], txid[, [reads, ranges]]): durable,
+                  #   not applied; a serializable transaction's read intents on this shard
+                  #   (keys read, [lo, hi] ranges scanned, None unbounded) ride along, so
+                  #   that a restarted shard holds them again until the commit or abort
     ABORT = 3     # (ABORT, 0, [], txid): the prepared transaction is dropped
     DECISION = 4  # (DECISION, 0, [], txid): txid committed; kept until FORGET
     FORGET = 5    # (FORGET, 0, [], txid): every participant has the decision

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import InvalidArgument, LightningError
 from .txn import TxCheck
 from .format import WalOp
-from .wal import Op, encode_abort, encode_marker, encode_prepare
+from .wal import Intents, Op, encode_abort, encode_marker, encode_prepare
 
 __all__ = ["Participant"]
 
@@ -33,6 +33,7 @@ class Participant:
         _mutex: Any
         _snapshots: dict[int, int]
         _prepared: dict[bytes, list[Op]]
+        _intents: dict[bytes, Intents]
         _decided: set[bytes]
         _sv: Any
         _last_seq: int
@@ -71,15 +72,6 @@ class Participant:
         with self._write_lock:
             return self.txn.end(seq, token)
 
-    def hold_reads(self, txid: bytes, check: TxCheck) -> None:
-        """A cross-shard commit's participant that writes nothing here:
-        validate *check* and hold its read intents until ``commit_prepared``
-        or ``abort_prepared`` (in memory only: nothing to make durable)."""
-        with self._write_lock:
-            self.txn.check(check, txid)
-            self.txn.hold(txid, (), check.reads, check.ranges if check.serializable else ())
-
-
     # --- two-phase commit (a participant's side) --------------------------------------------
     def prepare(self, txid: bytes, ops: list[Op], check: TxCheck | None = None, sync: bool = True,
                 decide: bool = False) -> None:
@@ -91,9 +83,14 @@ class Participant:
         with it, and whose prepare lost to a power loss before any decision
         means an abort, as an undecided one does. The keys become intents;
         *check* (a transaction's) is validated first, and without one the
-        ops still may not meet another transaction's intents. With *decide*
-        (the primary, once every other participant prepared): the decision
-        too, in the same WAL write, fsynced (``decide`` in one step)."""
+        ops still may not meet another transaction's intents. What it read
+        and scanned here (a serializable transaction's check) become read
+        intents, logged with the PREPARE: a shard restarted before the
+        commit holds them again, so that no write of a key the transaction
+        read slips in between its validation and its commit. A participant
+        that only validates reads prepares with no ops. With *decide* (the
+        primary, once every other participant prepared): the decision too,
+        in the same WAL write, fsynced (``decide`` in one step)."""
         with self._write_lock:
             if self._write_error is not None or self._bg_error is not None or self._closed:
                 self._raise_write_error()
@@ -103,8 +100,9 @@ class Participant:
             check = check or TxCheck(None)
             check.writes = keys
             self.txn.check(check, txid)
+            intents = (list(check.reads), list(check.ranges) if check.serializable else [])
             wal = self._sv.wal
-            records = [encode_prepare(txid, ops)]
+            records = [encode_prepare(txid, ops, intents)]
             if decide:
                 records.append(encode_marker(WalOp.DECISION, txid))
             try:
@@ -114,7 +112,9 @@ class Participant:
                     self._write_error = exc
                 raise
             self._prepared[txid] = list(ops)
-            self.txn.hold(txid, keys, check.reads, check.ranges if check.serializable else ())
+            if intents[0] or intents[1]:
+                self._intents[txid] = intents
+            self.txn.hold(txid, keys, *intents)
             if decide:
                 self._decided.add(txid)
         if sync or decide:
@@ -125,13 +125,8 @@ class Participant:
         it (replay takes the ops from its PREPARE, earlier in the same WAL).
         With *remember* this shard is the transaction's primary: the same
         record is the durable decision, kept (``decided``) until
-        ``forget``. Returns the last sequence number.
-        A transaction that only holds read intents here (``hold_reads``)
-        has them released."""
-        if txid not in self._prepared:
-            with self._write_lock:
-                if txid not in self._prepared and self.txn.release(txid):
-                    return self._last_seq
+        ``forget``. Returns the last sequence number. A transaction that
+        only read here (no ops) has its read intents released."""
         return self._write(None, sync, txid, remember)
 
     def decide(self, txid: bytes) -> None:
@@ -193,7 +188,7 @@ class Participant:
             if txid in self._decided:
                 return False
             if txid not in self._prepared:
-                return self.txn.release(txid)
+                return False
             try:
                 self._sv.wal.append(encode_abort(txid))
             except LightningError as exc:
@@ -201,15 +196,13 @@ class Participant:
                     self._write_error = exc
                 raise
             del self._prepared[txid]
+            self._intents.pop(txid, None)
             self.txn.release(txid)
             return True
 
     def in_doubt(self) -> dict[bytes, list[Op]]:
         """Prepared transactions with no decision yet (after recovery too),
-        and those holding only read intents here (no ops)."""
+        including those that only read here (no ops)."""
         with self._write_lock:
-            out = {t: [tuple(op) for op in ops] for t, ops in self._prepared.items()}
-            for t in self.txn.held():
-                out.setdefault(t, [])
-            return out
+            return {t: [tuple(op) for op in ops] for t, ops in self._prepared.items()}
 

@@ -32,7 +32,7 @@ from .memtable import Memtable
 from .restore import archive_wal
 from .version import FileMeta, VersionEdit
 from .format import WalOp
-from .wal import Wal, encode_marker, encode_prepare, read_wal
+from .wal import Intents, Wal, encode_marker, encode_prepare, read_wal
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -46,7 +46,8 @@ def _flush_recovered(engine: "Engine", mem: Memtable, last_seq: int) -> list[Fil
     return outputs
 
 
-def recover(engine: "Engine") -> tuple[Memtable, Wal, int, dict[bytes, list], set[bytes], WriteTokens]:
+def recover(engine: "Engine") -> tuple[Memtable, Wal, int, dict[bytes, list], dict[bytes, Intents], set[bytes],
+                                       WriteTokens]:
     fs, path, vs = engine.fs, engine.path, engine.versions
     names = fs.listdir(path)
     parsed = {n: parse_name(n) for n in names}
@@ -76,6 +77,7 @@ def recover(engine: "Engine") -> tuple[Memtable, Wal, int, dict[bytes, list], se
 
     last_seq = vs.last_seq
     prepared: dict[bytes, list] = {}       # txid -> ops: prepared, no decision seen
+    intents: dict[bytes, Intents] = {}     # txid -> read intents of a prepared one that has them
     decided: set[bytes] = set()            # commits this shard keeps as the primary
     tokens = WriteTokens()                 # writes that may be sent again (dedupe.py)
     added: list[FileMeta] = []
@@ -88,9 +90,12 @@ def recover(engine: "Engine") -> tuple[Memtable, Wal, int, dict[bytes, list], se
         for rec in contents.records:
             if rec.op == WalOp.PREPARE:
                 prepared[rec.txid] = rec.ops
+                if rec.intents is not None:
+                    intents[rec.txid] = rec.intents
                 continue
             if rec.op == WalOp.ABORT:
                 prepared.pop(rec.txid, None)
+                intents.pop(rec.txid, None)
                 continue
             if rec.op == WalOp.DECISION:
                 decided.add(rec.txid)
@@ -109,6 +114,7 @@ def recover(engine: "Engine") -> tuple[Memtable, Wal, int, dict[bytes, list], se
             ops = rec.ops
             if rec.txid is not None:                   # the commit of a prepared transaction
                 held = prepared.pop(rec.txid, None)
+                intents.pop(rec.txid, None)
                 if rec.op == WalOp.COMMIT:             # it names its PREPARE, earlier in this WAL
                     if held is None:
                         raise CorruptionError(f"commit of transaction {rec.txid!r} without its PREPARE", wpath)
@@ -143,7 +149,7 @@ def recover(engine: "Engine") -> tuple[Memtable, Wal, int, dict[bytes, list], se
         # In-doubt transactions move into the new WAL before the manifest
         # switch lets the WALs that held their PREPARE records go.
         for txid, ops in prepared.items():
-            wal.append(encode_prepare(txid, ops))
+            wal.append(encode_prepare(txid, ops, intents.get(txid)))
         for txid in decided:
             wal.append(encode_marker(WalOp.DECISION, txid))
         if prepared or decided:
@@ -174,4 +180,4 @@ def recover(engine: "Engine") -> tuple[Memtable, Wal, int, dict[bytes, list], se
                 fs.remove(os.path.join(path, name))
             except FileNotFoundError:
                 pass
-    return live, wal, last_seq, prepared, decided, tokens
+    return live, wal, last_seq, prepared, intents, decided, tokens

@@ -342,9 +342,6 @@ class ConflictTracker:
     def holds(self, txid: bytes) -> bool:
         return txid in self._held
 
-    def held(self) -> list[bytes]:
-        return list(self._held)
-
     def stats(self) -> dict[str, int]:
         return {"tx_registered": sum(len(t) for t in self._regs.values()), "tx_tracked_keys": len(self._last),
                 "tx_intents": len(self._held), "tx_expired": self.expired, "tx_conflicts": self.conflicts}

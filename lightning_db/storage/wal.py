@@ -72,7 +72,14 @@ def encode_marker(op: WalOp, txid: bytes) -> bytes:
     return _pack((op, 0, [], txid))
 
 
-def encode_prepare(txid: bytes, ops: list[Op]) -> bytes:
+Intents = tuple[list[bytes], list[tuple[bytes | None, bytes | None]]]   # (keys read, ranges scanned)
+
+
+def encode_prepare(txid: bytes, ops: list[Op], intents: Intents | None = None) -> bytes:
+    """A transaction's PREPARE: its ops, and its read *intents* here where
+    it has any (a serializable transaction's reads and scanned ranges)."""
+    if intents and (intents[0] or intents[1]):
+        return _pack((WalOp.PREPARE, 0, ops, txid, [list(intents[0]), [list(r) for r in intents[1]]]))
     return _pack((WalOp.PREPARE, 0, ops, txid))
 
 
@@ -87,6 +94,7 @@ class WalRecord(NamedTuple):
     txid: bytes | None             # a TOKENS record: the state
     remember: bool = False
     token: tuple[bytes, int, int] | None = None    # a TOKENED batch's (writer, n, lo)
+    intents: Intents | None = None                 # a PREPARE's read intents
 
 
 def decode_record(payload: bytes, path: str) -> WalRecord:
@@ -98,6 +106,11 @@ def decode_record(payload: bytes, path: str) -> WalRecord:
             and isinstance(rec[2], list) and isinstance(rec[3], bytes)
             and type(rec[4]) is int and type(rec[5]) is int):
         return WalRecord(WalOp.BATCH, rec[1], rec[2], None, False, (rec[3], rec[4], rec[5]))
+    if isinstance(rec, list) and len(rec) == 5 and rec[0] == WalOp.PREPARE:
+        intents = _intents(rec[4])
+        if intents is None or not isinstance(rec[2], list) or not isinstance(rec[3], bytes):
+            raise CorruptionError(f"malformed WAL prepare record {str(rec)[:60]!r}", path)
+        return WalRecord(rec[0], rec[1], rec[2], rec[3], intents=intents)
     if (not isinstance(rec, list) or len(rec) not in (3, 4, 5) or rec[0] not in _OPS
             or not isinstance(rec[1], int) or not isinstance(rec[2], list)
             or (len(rec) >= 4 and not isinstance(rec[3], bytes))
@@ -108,6 +121,21 @@ def decode_record(payload: bytes, path: str) -> WalRecord:
 
 
 _OPS = frozenset(int(o) for o in WalOp if o != WalOp.TOKENED)   # TOKENED: its own shape above
+
+
+def _intents(x: object) -> Intents | None:
+    """A PREPARE's [reads, ranges], checked; None when malformed."""
+    if not (isinstance(x, list) and len(x) == 2 and isinstance(x[0], list) and isinstance(x[1], list)):
+        return None
+    reads, ranges = x
+    if not all(isinstance(k, bytes) for k in reads):
+        return None
+    out = []
+    for r in ranges:
+        if not (isinstance(r, list) and len(r) == 2 and all(b is None or isinstance(b, bytes) for b in r)):
+            return None
+        out.append((r[0], r[1]))
+    return reads, out
 
 
 class WalReplay:

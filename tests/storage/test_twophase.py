@@ -10,12 +10,13 @@ import msgpack
 import pytest
 
 from lightning_db.config import Config
-from lightning_db.errors import CorruptionError, InvalidArgument
+from lightning_db.errors import CorruptionError, InvalidArgument, TransactionConflict
 from lightning_db.storage.engine import Engine
 from lightning_db.storage.faultfs import FaultInjectingFileSystem
 from lightning_db.storage.format import Kind, WalOp
 from lightning_db.storage.fs import OSFileSystem
 from lightning_db.storage.log import encode_frame
+from lightning_db.storage.txn import TxCheck
 from lightning_db.storage.wal import decode_record, encode_commit, read_wal
 
 V, D = int(Kind.VALUE), int(Kind.DELETE)
@@ -325,3 +326,67 @@ def test_older_self_contained_commits_still_replay(tmp_path):
 def test_malformed_commit_records_are_refused(rec):
     with pytest.raises(CorruptionError):
         decode_record(msgpack.packb(rec, use_bin_type=True), "wal")
+
+
+# --- read intents across a restart ---------------------------------------------------------
+
+
+def _writes_conflict(eng: Engine, key: bytes) -> bool:
+    """Whether a transaction's write of *key* meets another's intents."""
+    try:
+        eng.write([(V, key, b"w")], check=TxCheck(None))
+    except TransactionConflict:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("ops", [[(V, b"w", b"1")], []], ids=["writer", "read-only"])
+def test_a_prepared_transactions_read_intents_survive_a_restart(tmp_path, ops):
+    """A serializable transaction validated its reads and prepared (the
+    primary decided it; the commit is yet to come). The shard restarts in
+    between, as a killed worker does: a write of a key it read or into a
+    range it scanned must still conflict until the commit or abort
+    releases them, else it slips in between the transaction's validation
+    and its commit (G2, found by the stress harness after a worker kill)."""
+    eng = Engine(str(tmp_path), Config(**SMALL))
+    eng.write([(V, b"r", b"0"), (V, b"s1", b"0")])
+    snap = eng.begin_tx()
+    check = TxCheck(snap, reads=[b"r"], ranges=[(b"s", b"t")], serializable=True)
+    eng.prepare(b"tx", ops, check)
+    for i in range(3000):                        # rotations: the PREPARE moves from WAL to WAL
+        eng.write([(V, b"%06d" % i, b"x" * 60)])
+    eng.close()
+    eng = Engine(str(tmp_path), Config(**SMALL))
+    assert eng.in_doubt() == {b"tx": ops}
+    assert _writes_conflict(eng, b"r") and _writes_conflict(eng, b"s5") and not _writes_conflict(eng, b"u")
+    if ops:
+        eng.commit_prepared(b"tx")
+    else:
+        assert eng.abort_prepared(b"tx")         # a read-only participant: nothing to apply either way
+    assert not _writes_conflict(eng, b"r") and not _writes_conflict(eng, b"s5")
+    eng.close()
+    eng = Engine(str(tmp_path), Config(**SMALL))
+    assert eng.in_doubt() == {} and not _writes_conflict(eng, b"r")
+    assert eng.get(b"w") == (b"1" if ops else None)
+    eng.close()
+
+
+def test_a_snapshot_isolation_prepare_logs_no_read_intents(tmp_path):
+    eng = Engine(str(tmp_path), Config())
+    eng.prepare(b"tx", [(V, b"w", b"1")], TxCheck(eng.begin_tx(), reads=[], serializable=False))
+    eng.close()
+    live = max(n for n in os.listdir(tmp_path) if n.endswith(".log"))
+    recs = [r for r in read_wal(OSFileSystem(), str(tmp_path / live)).records if r.op == WalOp.PREPARE]
+    assert [(r.txid, r.intents) for r in recs] == [(b"tx", None)]
+
+
+@pytest.mark.parametrize("intents", [
+    [[b"k"]],                                    # no ranges
+    [[b"k"], [[b"a"]]],                          # a range without its end
+    [["k"], []],                                 # a key that is not bytes
+    [[b"k"], [[b"a", 5]]],
+    {"reads": []},
+])
+def test_malformed_prepare_intents_are_refused(intents):
+    with pytest.raises(CorruptionError):
+        decode_record(msgpack.packb((int(WalOp.PREPARE), 0, [], b"t", intents), use_bin_type=True), "wal")
