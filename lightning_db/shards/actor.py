@@ -468,10 +468,13 @@ class ShardActor(Actor):
                 raise InvalidArgument(f"'decide' with ops goes to the transaction's primary with its part, "
                                       f"got {len(ops)} ops on shard {self.shard_id} for {txid.hex()}")
             # The primary needs no fsync here: its fsynced decision (later,
-            # or in this same write) covers its prepare. A participant that
-            # only validates reads is never the primary: its read intents are
-            # durable before the decision, as another participant's ops are.
-            self._engine().prepare(txid, ops, check, sync=not primary, decide=decide)
+            # or in this same write) covers its prepare. Nor does a
+            # participant that only validates reads: its PREPARE, written to
+            # the OS, keeps its read intents through a kill of its worker
+            # while the coordinator lives on; after a power loss every
+            # coordinator is gone, and each caller's open settles their
+            # transactions before it runs any of its own.
+            self._engine().prepare(txid, ops, check, sync=bool(ops) and not primary, decide=decide)
         finally:
             self._end(check, token)
 

@@ -24,11 +24,12 @@ prepare's fsync covers every record before it, or an explicit "sync" at
 close). ``settle_forgets`` sends the forgets that are due at each batch
 and every one at close, without waiting on the batch's critical path. A
 participant that only validates reads (a serializable transaction's)
-prepares with no ops. Every participant's PREPARE carries the read intents
-of its check (keys read, ranges scanned), fsynced but at the primary: a
-worker restarted before the commit holds them again until the commit or
-abort releases them, so no write of a key the transaction read slips in
-between its validation and its commit.
+prepares with no ops, not fsynced. Every participant's PREPARE carries the
+read intents of its check (keys read, ranges scanned): a worker restarted
+before the commit holds them again until the commit or abort releases
+them, so no write of a key the transaction read slips in between its
+validation and its commit. (After a power loss no coordinator is left,
+and each caller's open settles what they left before it runs anything.)
 
 A commit that spans shards holds the commit gate shared (gate.py) over
 its apply phase (two-phase commit: the commits after the decision, no
@@ -330,8 +331,7 @@ def commit_transaction(router: "ShardRouter", seqs: Sequence[int] | None, ops: l
         with router.gate.shared(timeout):
             ask(writer, "txwrite", [parts[writer], sync, checks[writer]])
     finally:   # read intents go either way (commit and abort both release them)
-        for f in [_send_here(refs[s], "abort", [txid], timeout) for s in readers]:
-            _quiet(f)
+        abort_all(router, txid, readers)      # a reader restarted meanwhile holds them again: asked again
     return ended
 
 
