@@ -97,7 +97,7 @@ class Engine(Background, Participant):
             if publish is not None:
                 self._pub = Publisher(publish)
             self.versions = VersionSet(self.fs, self.path, self.config.num_levels)
-            mem, wal, last_seq, self._prepared, self._intents, self._decided, self.tokens = recover(self)
+            mem, wal, last_seq, self._prepared, intents, self._decided, self.tokens = recover(self)
             # Optimistic transactions (storage/txn.py): prepared transactions hold their
             # intents again: their ops' keys as write intents, and what a serializable
             # one read and scanned here as read intents (until its commit or abort).
@@ -109,7 +109,7 @@ class Engine(Background, Participant):
             if self._lag:
                 self.txn.sample(last_seq)
             for txid, ops in self._prepared.items():
-                reads, ranges = self._intents.get(txid, ((), ()))
+                reads, ranges = intents.get(txid, ((), ()))
                 self.txn.hold(txid, [op[1] for op in ops], reads, ranges)
             self._last_seq = last_seq
             self._sv = SuperVersion(mem, wal, (), self.versions.current)
@@ -303,7 +303,6 @@ class Engine(Background, Participant):
                         txn.sample(self._last_seq)
                 if commit is not None:
                     del self._prepared[commit]
-                    self._intents.pop(commit, None)
                     txn.release(commit)
                     if remember:
                         self._decided.add(commit)
@@ -412,7 +411,7 @@ class Engine(Background, Participant):
             # the old one is unlinked once its memtable is flushed; they must not be.
             if self._prepared or self._decided:
                 for txid, ops in self._prepared.items():
-                    wal.append(encode_prepare(txid, ops, self._intents.get(txid)))
+                    wal.append(encode_prepare(txid, ops, self.txn.read_intents(txid)))
                 for txid in self._decided:
                     wal.append(encode_marker(WalOp.DECISION, txid))
                 wal.sync_to(wal.size)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import InvalidArgument, LightningError
 from .txn import TxCheck
 from .format import WalOp
-from .wal import Intents, Op, encode_abort, encode_marker, encode_prepare
+from .wal import Op, encode_abort, encode_marker, encode_prepare
 
 __all__ = ["Participant"]
 
@@ -33,7 +33,6 @@ class Participant:
         _mutex: Any
         _snapshots: dict[int, int]
         _prepared: dict[bytes, list[Op]]
-        _intents: dict[bytes, Intents]
         _decided: set[bytes]
         _sv: Any
         _last_seq: int
@@ -112,8 +111,6 @@ class Participant:
                     self._write_error = exc
                 raise
             self._prepared[txid] = list(ops)
-            if intents[0] or intents[1]:
-                self._intents[txid] = intents
             self.txn.hold(txid, keys, *intents)
             if decide:
                 self._decided.add(txid)
@@ -196,7 +193,6 @@ class Participant:
                     self._write_error = exc
                 raise
             del self._prepared[txid]
-            self._intents.pop(txid, None)
             self.txn.release(txid)
             return True
 

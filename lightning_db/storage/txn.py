@@ -342,6 +342,15 @@ class ConflictTracker:
     def holds(self, txid: bytes) -> bool:
         return txid in self._held
 
+    def read_intents(self, txid: bytes) -> tuple[list[bytes], list[Range]] | None:
+        """The keys read and the ranges scanned that prepared *txid* holds
+        as read intents here (its PREPARE record logs them), or None."""
+        held = self._held.get(txid)
+        ranges = self._range_intents.get(txid, [])
+        if held is None or not (held[1] or ranges):
+            return None
+        return list(held[1]), list(ranges)
+
     def stats(self) -> dict[str, int]:
         return {"tx_registered": sum(len(t) for t in self._regs.values()), "tx_tracked_keys": len(self._last),
                 "tx_intents": len(self._held), "tx_expired": self.expired, "tx_conflicts": self.conflicts}
