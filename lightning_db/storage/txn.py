@@ -16,9 +16,9 @@ records older than the oldest registration left are pruned.
 
 **Intents.** A cross-shard commit validates on every participant first
 (prepare) and applies later; between the two its keys are held as intents:
-write intents (the prepared ops; rebuilt from the WAL after a restart) and,
-for serializable transactions, read intents (keys read and scanned ranges;
-kept in memory only). A transaction whose checks meet another one's intents
+write intents (the prepared ops) and, for serializable transactions, read
+intents (keys read and scanned ranges), both logged with the PREPARE and
+held again after a restart. A transaction whose checks meet another one's intents
 conflicts (first to prepare wins); a plain write to a key under a write
 intent is refused with ``TransactionConflict`` (transient: the router
 retries it until the intent is decided).
