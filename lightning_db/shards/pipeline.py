@@ -203,7 +203,9 @@ class WritePipeline:
                     return (_VALUE, w) if type(w) is bytes else w
         return None
 
-    def write(self, shard: int, kind: int, key: bytes, value: bytes) -> None:
+    def write(self, shard: int, kind: int, key: bytes, value: bytes, newest: Any = None) -> None:
+        """Queue one write to *shard*. *newest*: its entry in the overlay
+        where the caller has it (a plain put of bytes: the value itself)."""
         size = len(key) + len(value) + _OVERHEAD
         with self._lock:
             if self._closing:
@@ -222,8 +224,9 @@ class WritePipeline:
             run.keys.append(key)
             run.vals.append(value)
             # A plain put's value alone (mine() reads a bytes entry as one).
-            run.newest[key] = (value if kind == _VALUE and type(value) is bytes else
-                               _TOMBSTONE if kind == _DELETE and not value else (kind, value))
+            run.newest[key] = newest if newest is not None else (
+                value if kind == _VALUE and type(value) is bytes else
+                _TOMBSTONE if kind == _DELETE and not value else (kind, value))
             run.nbytes += size
             self._bytes[shard] += size
             self.live += 1
