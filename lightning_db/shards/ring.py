@@ -75,7 +75,9 @@ class HashRing:
         return self._owners[i if i < len(self._owners) else 0]
 
     def shard_of(self, key: bytes) -> int:
-        return self.owner(_hash(key))
+        h = _hash(key)
+        s = self._direct[h >> SLICE_SHIFT]
+        return s if s >= 0 else self.owner(h)
 
     def shards_list(self, keys: list[bytes]) -> list[int]:
         """``shard_of`` of each key as a list: for short batches, where
