@@ -35,11 +35,18 @@ def _read_line(proc: subprocess.Popen, timeout: float) -> str:
     raise AssertionError(f"middle process said nothing within {timeout}s")
 
 
+def _middle(runtime_dir: str, method: str, where: str, *extra: str) -> subprocess.Popen:
+    """The middle process (orphan_middle.py). Its temporary files
+    (multiprocessing's, such as the fork server's socket, which a killed
+    owner never removes) go under *runtime_dir*, which the fixture removes."""
+    return subprocess.Popen([sys.executable, "-m", "tests.actors.orphan_middle", method, where, runtime_dir, *extra],
+                            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "TMPDIR": runtime_dir})
+
+
 @pytest.mark.parametrize("method, where", [("spawn", "main"), ("forkserver", "main"), ("spawn", "thread")])
 def test_kill_9_of_the_owner_leaves_no_orphan(runtime_dir, method, where):
-    middle = subprocess.Popen([sys.executable, "-m", "tests.actors.orphan_middle", method, where, runtime_dir],
-                              cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
+    middle = _middle(runtime_dir, method, where)
     descendants: list[int] = []
     try:
         actor_pid = int(_read_line(middle, 120))
@@ -63,9 +70,7 @@ def test_kill_9_of_the_owner_leaves_no_orphan(runtime_dir, method, where):
 
 
 def test_an_owner_that_exits_without_stopping_its_actor_takes_it_along(runtime_dir):
-    middle = subprocess.Popen([sys.executable, "-m", "tests.actors.orphan_middle", "spawn", "main", runtime_dir, "exit"],
-                              cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
+    middle = _middle(runtime_dir, "spawn", "main", "exit")
     actor_pid = None
     try:
         actor_pid = int(_read_line(middle, 120))
