@@ -300,9 +300,7 @@ class ShardRouter(Transactional, MappingSugar):
         if (sync is None and type(key) is bytes and type(value) is bytes and 0 < len(key) <= self._max_key
                 and len(value) <= self._max_value and ttl is None and expire_at is None
                 and self._pipelined and not self._closed):      # the common case, checked inline
-            h = key_hash(key)
-            s = self._direct[h >> SLICE_SHIFT]
-            self._pipe.write(s if s >= 0 else self.ring.owner(h), _VALUE, key, value, value)
+            self._pipe.write(self.ring.shard_of(key), _VALUE, key, value, value)
         elif ttl is None and expire_at is None:
             self._single(_VALUE, self._limits.key(key), self._limits.value(value), sync)
         else:
