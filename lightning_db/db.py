@@ -24,7 +24,7 @@ from .storage.engine import Engine
 from .storage.format import CURRENT, Kind
 from .storage.ttl import encode as ttl_encode
 from .storage.txn import TxCheck
-from .transaction import KeyAccess, Transactional
+from .transaction import KeyAccess, KeyWrites, Transactional, check_sync
 
 if TYPE_CHECKING:
     from .shards.client import ShardedDatabase
@@ -37,6 +37,22 @@ _BYTESLIKE = (bytes, bytearray, memoryview)
 _JUST_BYTES = {bytes}
 _JUST_TUPLE, _JUST_TWO = {tuple}, {2}
 _first, _second = itemgetter(0), itemgetter(1)
+
+
+def _listed(items: Any, takes: str) -> list[Any]:
+    """*items* as a list; InvalidArgument saying what the call *takes*
+    where it is one bytes-like object or a str, or not iterable."""
+    if isinstance(items, (bytes, bytearray, memoryview, str)):
+        raise InvalidArgument(f"{takes}, got one {type(items).__name__} (put a single key in a list)")
+    try:
+        return list(items)
+    except TypeError:
+        raise InvalidArgument(f"{takes}, got {type(items).__name__}") from None
+
+
+def key_list(keys: Any) -> list[Any]:
+    """The keys of a ``get_many`` as a list (not yet checked one by one)."""
+    return _listed(keys, "get_many takes an iterable of keys")
 
 
 def _type_error(what: str, obj: object) -> InvalidArgument:
@@ -61,10 +77,15 @@ class _Limits:
             raise InvalidArgument(f"{what} must be 1 to {self.max_key} bytes (max_key_size), got {n} bytes")
         return key
 
+    def keys(self, keys: Iterable[Any]) -> list[bytes]:
+        """The keys of a ``get_many``, each checked."""
+        key = self.key
+        return [key(k) for k in key_list(keys)]
+
     def keys_and_lengths(self, keys: Iterable[Any]) -> tuple[list[bytes], np.ndarray]:
         """``keys`` and the keys' lengths (int64 array); a batch of plain
         ``bytes`` keys is checked on the lengths in numpy."""
-        keys = list(keys)
+        keys = key_list(keys)
         if keys and set(map(type, keys)) == _JUST_BYTES:
             lens = np.fromiter(map(len, keys), dtype=np.int64, count=len(keys))
             if lens.min() > 0 and lens.max() <= self.max_key:
@@ -82,8 +103,15 @@ class _Limits:
                     and min(map(len, keys)) > 0 and max(map(len, keys)) <= self.max_key
                     and max(map(len, vals)) <= self.max_value):
                 return list(zip(repeat(_VALUE), keys, vals))
-        key, value = self.key, self.value
-        return [(_VALUE, key(k), value(v)) for k, v in pairs]
+        pair = self.pair
+        return [pair(k, v) for k, v in pairs]
+
+    def pair(self, k: Any, v: Any) -> tuple[int, bytes, bytes]:
+        """(VALUE, key, value) of one item of a ``put_many``, unpacked."""
+        if type(k) is int and type(v) is int:
+            raise InvalidArgument("put_many takes (key, value) pairs; an item unpacked into two integers "
+                                  "(a bytes object of two bytes is not a pair)")
+        return _VALUE, self.key(k), self.value(v)
 
     def value(self, value: Any) -> bytes:
         if type(value) is not bytes:
@@ -158,20 +186,12 @@ class ReadSugar(KeyAccess):
         self.close()  # type: ignore[attr-defined]
 
 
-class MappingSugar(ReadSugar):
+class MappingSugar(ReadSugar, KeyWrites):
     """The rest of the mapping protocol of a database handle, in terms of
     put, delete and scan: ``db[k] = v``, ``del db[k]`` (KeyError if absent),
     iteration over keys in order."""
 
     __slots__ = ()
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        self.put(key, value)  # type: ignore[attr-defined]
-
-    def __delitem__(self, key: Any) -> None:
-        if self.get(key) is None:  # type: ignore[attr-defined]
-            raise KeyError(key)
-        self.delete(key)  # type: ignore[attr-defined]
 
     def __iter__(self) -> Iterator[bytes]:
         for k, _ in self.scan():  # type: ignore[attr-defined]
@@ -188,7 +208,7 @@ class Batch:
     def __init__(self, db: "Database", sync: bool | None) -> None:
         self._db = db
         self._ops: list[tuple[int, bytes, bytes]] = []
-        self._sync = sync
+        self._sync = check_sync(sync)
         self._done = False
 
     def put(self, key: Any, value: Any, *, ttl: float | None = None, expire_at: float | None = None) -> None:
@@ -226,6 +246,8 @@ class Batch:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self._done:              # committed or discarded inside the block
+            return
         if exc_type is None:
             self.commit()
         else:
@@ -260,8 +282,7 @@ class Snapshot(ReadSugar):
 
     def get_many(self, keys: Iterable[Any]) -> list[bytes | None]:
         self._check()
-        lk = self._db._limits.key
-        return self._db._engine.get_many([lk(k) for k in keys], self._seq)
+        return self._db._engine.get_many(self._db._limits.keys(keys), self._seq)
 
     def scan(self, start: Any = None, end: Any = None, prefix: Any = None, reverse: bool = False,
              limit: int | None = None) -> Iterator[tuple[bytes, bytes]]:
@@ -333,8 +354,7 @@ class Database(Transactional, MappingSugar):
 
     def _write(self, ops: list[tuple[int, bytes, bytes]], sync: bool | None) -> None:
         self._check_open()
-        if sync is not None and not isinstance(sync, bool):
-            raise InvalidArgument(f"sync must be None or a bool, got {type(sync).__name__}")
+        check_sync(sync)
         self._engine.write(ops, self._sync_default if sync is None else sync)
 
     # --- single keys ----------------------------------------------------------------
@@ -380,7 +400,7 @@ class Database(Transactional, MappingSugar):
     def put_many(self, items: Mapping[Any, Any] | Iterable[tuple[Any, Any]], sync: bool | None = None) -> None:
         """Store every pair atomically (one batch)."""
         lim = self._limits
-        lk, lv, maxk, maxv = lim.key, lim.value, lim.max_key, lim.max_value
+        maxk, maxv = lim.max_key, lim.max_value
         pairs = items.items() if isinstance(items, Mapping) else items
         ops: list[tuple[int, bytes, bytes]] = []
         append = ops.append
@@ -389,7 +409,7 @@ class Database(Transactional, MappingSugar):
                 if type(k) is bytes and 0 < len(k) <= maxk and type(v) is bytes and len(v) <= maxv:
                     append((_VALUE, k, v))
                 else:
-                    append((_VALUE, lk(k), lv(v)))
+                    append(lim.pair(k, v))
         except (TypeError, ValueError) as exc:
             if isinstance(exc, InvalidArgument):
                 raise
@@ -401,8 +421,7 @@ class Database(Transactional, MappingSugar):
         """Values in the order of *keys*, None for absent ones, all read at
         one sequence number."""
         self._check_open()
-        lk = self._limits.key
-        return self._engine.get_many([lk(k) for k in keys])
+        return self._engine.get_many(self._limits.keys(keys))
 
     def batch(self, sync: bool | None = None) -> Batch:
         return Batch(self, sync)
@@ -498,7 +517,7 @@ def open(path: str | os.PathLike[str], shards: int | None = None, *, config: Con
     CPU (the process's affinity). *options* override fields of ``Config``.
     """
     from .actors.placement import usable_cpus
-    from .shards.attach import SHARDS_FILE
+    from .shards.attach import MAX_SHARDS, SHARDS_FILE
     from .shards.client import ShardedDatabase, check_layout
 
     if not isinstance(path, (str, os.PathLike)):
@@ -506,9 +525,13 @@ def open(path: str | os.PathLike[str], shards: int | None = None, *, config: Con
     if config is not None and not isinstance(config, Config):
         raise InvalidArgument(f"config must be a lightning_db.Config, got {type(config).__name__}")
     cfg = (config or Config()).replace(**options) if options else (config or Config())
-    if shards is not None and (not isinstance(shards, int) or isinstance(shards, bool) or shards < 0):
-        raise InvalidArgument(f"shards must be None or an integer >= 0, got {shards!r}")
+    if shards is not None and (not isinstance(shards, int) or isinstance(shards, bool)
+                               or not 0 <= shards <= MAX_SHARDS):
+        raise InvalidArgument(f"shards must be None, 0 (in process) or 1..{MAX_SHARDS} (worker processes), "
+                              f"got {shards!r}")
     path = os.path.abspath(os.fspath(path))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise InvalidArgument(f"{path} exists and is not a directory: a database is a directory")
     if shards is None:
         if os.path.exists(os.path.join(path, SHARDS_FILE)):
             return ShardedDatabase(path, None, cfg)

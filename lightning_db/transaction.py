@@ -37,7 +37,8 @@ from .errors import InvalidArgument, TransactionConflict, TransactionExpired
 from .storage.format import Kind
 from .storage.ttl import entry, visible
 
-__all__ = ["ISOLATION_LEVELS", "Transaction", "Transactional", "run_transaction"]
+__all__ = ["ISOLATION_LEVELS", "Transaction", "Transactional", "KeyAccess", "KeyWrites", "check_isolation", "check_run", "check_sync",
+           "run_transaction"]
 
 ISOLATION_LEVELS = ("snapshot", "serializable")
 _VALUE = int(Kind.VALUE)
@@ -47,6 +48,26 @@ T = TypeVar("T")
 
 def _first(t: tuple[bytes, int, bytes]) -> bytes:
     return t[0]
+
+
+def check_sync(sync: Any) -> bool | None:
+    """*sync* as given (None: the database's policy); InvalidArgument
+    for anything but None or a bool."""
+    if sync is not None and not isinstance(sync, bool):
+        raise InvalidArgument(f"sync must be None or a bool (the policy 'always' is an open() option), "
+                              f"got {type(sync).__name__}")
+    return sync
+
+
+def check_run(fn: Any, retries: Any, isolation: Any, sync: Any) -> None:
+    """The arguments of ``run_transaction`` (every flavour), checked
+    before anything runs."""
+    if not callable(fn):
+        raise InvalidArgument(f"run_transaction takes a callable fn(tx), got {type(fn).__name__}")
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+        raise InvalidArgument(f"retries must be an integer >= 0, got {retries!r:.40}")
+    check_isolation(isolation)
+    check_sync(sync)
 
 
 def check_isolation(isolation: Any) -> bool:
@@ -93,13 +114,30 @@ class KeyAccess:
         return self.get(key) is not None  # type: ignore[attr-defined]
 
 
-class Transaction(KeyAccess):
+class KeyWrites(KeyAccess):
+    """``x[k] = v`` and ``del x[k]`` (KeyError if absent, as a dict's), in
+    terms of ``get``, ``put`` and ``delete``: shared by database handles
+    (db.MappingSugar) and transactions, local and remote. In a
+    transaction the ``del`` reads the key (a serializable one validates
+    that read at commit)."""
+
+    __slots__ = ()
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.put(key, value)  # type: ignore[attr-defined]
+
+    def __delitem__(self, key: Any) -> None:
+        if self.get(key) is None:  # type: ignore[attr-defined]
+            raise KeyError(key)
+        self.delete(key)  # type: ignore[attr-defined]
+
+
+class Transaction(KeyWrites):
     """One optimistic transaction; see the module docstring."""
 
     def __init__(self, db: Any, isolation: str = "snapshot", sync: bool | None = None) -> None:
         self._serializable = check_isolation(isolation)
-        if sync is not None and not isinstance(sync, bool):
-            raise InvalidArgument(f"sync must be None or a bool, got {type(sync).__name__}")
+        check_sync(sync)
         self.isolation = isolation
         self._db = db
         self._limits = db._limits
@@ -156,8 +194,7 @@ class Transaction(KeyAccess):
 
     def get_many(self, keys: Iterable[Any]) -> list[bytes | None]:
         self._check()
-        lk = self._limits.key
-        keys = [lk(k) for k in keys]
+        keys = self._limits.keys(keys)
         todo = [k for k in keys if k not in self._writes]
         got = dict(zip(todo, self._snap().get_many(todo))) if todo else {}
         if self._serializable:
@@ -212,12 +249,6 @@ class Transaction(KeyAccess):
     def delete(self, key: Any) -> None:
         self._check()
         self._writes[self._limits.key(key)] = (_DELETE, b"")
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        self.put(key, value)
-
-    def __delitem__(self, key: Any) -> None:
-        self.delete(key)
 
     # --- the end --------------------------------------------------------------------------------
     def commit(self) -> None:
@@ -276,9 +307,7 @@ def run_transaction(db: Any, fn: Callable[[Transaction], T], retries: int = 10, 
     backoff) when it raises TransactionConflict, at most *retries* more
     times; the last conflict is raised. Any other error is raised at once
     (a commit whose outcome is unknown is never run twice)."""
-    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
-        raise InvalidArgument(f"retries must be an integer >= 0, got {retries!r:.40}")
-    check_isolation(isolation)
+    check_run(fn, retries, isolation, sync)
     attempt = 0
     while True:
         try:

@@ -28,8 +28,9 @@ from collections.abc import (
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from ..db import key_list
 from ..errors import InvalidArgument, MailboxClosed, TransactionConflict
-from ..transaction import check_isolation
+from ..transaction import check_run
 from .client import RemoteBatch, RemoteDatabase
 from .pool import Connection, Pool
 from .views import RemoteScan, RemoteSnapshot, RemoteTransaction
@@ -180,7 +181,7 @@ class AsyncSnapshot:
         return await self._apool.run(self._snap.get, key, default)
 
     async def get_many(self, keys: Iterable[Any]) -> list[bytes | None]:
-        return await self._apool.run(self._snap.get_many, list(keys))
+        return await self._apool.run(self._snap.get_many, key_list(keys))
 
     async def contains(self, key: Any) -> bool:
         return await self.get(key) is not None
@@ -218,7 +219,7 @@ class AsyncTransaction:
         return await self._apool.run(self._tx.get_with_expiry, key)
 
     async def get_many(self, keys: Iterable[Any]) -> list[bytes | None]:
-        return await self._apool.run(self._tx.get_many, list(keys))
+        return await self._apool.run(self._tx.get_many, key_list(keys))
 
     def scan(self, start: Any = None, end: Any = None, prefix: Any = None, reverse: bool = False,
              limit: int | None = None) -> AsyncScan:
@@ -271,6 +272,8 @@ class AsyncBatch:
         return self
 
     async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self._batch._done:       # committed or discarded inside the block
+            return
         if exc_type is None:
             await self.commit()
         else:
@@ -308,7 +311,7 @@ class AsyncRemoteDatabase:
         await self._run(self.db.put_many, items, sync)
 
     async def get_many(self, keys: Iterable[Any]) -> list[bytes | None]:
-        return await self._run(self.db.get_many, list(keys))
+        return await self._run(self.db.get_many, key_list(keys))
 
     def batch(self, sync: bool | None = None) -> AsyncBatch:
         return AsyncBatch(self.pool, self.db.batch(sync))
@@ -330,9 +333,7 @@ class AsyncRemoteDatabase:
                               isolation: str = "snapshot", sync: bool | None = None) -> T:
         """``await fn(tx)`` committed, run again after a full-jitter backoff
         on TransactionConflict, at most *retries* more times."""
-        if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
-            raise InvalidArgument(f"retries must be an integer >= 0, got {retries!r:.40}")
-        check_isolation(isolation)
+        check_run(fn, retries, isolation, sync)
         attempt = 0
         while True:
             try:

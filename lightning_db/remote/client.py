@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 from ..config import Config
 from ..db import Batch, MappingSugar, _Limits, _scan_range
 from ..errors import DatabaseClosed, InvalidArgument
-from ..transaction import run_transaction
+from ..transaction import check_sync, run_transaction
 from .pool import Pool
 from .protocol import Write
 from .views import RemoteScan, RemoteSnapshot, RemoteTransaction, _open_scan, page_size
@@ -63,9 +63,7 @@ class RemoteBatch(Batch):
         self._check()
         self._done = True
         if self._ops:
-            db = self._db
-            db._check_sync(self._sync)
-            db._call("batch", [self._ops, self._sync])
+            self._db._call("batch", [self._ops, self._sync])
 
 
 class RemoteDatabase(MappingSugar):
@@ -102,10 +100,7 @@ class RemoteDatabase(MappingSugar):
         if self._closed:
             raise DatabaseClosed(f"remote database {', '.join(self.pool.urls)} is closed")
 
-    @staticmethod
-    def _check_sync(sync: Any) -> None:
-        if sync is not None and not isinstance(sync, bool):
-            raise InvalidArgument(f"sync must be None or a bool, got {type(sync).__name__}")
+    _check_sync = staticmethod(check_sync)
 
     def _call(self, op: str, payload: Any, timeout: Any = ...) -> Any:
         self._check_open()
@@ -159,10 +154,9 @@ class RemoteDatabase(MappingSugar):
     def put_many(self, items: Mapping[Any, Any] | Iterable[tuple[Any, Any]], sync: bool | None = None) -> None:
         """Store every pair atomically (one request, one batch on the server)."""
         lim = self._limits
-        lk, lv = lim.key, lim.value
         pairs = items.items() if isinstance(items, Mapping) else items
         try:
-            ops = [[lk(k), lv(v)] for k, v in pairs]
+            ops = [lim.pair(k, v)[1:] for k, v in pairs]
         except (TypeError, ValueError) as exc:
             if isinstance(exc, InvalidArgument):
                 raise
@@ -176,8 +170,7 @@ class RemoteDatabase(MappingSugar):
         """Values in the order of *keys*, None for absent ones, all read at
         one point in time."""
         self._check_open()
-        lk = self._limits.key
-        keys = [lk(k) for k in keys]
+        keys = self._limits.keys(keys)
         return self._call("get_many", [keys]) if keys else []
 
     def batch(self, sync: bool | None = None) -> RemoteBatch:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..db import ReadSugar, _scan_range
 from ..errors import InvalidArgument, LightningError, TransactionConflict
-from ..transaction import KeyAccess, check_isolation
+from ..transaction import KeyWrites, check_isolation, check_sync
 from .pool import Connection, is_link_error
 from .protocol import PAGE_ROWS, TxAction, Write
 
@@ -164,8 +164,7 @@ class RemoteSnapshot(ReadSugar):
 
     def get_many(self, keys: Iterable[Any]) -> list[bytes | None]:
         self._check()
-        lk = self._db._limits.key
-        keys = [lk(k) for k in keys]
+        keys = self._db._limits.keys(keys)
         return self._conn.call("snap_get_many", [self._id, keys]) if keys else []
 
     def scan(self, start: Any = None, end: Any = None, prefix: Any = None, reverse: bool = False,
@@ -195,14 +194,13 @@ class RemoteSnapshot(ReadSugar):
             self._conn.pool.defer(self._conn, self._id)
 
 
-class RemoteTransaction(KeyAccess):
+class RemoteTransaction(KeyWrites):
     """One optimistic transaction run by the server (``transaction.py``
     there); the same methods and semantics as the local one."""
 
     def __init__(self, db: RemoteDatabase, isolation: str = "snapshot", sync: bool | None = None) -> None:
         check_isolation(isolation)
-        if sync is not None and not isinstance(sync, bool):
-            raise InvalidArgument(f"sync must be None or a bool, got {type(sync).__name__}")
+        check_sync(sync)
         self.isolation = isolation
         self._db = db
         self._limits = db._limits
@@ -274,8 +272,7 @@ class RemoteTransaction(KeyAccess):
 
     def get_many(self, keys: Iterable[Any]) -> list[bytes | None]:
         self._check()
-        lk = self._limits.key
-        keys = [lk(k) for k in keys]
+        keys = self._limits.keys(keys)
         return self._call(TxAction.GET_MANY, [keys]) if keys else []
 
     def scan(self, start: Any = None, end: Any = None, prefix: Any = None, reverse: bool = False,
@@ -304,12 +301,6 @@ class RemoteTransaction(KeyAccess):
     def delete(self, key: Any) -> None:
         self._check()
         self._writes.append([_DELETE, self._limits.key(key)])
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        self.put(key, value)
-
-    def __delitem__(self, key: Any) -> None:
-        self.delete(key)
 
     # --- the end --------------------------------------------------------------------------------
     def commit(self) -> None:

@@ -70,11 +70,14 @@ class Session:
     """One attachment of this process to a node. ``shards`` (count),
     ``addresses`` (one ipc address per shard, in shard order), ``node_pid``,
     ``session`` (id), ``path`` (the data directory), ``control`` (the node's
-    control address). ``detach()`` is idempotent; it is also run at exit."""
+    control address), ``config`` (the settings the node was started with,
+    as a dict; None from a node that does not say). ``detach()`` is
+    idempotent; it is also run at exit."""
 
     def __init__(self, path: str, session: str, addresses: list[str], node_pid: int, control: str,
-                 node_create_time: float | None = None) -> None:
+                 node_create_time: float | None = None, config: dict[str, Any] | None = None) -> None:
         self.path, self.session, self.addresses = path, session, list(addresses)
+        self.config = config
         self._node_ctime = node_create_time
         self.shards, self.node_pid, self.control = len(addresses), node_pid, control
         self._pid = os.getpid()
@@ -175,8 +178,9 @@ def attach(path: str | os.PathLike[str], shards: int | None = None, config: dict
         _request(info["control"], "detach", reply["session"], PING_TIMEOUT_S)
         raise InvalidArgument(f"the node of {data} serves {len(reply['shards'])} shard(s), "
                               f"but {SHARDS_FILE} records {count}")
+    node_config = reply.get("config")
     return Session(data, reply["session"], reply["shards"], reply["node_pid"], info["control"],
-                   info.get("create_time"))
+                   info.get("create_time"), node_config if isinstance(node_config, dict) else None)
 
 
 # --- internals --------------------------------------------------------------------------------

@@ -61,6 +61,11 @@ class ShardedDatabase(ShardRouter):
         # restart and heartbeat settings, and the engine settings of the shards).
         self._session = attach(self._path, shards, config.to_dict(), timeout)
         try:
+            # A caller that joins a running node shares the node's settings
+            # (its limits and sync policy included), whatever it passed.
+            if self._session.config is not None:
+                known = {f.name for f in dataclasses.fields(Config)}
+                config = Config.from_dict({k: v for k, v in self._session.config.items() if k in known})
             # fail_fast: an ask to a worker that is down fails at once (PeerLost)
             # and is retried with backoff; _on_retry asks the node why it is down.
             refs = [ActorRef(f"shard-{i}", addr, 0, fail_fast=True)

@@ -19,7 +19,8 @@ node process:
   restarted shard keeps its ipc address and reopens its directory.
 
 Control ops (REQUEST payloads): ``attach [pid, create_time]`` -> ``{"session",
-"shards", "node_pid"}``; ``detach session`` -> ``{"detached", "stopping"}``
+"shards", "node_pid", "config"}`` (config: the settings the node was started
+with, which every caller attached shares); ``detach session`` -> ``{"detached", "stopping"}``
 (stopping: that was the last session, the node now stops); ``ping``;
 ``stats``; ``shutdown``.
 
@@ -330,7 +331,7 @@ class Node:
             self.sessions[session] = (payload[0], float(payload[1]))
             self._ever_attached = True
             log.info("session %s attached (pid %d)", session, payload[0])
-            return {"session": session, "shards": self.addresses, "node_pid": os.getpid()}
+            return {"session": session, "shards": self.addresses, "node_pid": os.getpid(), "config": self.config}
         if op == "detach":
             gone = self.sessions.pop(str(payload), None)
             if gone is not None:

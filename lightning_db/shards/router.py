@@ -60,6 +60,7 @@ from ..storage.bloom import key_hash
 from ..storage.format import Kind
 from ..storage.published import UNAVAILABLE, PublishedReader
 from ..storage.scan import first_chunk, merge_chunks
+from ..storage.stats import shard_totals
 from ..storage.ttl import visible
 from ..supervisor.breaker import CircuitBreaker
 from ..supervisor.retry import Backoff, retry
@@ -603,7 +604,7 @@ class ShardRouter(Transactional, MappingSugar):
         return {"path": target, "shards": [results[s] for s in range(len(self.refs))]}
 
     def stats(self) -> dict[str, Any]:
-        """{"shards": [per-shard stats], ...totals of the numeric fields}. A
+        """{"shards": [per-shard stats], ...their totals (``shard_totals``)}. A
         shard that does not answer (its worker is being restarted) is
         ``{"shard_id": i, "error": "..."}``, left out of the totals: stats
         are for watching such a shard too."""
@@ -612,12 +613,7 @@ class ShardRouter(Transactional, MappingSugar):
         shards = [{"shard_id": s, "error": f"{type(r).__name__}: {r}"} if isinstance(r, LightningError) else r
                   for s, r in sorted(per.items())]
         out: dict[str, Any] = {"shards": shards}
-        answered = [s for s in shards if "error" not in s]
-        skip = {"shard_id", "sequence", "wal_number"}
-        for name in answered[0] if answered else ():
-            vals = [s.get(name) for s in answered]
-            if name not in skip and all(type(v) is int for v in vals):
-                out[name] = sum(vals)
+        out.update(shard_totals([s for s in shards if "error" not in s]))
         out["pipeline"] = self._pipe.stats()
         out["write_combining"] = self._combiner.stats()
         out["shared_reads"] = self.shared_reads

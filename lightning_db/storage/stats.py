@@ -61,13 +61,60 @@ def engine_stats(engine: "Engine") -> dict[str, Any]:
         "bytes_written_flush": c["flush_bytes_written"],
         "bytes_written_compaction": c["compaction_bytes_written"],
         "bytes_read_compaction": c["compaction_bytes_read"],
-        "write_amplification": round(written / user, 3) if user else 0.0,
+        "write_amplification": _ratio(written, user),
         "space_amplification": round(table_bytes / max(1, table_bytes - _dead_bytes(version)), 3),
         "read_amplification": sources,
         "block_cache": engine.cache.stats(),
         "write_error": repr(engine._write_error) if engine._write_error else None,
         "background_error": repr(engine._bg_error) if engine._bg_error else None,
     }
+
+
+_NOT_SUMMED = {"shard_id", "sequence", "wal_number", "read_amplification"}
+
+
+def shard_totals(shards: list[dict[str, Any]]) -> dict[str, Any]:
+    """The totals of several shards' ``engine_stats`` (each answered one):
+    integer fields summed, levels and the block cache's counters summed
+    level by level and field by field, amplifications worked out again
+    from the sums (read amplification: the largest, as a point read
+    searches one shard), the sync policy and cache policy as they are."""
+    if not shards:
+        return {}
+    first = shards[0]
+    out: dict[str, Any] = {}
+    for name in first:
+        vals = [s.get(name) for s in shards]
+        if name not in _NOT_SUMMED and all(type(v) is int for v in vals):
+            out[name] = sum(vals)
+    if all("levels" in s for s in shards):
+        depth = max(len(s["levels"]) for s in shards)
+        out["levels"] = [{"level": n,
+                          "files": sum(s["levels"][n]["files"] for s in shards if n < len(s["levels"])),
+                          "bytes": sum(s["levels"][n]["bytes"] for s in shards if n < len(s["levels"]))}
+                         for n in range(depth)]
+    caches = [s.get("block_cache") for s in shards]
+    if all(isinstance(c, dict) for c in caches):
+        cache: dict[str, Any] = {k: v for k, v in caches[0].items() if type(v) is not int}
+        for k, v in caches[0].items():
+            if type(v) is int:
+                cache[k] = sum(int(c.get(k, 0)) for c in caches)
+        out["block_cache"] = cache
+    if "bytes_written_user" in out:
+        written = sum(out.get(k, 0) for k in ("bytes_written_wal", "bytes_written_flush", "bytes_written_compaction"))
+        out["write_amplification"] = _ratio(written, out["bytes_written_user"])
+    if all("space_amplification" in s and "table_bytes" in s for s in shards):
+        live = sum(s["table_bytes"] / s["space_amplification"] for s in shards if s["space_amplification"])
+        out["space_amplification"] = round(out.get("table_bytes", 0) / max(1.0, live), 3)
+    if all("read_amplification" in s for s in shards):
+        out["read_amplification"] = max(s["read_amplification"] for s in shards)
+    if "sync_policy" in first:
+        out["sync_policy"] = first["sync_policy"]
+    return out
+
+
+def _ratio(written: int, user: int) -> float:
+    return round(written / user, 3) if user else 0.0
 
 
 def _dead_bytes(version: Any) -> int:

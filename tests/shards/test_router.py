@@ -603,7 +603,7 @@ def test_due_forgets_go_to_the_primary_together(fresh, monkeypatch):
     ([(b"k" * 65, b"v")], "key must be 1 to 64 bytes"),
     ([(b"k", b"v" * 257)], "value must be at most 256 bytes"),
     ([(b"k", b"v", b"extra")], "put_many takes"),
-    ([b"kv"], "key must be bytes-like"),        # two bytes unpack as two ints
+    ([b"kv"], r"put_many takes \(key, value\) pairs"),    # two bytes unpack as two ints
 ])
 def test_put_many_checks_every_pair_and_writes_nothing_on_error(shared, bad, message):
     r = shared.router()

@@ -1,0 +1,129 @@
+"""Edges of the public contract, in-process and with worker processes:
+the with-block of a batch after an explicit commit or discard, the mapping
+delete of a transaction, what get_many, put_many and run_transaction take,
+``sync`` arguments, the options of a caller that joins a running node, the
+totals of a sharded ``stats()``, and bad ``open`` arguments."""
+
+from __future__ import annotations
+
+import pytest
+
+import lightning_db as ldb
+from lightning_db import InvalidArgument, LightningError
+
+
+@pytest.fixture(scope="module", params=[0, 2], ids=["in-process", "two-shards"])
+def db(request, tmp_path_factory):
+    d = ldb.open(tmp_path_factory.mktemp("edges") / "db", shards=request.param)
+    yield d
+    d.close()
+
+
+def test_a_batch_committed_inside_its_block_ends_cleanly(db):
+    with db.batch() as b:
+        b.put(b"edge-c1", b"1")
+        b.commit()
+    assert db.get(b"edge-c1") == b"1"
+    with db.batch() as b:
+        b.put(b"edge-d1", b"1")
+        b.discard()
+    assert db.get(b"edge-d1") is None
+    with pytest.raises(InvalidArgument, match="already committed"):
+        with db.batch() as b:
+            b.commit()
+            b.put(b"edge-late", b"1")         # after the commit: the caller's mistake
+    assert db.get(b"edge-late") is None
+
+
+def test_a_batch_checks_its_sync_when_made(db):
+    with pytest.raises(InvalidArgument, match="sync must be None or a bool"):
+        db.batch(sync="always")
+    with pytest.raises(InvalidArgument, match="sync must be None or a bool"):
+        db.put(b"edge-s", b"1", sync="always")
+    with pytest.raises(InvalidArgument, match="sync must be None or a bool"):
+        db.transaction(sync=1)
+    assert db.get(b"edge-s") is None
+
+
+def test_del_of_an_absent_key_in_a_transaction_is_a_key_error(db):
+    db.put(b"edge-t1", b"1")
+    with db.transaction() as tx:
+        with pytest.raises(KeyError):
+            del tx[b"edge-absent"]
+        del tx[b"edge-t1"]
+        tx[b"edge-t2"] = b"2"
+        del tx[b"edge-t2"]                     # its own write counts as present
+    assert db.get(b"edge-t1") is None and db.get(b"edge-t2") is None
+
+
+@pytest.mark.parametrize("keys, says", [(None, "got NoneType"), (5, "got int"),
+                                        (b"ab", "got one bytes"), ("ab", "got one str")])
+def test_get_many_takes_an_iterable_of_keys(db, keys, says):
+    for get_many in (db.get_many, lambda k: db.snapshot().get_many(k), lambda k: db.transaction().get_many(k)):
+        with pytest.raises(InvalidArgument, match=f"get_many takes an iterable of keys, {says}"):
+            get_many(keys)
+
+
+def _seqs(db):
+    s = db.stats()
+    return [sh["sequence"] for sh in s["shards"]] if s["shards"] else [s["sequence"]]
+
+
+def test_a_put_many_item_that_is_not_a_pair_writes_nothing(db):
+    seqs = _seqs(db)
+    with pytest.raises(InvalidArgument, match=r"put_many takes \(key, value\) pairs"):
+        db.put_many([(b"edge-p1", b"1"), b"ab"])
+    assert db.get(b"edge-p1") is None and _seqs(db) == seqs
+
+
+@pytest.mark.parametrize("args, says", [((5,), "takes a callable"), ((lambda tx: None, -1), "retries"),
+                                        ((lambda tx: None, 1, "snapshot", "x"), "sync")])
+def test_run_transaction_checks_its_arguments_first(db, args, says):
+    with pytest.raises(InvalidArgument, match=says):
+        db.run_transaction(*args)
+
+
+def test_a_caller_joining_a_node_shares_its_settings(tmp_path):
+    path = tmp_path / "db"
+    with ldb.open(path, shards=2, max_value_size=1024) as first:
+        with ldb.open(path, max_value_size=100, sync="always") as joined:
+            assert joined.config.max_value_size == 1024 and joined.config.sync == "interval"
+            joined.put(b"k", b"x" * 500)         # under the node's limit, over the one passed
+            with pytest.raises(InvalidArgument, match="at most 1024 bytes"):
+                joined.put(b"k2", b"x" * 1025)
+        assert first.get(b"k") == b"x" * 500 and first.get(b"k2") is None
+
+
+def test_sharded_stats_total_levels_cache_and_amplification(tmp_path):
+    with ldb.open(tmp_path / "db", shards=2) as db:
+        db.put_many([(b"k%05d" % i, b"v" * 100) for i in range(4000)])
+        db.flush()
+        for i in range(0, 4000, 7):
+            db.get(b"k%05d" % i)
+        s = db.stats()
+        shards = s["shards"]
+        for n, level in enumerate(s["levels"]):
+            assert level == {"level": n, "files": sum(sh["levels"][n]["files"] for sh in shards),
+                             "bytes": sum(sh["levels"][n]["bytes"] for sh in shards)}
+        assert s["levels"][0]["files"] >= 2
+        for field in ("hits", "misses", "capacity", "entries"):
+            assert s["block_cache"][field] == sum(sh["block_cache"][field] for sh in shards)
+        assert s["block_cache"]["policy"] == shards[0]["block_cache"]["policy"]
+        written = sum(s[f] for f in ("bytes_written_wal", "bytes_written_flush", "bytes_written_compaction"))
+        assert s["write_amplification"] == round(written / s["bytes_written_user"], 3) > 1.0
+        assert s["space_amplification"] >= 1.0
+        assert s["read_amplification"] == max(sh["read_amplification"] for sh in shards)
+        assert s["sync_policy"] == "interval" and s["keys_estimate"] == 4000
+
+
+def test_open_rejects_a_shard_count_past_the_limit_and_a_file_path(tmp_path):
+    with pytest.raises(InvalidArgument, match=r"0 \(in process\) or 1\.\.1024"):
+        ldb.open(tmp_path / "db", shards=1025)
+    assert not (tmp_path / "db").exists()
+    f = tmp_path / "file"
+    f.write_bytes(b"not a database")
+    for shards in (0, 2, None):
+        with pytest.raises(InvalidArgument, match="is not a directory"):
+            ldb.open(f, shards=shards)
+    assert f.read_bytes() == b"not a database"
+    assert issubclass(InvalidArgument, LightningError)
