@@ -1,7 +1,7 @@
 """Transactions: 2 reads and 2 writes on random keys, Lightning DB against SQLite and LMDB.
 
     python -m bench.txn [--keys 100000] [--seconds 5] [--clients 1,4]
-                        [--engines lightning,lightning-0,sqlite3,lmdb,lmdb-nosync]
+                        [--engines lightning,lightning-1,lightning-0,sqlite3,lmdb,lmdb-nosync]
                         [--shards N] [--out FILE.md] [--profile DIR]
 
 Each engine gets a fresh temporary directory and ``--keys`` keys (16-byte
@@ -23,6 +23,9 @@ The engines and what each transaction is:
 - ``lightning``: ``open(path, shards=N)`` (N worker processes under a node,
   default one per usable CPU; every client attaches to the same node),
   ``db.run_transaction(fn, retries=50, isolation="snapshot")``.
+- ``lightning-1``: the same with ``shards=1`` whatever ``--shards`` says:
+  one worker, so no transaction needs a two-phase commit or the commit gate
+  (the cost of committing across shards, measured beside it).
 - ``lightning-0``: ``open(path, shards=0)``, the in-process engine, same
   call. Its directory belongs to one process, so it runs with 1 client only.
 - ``sqlite3``: WAL, ``synchronous=NORMAL``, table ``kv(k BLOB PRIMARY KEY,

@@ -217,6 +217,21 @@ class Lightning(TxEngine):
         self.db.close()
 
 
+class LightningOneShard(Lightning):
+    """The same node and clients with one worker process: every
+    transaction commits on one shard, with no two-phase commit and no
+    commit gate (what a cross-shard commit costs, side by side)."""
+
+    name = "lightning-1"
+    durability = ("sync='interval' (Config default, 100 ms): a commit is written to the OS and fsynced "
+                  "by the shard's syncer within 100 ms (one shard: no two-phase commit)")
+    settings = "shards=1 (one worker process under one node; every client attaches to it), Config defaults"
+
+    @classmethod
+    def host(cls, path: str, keys: int, shards: int) -> Host:
+        return super().host(path, keys, 1)
+
+
 class LightningInProcess(Lightning):
     name = "lightning-0"
     durability = ("sync='interval' (Config default, 100 ms): each commit written to the OS, the WAL "
@@ -403,5 +418,5 @@ class LmdbNoSync(Lmdb):
     durability = "sync=False, metasync=False: each commit written to the OS, no fsync"
 
 
-ENGINES: dict[str, type[TxEngine]] = {e.name: e for e in (Lightning, LightningInProcess, Sqlite3, Lmdb,
-                                                          LmdbNoSync)}
+ENGINES: dict[str, type[TxEngine]] = {e.name: e for e in (Lightning, LightningOneShard, LightningInProcess,
+                                                          Sqlite3, Lmdb, LmdbNoSync)}

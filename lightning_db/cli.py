@@ -213,7 +213,7 @@ def _cmd_scan(args: argparse.Namespace) -> int:
 def _cmd_stats(args: argparse.Namespace) -> int:
     with _target(args, create=False) as db:
         stats = db.stats()
-    _print_dict(f"stats of {args.data}", stats, args.json)
+    _print_dict(f"stats of {args.url or args.data}", stats, args.json)
     return 0
 
 

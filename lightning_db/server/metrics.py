@@ -25,6 +25,14 @@ Two sides, two kinds of process:
   and text format; ``/health`` says 200 ``{"status": "ok", ...}`` while
   every shard worker runs and the database answers, 503 with the reason
   otherwise (for load balancers). Anything else is 404.
+
+Neither waits on a shard for long: the database's ``stats()`` asks every
+shard, and one that is hung (SIGSTOP) or busy would hold the request until
+the node restarts it. Both take it through ``BoundedStats``: at most
+STATS_WAIT_S, one call at a time on a thread of its own (a request that
+finds one running waits for that one). Past the bound they answer from the
+node's view of its workers (``workers``: fast, the node answers for them):
+a worker not running or missing heartbeats is down, 503 ``degraded``.
 """
 
 from __future__ import annotations
@@ -36,18 +44,60 @@ import threading
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import psutil
 
-__all__ = ["FrontendCollector", "FrontendMetrics", "MetricsServer", "METRICS_DIR_ENV"]
+__all__ = ["BoundedStats", "FrontendCollector", "FrontendMetrics", "MetricsServer", "METRICS_DIR_ENV",
+           "STATS_WAIT_S"]
 
 METRICS_DIR_ENV = "LIGHTNING_DB_METRICS_DIR"
 SNAPSHOT_PREFIX = "frontend-"
 log = logging.getLogger("lightning_db.server")
 LATENCY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
 _BREAKER = {"closed": 0, "half_open": 1, "half-open": 1, "open": 2}
+STATS_WAIT_S = 1.0          # longest /health and /metrics wait for the database's stats()
+
+
+class BoundedStats:
+    """``stats()`` waited for at most *wait* seconds (see the module
+    docstring); past it, ``None``, or the node's view where *workers*
+    (the node's per-worker dicts, in shard order) is given: a stats-shaped
+    dict whose shards that are not running or miss heartbeats carry an
+    ``error``. Other failures of ``stats()`` are raised."""
+
+    def __init__(self, stats: Callable[[], dict[str, Any]],
+                 workers: Callable[[], list[dict[str, Any]]] | None = None, wait: float = STATS_WAIT_S) -> None:
+        self._stats, self._workers, self.wait = stats, workers, wait
+        self._lock = threading.Lock()
+        self._running: Future[dict[str, Any]] | None = None
+
+    def _run(self, fut: Future[dict[str, Any]]) -> None:
+        try:
+            fut.set_result(self._stats())
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits
+            fut.set_exception(exc)
+
+    def __call__(self) -> dict[str, Any] | None:
+        with self._lock:
+            fut = self._running
+            if fut is None or fut.done():
+                fut = self._running = Future()
+                threading.Thread(target=self._run, args=(fut,), name="ldb-http-stats", daemon=True).start()
+        try:
+            return fut.result(self.wait)
+        except FutureTimeout:
+            pass
+        if self._workers is None:
+            return None
+        why = f"no answer to stats() within {self.wait} s"
+        return {"shards": [{"shard_id": i, "worker": w,
+                            **({"error": why} if w.get("state") != "running" or w.get("missed_heartbeats") else {})}
+                           for i, w in enumerate(self._workers())],
+                "partial": why}
 
 
 class FrontendMetrics:
@@ -213,7 +263,7 @@ def _shard_families(stats: dict[str, Any]) -> Iterator[Any]:
 
 
 class _DatabaseCollector:
-    def __init__(self, stats: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, stats: BoundedStats) -> None:
         self._stats = stats
 
     def collect(self) -> Iterator[Any]:
@@ -222,26 +272,25 @@ class _DatabaseCollector:
         try:
             stats = self._stats()
         except Exception:       # reported as down; /health says why
-            ok.add_metric([], 0)
-            yield ok
-            return
-        ok.add_metric([], 1)
+            stats = None
+        ok.add_metric([], 0 if stats is None or "partial" in stats else 1)
         yield ok
-        yield from _shard_families(stats)
+        if stats is not None:
+            yield from _shard_families(stats)
 
 
 class MetricsServer:
     """``/metrics`` and ``/health`` on *host*:*port*, in a thread."""
 
     def __init__(self, stats: Callable[[], dict[str, Any]], host: str, port: int,
-                 frontends_dir: str | None) -> None:
+                 frontends_dir: str | None, workers: Callable[[], list[dict[str, Any]]] | None = None) -> None:
         from prometheus_client import CollectorRegistry
-        self._stats = stats
+        self._stats = BoundedStats(stats, workers)
         self.registry = CollectorRegistry()
         if frontends_dir is not None:
             self.registry.register(FrontendCollector(frontends_dir))
-        self.registry.register(_DatabaseCollector(stats))
-        self._lock = threading.Lock()           # one stats() at a time
+        self.registry.register(_DatabaseCollector(self._stats))
+        self._lock = threading.Lock()           # one /metrics collection at a time
         self._httpd = ThreadingHTTPServer((host, port), self._handler())
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
@@ -265,11 +314,14 @@ class MetricsServer:
                     self._send(404, "text/plain; charset=utf-8", b"not found: try /metrics or /health\n")
 
             def _send(self, code: int, ctype: str, body: bytes) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.send_response(code)
+                    self.send_header("Content-Type", ctype)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass                      # the client went before its answer: nothing to tell
 
             def log_message(self, fmt: str, *args: Any) -> None:
                 pass                          # no access log on stderr
@@ -279,15 +331,18 @@ class MetricsServer:
     def health(self) -> tuple[int, dict[str, Any]]:
         started = time.monotonic()
         try:
-            with self._lock:
-                stats = self._stats()
+            stats = self._stats()
         except Exception as exc:
             return 503, {"status": "down", "reason": f"{type(exc).__name__}: {exc}"}
+        if stats is None:
+            return 503, {"status": "down", "reason": f"no answer to stats() within {self._stats.wait} s"}
         down = [i for i, s in enumerate(stats.get("shards", []))
                 if "error" in s or (s.get("worker") or {}).get("state") not in (None, "running")]
         doc = {"shards": len(stats.get("shards", [])), "workers_down": down,
                "answered_in_ms": round(1000 * (time.monotonic() - started), 1)}
-        if down:
+        if "partial" in stats:
+            doc["reason"] = stats["partial"]
+        if down or "partial" in stats:
             return 503, {"status": "degraded", **doc}
         return 200, {"status": "ok", **doc}
 

@@ -127,6 +127,29 @@ def _type_byte(obj: Any) -> str:
     return "?"
 
 
+def _first_bad(buf: bytes, i: int, left: int = -1) -> str:
+    """The protocol error of a request that hiredis could not read into
+    Python values: the first argument header that is not a bulk string's.
+    The request's array header is at *buf[i:]*; or, with *left* >= 0, the
+    header of its next argument of *left* still to come."""
+    if left < 0:
+        j = buf.find(b"\r\n", i)
+        left = (_header_int(bytearray(buf[i + 1:j])) or 0) if j > i else 0
+        i = j + 2
+    pos = i
+    for _ in range(left):
+        if pos >= len(buf):
+            break
+        if buf[pos] != 0x24:
+            return f"Protocol error: expected '$', got '{chr(buf[pos])}'"
+        e = buf.find(b"\r\n", pos)
+        size = _header_int(bytearray(buf[pos + 1:e])) if e > pos else None
+        if size is None or size < 0:
+            return "Protocol error: invalid bulk length"
+        pos = e + 2 + size + 2
+    return "Protocol error: expected an array of bulk strings"
+
+
 def _hiredis_message(exc: Exception) -> str:
     text = str(exc)
     if "ulti-bulk length" in text:
@@ -217,6 +240,7 @@ class RequestParser:
         reader.feed(data)
         out: list[list[bytes]] = []
         max_args = self._limits.max_args
+        pos = 0                                              # where the next request starts
         try:
             while True:
                 cmd = reader.gets()
@@ -224,9 +248,15 @@ class RequestParser:
                     break
                 if type(cmd) is not list or len(cmd) > max_args:
                     raise ProtocolError("not an array of bulk strings")
+                n = len(cmd)
+                pos += 4 if n < 10 else 3 + len(str(n))
                 for a in cmd:
-                    if type(a) is not bytes:
+                    # hiredis reads +, =, ( and the like as bytes too: the
+                    # header at the argument's place must be a bulk string's.
+                    if type(a) is not bytes or data[pos] != 0x24:
                         raise ProtocolError("not an array of bulk strings")
+                    la = len(a)
+                    pos += la + (6 if la < 10 else 7 if la < 100 else 5 + len(str(la)))
                 if cmd:                                      # *0: ignored
                     out.append(cmd)
             # Nothing left over: hiredis keeps no bytes and is not inside a
@@ -234,7 +264,7 @@ class RequestParser:
             reader.feed(b"*0\r\n")
             if reader.gets() != []:
                 raise ProtocolError("an incomplete request")
-        except ProtocolError:
+        except (ProtocolError, TypeError, ValueError):      # TypeError: a map hiredis could not build
             self._reader = hiredis.Reader(protocolError=ProtocolError, replyError=_StreamReply)
             return None
         self._fed += len(data)
@@ -284,9 +314,18 @@ class RequestParser:
         reader.feed(seg)
         self._fed += len(seg)
         done = self._done
+        # Stream bytes at hand to check argument headers in: this segment,
+        # and the kept bytes of a request still incomplete before it (its
+        # headers before _tail_off were checked by the walk).
+        tail, tail_off = (self._tail, self._tail_off) if was_partial else (b"", before)
         try:
             while True:
-                cmd = reader.gets()
+                try:
+                    cmd = reader.gets()
+                except (TypeError, ValueError):          # a map with unhashable keys, and the like
+                    buf = bytes(tail) + bytes(seg)
+                    raise ProtocolError(_first_bad(buf, done - tail_off) if done >= tail_off else
+                                        _first_bad(buf, self._walk_pos - tail_off, self._walk_left)) from None
                 if cmd is False:
                     break
                 if type(cmd) is not list:
@@ -299,7 +338,18 @@ class RequestParser:
                 n = len(cmd)
                 size = 4 if n < 10 else 3 + len(str(n))     # its bytes as a canonical RESP array of bulk strings
                 for a in cmd:
+                    at = done + size                         # where this argument's header is
+                    if at >= before:
+                        head = seg[at - before]
+                    elif at >= tail_off:
+                        head = tail[at - tail_off]
+                    else:
+                        head = 0x24                          # checked by the walk
+                    if head != 0x24:
+                        raise ProtocolError(f"Protocol error: expected '$', got '{chr(head)}'")
                     if type(a) is not bytes:
+                        if a is None:                        # $-1: a null bulk string
+                            raise ProtocolError("Protocol error: invalid bulk length")
                         raise ProtocolError(f"Protocol error: expected '$', got '{_type_byte(a)}'")
                     la = len(a)
                     size += la + (6 if la < 10 else 7 if la < 100 else 5 + len(str(la)))

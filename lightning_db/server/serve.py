@@ -37,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 import psutil
@@ -227,6 +227,16 @@ def _port_in_use(host: str, port: int) -> bool:
         raise
 
 
+def _workers_of(db: Any) -> Callable[[], list[dict[str, Any]]] | None:
+    """The node's view of its workers (state, missed heartbeats, restarts),
+    which it answers without asking them; None for an in-process database."""
+    session = getattr(db, "_session", None)
+    if session is None:
+        return None
+    return lambda: [{k: w.get(k) for k in ("pid", "state", "restarts", "missed_heartbeats", "hang_kills", "last_exit")}
+                    for w in session.request("stats")["shards"]]
+
+
 def _node_of(db: Any) -> psutil.Process | None:
     """The node process when this process started it (it is our child)."""
     session = getattr(db, "_session", None)
@@ -301,7 +311,8 @@ def serve(data_dir: str | os.PathLike[str], port: int = DEFAULT_PORT, shards: in
             db = lightning_db.open(path, shards, config=config)
         node = _node_of(db)
         fronts = _Frontends(path, host, port, count, config, workers, metrics_dir)
-        http = MetricsServer(db.stats, host, http_port, metrics_dir).start() if http_port else None
+        http = (MetricsServer(db.stats, host, http_port, metrics_dir, _workers_of(db)).start()
+                if http_port else None)
         native = None
         if native_port:
             from ..remote import NativeServer

@@ -93,6 +93,55 @@ def test_a_shard_that_does_not_answer_shows_as_down_and_degraded():
         m.stop()
 
 
+def test_a_stats_call_that_hangs_bounds_health_and_metrics():
+    """A shard stopped with SIGSTOP holds stats() until the node restarts
+    it: /health and /metrics answer after STATS_WAIT_S all the same, from
+    the node's view of its workers, and a second request waits for the
+    same call instead of starting another."""
+    import threading
+
+    from prometheus_client import generate_latest
+
+    from lightning_db.server.metrics import MetricsServer
+
+    release, calls = threading.Event(), []
+
+    def stats():
+        calls.append(1)
+        release.wait(120)
+        return {"shards": []}
+    workers = [{"state": "running", "restarts": 0, "missed_heartbeats": 0},
+               {"state": "running", "restarts": 0, "missed_heartbeats": 2}]     # the stopped one
+    m = MetricsServer(stats, "127.0.0.1", 0, None, lambda: workers).start()
+    m._stats.wait = 0.2
+    try:
+        code, doc = m.health()
+        assert code == 503 and doc["status"] == "degraded" and doc["workers_down"] == [1], doc
+        assert "within 0.2 s" in doc["reason"] and not release.is_set()
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for fam in text_string_to_metric_families(generate_latest(m.registry).decode())
+                   for s in fam.samples}
+        assert samples[("ldb_database_up", ())] == 0
+        assert samples[("ldb_shard_up", (("shard", "0"),))] == 1
+        assert samples[("ldb_shard_up", (("shard", "1"),))] == 0
+        assert samples[("ldb_shard_missed_heartbeats", (("shard", "1"),))] == 2
+        assert len(calls) == 1                  # one stats() in flight, not one per request
+        release.set()
+        wait_until(lambda: m.health()[0] == 200, timeout=60, what="health once stats() answers")
+    finally:
+        release.set()
+        m.stop()
+    hold = threading.Event()
+    bare = MetricsServer(lambda: hold.wait(120), "127.0.0.1", 0, None).start()
+    bare._stats.wait = 0.2
+    try:
+        code, doc = bare.health()            # no node to ask: the database counts as down
+        assert code == 503 and doc["status"] == "down" and "within 0.2 s" in doc["reason"]
+    finally:
+        hold.set()
+        bare.stop()
+
+
 def _collected(directory) -> dict[tuple[str, tuple], float]:
     from prometheus_client import CollectorRegistry, generate_latest
 

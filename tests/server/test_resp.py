@@ -71,7 +71,9 @@ def test_inline_requests_mixed_with_arrays():
 _PIECES = st.one_of(
     st.lists(st.binary(max_size=30), min_size=1, max_size=5).map(lambda c: frame(*c)),
     st.sampled_from([b"*0\r\n", b"*-1\r\n", b"PING\r\n", b"ECHO ab\n", b"*1\r\n*1\r\n$1\r\na\r\n",
-                     b"*2\r\n$4\r\nECHO\r\n:5\r\n", b"+OK\r\n", b"-ERR x\r\n", b"*1\r\n$-1\r\n"]))
+                     b"*2\r\n$4\r\nECHO\r\n:5\r\n", b"+OK\r\n", b"-ERR x\r\n", b"*1\r\n$-1\r\n",
+                     b"*1\r\n+PING\r\n", b"*2\r\n$4\r\nECHO\r\n(12\r\n", b"*1\r\n%1\r\n*0\r\n$1\r\nx\r\n",
+                     b"*1\r\n=8\r\ntxt:PING\r\n"]))
 
 
 @settings(max_examples=150, deadline=None)
@@ -101,12 +103,33 @@ def test_whole_reads_parse_as_the_general_path_does(pieces, cuts):
     (b"*1\r\n" + b"$" + b"1" * 70000, "Protocol error: too big bulk count string"),
     (b"X" * 70000, "Protocol error: too big inline request"),
     (b'GET "a\r\n', "Protocol error: unbalanced quotes in request"),
+    # Only bulk strings are arguments: hiredis reads these as bytes, ints or
+    # maps (a map of arrays it cannot even build); each is refused by its byte.
+    (b"*1\r\n+PING\r\n", "Protocol error: expected '$', got '+'"),
+    (b"*1\r\n=8\r\ntxt:PING\r\n", "Protocol error: expected '$', got '='"),
+    (b"*1\r\n(123\r\n", "Protocol error: expected '$', got '('"),
+    (b"*2\r\n$3\r\nGET\r\n+sa\r\n", "Protocol error: expected '$', got '+'"),
+    (b"*1\r\n_\r\n", "Protocol error: expected '$', got '_'"),
+    (b"*1\r\n$-1\r\n", "Protocol error: invalid bulk length"),
+    (b"*1\r\n~1\r\n$1\r\na\r\n", "Protocol error: expected '$', got '~'"),
+    (b"*1\r\n>1\r\n$1\r\na\r\n", "Protocol error: expected '$', got '>'"),
+    (b"*1\r\n%1\r\n", "Protocol error: expected '$', got '%'"),
+    (b"*1\r\n%1\r\n*0\r\n$1\r\nx\r\n", "Protocol error: expected '$', got '%'"),
+    (b"*3\r\n$3\r\nSET\r\n$20\r\n01234567890123456789\r\n%1\r\n%1\r\n", "Protocol error: expected '$', got '%'"),
 ])
 def test_protocol_errors(data, message):
-    for cuts in ([], [len(data) // 2], list(range(0, len(data), 997))):
+    for cuts in ([], [len(data) // 2], list(range(0, len(data), 997)), *([c] for c in range(1, min(len(data), 60)))):
         p = parser()
         feed_in_pieces(p, data, cuts)
         assert p.error == message, cuts
+
+
+def test_commands_before_an_odd_argument_type_run_and_nothing_after():
+    data = frame(b"SET", b"ma", b"1") + b"*1\r\n%1\r\n*0\r\n$1\r\nx\r\n" + frame(b"PING")
+    for cut in range(len(data) + 1):
+        p = parser()
+        assert feed_in_pieces(p, data, [cut]) == [[b"SET", b"ma", b"1"]], cut
+        assert p.error == "Protocol error: expected '$', got '%'", cut
 
 
 @pytest.mark.parametrize("data, message", [
