@@ -70,7 +70,6 @@ def test_health_and_unknown_paths(server):
 
 
 def test_a_shard_that_does_not_answer_shows_as_down_and_degraded():
-    from prometheus_client import generate_latest
 
     from lightning_db.server.metrics import MetricsServer
 
@@ -82,9 +81,7 @@ def test_a_shard_that_does_not_answer_shows_as_down_and_degraded():
     try:
         code, doc = m.health()
         assert code == 503 and doc["status"] == "degraded" and doc["workers_down"] == [1]
-        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-                   for fam in text_string_to_metric_families(generate_latest(m.registry).decode())
-                   for s in fam.samples}
+        samples = _registry_samples(m.registry)
         assert samples[("ldb_database_up", ())] == 1
         assert samples[("ldb_shard_up", (("shard", "0"),))] == 1
         assert samples[("ldb_shard_up", (("shard", "1"),))] == 0
@@ -100,7 +97,6 @@ def test_a_stats_call_that_hangs_bounds_health_and_metrics():
     same call instead of starting another."""
     import threading
 
-    from prometheus_client import generate_latest
 
     from lightning_db.server.metrics import MetricsServer
 
@@ -118,9 +114,7 @@ def test_a_stats_call_that_hangs_bounds_health_and_metrics():
         code, doc = m.health()
         assert code == 503 and doc["status"] == "degraded" and doc["workers_down"] == [1], doc
         assert "within 0.2 s" in doc["reason"] and not release.is_set()
-        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-                   for fam in text_string_to_metric_families(generate_latest(m.registry).decode())
-                   for s in fam.samples}
+        samples = _registry_samples(m.registry)
         assert samples[("ldb_database_up", ())] == 0
         assert samples[("ldb_shard_up", (("shard", "0"),))] == 1
         assert samples[("ldb_shard_up", (("shard", "1"),))] == 0
@@ -143,11 +137,16 @@ def test_a_stats_call_that_hangs_bounds_health_and_metrics():
 
 
 def _collected(directory) -> dict[tuple[str, tuple], float]:
-    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client import CollectorRegistry
 
     from lightning_db.server.metrics import FrontendCollector
     registry = CollectorRegistry()
     registry.register(FrontendCollector(str(directory)))
+    return _registry_samples(registry)
+
+
+def _registry_samples(registry) -> dict[tuple[str, tuple], float]:
+    from prometheus_client import generate_latest
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for fam in text_string_to_metric_families(generate_latest(registry).decode()) for s in fam.samples}
 
