@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 import lightning_db
 
 from .errors import InvalidArgument, LightningError
+from .shards.attach import SHARDS_FILE
+from .storage.format import CURRENT
 
 if TYPE_CHECKING:
     from .db import Database
@@ -48,10 +50,18 @@ class _Failure(Exception):
 
 def _open(path: str, *, create: bool, shards: int | None = None) -> Database:
     # Commands that only read or maintain must not create an empty database
-    # by accident (a typo in --data would otherwise "succeed").
-    if not create and not os.path.isdir(path):
-        raise _Failure(f"no database at {path!r}")
+    # by accident (a typo in --data would otherwise "succeed"), nor one in
+    # a directory that holds something else.
+    if not create and not (os.path.isfile(os.path.join(path, CURRENT))
+                           or os.path.isfile(os.path.join(path, SHARDS_FILE))):
+        raise _Failure(f"no database at {path!r}" if not os.path.exists(path) else
+                       f"no database at {path!r} (neither {CURRENT} nor {SHARDS_FILE} is there)")
     return lightning_db.open(path, shards)
+
+
+def _where(args: argparse.Namespace) -> str:
+    """What the command worked on: the server's URL or the directory."""
+    return getattr(args, "url", None) or args.data
 
 
 def _target(args: argparse.Namespace, *, create: bool) -> Any:
@@ -213,7 +223,7 @@ def _cmd_scan(args: argparse.Namespace) -> int:
 def _cmd_stats(args: argparse.Namespace) -> int:
     with _target(args, create=False) as db:
         stats = db.stats()
-    _print_dict(f"stats of {args.url or args.data}", stats, args.json)
+    _print_dict(f"stats of {_where(args)}", stats, args.json)
     return 0
 
 
@@ -221,7 +231,7 @@ def _cmd_compact(args: argparse.Namespace) -> int:
     with _target(args, create=False) as db:
         t0 = time.perf_counter()
         db.compact()
-        print(f"compacted {args.data} in {time.perf_counter() - t0:.2f} s")
+        print(f"compacted {_where(args)} in {time.perf_counter() - t0:.2f} s")
     return 0
 
 

@@ -424,6 +424,7 @@ class Database(Transactional, MappingSugar):
         return self._engine.get_many(self._limits.keys(keys))
 
     def batch(self, sync: bool | None = None) -> Batch:
+        self._check_open()
         return Batch(self, sync)
 
     # --- ordered reads ----------------------------------------------------------------------

@@ -51,6 +51,30 @@ def test_bad_input_is_a_usage_error_and_writes_nothing(tmp_path):
     assert not (tmp_path / "missing").exists()
 
 
+def test_commands_on_a_directory_that_holds_no_database_create_none(tmp_path):
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "cat.jpg").write_bytes(b"not a database")
+    for args, admin in ((("get", "--data", str(other), "k"), False), (("scan", "--data", str(other)), False),
+                        (("stats", "--data", str(other)), False), (("--db", str(other), "verify"), True),
+                        (("--db", str(other), "stats"), True)):
+        r = run(*args, admin=admin)
+        assert r.returncode == 1 and "no database" in r.stderr and len(r.stderr.splitlines()) == 1, (args, r.stderr)
+    assert sorted(p.name for p in other.iterdir()) == ["cat.jpg"]
+
+
+def test_admin_stats_and_checkpoint_targets(tmp_path):
+    data = str(tmp_path / "data")
+    assert run("put", "--data", data, "k", "v").returncode == 0
+    r = run("--db", data, "stats", admin=True)          # the table
+    assert r.returncode == 0 and "stats of" in r.stdout, r.stderr[-2000:]
+    f = tmp_path / "file"
+    f.write_bytes(b"x")
+    r = run("--db", data, "checkpoint", str(f), admin=True)
+    assert r.returncode == 2 and "is not a directory" in r.stderr, r.stderr
+    assert f.read_bytes() == b"x"
+
+
 def test_repl_runs_commands_and_survives_errors(tmp_path):
     """The shell over piped input: every command, a bad one, an error, quit."""
     import io

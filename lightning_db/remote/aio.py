@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import inspect
 import random
 from collections.abc import (
     AsyncIterator,
@@ -29,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from ..db import key_list
-from ..errors import InvalidArgument, MailboxClosed, TransactionConflict
+from ..errors import DatabaseClosed, InvalidArgument, MailboxClosed, TransactionConflict
 from ..transaction import check_run
 from .client import RemoteBatch, RemoteDatabase
 from .pool import Connection, Pool
@@ -54,13 +55,26 @@ class AsyncPool:
             raise InvalidArgument(f"AsyncPool(): {exc}") from None
         self._executor = ThreadPoolExecutor(self.pool.max_size + 4, thread_name_prefix="ldb-native-aio")
         self._closed = False
+        # What a call after close raises (a database over the pool says DatabaseClosed).
+        self.closed_error: Callable[[], Exception] = lambda: MailboxClosed("the connection pool is closed")
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``fn(*args, **kwargs)`` on the executor."""
         if self._closed:
-            raise MailboxClosed("the connection pool is closed")
+            raise self.closed_error()
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+    async def finish(self, fn: Callable[[], None]) -> None:
+        """A call that ends an object quietly (a rollback, a release): on
+        the executor, or, once the pool is closed, here (its connection is
+        gone, so it only marks the object ended), as the synchronous
+        client's does, so that leaving an ``async with`` after ``close()``
+        raises nothing of its own (nor hides the block's exception)."""
+        if self._closed:
+            fn()
+            return
+        await self.run(fn)
 
     async def start(self) -> AsyncPool:
         await self.run(self.pool.start)
@@ -150,7 +164,7 @@ class AsyncScan:
     async def aclose(self) -> None:
         it, self._it, self._start = self._it, None, None
         if isinstance(it, RemoteScan):
-            await self._apool.run(it.close)
+            await self._apool.finish(it.close)
 
 
 class _Opening:
@@ -191,7 +205,7 @@ class AsyncSnapshot:
         return AsyncScan(self._apool, functools.partial(self._snap.scan, start, end, prefix, reverse, limit))
 
     async def close(self) -> None:
-        await self._apool.run(self._snap.close)
+        await self._apool.finish(self._snap.close)
 
     async def __aenter__(self) -> AsyncSnapshot:
         return self
@@ -235,7 +249,7 @@ class AsyncTransaction:
         await self._apool.run(self._tx.commit)
 
     async def rollback(self) -> None:
-        await self._apool.run(self._tx.rollback)
+        await self._apool.finish(self._tx.rollback)
 
     async def __aenter__(self) -> AsyncTransaction:
         return self
@@ -286,6 +300,7 @@ class AsyncRemoteDatabase:
     def __init__(self, apool: AsyncPool) -> None:
         self.pool = apool
         self.db = RemoteDatabase(apool.pool)
+        apool.closed_error = lambda: DatabaseClosed(f"remote database {', '.join(apool.pool.urls)} is closed")
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         self.db._check_open()
@@ -338,7 +353,11 @@ class AsyncRemoteDatabase:
         while True:
             try:
                 async with self.transaction(isolation, sync) as tx:
-                    result = await fn(tx)
+                    step = fn(tx)
+                    if not inspect.isawaitable(step):
+                        raise InvalidArgument("run_transaction of the asyncio client takes an async function "
+                                              f"fn(tx), whose call is awaited; fn returned {type(step).__name__}")
+                    result = await step
                 return result
             except TransactionConflict:
                 if attempt >= retries:

@@ -174,6 +174,7 @@ class RemoteDatabase(MappingSugar):
         return self._call("get_many", [keys]) if keys else []
 
     def batch(self, sync: bool | None = None) -> RemoteBatch:
+        self._check_open()
         return RemoteBatch(self, sync)
 
     # --- ordered reads ----------------------------------------------------------------------------

@@ -60,6 +60,8 @@ from ..storage.bloom import key_hash
 from ..storage.format import Kind
 from ..storage.published import UNAVAILABLE, PublishedReader
 from ..storage.scan import first_chunk, merge_chunks
+from ..storage.checkpoint import check_target
+from ..storage.fs import OSFileSystem
 from ..storage.stats import shard_totals
 from ..storage.ttl import visible
 from ..supervisor.breaker import CircuitBreaker
@@ -474,6 +476,7 @@ class ShardRouter(Transactional, MappingSugar):
         return out
 
     def batch(self, sync: bool | None = None) -> Batch:
+        self._check_open()
         return Batch(self, sync)  # type: ignore[arg-type]
 
     # --- ordered reads ----------------------------------------------------------------------
@@ -588,8 +591,7 @@ class ShardRouter(Transactional, MappingSugar):
         if shards_file is not None and not isinstance(shards_file, bytes):
             raise InvalidArgument(f"shards_file must be bytes, got {type(shards_file).__name__}")
         target = os.path.abspath(os.fspath(path))
-        if os.path.exists(target) and os.listdir(target):
-            raise InvalidArgument(f"checkpoint target {target} exists and is not empty")
+        check_target(OSFileSystem(), target)
         os.makedirs(target, exist_ok=True)
         self._pipe.barrier()
         results = self._ask_all("checkpoint", {s: [os.path.join(target, f"shard-{s:03d}")]

@@ -21,10 +21,19 @@ if TYPE_CHECKING:
     from .engine import Engine
 
 
+def check_target(fs: Any, target: str) -> None:
+    """InvalidArgument unless *target* is absent or an empty directory
+    (nothing is written there then)."""
+    if fs.exists(target):
+        if not fs.isdir(target):
+            raise InvalidArgument(f"checkpoint target {target} exists and is not a directory")
+        if fs.listdir(target):
+            raise InvalidArgument(f"checkpoint target {target} exists and is not empty")
+
+
 def make_checkpoint(engine: "Engine", target: str) -> dict[str, Any]:
     fs = engine.fs
-    if fs.exists(target) and fs.listdir(target):
-        raise InvalidArgument(f"checkpoint target {target} exists and is not empty")
+    check_target(fs, target)
     fs.makedirs(target)
     with engine._write_lock, engine._mutex:
         sv = engine._sv

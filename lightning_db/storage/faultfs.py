@@ -309,6 +309,9 @@ class FaultInjectingFileSystem(OSFileSystem):
     def exists(self, path: str) -> bool:
         return self._call("stat", path, lambda: OSFileSystem.exists(self, path))
 
+    def isdir(self, path: str) -> bool:
+        return self._call("stat", path, lambda: OSFileSystem.isdir(self, path))
+
     # --- directory entries -------------------------------------------------------------
     def rename(self, src: str, dst: str) -> None:
         self._enter("rename", src, dst)

@@ -249,6 +249,9 @@ class OSFileSystem:
     def exists(self, path: str) -> bool:
         return os.path.exists(path)
 
+    def isdir(self, path: str) -> bool:
+        return os.path.isdir(path)
+
     # --- directory entries -----------------------------------------------------
     def rename(self, src: str, dst: str) -> None:
         _io("rename", src, lambda: os.rename(src, dst))

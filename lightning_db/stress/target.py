@@ -40,7 +40,7 @@ from typing import Any
 
 import psutil
 
-from ..errors import LightningError, RecoverableError, TransientError
+from ..errors import InvalidArgument, LightningError, RecoverableError, TransientError
 
 __all__ = [
     "CORRUPT_OPTIONS",
@@ -120,6 +120,10 @@ def disk_problem() -> str | None:
     finally:
         with contextlib.suppress(OSError):
             os.rmdir(probe)
+
+
+HOLDS_DATA = ("holds data already: the checkers take every value read for one the run wrote, so a "
+              "run needs an empty database (leave --target out for a fresh one)")
 
 
 class Target(abc.ABC):
@@ -255,6 +259,9 @@ class EmbeddedTarget(Target):
             self._holder.close()
             raise ValueError(f"{self.path} holds an in-process database (shards=0); the stress harness needs "
                              "a sharded one (worker processes to kill)")
+        if next(iter(self._holder.scan(limit=1)), None) is not None:
+            self._holder.close()
+            raise InvalidArgument(f"{self.path} {HOLDS_DATA}")
         self.shards = len(self._holder.refs)
 
     def clients_started(self) -> None:
@@ -355,6 +362,11 @@ class ServeTarget(Target):
         with open(os.path.join(run_dir, "serve-config.json"), "w", encoding="utf-8") as fh:
             json.dump(self.options, fh)                 # JSON is YAML: Config.from_file reads it
         self._spawn()
+        if not self.owned:
+            import redis
+            with redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=10, socket_connect_timeout=5) as r:
+                if r.dbsize():
+                    raise InvalidArgument(f"{self.path} {HOLDS_DATA}")
 
     def _spawn(self) -> None:
         assert self.path is not None
@@ -461,6 +473,8 @@ class RemoteTarget(Target):
         import redis
         with redis.Redis.from_url(self.url, socket_timeout=10, socket_connect_timeout=5) as r:
             r.ping()
+            if r.dbsize():
+                raise InvalidArgument(f"the server at {self.url} {HOLDS_DATA} (FLUSHALL it first)")
 
     def client_target(self) -> dict[str, Any]:
         return {"kind": "redis", "url": self.url}

@@ -111,6 +111,40 @@ def test_async_snapshots_and_transactions(server):
     run(main())
 
 
+def test_async_objects_after_close_end_quietly_and_calls_say_closed(server):
+    """As with the synchronous client: leaving an ``async with`` of a
+    transaction or snapshot after the database was closed raises nothing of
+    its own (an exception of the block goes through unchanged), and every
+    call after close raises DatabaseClosed."""
+    async def main():
+        db = await connect_async(server.address, **FAST)
+        await db.put(b"ac", b"1")
+        with pytest.raises(RuntimeError, match="the block's own"):
+            async with db.transaction() as tx:
+                await tx.get(b"ac")
+                await db.close()
+                raise RuntimeError("the block's own")
+        db = await connect_async(server.address, **FAST)
+        async with db.snapshot() as snap:
+            assert await snap.get(b"ac") == b"1"
+            scan = snap.scan()
+            await db.close()
+        with pytest.raises(DatabaseClosed):
+            await snap.get(b"ac")
+        with pytest.raises(DatabaseClosed):
+            [kv async for kv in scan]
+        with pytest.raises(DatabaseClosed):
+            db.batch()
+        db = await connect_async(server.address, **FAST)
+        try:
+            with pytest.raises(InvalidArgument, match="async function"):
+                await db.run_transaction(lambda tx: None)
+            assert await db.get(b"ac") == b"1"
+        finally:
+            await db.close()
+    run(main())
+
+
 def test_async_pool(server):
     async def main():
         async with AsyncPool(server.address, max_size=1, **FAST) as pool:

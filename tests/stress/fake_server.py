@@ -3,7 +3,7 @@ a small RESP2 server (threads, in the test's process) holding a dict, that
 answers +OK to every SET but drops every ``drop_every``-th one. The stress
 harness must catch it.
 
-Commands: HELLO (RESP2 or RESP3), PING, GET, SET, DEL, MGET, and
+Commands: HELLO (RESP2 or RESP3), PING, GET, SET, DEL, MGET, DBSIZE, and
 CLIENT/SELECT answered +OK (redis-py sends CLIENT SETINFO on connect). ``drop_every=0`` makes it a correct store,
 so that a test can show the harness passes it.
 """
@@ -68,6 +68,8 @@ class _Handler(socketserver.StreamRequestHandler):
                     out = b"+OK\r\n"
                 elif cmd == b"DEL":
                     out = b":%d\r\n" % sum(srv.data.pop(k, None) is not None for k in argv[1:])
+                elif cmd == b"DBSIZE":
+                    out = b":%d\r\n" % len(srv.data)
                 elif cmd in (b"CLIENT", b"SELECT"):
                     out = b"+OK\r\n"
                 else:

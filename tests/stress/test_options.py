@@ -97,6 +97,23 @@ def test_drop_connection_needs_a_redis_target(tmp_path, capsys):
     assert "drop-connection needs a Redis-protocol target" in capsys.readouterr().err
 
 
+def test_a_target_that_holds_data_is_refused(tmp_path, capsys):
+    """The checkers take every value read for one the run wrote: data from
+    before would read as values never written, a false failure."""
+    import lightning_db as ldb
+
+    from tests.stress.fake_server import FakeServer
+    path = tmp_path / "db"
+    with ldb.open(path, shards=2) as db:
+        db.put(b"g0:k000002", b"0-1613")
+    assert main(["--target", str(path), "--duration", "1s", "--clients", "1", "--no-live"]) == 2
+    assert "holds data already" in capsys.readouterr().err
+    with FakeServer(drop_every=0) as server:
+        assert main(["--target", server.url, "--duration", "1s", "--clients", "1", "--no-live"]) == 0
+        assert main(["--target", server.url, "--duration", "1s", "--clients", "1", "--no-live"]) == 2
+        assert "holds data already" in capsys.readouterr().err
+
+
 def test_disk_full_needs_a_directory_the_harness_makes(tmp_path, capsys):
     assert main(["--target", str(tmp_path / "db"), "--faults", "disk-full", "--no-live"]) == 2
     err = capsys.readouterr().err
