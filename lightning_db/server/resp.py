@@ -438,8 +438,14 @@ def _header_int(body: bytearray) -> int | None:
         return None
 
 
+def _is_hex(two: bytes) -> bool:
+    return len(two) == 2 and all(c in b"0123456789abcdefABCDEF" for c in two)
+
+
 def _split_inline(line: bytes) -> list[bytes]:
-    """Words of an inline request; "..." and '...' quote (Redis's sdssplitargs)."""
+    """Words of an inline request; "..." and '...' quote (Redis's sdssplitargs:
+    in double quotes \\xHH is a byte and \\n \\r \\t \\b \\a the usual ones,
+    in single quotes \\' is a quote)."""
     if b'"' not in line and b"'" not in line:
         return line.split()
     args: list[bytes] = []
@@ -454,7 +460,10 @@ def _split_inline(line: bytes) -> list[bytes]:
         while i < n:
             c = line[i]
             if quote == 0x22:                                # "..." with \-escapes
-                if c == 0x5C and i + 1 < n:
+                if c == 0x5C and i + 3 < n and line[i + 1] == 0x78 and _is_hex(line[i + 2:i + 4]):
+                    cur.append(int(line[i + 2:i + 4], 16))
+                    i += 3
+                elif c == 0x5C and i + 1 < n:
                     i += 1
                     esc = line[i]
                     cur.append({0x6E: 10, 0x72: 13, 0x74: 9, 0x62: 8, 0x61: 7}.get(esc, esc))
@@ -467,6 +476,10 @@ def _split_inline(line: bytes) -> list[bytes]:
                 else:
                     cur.append(c)
             elif quote == 0x27:
+                if c == 0x5C and i + 1 < n and line[i + 1] == 0x27:
+                    cur.append(0x27)
+                    i += 2
+                    continue
                 if c == 0x27:
                     if i + 1 < n and line[i + 1] not in b" \t\n\r\v\f":
                         raise ProtocolError("Protocol error: unbalanced quotes in request")

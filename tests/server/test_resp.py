@@ -68,6 +68,17 @@ def test_inline_requests_mixed_with_arrays():
         assert feed_in_pieces(parser(), data, [cut]) == want, cut
 
 
+def test_inline_quoting_as_redis_splits_arguments():
+    """sdssplitargs: in double quotes \\xHH is a byte (not followed by two hex
+    digits it is a plain x) and \\n \\r \\t \\b \\a the usual bytes; in single
+    quotes only \\' is an escape."""
+    cases = [(b'ECHO "\\x41\\x00B"', [b"ECHO", b"A\x00B"]), (b'ECHO "\\xZZ"', [b"ECHO", b"xZZ"]),
+             (b'ECHO "a\\tb\\q"', [b"ECHO", b"a\tbq"]), (b"ECHO 'a\\'b'", [b"ECHO", b"a'b"]),
+             (b"ECHO 'a\\\\b'", [b"ECHO", b"a\\\\b"]), (b'ECHO "\\xff"', [b"ECHO", b"\xff"])]
+    for line, want in cases:
+        assert parser().feed(line + b"\r\n") == [want], line
+
+
 _PIECES = st.one_of(
     st.lists(st.binary(max_size=30), min_size=1, max_size=5).map(lambda c: frame(*c)),
     st.sampled_from([b"*0\r\n", b"*-1\r\n", b"PING\r\n", b"ECHO ab\n", b"*1\r\n*1\r\n$1\r\na\r\n",
