@@ -17,6 +17,7 @@ Subcommands (``CONFIG GET``) are commands of their own, found by
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Callable
@@ -50,6 +51,7 @@ INT_MIN = -(1 << 63)
 MAX_EXPIRE_MS = 10**14 - 1         # the engine keeps expiry times below 1e11 unix seconds
 _INT = re.compile(rb"-?[1-9][0-9]{0,19}|0")
 _FLOAT = re.compile(rb"[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|inf|infinity)", re.IGNORECASE)
+_HEX_FLOAT = re.compile(rb"[+-]?0x(?:[0-9a-f]+\.?[0-9a-f]*|\.[0-9a-f]+)(?:p[+-]?[0-9]+)?", re.IGNORECASE)
 
 Handler = Callable[["Context", list[bytes]], Any]
 
@@ -157,10 +159,16 @@ def parse_int(b: bytes, error: Callable[[], ReplyError] = err_int) -> int:
 
 
 def parse_float(b: bytes) -> float:
-    """A number as Redis's string2ld reads it (no spaces, no NaN)."""
-    if _FLOAT.fullmatch(b) is None:
-        raise ReplyError("ERR value is not a valid float")
-    return float(b)
+    """A number as Redis's string2ld (strtold) reads it: decimal or
+    hexadecimal (0x10, 0x1.8p3), no spaces, no NaN."""
+    if _FLOAT.fullmatch(b) is not None:
+        return float(b)
+    if _HEX_FLOAT.fullmatch(b) is not None:
+        try:
+            return float.fromhex(b.decode())
+        except OverflowError:
+            return math.copysign(math.inf, -1.0 if b.startswith(b"-") else 1.0)
+    raise ReplyError("ERR value is not a valid float")
 
 
 def now_ms() -> int:

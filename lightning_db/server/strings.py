@@ -365,8 +365,11 @@ def format_float(x: Any) -> bytes:
 
 def _long_double(b: bytes) -> np.longdouble:
     """A number as Redis's string2ld reads it, in long double precision."""
-    parse_float(b)                     # the syntax check and its error
-    return np.longdouble(b.decode())
+    x = parse_float(b)                 # the syntax check and its error
+    try:
+        return np.longdouble(b.decode())
+    except ValueError:                 # hexadecimal: numpy reads decimal only
+        return np.longdouble(x)
 
 
 @command("incrbyfloat", 3, "write denyoom fast", (1, 1, 1), group="string", since="2.6.0",

@@ -109,6 +109,9 @@ def test_counters(r):
     r.set("bad", "1.5x")
     assert error(r.incrbyfloat, "bad", 1) == "value is not a valid float"
     assert error(r.incrbyfloat, "f", "x") == "value is not a valid float"
+    r.set("h", "1")
+    assert r.incrbyfloat("h", "0x10") == 17 and r.incrbyfloat("h", "-0x1.8p1") == 14    # strtold reads hex too
+    assert error(r.incrbyfloat, "h", "0x") == "value is not a valid float"
 
 
 def test_concurrent_increments_are_atomic(server, r):
