@@ -135,7 +135,11 @@ class _Limits:
         what = "ttl" if ttl is not None else "expire_at"
         if not isinstance(t, (int, float)) or isinstance(t, bool) or not 0 < t < _MAX_TTL_S:
             raise InvalidArgument(f"{what} must be a number of seconds > 0 and < {_MAX_TTL_S:.0e}, got {t!r:.40}")
-        return _VALUE_TTL, key, ttl_encode(value, time.time() + t if ttl is not None else t)
+        at = time.time() + t if ttl is not None else t
+        if not at < _MAX_TTL_S:
+            raise InvalidArgument(f"ttl must put the expiry before Unix time {_MAX_TTL_S:.0e} (the year 5138), "
+                                  f"got {t!r:.40} seconds from now")
+        return _VALUE_TTL, key, ttl_encode(value, at)
 
     def bound(self, b: Any, what: str) -> bytes | None:
         if b is None:

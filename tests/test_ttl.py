@@ -101,4 +101,10 @@ def test_bad_ttls_are_refused_and_write_nothing(db):
                {"ttl": 1, "expire_at": time.time() + 5}, {"ttl": float("inf")}):
         with pytest.raises(InvalidArgument):
             db.put(b"k", b"v", **kw)
+    # Under 1e11 seconds, but the expiry it gives falls past Unix time 1e11.
+    with pytest.raises(InvalidArgument, match="before Unix time 1e[+]11"):
+        db.put(b"k", b"v", ttl=99_000_000_000)
+    with pytest.raises(InvalidArgument, match="before Unix time 1e[+]11"):
+        with db.batch() as b:
+            b.put(b"k", b"v", ttl=1e11 - 1)
     assert db.get(b"k") is None
