@@ -230,11 +230,7 @@ def _port_in_use(host: str, port: int) -> bool:
 def _workers_of(db: Any) -> Callable[[], list[dict[str, Any]]] | None:
     """The node's view of its workers (state, missed heartbeats, restarts),
     which it answers without asking them; None for an in-process database."""
-    session = getattr(db, "_session", None)
-    if session is None:
-        return None
-    return lambda: [{k: w.get(k) for k in ("pid", "state", "restarts", "missed_heartbeats", "hang_kills", "last_exit")}
-                    for w in session.request("stats")["shards"]]
+    return getattr(db, "_workers", None)
 
 
 def _node_of(db: Any) -> psutil.Process | None:

@@ -32,6 +32,9 @@ from .router import ShardRouter, _quiet_call, txid_pid
 __all__ = ["ShardedDatabase", "check_layout"]
 
 
+_WORKER_FIELDS = ("pid", "state", "restarts", "missed_heartbeats", "hang_kills", "last_exit")
+
+
 def check_layout(path: str, shards: int) -> None:
     """An in-process database (``shards=0``: engine files at the top of the
     directory) and a sharded one (``SHARDS`` and ``shard-NNN/``) never share a
@@ -147,17 +150,25 @@ class ShardedDatabase(ShardRouter):
         node = self._session.request("stats")
         s["node"] = node
         s["shard_count"] = self._session.shards
-        workers = {w.get("id"): w for w in node.get("shards", [])}
+        workers = self._workers(node)
         placements = [None if "error" in shard else _quiet_call(lambda ref=ref: ref.stats(self.timeout).result())
                       for ref, shard in zip(self.refs, s["shards"])]
         for i, shard in enumerate(s["shards"]):
-            w = workers.get(f"shard-{i:03d}", {})
-            shard["worker"] = {k: w.get(k) for k in ("pid", "state", "restarts", "missed_heartbeats",
-                                                        "hang_kills", "last_exit")}
+            shard["worker"] = workers[i]
             p = placements[i]
             shard["placement"] = p.get("placement") if isinstance(p, dict) else None
             shard["breaker"] = dataclasses.asdict(self.breakers[i].stats())
         return s
+
+    def _workers(self, node: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """The node's view of each shard's worker, in shard order (pid,
+        state, restarts, missed heartbeats, hang kills, last exit): the
+        node answers for them without asking the workers. *node*: its
+        ``stats`` answer, where the caller has one."""
+        node = self._session.request("stats") if node is None else node
+        by_id = {w.get("id"): w for w in node.get("shards", [])}
+        return [{k: by_id.get(f"shard-{i:03d}", {}).get(k) for k in _WORKER_FIELDS}
+                for i in range(self._session.shards)]
 
     def close(self) -> None:
         try:
