@@ -353,7 +353,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _stress_arguments(p)
     p.set_defaults(func=_cmd_stress)
 
-    args = parser.parse_args(argv)
+    from .stress.options import join_dashed_values
+    args = parser.parse_args(join_dashed_values(sys.argv[1:] if argv is None else argv))
     return _dispatch(parser.prog, args)
 
 

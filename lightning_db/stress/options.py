@@ -12,7 +12,13 @@ from collections.abc import Sequence
 from ..errors import InvalidArgument
 from .target import FAULTS
 
-__all__ = ["parse_duration", "parse_faults", "parse_interval"]
+__all__ = ["DURATION_OPTIONS", "join_dashed_values", "parse_duration", "parse_faults", "parse_interval"]
+
+# The options whose value is a duration or an interval: argparse takes a
+# value like "-5s" for an option of its own, so the command line joins it
+# to its option first and the parser below names what is wrong with it.
+DURATION_OPTIONS = ("--duration", "--fault-interval", "--pause", "--rotate")
+_DASHED = re.compile(r"-[\d.]")
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "": 1.0}
 _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|)")
@@ -42,6 +48,22 @@ def parse_duration(text: str | float) -> float:
     if not s or (bare and parts > 1):           # a number without a unit only stands alone
         raise InvalidArgument(f"bad duration {text!r}: expected e.g. 60s, 2m, 1h, 500ms")
     return total
+
+
+def join_dashed_values(argv: Sequence[str]) -> list[str]:
+    """``["--duration", "-5s"]`` -> ``["--duration=-5s"]`` for the options
+    in DURATION_OPTIONS, so that a negative value reaches parse_duration."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in DURATION_OPTIONS and i + 1 < len(argv) and _DASHED.match(argv[i + 1]):
+            out.append(f"{arg}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(arg)
+        i += 1
+    return out
 
 
 def parse_interval(text: str | Sequence[float]) -> tuple[float, float]:

@@ -46,7 +46,7 @@ from .checkers import StreamChecker, Verdict
 from .faults import Injector
 from .history import Stats, read_events, stream, write_jsonl
 from .live import LiveView, Tailer
-from .options import parse_duration, parse_faults, parse_interval
+from .options import join_dashed_values, parse_duration, parse_faults, parse_interval
 from .report import format_event, write_html, write_summary
 from .target import FAULTS, Target, disk_problem, make_target, node_stats
 from .workload import DISTRIBUTIONS, default_distribution, versioned_key, workload_mix
@@ -89,6 +89,9 @@ class StressConfig:
             object.__setattr__(self, name, value)
 
         put("duration", parse_duration(self.duration))
+        if not self.duration > 0:                   # type: ignore[operator]
+            raise InvalidArgument(f"duration must be above 0 s (a run with no load checks nothing), "
+                                  f"got {self.duration!r}")
         put("rotate", parse_duration(self.rotate))
         put("fault_interval", parse_interval(self.fault_interval))
         put("pause", parse_interval(self.pause))
@@ -581,7 +584,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                             "acknowledged was lost and every key stayed linearizable.")
     add_arguments(p)
     try:
-        args = p.parse_args(argv)
+        args = p.parse_args(join_dashed_values(sys.argv[1:] if argv is None else argv))
     except SystemExit as exc:
         return 0 if exc.code in (0, None) else 2
     return run_args(args)

@@ -92,6 +92,22 @@ def test_usage_errors_exit_2(argv, capsys):
     assert "error" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--duration", "-5s"], "bad duration '-5s'"),
+    (["--duration", "0s"], "duration must be above 0 s"),
+    (["--pause", "-1s..2s"], "bad duration '-1s'"),
+    (["--fault-interval", "-.5s"], "bad duration '-.5s'"),
+])
+def test_negative_and_zero_durations_are_named(argv, message, capsys):
+    """A value that starts with a dash reaches the duration parser (argparse
+    alone would take it for an option), and a run of no load is refused."""
+    assert main(argv + ["--no-live"]) == 2
+    assert message in capsys.readouterr().err
+    from lightning_db.cli import main as cli_main
+    assert cli_main(["stress"] + argv + ["--no-live"]) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_drop_connection_needs_a_redis_target(tmp_path, capsys):
     assert main(["--target", str(tmp_path / "db"), "--faults", "drop-connection", "--no-live"]) == 2
     assert "drop-connection needs a Redis-protocol target" in capsys.readouterr().err
