@@ -8,7 +8,9 @@ participant) after its decision can still be half applied without holding
 the gate: each shard's answer lists what it holds prepared and what it
 decided as primary, and a transaction decided at its primary with a part
 still prepared (on another shard, or on the primary itself) is committed
-there (under the gate, shared) before the cut is taken again.
+there (under the gate, shared) before the cut is taken again. With one
+shard no commit spans shards, and a cut takes neither the gate nor a look
+for apply markers.
 
 The cut is normally read from shared memory (``shared_cut``: every shard's
 published visible seq, no message; the registrations follow as messages
@@ -37,6 +39,7 @@ released on the process's shared connection.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -120,6 +123,16 @@ def _release(router: "ShardRouter", seqs: Sequence[Any], tx: bool, wait: bool = 
     return [_quiet(f) for f in futs]
 
 
+def _hold_for_cut(router: "ShardRouter", deadline: float) -> Any:
+    """What a cut holds while it reads the seqs: the commit gate, exclusive.
+    With one shard no commit spans shards (every batch and transaction is
+    checked and applied in one step there), so there is nothing to cut
+    around, no apply marker, and no gate to take."""
+    if len(router.refs) == 1:
+        return contextlib.nullcontext()
+    return router.gate.exclusive(max(0.001, deadline - time.monotonic()))
+
+
 def shared_cut(router: "ShardRouter", tx: bool, token: int | None = None,
                register: bool = True) -> tuple[list[int], list[int | None], bool | None] | None:
     """The cut from the shards' published versions: every shard's visible
@@ -143,11 +156,11 @@ def shared_cut(router: "ShardRouter", tx: bool, token: int | None = None,
     backoff = Backoff(attempts=CUT_ATTEMPTS, base=0.01, cap=0.5, deadline=deadline)
     while True:
         try:
-            with router.gate.exclusive(max(0.001, deadline - time.monotonic())):
+            with _hold_for_cut(router, deadline):
                 for r in readers:
                     r.note_cut()          # type: ignore[union-attr]  # before the seqs are read
                 states = [r.state() for r in readers]          # type: ignore[union-attr]
-                marks = router.gate.markers()
+                marks = router.gate.markers() if n > 1 else ()
         except (OSError, ValueError):
             return None
         if not all(st[0] for st in states):
@@ -177,7 +190,7 @@ def take_cut(router: "ShardRouter", tx: bool, token: int | None = None) -> list[
     backoff = Backoff(attempts=CUT_ATTEMPTS, base=0.01, cap=0.5, deadline=deadline)
     ask = [tx, token] if tx else [tx]
     while True:
-        with router.gate.exclusive(max(0.001, deadline - time.monotonic())):
+        with _hold_for_cut(router, deadline):
             got = [_quiet(_send(ref, "snapshot", ask, timeout)) for ref in refs]
         errors = [g for g in got if isinstance(g, LightningError)]
         seqs = [g[0] if not isinstance(g, LightningError) else None for g in got]
