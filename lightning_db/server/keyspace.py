@@ -104,7 +104,7 @@ def _expire(ctx: Context, argv: list[bytes], unit: int, absolute: bool, name: st
         raise ReplyError("ERR GT and LT options at the same time are not compatible")
     when = parse_int(argv[2])
     invalid = ReplyError(f"ERR invalid expire time in '{name}' command")
-    if when > INT_MAX // unit or when < INT_MIN // unit:
+    if when > INT_MAX // unit or when < -(-INT_MIN // unit):    # C's division: toward zero
         raise invalid
     when *= unit
     if not absolute:

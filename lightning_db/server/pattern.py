@@ -3,7 +3,10 @@
 Redis's ``stringmatchlen``: ``*`` any run of bytes, ``?`` one byte,
 ``[abc]``, ``[^abc]`` and ``[a-z]`` one byte of (or not of) a set, ``\\x``
 the byte x itself. As in Redis, a range given backwards (``[z-a]``) means
-the same as forwards and a ``[`` left open runs to the end of the pattern.
+the same as forwards, a range's end is the byte after the ``-`` whatever it
+is (``[a-]`` is the range from ``]`` to ``a``, and the set goes on; in
+``[a-\\]`` the backslash ends the range), and a ``[`` left open runs to the
+end of the pattern.
 A pattern is translated once to a compiled regular expression (cached).
 """
 
@@ -34,11 +37,8 @@ def _class(p: bytes, i: int) -> tuple[bytes, int]:
         if c == 0x5C and i + 1 < n:
             i += 1
             parts.append(_byte(p[i]))
-        elif i + 2 < n and p[i + 1] == 0x2D and p[i + 2] != 0x5D:
+        elif i + 2 < n and p[i + 1] == 0x2D:       # the range's end is the next byte, whatever it is
             lo, hi = c, p[i + 2]
-            if p[i + 2] == 0x5C and i + 3 < n:
-                hi = p[i + 3]
-                i += 1
             if lo > hi:
                 lo, hi = hi, lo
             parts.append(_byte(lo) + b"-" + _byte(hi))

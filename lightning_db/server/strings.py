@@ -10,6 +10,8 @@ SETEX replace it.
 
 from __future__ import annotations
 
+import re
+import warnings
 from decimal import Decimal
 from typing import Any
 
@@ -356,20 +358,40 @@ def format_float(x: Any) -> bytes:
     """What Redis prints for INCRBYFLOAT: 17 decimals of the long double
     (``%.17Lf``), trailing zeros and point dropped, never an exponent."""
     if isinstance(x, np.longdouble):
-        return np.format_float_positional(x, precision=17, unique=False, fractional=True, trim="-").encode()
+        out = np.format_float_positional(x, precision=17, unique=False, fractional=True, trim="-").encode()
+        return b"0" if out == b"-0" else out        # as Redis's ld2string: no negative zero
     s = format(Decimal(repr(x)), "f")
     if "." in s:
         s = s.rstrip("0").rstrip(".")
     return s.encode()
 
 
+_MAX_LONG_DOUBLE_CHARS = 5 * 1024      # string2ld's buffer: a longer text is not a number
+_NONZERO_DIGIT = re.compile(rb"[1-9]")
+_NONZERO_HEX = re.compile(rb"[1-9a-fA-F]")
+
+
 def _long_double(b: bytes) -> np.longdouble:
-    """A number as Redis's string2ld reads it, in long double precision."""
+    """A number as Redis's string2ld reads it, in long double precision:
+    one that overflows the long double, or a nonzero one that underflows
+    to 0, is not a valid float (strtold's ERANGE)."""
+    if len(b) >= _MAX_LONG_DOUBLE_CHARS:
+        raise ReplyError("ERR value is not a valid float")
     x = parse_float(b)                 # the syntax check and its error
+    hexadecimal = b"x" in b or b"X" in b
     try:
-        return np.longdouble(b.decode())
-    except ValueError:                 # hexadecimal: numpy reads decimal only
-        return np.longdouble(x)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)     # overflow: inf, refused below
+            ld = np.longdouble(b.decode())
+    except ValueError:                 # a numpy that reads decimal only
+        ld = np.longdouble(x)
+    if hexadecimal:
+        digits, mantissa = _NONZERO_HEX, re.split(rb"[pP]", b[b.lower().index(b"x") + 1:])[0]
+    else:
+        digits, mantissa = _NONZERO_DIGIT, re.split(rb"[eE]", b)[0]
+    if (np.isinf(ld) and b"inf" not in b.lower()) or (ld == 0 and digits.search(mantissa)):
+        raise ReplyError("ERR value is not a valid float")
+    return ld
 
 
 @command("incrbyfloat", 3, "write denyoom fast", (1, 1, 1), group="string", since="2.6.0",

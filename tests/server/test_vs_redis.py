@@ -503,3 +503,43 @@ def test_matches_redis_incrbyfloat_precision(both):
                                ["INCRBYFLOAT", "g", "-0.00001"])
     assert theirs == [b"OK", b"0.3", b"OK", b"5199.99998999999999993"]
     assert ours == theirs
+
+
+def _plain(replies):
+    return [str(r) if isinstance(r, hiredis.ReplyError) else r for r in replies]
+
+
+def test_matches_redis_expire_bound_truncates_toward_zero(both):
+    """EXPIRE's seconds must fit a 64-bit count of milliseconds; the lower
+    bound is C's LLONG_MIN / 1000 (truncated toward zero): just below it is
+    an error and the key stays, at it the key is deleted (a past time)."""
+    ours, theirs = both_answer(both, ["SET", "x", "1"], ["EXPIRE", "x", "-9223372036854776"], ["EXISTS", "x"],
+                               ["EXPIREAT", "x", "-9223372036854776"], ["EXPIRE", "nokey", "-9223372036854776"],
+                               ["EXPIRE", "x", "-9223372036854775"], ["EXISTS", "x"])
+    assert _plain(theirs)[2] == 1 and _plain(theirs)[-1] == 0
+    commands = ["SET", "EXPIRE", "EXISTS", "EXPIREAT", "EXPIRE", "EXPIRE", "EXISTS"]
+    for i, (name, o, t) in enumerate(zip(commands, ours, theirs)):
+        same(name, o, t, f"command {i}")
+
+
+def test_matches_redis_incrbyfloat_range_and_negative_zero(both):
+    """Numbers that overflow the long double or underflow to zero are not
+    valid floats; a result of negative zero prints as 0."""
+    ours, theirs = both_answer(both, ["INCRBYFLOAT", "f", "-1e-20"], ["GET", "f"],
+                               ["INCRBYFLOAT", "h", "1e-5000"], ["EXISTS", "h"], ["INCRBYFLOAT", "h", "1e5000"],
+                               ["SET", "g", "1e-5000"], ["INCRBYFLOAT", "g", "1"], ["SET", "g", "1e5000"],
+                               ["INCRBYFLOAT", "g", "1"], ["INCRBYFLOAT", "k", "1" * 5200],
+                               ["SET", "m", "-0.0000000000000000001"], ["INCRBYFLOAT", "m", "0"])
+    assert _plain(theirs)[:2] == [b"0", b"0"]
+    assert _plain(ours) == _plain(theirs)
+
+
+def test_matches_redis_glob_range_ends(both):
+    """A range's end is the byte after the dash, whatever it is: "[a-]"
+    is the range from "]" to "a" (and the set goes on), and in "[a-\\]" the
+    backslash ends the range."""
+    keys = [b"a", b"]", b"-", b"\\", b"a]b", b"b", b"^", b"z", b"a]", b"]b"]
+    setup = [["SET", k, "1"] for k in keys]
+    queries = [["KEYS", p] for p in (b"[a-]", b"[z-]", b"[a-]]", b"[a-\\]]*", b"[c-\\bc", b"[-a]", b"[a-", b"[\\-]")]
+    ours, theirs = both_answer(both, *setup, *queries)
+    assert [sorted(r) for r in ours[len(setup):]] == [sorted(r) for r in theirs[len(setup):]]
