@@ -155,6 +155,9 @@ def _prefix_end(prefix: bytes) -> bytes | None:
     return p[:-1] + bytes([p[-1] + 1]) if p else None
 
 
+_MAX_LIMIT = 2**63 - 1      # a scan's limit: what a signed 64-bit count holds (None: no limit)
+
+
 def _scan_range(limits: _Limits, start: Any, end: Any, prefix: Any, reverse: Any,
                 limit: Any) -> tuple[bytes | None, bytes | None, int | None]:
     start = limits.bound(start, "start")
@@ -162,8 +165,8 @@ def _scan_range(limits: _Limits, start: Any, end: Any, prefix: Any, reverse: Any
     prefix = limits.bound(prefix, "prefix")
     if not isinstance(reverse, bool):
         raise InvalidArgument(f"reverse must be a bool, got {type(reverse).__name__}")
-    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
-        raise InvalidArgument(f"limit must be None or an integer >= 0, got {limit!r}")
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or not 0 <= limit <= _MAX_LIMIT):
+        raise InvalidArgument(f"limit must be None or an integer from 0 to 2**63-1, got {limit!r}")
     if prefix:
         if start is None or start < prefix:
             start = prefix

@@ -156,6 +156,10 @@ class Transaction(KeyWrites):
         return self._state
 
     def _check(self) -> None:
+        if self._db._closed:                    # the database went: so did the snapshot
+            self._state, self._view = "rolled back", None
+            self._writes.clear()
+            self._db._check_open()              # DatabaseClosed
         if self._state != "open":
             raise InvalidArgument(f"this transaction is already {self._state}")
         if time.monotonic() > self._deadline:
@@ -212,17 +216,20 @@ class Transaction(KeyWrites):
         from .db import _scan_range
         self._check()
         lo, hi, n = _scan_range(self._limits, start, end, prefix, reverse, limit)
-        return self._scan(lo, hi, reverse, n)
-
-    def _scan(self, lo: bytes | None, hi: bytes | None, reverse: bool, n: int | None) -> Iterator[tuple[bytes, bytes]]:
         if (lo is not None and hi is not None and lo >= hi) or n == 0:
-            return
+            return iter(())
         rec = _Scanned(lo, hi, reverse)
         if self._serializable:
             self._scans.append(rec)
+        # Taken now, not at the first step: writes made after this call are not in it.
         mine = sorted(((k, kind, v) for k, (kind, v) in self._writes.items()
                        if (lo is None or k >= lo) and (hi is None or k < hi)), reverse=reverse)
-        base = ((k, _VALUE, v) for k, v in self._snap().scan(lo, hi, reverse))
+        return self._scan(rec, mine, self._snap().scan(lo, hi, reverse), reverse, n)
+
+    @staticmethod
+    def _scan(rec: "_Scanned", mine: list[tuple[bytes, int, bytes]], snap: Iterator[tuple[bytes, bytes]],
+              reverse: bool, n: int | None) -> Iterator[tuple[bytes, bytes]]:
+        base = ((k, _VALUE, v) for k, v in snap)
         # heapq.merge yields equal keys in the order of its inputs: own writes first.
         ranked = heapq.merge(mine, base, key=_first, reverse=reverse)
         count, prev = 0, None

@@ -127,3 +127,45 @@ def test_open_rejects_a_shard_count_past_the_limit_and_a_file_path(tmp_path):
             ldb.open(f, shards=shards)
     assert f.read_bytes() == b"not a database"
     assert issubclass(InvalidArgument, LightningError)
+
+
+def test_a_scan_limit_past_a_64_bit_count_is_refused(db):
+    db.put(b"edge-l1", b"1")
+    for limit in (2**63, 2**64 - 1, 2**70):
+        with pytest.raises(InvalidArgument, match=r"limit must be None or an integer from 0 to 2\*\*63-1"):
+            db.scan(prefix=b"edge-l", limit=limit)
+    assert list(db.scan(prefix=b"edge-l", limit=2**63 - 1)) == [(b"edge-l1", b"1")]
+    with db.snapshot() as s:
+        with pytest.raises(InvalidArgument, match="limit"):
+            s.scan(limit=2**64)
+    with db.transaction() as tx:
+        with pytest.raises(InvalidArgument, match="limit"):
+            tx.scan(limit=2**64)
+
+
+def test_a_transaction_scan_shows_its_writes_as_they_were_when_called(db):
+    db.put(b"edge-ts0", b"old")
+    with db.transaction() as tx:
+        tx.put(b"edge-ts1", b"mine")
+        it = tx.scan(prefix=b"edge-ts")
+        tx.put(b"edge-ts2", b"later")               # after the call: not in that scan
+        tx.delete(b"edge-ts0")
+        assert list(it) == [(b"edge-ts0", b"old"), (b"edge-ts1", b"mine")]
+        assert list(tx.scan(prefix=b"edge-ts")) == [(b"edge-ts1", b"mine"), (b"edge-ts2", b"later")]
+
+
+@pytest.mark.parametrize("shards", [0, 2], ids=["in-process", "two-shards"])
+def test_a_transaction_after_close_is_database_closed_and_rolled_back(tmp_path, shards):
+    d = ldb.open(tmp_path / "db", shards=shards)
+    d.put(b"k", b"1")
+    tx = d.transaction()
+    assert tx.get(b"k") == b"1"
+    tx.put(b"k", b"2")
+    d.close()
+    for call in (lambda: tx.get(b"k"), lambda: tx.put(b"k", b"3"), tx.commit):
+        with pytest.raises(ldb.DatabaseClosed):
+            call()
+    assert tx.state == "rolled back"
+    tx.rollback()                                   # a no-op now
+    with ldb.open(tmp_path / "db", shards=shards) as again:
+        assert again.get(b"k") == b"1"
