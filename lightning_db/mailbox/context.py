@@ -88,6 +88,11 @@ def check_address(address: str) -> str:
     scheme, sep, rest = address.partition("://")
     if not sep or scheme not in ("ipc", "tcp", "inproc") or not rest:
         raise InvalidArgument(f"address {address!r} is not ipc://PATH, tcp://HOST:PORT or inproc://NAME")
+    if scheme == "tcp":
+        host, colon, port = rest.rpartition(":")
+        if not colon or not host or not (port == "*" or (port.isdigit() and 1 <= int(port) <= 65535)):
+            raise InvalidArgument(f"address {address!r} needs a port from 1 to 65535 (or * to bind any): "
+                                  "tcp://HOST:PORT")
     if scheme == "ipc" and len(os.fsencode(rest)) > IPC_PATH_MAX:
         raise InvalidArgument(f"ipc path {rest!r} is longer than the limit of {IPC_PATH_MAX} bytes")
     return address

@@ -29,7 +29,7 @@ from collections.abc import (
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from ..db import key_list
+from ..db import _scan_range, key_list
 from ..errors import DatabaseClosed, InvalidArgument, MailboxClosed, TransactionConflict
 from ..transaction import check_run
 from .client import RemoteBatch, RemoteDatabase
@@ -128,12 +128,17 @@ class AsyncPool:
 
 
 class AsyncScan:
-    """``async for key, value in db.scan(...)``; the scan starts at the first
-    iteration (argument errors are raised there)."""
+    """``async for key, value in db.scan(...)``, or ``it = await
+    db.scan(...)`` then ``async for``. The arguments are checked at the
+    call (InvalidArgument there); the scan's view is taken when it is
+    awaited, or else at its first step (the call itself cannot wait for
+    the server)."""
 
-    def __init__(self, apool: AsyncPool, start: Callable[[], Any]) -> None:
+    def __init__(self, apool: AsyncPool, limits: Any, scan: Callable[..., Any], start: Any, end: Any,
+                 prefix: Any, reverse: Any, limit: Any) -> None:
+        _scan_range(limits, start, end, prefix, reverse, limit)
         self._apool = apool
-        self._start: Callable[[], Any] | None = start
+        self._start: Callable[[], Any] | None = functools.partial(scan, start, end, prefix, reverse, limit)
         self._it: Any = None
         self._rows: list[tuple[bytes, bytes]] = []
         self._i = 0
@@ -141,11 +146,18 @@ class AsyncScan:
     def __aiter__(self) -> AsyncScan:
         return self
 
+    def __await__(self) -> Generator[Any, None, AsyncScan]:
+        return self._begin().__await__()
+
+    async def _begin(self) -> AsyncScan:
+        if self._start is not None:
+            start, self._start = self._start, None
+            self._it = await self._apool.run(start)
+        return self
+
     async def __anext__(self) -> tuple[bytes, bytes]:
         while self._i >= len(self._rows):
-            if self._start is not None:
-                start, self._start = self._start, None
-                self._it = await self._apool.run(start)
+            await self._begin()
             it = self._it
             if it is None:
                 raise StopAsyncIteration
@@ -202,7 +214,7 @@ class AsyncSnapshot:
 
     def scan(self, start: Any = None, end: Any = None, prefix: Any = None, reverse: bool = False,
              limit: int | None = None) -> AsyncScan:
-        return AsyncScan(self._apool, functools.partial(self._snap.scan, start, end, prefix, reverse, limit))
+        return AsyncScan(self._apool, self._snap._db._limits, self._snap.scan, start, end, prefix, reverse, limit)
 
     async def close(self) -> None:
         await self._apool.finish(self._snap.close)
@@ -237,7 +249,7 @@ class AsyncTransaction:
 
     def scan(self, start: Any = None, end: Any = None, prefix: Any = None, reverse: bool = False,
              limit: int | None = None) -> AsyncScan:
-        return AsyncScan(self._apool, functools.partial(self._tx.scan, start, end, prefix, reverse, limit))
+        return AsyncScan(self._apool, self._tx._limits, self._tx.scan, start, end, prefix, reverse, limit)
 
     def put(self, key: Any, value: Any, *, ttl: float | None = None, expire_at: float | None = None) -> None:
         self._tx.put(key, value, ttl=ttl, expire_at=expire_at)
@@ -333,7 +345,7 @@ class AsyncRemoteDatabase:
 
     def scan(self, start: Any = None, end: Any = None, prefix: Any = None, reverse: bool = False,
              limit: int | None = None) -> AsyncScan:
-        return AsyncScan(self.pool, functools.partial(self.db.scan, start, end, prefix, reverse, limit))
+        return AsyncScan(self.pool, self.db._limits, self.db.scan, start, end, prefix, reverse, limit)
 
     def snapshot(self) -> _Opening:
         """``async with db.snapshot() as s:`` or ``s = await db.snapshot()``."""

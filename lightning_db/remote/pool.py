@@ -69,9 +69,9 @@ STRATEGIES = ("round_robin", "least_recently_used", "random", "weighted")
 def _seconds(value: Any, what: str, allow_none: bool = False) -> float:
     if value is None and allow_none:
         return math.inf
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-        raise InvalidArgument(f"{what} must be a number of seconds > 0{' or None' if allow_none else ''}, "
-                              f"got {value!r:.40}")
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
+        raise InvalidArgument(f"{what} must be a finite number of seconds > 0"
+                              f"{' or None (no limit)' if allow_none else ''}, got {value!r:.40}")
     return float(value)
 
 
@@ -90,8 +90,9 @@ class Pool:
                  connect_timeout: float = 2.0, timeout: float = 30.0, start: bool = True) -> None:
         if isinstance(urls, str):
             urls = [urls]
-        if not isinstance(urls, Sequence) or not urls:
-            raise InvalidArgument("give a server url (tcp://HOST:PORT) or a non-empty list of them")
+        if not isinstance(urls, Sequence) or isinstance(urls, (bytes, bytearray)) or not urls:
+            raise InvalidArgument(f"give a server url (tcp://HOST:PORT, a str) or a non-empty list of them, "
+                                  f"got {urls!r:.60}")
         urls = [check_address(u) for u in urls]
         for name, v in (("min_size", min_size), ("max_size", max_size)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
@@ -105,7 +106,8 @@ class Pool:
             weights = [1.0] * len(urls)
         elif strategy != "weighted":
             raise InvalidArgument("weights are for strategy='weighted'")
-        if len(weights) != len(urls) or not all(
+        if not isinstance(weights, Sequence) or isinstance(weights, (str, bytes, bytearray)) or \
+                len(weights) != len(urls) or not all(
                 isinstance(w, (int, float)) and not isinstance(w, bool) and 0 < w < math.inf for w in weights):
             raise InvalidArgument(f"weights must be {len(urls)} positive numbers (one per url), got {weights!r:.80}")
         self.min_size, self.max_size, self.strategy = min_size, max_size, strategy
@@ -164,6 +166,11 @@ class Pool:
             raise error
         self._thread = threading.Thread(target=self._maintain, name="ldb-native-pool", daemon=True)
         self._thread.start()
+
+    @property
+    def is_closed(self) -> bool:
+        """Whether ``close`` was called (``closed`` counts closed connections)."""
+        return self._closed
 
     def close(self) -> None:
         """Stop the maintenance thread and close every connection (calls on

@@ -22,7 +22,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from ..db import ReadSugar, _scan_range
-from ..errors import InvalidArgument, LightningError, TransactionConflict
+from ..errors import DatabaseClosed, InvalidArgument, LightningError, TransactionConflict
 from ..transaction import KeyWrites, check_isolation, check_sync
 from .pool import Connection, is_link_error
 from .protocol import PAGE_ROWS, TxAction, Write
@@ -93,13 +93,17 @@ class RemoteScan:
         if not self._cursor or conn is None:
             return False
         try:
+            if conn.pool.is_closed:
+                raise DatabaseClosed("the remote database was closed before its scan ended")
             fut = self._next
             self._next = None
             if fut is None:
                 fut = conn.request("scan_next", [self._cursor, self._page])
             rows, cursor = conn.result(fut)
-        except BaseException:
+        except BaseException as exc:
             self.close()
+            if conn.pool.is_closed and isinstance(exc, LightningError) and not isinstance(exc, DatabaseClosed):
+                raise DatabaseClosed("the remote database was closed before its scan ended") from None
             raise
         self._rows, self._i = rows, 0
         if cursor:
@@ -216,7 +220,10 @@ class RemoteTransaction(KeyWrites):
         return self._state
 
     def _check(self) -> None:
-        self._db._check_open()
+        if self._db.closed:                 # the server dropped it with the session
+            if self._state == "open":
+                self._end("rolled back")
+            self._db._check_open()          # DatabaseClosed
         if self._state != "open":
             raise InvalidArgument(f"this transaction is already {self._state}")
 

@@ -169,3 +169,22 @@ def test_a_transaction_after_close_is_database_closed_and_rolled_back(tmp_path, 
     tx.rollback()                                   # a no-op now
     with ldb.open(tmp_path / "db", shards=shards) as again:
         assert again.get(b"k") == b"1"
+
+
+def test_a_shards_part_over_the_message_limit_writes_nothing(tmp_path, monkeypatch):
+    """With worker processes, one shard's part of a put_many or batch is one
+    message: past the frame limit (512 MiB; 1 MiB here) it is MalformedFrame,
+    an InvalidArgument naming the limit, and no part is written."""
+    from lightning_db.mailbox import envelope
+    monkeypatch.setattr(envelope, "MAX_FRAME_SIZE", 1 << 20)
+    with ldb.open(tmp_path / "db", shards=2) as d:
+        pairs = {b"big%04d" % i: b"x" * 10_000 for i in range(400)}      # about 2 MB a shard
+        with pytest.raises(InvalidArgument, match="exceeds the limit of 1048576 bytes"):
+            d.put_many(pairs)
+        with pytest.raises(InvalidArgument, match="exceeds the limit"):
+            with d.batch() as b:
+                for k, v in pairs.items():
+                    b.put(k, v)
+        assert list(d.scan(prefix=b"big")) == []
+        d.put_many(dict(list(pairs.items())[:20]))                   # under it: written
+        assert len(list(d.scan(prefix=b"big"))) == 20

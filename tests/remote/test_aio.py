@@ -165,3 +165,28 @@ def test_async_connect_to_nothing():
         with pytest.raises(TransientError):
             await connect_async("tcp://127.0.0.1:9", connect_timeout=0.3)
     run(main())
+
+
+def test_scan_checks_its_arguments_at_the_call_and_takes_its_view_when_awaited(server):
+    async def main():
+        db = await connect_async(server.address, **FAST)
+        async with db:
+            with pytest.raises(InvalidArgument, match="limit"):
+                db.scan(limit=-1)                       # at the call, before any iteration
+            with pytest.raises(InvalidArgument, match="reverse"):
+                db.scan(reverse=1)
+            await db.put(b"v0", b"early")
+            it = await db.scan(prefix=b"v")             # the view is taken here
+            await db.put(b"v1", b"late")
+            assert [kv async for kv in it] == [(b"v0", b"early")]
+            lazy = db.scan(prefix=b"v")                 # not awaited: its first step takes it
+            await db.put(b"v2", b"later")
+            assert [k async for k, _ in lazy] == [b"v0", b"v1", b"v2"]
+            async with db.snapshot() as snap:
+                with pytest.raises(InvalidArgument, match="limit"):
+                    snap.scan(limit=2**64)
+            tx = db.transaction()
+            with pytest.raises(InvalidArgument, match="prefix"):
+                tx.scan(prefix="v")
+            await tx.rollback()
+    run(main())

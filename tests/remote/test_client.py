@@ -102,6 +102,26 @@ def test_close(server):
             call()
 
 
+def test_what_was_open_at_close_says_database_closed(server, filled):
+    """A transaction of a closed client is DatabaseClosed and rolled back
+    (as a local one); a scan's next page is DatabaseClosed, not the pool's
+    MailboxClosed (a fatal class)."""
+    db = connect(server.address, **FAST)
+    tx = db.transaction()
+    tx.get(b"k00000")
+    tx.put(b"k00000", b"changed")
+    it = db.scan()
+    first = next(it)
+    db.close()
+    for call in (lambda: tx.get(b"k00000"), lambda: tx.put(b"k", b"v"), tx.commit):
+        with pytest.raises(DatabaseClosed):
+            call()
+    assert tx.state == "rolled back"
+    with pytest.raises(DatabaseClosed):
+        list(it)
+    assert first is not None
+
+
 # --- the differential test ------------------------------------------------------------------------
 
 

@@ -63,6 +63,20 @@ def test_options_are_checked():
         Pool([], start=False)
     with pytest.raises(InvalidArgument):
         connect(url, no_such_option=1)
+    # Each names what is wrong (no bare TypeError text, no fault class).
+    for bad, says in ((dict(timeout=float("inf")), "timeout must be a finite number"),
+                      (dict(connect_timeout=float("inf")), "connect_timeout must be a finite number"),
+                      (dict(idle_timeout=float("inf")), "idle_timeout must be a finite number of seconds > 0 or "
+                                                         "None"),
+                      (dict(strategy="weighted", weights=5), "weights must be 1 positive numbers"),
+                      (dict(strategy="weighted", weights={1: 1}), "weights must be 1 positive numbers")):
+        with pytest.raises(InvalidArgument, match=says):
+            Pool(url, start=False, **bad)
+    for bad_url, says in (("tcp://127.0.0.1", "needs a port from 1 to 65535"),
+                          ("tcp://127.0.0.1:99999", "needs a port from 1 to 65535"),
+                          ("tcp://:7379", "needs a port"), (b"tcp://127.0.0.1:1", "got b'tcp")):
+        with pytest.raises(InvalidArgument, match=says):
+            connect(bad_url)
     assert STRATEGIES == ("round_robin", "least_recently_used", "random", "weighted")
 
 
