@@ -55,7 +55,7 @@ from ..actors import ActorRef
 from ..config import Config
 from ..db import Batch, MappingSugar, _limited, _Limits, _scan_range
 from ..errors import (DatabaseClosed, InvalidArgument, LightningError, RecoverableError, Timeout, TransactionConflict,
-                      TransientError)
+                      TransactionExpired, TransientError)
 from ..storage.bloom import key_hash
 from ..storage.format import Kind
 from ..storage.published import UNAVAILABLE, PublishedReader
@@ -567,8 +567,13 @@ class ShardRouter(Transactional, MappingSugar):
         snap.check_unregistered()
         # The checks end the snapshot's registrations where they go; its
         # release then skips those shards (after a failure, it goes everywhere).
-        snap.ended = commit_transaction(self, view.seqs, ops, reads, ranges, serializable, bool(sync),
-                                        snap.ordered(), snap.token if snap.registered else None)
+        try:
+            snap.ended = commit_transaction(self, view.seqs, ops, reads, ranges, serializable, bool(sync),
+                                            snap.ordered(), snap.token if snap.registered else None)
+        except TransactionExpired:
+            if not snap.registered:     # a shard stopped tracking: the next transaction registers
+                self.tx_registered = (-1e9, [])
+            raise
 
     # --- maintenance ----------------------------------------------------------------------------
     def flush(self) -> None:

@@ -273,7 +273,7 @@ class ShardSnapshot(ReadSugar):
             if not self.registered and self.incs != incs:       # a shard restarted: its tracking too
                 self.registered = True
                 here = self._register()
-            elif tx:
+            elif tx and self.registered:      # only a registration keeps the shards tracking
                 router.tx_registered = (self._cut_at, list(self.incs))
             self._thread: Any = _carrier(here)
         else:

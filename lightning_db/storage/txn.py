@@ -114,7 +114,10 @@ class ConflictTracker:
             return
         if self.tracked_from is None:
             self.tracked_from = last_seq
-        self._idle_until = now + self.max_age
+        # Unregistered transaction snapshots (shards/snapshot.py) count on
+        # tracking going on between a process's registrations, at least
+        # as long as one may go unregistered (the lag).
+        self._idle_until = now + max(self.max_age, self.lag)
         self._regs.setdefault(seq, {})[token] = now
         self._tokens[token] = seq
         self._prune()

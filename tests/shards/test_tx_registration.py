@@ -170,3 +170,41 @@ def test_the_shards_keep_what_an_unregistered_snapshot_reads(quiet, monkeypatch)
     except TransactionExpired:          # (past TOO_LATE_S on a slow machine)
         pass
     tx.rollback()
+
+
+def test_a_stream_of_transactions_registers_again_every_keepalive(sharded, sent, monkeypatch):
+    """Only a registration keeps the shards tracking: a process whose
+    transactions all go unregistered still registers one every
+    KEEPALIVE_S (an unregistered one must not count as one)."""
+    monkeypatch.setattr(snapshot_module, "KEEPALIVE_S", 0.2)
+    sharded.tx_registered = (-1e9, [])
+    deadline = time.monotonic() + 1.0
+    n = 0
+    while time.monotonic() < deadline:
+        with sharded.transaction() as tx:
+            tx.put(b"stream", (tx.get(b"stream") or b"")[:4] + b"x")
+        n += 1
+    registrations = sent.count("register")
+    assert n > 10
+    assert registrations >= 3 * len(sharded.refs), (n, registrations)    # about one a 0.2 s, on each shard
+
+
+def test_transactions_go_on_past_transaction_max_age(tmp_path):
+    """A shard stops tracking writes only when no process registered a
+    transaction for max(transaction_max_age, the lag): a steady stream of
+    short transactions (most unregistered) never meets TransactionExpired,
+    even with a max age below KEEPALIVE_S and past the shard's periodic
+    expiry (every 1024 commits)."""
+    db = ldb.open(tmp_path / "db", shards=2, transaction_max_age=0.5)
+    try:
+        start, n, expired = time.monotonic(), 0, 0
+        while (n < 1500 or time.monotonic() - start < 2.0) and time.monotonic() - start < 120:
+            try:
+                with db.transaction() as tx:
+                    tx.put(b"k", (tx.get(b"k") or b"")[:4] + b"x")
+                n += 1
+            except TransactionExpired:
+                expired += 1
+        assert n >= 1500 and expired == 0, (n, expired)
+    finally:
+        db.close()
