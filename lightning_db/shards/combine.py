@@ -12,6 +12,10 @@ writer pays nothing extra but a lock. (A server front end runs each
 connection's request on a pool thread, so concurrent SETs of many
 connections reach a shard as one message.)
 
+A process forked from the caller (os.fork) starts with an empty combiner:
+the leader threads did not come along, and what the parent had queued is
+the parent's to send (the lock, maybe held by one of them, is made anew).
+
 Each write still applies atomically; the writes of one combined message
 are applied together, in queue order, and all fail together when the
 message fails (an error of the shard, not of one write: the ops were
@@ -20,7 +24,9 @@ validated by the router before they were queued).
 
 from __future__ import annotations
 
+import os
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +49,17 @@ class _Entry:
         self.error: BaseException | None = None
 
 
+_LIVE: "weakref.WeakSet[WriteCombiner]" = weakref.WeakSet()
+
+
+def _forked() -> None:
+    for combiner in list(_LIVE):
+        combiner._reset()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 class WriteCombiner:
     """Per shard: a queue of writes waiting and whether one is in flight.
     *send(shard, ops, sync)* delivers one combined write (retried as the
@@ -50,11 +67,16 @@ class WriteCombiner:
 
     def __init__(self, shards: int, send: Callable[[int, list[Op], bool], Any]) -> None:
         self._send = send
-        self._cond = threading.Condition(threading.Lock())
-        self._queues: list[list[_Entry]] = [[] for _ in range(shards)]
-        self._busy = [False] * shards
+        self._shards = shards
+        self._reset()
         self.messages = 0            # combined writes sent (stats)
         self.writes = 0              # writes they carried
+        _LIVE.add(self)
+
+    def _reset(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._queues: list[list[_Entry]] = [[] for _ in range(self._shards)]
+        self._busy = [False] * self._shards
 
     def write(self, shard: int, ops: list[Op], sync: bool) -> None:
         entry = _Entry(ops, sync)

@@ -3,6 +3,7 @@ share a message; each writer learns its own write's outcome."""
 
 from __future__ import annotations
 
+import signal
 import threading
 
 import lightning_db as ldb
@@ -105,3 +106,41 @@ def test_concurrent_acknowledged_puts_all_land(tmp_path):
         assert db.stats()["write_combining"]["combined_writes"] == 1600
     finally:
         db.close()
+
+
+def test_a_forked_child_writes_although_a_parent_thread_was_sending():
+    """The leader threads do not survive fork: a child whose parent had a
+    write in flight (busy, the lock maybe held) writes through a fresh
+    combiner instead of waiting forever for a leader that is not there."""
+    import os
+
+    parent = os.getpid()
+    release, sending = threading.Event(), threading.Event()
+    sent: list[int] = []
+
+    def send(shard, ops, sync):
+        if os.getpid() == parent:
+            sending.set()
+            release.wait(30)
+        sent.append(len(ops))
+
+    c = WriteCombiner(1, send)
+    t = threading.Thread(target=c.write, args=(0, [(0, b"p", b"1")], False))
+    t.start()
+    try:
+        assert sending.wait(30)
+        pid = os.fork()
+        if pid == 0:                                   # the child: one write, then leave at once
+            code = 1
+            try:
+                signal.alarm(20)                       # a hang ends the child, the test sees it
+                c.write(0, [(0, b"c", b"2")], False)
+                code = 0 if sent == [1] else 1
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        release.set()
+        t.join(30)
+    assert sent == [1]
