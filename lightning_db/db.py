@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+import weakref
 from itertools import islice, repeat
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
@@ -299,7 +300,8 @@ class Snapshot(ReadSugar):
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._db._engine.release_snapshot(self._seq)
+            if not self._db._forked:        # a forked child's engine is its parent's
+                self._db._engine.release_snapshot(self._seq)
 
     def __del__(self) -> None:
         try:
@@ -337,6 +339,26 @@ class _EngineTxView:
         return self._engine.end_tx(self.seq)
 
 
+# Every open in-process database, for the fork handler below.
+_IN_PROCESS: "weakref.WeakSet[Database]" = weakref.WeakSet()
+
+
+def _forked() -> None:
+    """In a process forked from one holding in-process databases: every
+    handle it inherited is closed here without touching anything (the WAL's
+    file offset, the shared memtable segment and the directory's lock are
+    shared with the parent, and the engine's threads did not come along):
+    its calls raise DatabaseClosed naming the parent, and its close() is a
+    no-op, so the parent keeps its lock and its data."""
+    for db in list(_IN_PROCESS):
+        db._forked = True
+        db._closed = True
+    _IN_PROCESS.clear()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 class Database(Transactional, MappingSugar):
     """An open Lightning DB. See README for the full contract. Keys are 1 B to
     ``max_key_size`` (64 KiB), values up to ``max_value_size`` (64 MiB)."""
@@ -346,6 +368,9 @@ class Database(Transactional, MappingSugar):
         self._limits = _Limits(engine.config)
         self._sync_default = engine.config.sync == "always"
         self._closed = False
+        self._pid = os.getpid()
+        self._forked = False
+        _IN_PROCESS.add(self)
 
     @property
     def path(self) -> str:
@@ -357,6 +382,11 @@ class Database(Transactional, MappingSugar):
 
     def _check_open(self) -> None:
         if self._closed:
+            if self._forked:
+                raise DatabaseClosed(
+                    f"database {self._engine.path} was opened in process {self._pid}, which this process "
+                    "forked from: an in-process database (shards=0) belongs to the process that opened it; "
+                    "open the path here once that process closed it, or use worker processes (shards >= 1)")
             raise DatabaseClosed(f"database {self._engine.path} is closed")
 
     def _write(self, ops: list[tuple[int, bytes, bytes]], sync: bool | None) -> None:
@@ -500,8 +530,12 @@ class Database(Transactional, MappingSugar):
         return self._engine.verify()
 
     def close(self) -> None:
+        """Close the database (idempotent). In a process forked from the one
+        that opened it, nothing is done: the files, the lock and the engine
+        are that process's."""
         if not self._closed:
             self._closed = True
+            _IN_PROCESS.discard(self)
             self._engine.close()
 
     @property

@@ -289,7 +289,7 @@ class Transaction(KeyWrites):
         self._state = "rolled back"
         view, self._view = self._view, None
         self._writes.clear()
-        if view is not None:
+        if view is not None and not self._db._closed:     # closed (or forked): nothing to release
             view.release(wait=False)
 
     def __enter__(self) -> "Transaction":
