@@ -21,6 +21,7 @@ import numpy as np
 
 from .config import Config
 from .errors import DatabaseClosed, InvalidArgument
+from .interrupts import held_interrupts
 from .storage.engine import Engine
 from .storage.format import CURRENT, Kind
 from .storage.ttl import encode as ttl_encode
@@ -339,6 +340,8 @@ class _EngineTxView:
         return self._engine.end_tx(self.seq)
 
 
+_HOLD_OPS = 64              # a write of this many ops or more holds Ctrl-C back until it is applied
+
 # Every open in-process database, for the fork handler below.
 _IN_PROCESS: "weakref.WeakSet[Database]" = weakref.WeakSet()
 
@@ -392,7 +395,12 @@ class Database(Transactional, MappingSugar):
     def _write(self, ops: list[tuple[int, bytes, bytes]], sync: bool | None) -> None:
         self._check_open()
         check_sync(sync)
-        self._engine.write(ops, self._sync_default if sync is None else sync)
+        sync = self._sync_default if sync is None else sync
+        if len(ops) < _HOLD_OPS:
+            self._engine.write(ops, sync)
+            return
+        with held_interrupts():     # a Ctrl-C inside would stop writes until a reopen (engine.py)
+            self._engine.write(ops, sync)
 
     # --- single keys ----------------------------------------------------------------
     def put(self, key: Any, value: Any, sync: bool | None = None, *, ttl: float | None = None,

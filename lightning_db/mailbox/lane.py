@@ -33,6 +33,7 @@ be reached (a worker being restarted), goes on the shared DEALER.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
@@ -314,7 +315,17 @@ class LaneClient(OwnConnection):
         """Send one whole frame after its length. Where the worker's socket
         is full, wait for room while it takes some within SEND_STALL
         seconds and the ask's deadline (*mono*) has not passed; else give
-        the lane up (a frame cut short breaks the stream)."""
+        the lane up (a frame cut short breaks the stream), as when a
+        KeyboardInterrupt stops the send."""
+        try:
+            self._send_frame(frame, mono)
+        except BaseException as exc:
+            if not isinstance(exc, LightningError):     # maybe cut short: the stream is unusable
+                with contextlib.suppress(LightningError):
+                    self._broken(f"a send to {self._owner.address} was interrupted ({type(exc).__name__})")
+            raise
+
+    def _send_frame(self, frame: bytes, mono: float) -> None:
         data = _LEN.pack(len(frame)) + frame
         sock = self._sock
         try:

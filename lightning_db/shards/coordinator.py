@@ -67,6 +67,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import FatalError, InvalidArgument, LightningError, TransactionConflict, TransientError
+from ..interrupts import held_interrupts
 from .resolve import _quiet, _send, _send_here
 
 if TYPE_CHECKING:
@@ -98,8 +99,16 @@ def two_phase(router: "ShardRouter", parts: dict[int, list[Op]], checks: dict[in
     """Apply *parts* (shard -> ops, two shards or more; or one writing
     shard with read-only participants in *checks*) atomically. *here*: the
     checks go on this thread's own connections (else on the process's
-    shared one: ``ShardSnapshot.ordered``)."""
-    checks = checks or {}
+    shared one: ``ShardSnapshot.ordered``). A Ctrl-C meanwhile is raised
+    once the commit is whole or aborted (interrupts.py): stopped half way,
+    it would leave some shards applied and the others' intents held for
+    as long as this process lives."""
+    with held_interrupts():
+        _two_phase(router, parts, checks or {}, here)
+
+
+def _two_phase(router: "ShardRouter", parts: dict[int, list[Op]], checks: dict[int, list[Any]],
+               here: bool) -> None:
     shards = sorted(set(parts) | set(checks))
     primary = min(parts)
     txid = make_txid(primary)
@@ -320,18 +329,19 @@ def commit_transaction(router: "ShardRouter", seqs: Sequence[int] | None, ops: l
     readers = sorted(shards - {writer})
     txid = make_txid(writer)
     refs, timeout = router.refs, router.timeout
-    futs = [send(refs[s], "prepare", [txid, [], checks[s]], timeout) for s in readers]
-    errors = [r for r in map(_quiet, futs) if isinstance(r, LightningError)]
-    try:
-        if errors:
-            conflicts = [e for e in errors if isinstance(e, TransactionConflict)]
-            raise (conflicts or errors)[0]
-        # Under the gate: a snapshot cut between another shard's read and
-        # this write could otherwise order it before what it depended on.
-        with router.gate.shared(timeout):
-            ask(writer, "txwrite", [parts[writer], sync, checks[writer]])
-    finally:   # read intents go either way (commit and abort both release them)
-        abort_all(router, txid, readers)      # a reader restarted meanwhile holds them again: asked again
+    with held_interrupts():         # the readers' intents must not outlive a Ctrl-C here
+        futs = [send(refs[s], "prepare", [txid, [], checks[s]], timeout) for s in readers]
+        errors = [r for r in map(_quiet, futs) if isinstance(r, LightningError)]
+        try:
+            if errors:
+                conflicts = [e for e in errors if isinstance(e, TransactionConflict)]
+                raise (conflicts or errors)[0]
+            # Under the gate: a snapshot cut between another shard's read and
+            # this write could otherwise order it before what it depended on.
+            with router.gate.shared(timeout):
+                ask(writer, "txwrite", [parts[writer], sync, checks[writer]])
+        finally:   # read intents go either way (commit and abort both release them)
+            abort_all(router, txid, readers)      # a reader restarted meanwhile holds them again: asked again
     return ended
 
 

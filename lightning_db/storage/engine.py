@@ -287,27 +287,36 @@ class Engine(Background, Participant):
                     if wal.torn:                  # a partial frame is on disk: no more appends
                         self._write_error = exc
                     raise                         # else nothing was written (a full disk): writes go on
-                if n:
-                    if not self._ttl_seen:
-                        for op in ops:
-                            if op[0] == VALUE_TTL:
-                                self._ttl_seen = True
-                                break
-                    mem.add_batch(seq, ops)
-                    self._last_seq = seq + n - 1
-                    if self._pub is not None:
-                        self._pub.visible(self._last_seq)
-                    if txn.tracked_from is not None:
-                        txn.record(seq, [op[1] for op in ops])
-                    if self._lag:
-                        txn.sample(self._last_seq)
-                if commit is not None:
-                    del self._prepared[commit]
-                    txn.release(commit)
-                    if remember:
-                        self._decided.add(commit)
-                if token is not None:
-                    self.tokens.add(*token)
+                try:
+                    if n:
+                        if not self._ttl_seen:
+                            for op in ops:
+                                if op[0] == VALUE_TTL:
+                                    self._ttl_seen = True
+                                    break
+                        mem.add_batch(seq, ops)
+                        self._last_seq = seq + n - 1
+                        if self._pub is not None:
+                            self._pub.visible(self._last_seq)
+                        if txn.tracked_from is not None:
+                            txn.record(seq, [op[1] for op in ops])
+                        if self._lag:
+                            txn.sample(self._last_seq)
+                    if commit is not None:
+                        del self._prepared[commit]
+                        txn.release(commit)
+                        if remember:
+                            self._decided.add(commit)
+                    if token is not None:
+                        self.tokens.add(*token)
+                except BaseException as exc:
+                    # Stopped between its WAL record and its memtable records
+                    # (a KeyboardInterrupt): the next write would reuse these
+                    # seqs, so none may follow before a reopen applies the record.
+                    self._write_error = BackgroundError(
+                        f"a write was interrupted ({type(exc).__name__}) after its WAL record was written and "
+                        "before it was applied: reopen the database (which applies it) to write again")
+                    raise
                 c = self._counters
                 c["user_bytes_written"] += nbytes - 32 * n
                 c["wal_bytes_written"] += len(payload)

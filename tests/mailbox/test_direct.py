@@ -270,3 +270,37 @@ def test_a_tell_here_without_a_direct_socket_goes_on_the_shared_one(served, clie
     wait_until(lambda: served.tells == ["shared"], what="the tell on the shared socket")
     with pytest.raises(errors.InvalidArgument):
         client.tell_here(7, None)
+
+
+LANE_ONLY = pytest.mark.parametrize("served", ["lane"], indirect=True)
+
+
+@LANE_ONLY
+def test_a_send_stopped_by_a_keyboard_interrupt_gives_the_lane_up(served, client):
+    """A frame cut short (Ctrl-C between two sends of it) would break the
+    stream: the lane is given up and the thread's next ask makes a new one."""
+    first = client.ask_here("echo", 1, timeout=30)
+    assert first.result(30) == 1
+    lane = first.client
+
+    class HalfThenInterrupt:
+        def __init__(self, sock):
+            self._sock = sock
+
+        def send(self, data):
+            self._sock.send(bytes(data)[: max(1, len(data) // 2)])
+            raise KeyboardInterrupt
+
+        def __getattr__(self, name):
+            return getattr(self._sock, name)
+
+    real = lane._sock
+    lane._sock = HalfThenInterrupt(real)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            client.ask_here("echo", b"x" * 1000, timeout=30)
+    finally:
+        lane._sock = real
+    assert lane.closed
+    again = client.ask_here("echo", 2, timeout=30)
+    assert again.result(30) == 2 and again.client is not lane
