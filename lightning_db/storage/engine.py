@@ -137,8 +137,11 @@ class Engine(Background, Participant):
             meta.reader = TableReader.open(self.fs, self._file(table_name(meta.number)), meta.number, self.cache)
         return meta
 
-    def _new_memtable(self, number: int, needed: int = 0) -> Memtable:
-        cap = max(self.config.memtable_size, needed + (needed >> 3) + 4096)
+    def _new_memtable(self, number: int, needed: int = 0, keys: int = 0) -> Memtable:
+        """A memtable of ``memtable_size``, or larger where one write of
+        *needed* arena bytes and *keys* keys would not fit in it (a batch
+        is never split across memtables)."""
+        cap = max(self.config.memtable_size, needed + (needed >> 3) + 4096, Memtable.capacity_for_keys(keys))
         mem = Memtable(self.fs, self._file(segment_name(number)), number, cap)
         if self._on_segment is not None:
             self._on_segment(mem.mapping)
@@ -403,10 +406,10 @@ class Engine(Background, Participant):
                 self._bg_cv.wait(min(left, 1.0))
             if stalled:
                 self._counters["write_stalls"] += 1
-            self._rotate(nbytes)
+            self._rotate(nbytes, n)
             return self._sv.mem
 
-    def _rotate(self, needed: int = 0) -> None:
+    def _rotate(self, needed: int = 0, keys: int = 0) -> None:
         """REQUIRES: write lock and mutex. The live memtable becomes immutable;
         a new WAL (its directory entry durable) and memtable take over."""
         sv = self._sv
@@ -415,7 +418,7 @@ class Engine(Background, Participant):
         mem: Memtable | None = None
         try:
             self.fs.sync_dir(self.path)
-            mem = self._new_memtable(number, needed)
+            mem = self._new_memtable(number, needed, keys)
             # Prepared transactions and kept decisions follow into the new WAL:
             # the old one is unlinked once its memtable is flushed; they must not be.
             if self._prepared or self._decided:

@@ -102,6 +102,13 @@ class Memtable:
         rounded up to a multiple of 8."""
         return (_REC_SIZE + klen + vlen + 7) & ~7
 
+    @staticmethod
+    def capacity_for_keys(keys: int) -> int:
+        """The smallest arena capacity whose index takes *keys* new keys
+        (at most 0.75 load; the index has one slot per 64 arena bytes)."""
+        slots = -(-keys * _MAX_LOAD_DEN // _MAX_LOAD_NUM)
+        return 64 * slots
+
     def fits(self, nbytes: int, nrecords: int = 1) -> bool:
         """True if *nbytes* more arena bytes fit and the index stays at or
         below 0.75 load even if all *nrecords* records bring new keys."""

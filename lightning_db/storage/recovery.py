@@ -130,7 +130,7 @@ def recover(engine: "Engine") -> tuple[Memtable, Wal, int, dict[bytes, list], di
                 fs.remove(mem.path)
                 mem = None
             if mem is None:
-                mem = engine._new_memtable(vs.new_file_number(), nbytes)
+                mem = engine._new_memtable(vs.new_file_number(), nbytes, len(ops))
             mem.add_batch(first_seq, ops)
             last_seq = max(last_seq, first_seq + len(ops) - 1)
     if mem is not None:

@@ -188,3 +188,21 @@ def test_a_shards_part_over_the_message_limit_writes_nothing(tmp_path, monkeypat
         assert list(d.scan(prefix=b"big")) == []
         d.put_many(dict(list(pairs.items())[:20]))                   # under it: written
         assert len(list(d.scan(prefix=b"big"))) == 20
+
+
+@pytest.mark.parametrize("shards", [0, 2], ids=["in-process", "two-shards"])
+def test_a_batch_of_more_keys_than_a_memtable_indexes_is_written_whole(tmp_path, shards):
+    """A memtable's key index holds one key per 85 arena bytes: a batch of
+    small pairs can bring more keys than an empty memtable_size memtable
+    takes. It goes into one memtable made large enough, whole."""
+    n = 5000                                       # a 64 KiB memtable indexes 768 keys
+    with ldb.open(tmp_path / "db", shards=shards, memtable_size=65536) as d:
+        d.put_many({b"k%05d" % i: b"v" for i in range(n)})
+        assert d.get_many([b"k%05d" % i for i in range(n)]) == [b"v"] * n
+        d.put(b"k00001", b"z", sync=True)          # nothing held, nothing refused
+        with d.batch() as b:
+            for i in range(n):
+                b.put(b"b%05d" % i, b"w")
+        assert len(list(d.scan(prefix=b"b"))) == n
+    with ldb.open(tmp_path / "db", shards=shards) as d:
+        assert len(list(d.scan())) == 2 * n and d.get(b"k00001") == b"z"
