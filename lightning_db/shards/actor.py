@@ -263,6 +263,12 @@ class ShardActor(Actor):
             except LightningError:
                 pass                     # its files are about to be replaced
         damaged = _damaged_file(exc, self.shard_dir)
+        if damaged is not None and parse_name(os.path.basename(damaged))[0] == "wal":   # type: ignore[index]
+            # The WAL is the only copy of the writes it holds past the
+            # damage: a rebuild without them would lose acknowledged writes
+            # silently. The shard stays down, the file where it is.
+            raise CorruptionError(f"{exc}; a WAL is the only copy of the writes after the damage, so the "
+                                  "shard is not rebuilt without them (the file is left in place)", damaged) from exc
         if damaged is not None:
             moved = quarantine(damaged, os.path.join(os.path.dirname(self.shard_dir), QUARANTINE_DIR), exc)
             self.quarantined.append(str(moved))

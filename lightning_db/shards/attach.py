@@ -41,11 +41,12 @@ from ..errors import (
     InvalidArgument,
     LightningError,
 )
-from ..mailbox import MailboxClient, PeerLost, Timeout
+from ..mailbox import MailboxClient, MalformedFrame, PeerLost, Timeout, error_from_payload
 from .node import (
     EXIT_LOCKED,
     NODE_LOCK,
     NODE_LOG,
+    START_ERROR,
     read_node_file,
     same_process,
     write_json_atomic,
@@ -279,6 +280,23 @@ def _await_exit(pid: int, create_time: float | None, deadline: float) -> None:
         delay = _sleep(delay, deadline, 0.01)
 
 
+def _start_error(data: str, pid: int) -> LightningError | None:
+    """The error the node *pid* wrote when its start failed (START_ERROR,
+    taken away), rebuilt as its own class; None when it wrote none."""
+    path = os.path.join(data, START_ERROR)
+    try:
+        with open(path, "rb") as f:
+            note = json.load(f)
+    except (OSError, ValueError):
+        return None
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+    if not isinstance(note, dict) or note.get("pid") != pid:
+        return None                         # another node's, from an earlier start
+    exc = error_from_payload(note.get("error"))
+    return None if isinstance(exc, MalformedFrame) else exc
+
+
 def _await_lock_free(data: str, deadline: float) -> None:
     """Wait until no node holds NODE.lock (one may be finishing its exit)."""
     with _flock(os.path.join(data, NODE_LOCK), deadline,
@@ -317,6 +335,11 @@ def _await_node(data: str, proc: subprocess.Popen, deadline: float) -> dict[str,
             tail = _log_tail(data)
             if code == EXIT_LOCKED:
                 raise DatabaseLocked(f"the node for {data} exited: another node holds {NODE_LOCK}\n{tail}")
+            cause = _start_error(data, proc.pid)
+            if cause is not None:          # a worker's own error: its class, the log's tail in the message
+                cause.args = (f"{cause.args[0] if cause.args else cause}\n(the node for {data} exited during "
+                              f"start; tail of {NODE_LOG}:\n{tail})",)
+                raise cause
             raise ActorStartError(f"the node for {data} exited during start with code {code}; "
                                   f"tail of {NODE_LOG}:\n{tail}", code)
         info = read_node_file(data)

@@ -66,7 +66,7 @@ from ..errors import (
     LightningError,
     RestartIntensityExceeded,
 )
-from ..mailbox import Envelope, MailboxServer, MsgKind
+from ..mailbox import Envelope, MailboxServer, MsgKind, error_payload
 from ..mailbox import shutdown as mailbox_shutdown
 from ..supervisor import AlertSink, ChildSpec, Monitor, Supervisor
 from .gate import CommitGate
@@ -83,6 +83,7 @@ __all__ = [
     "NODE_KEYS",
     "NODE_LOCK",
     "NODE_LOG",
+    "START_ERROR",
     "Node",
     "main",
     "read_node_file",
@@ -95,6 +96,8 @@ __all__ = [
 
 DEFAULT_ACTOR = "lightning_db.shards.actor:ShardActor"
 NODE_FILE, NODE_LOCK, NODE_LOG = "node.json", "NODE.lock", "node.log"
+# Why a node's start failed, for the caller that started it: {"pid", "error": error_payload}.
+START_ERROR = "START.error"
 EXIT_OK, EXIT_FAILED, EXIT_LOCKED, EXIT_FATAL = 0, 1, 3, 4
 DEFAULT_GRACE_S = 10.0        # no attach within this long after start: exit
 SESSION_CHECK_S = 0.5         # how often attached pids are checked
@@ -475,7 +478,15 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda signum, frame: node.request_stop(f"signal {signal.Signals(signum).name}"))
     code = EXIT_FAILED
     try:
-        node.start()
+        try:
+            node.start()
+        except LightningError as exc:       # a worker's own error (a damaged file, a full disk): the caller's too
+            first = str(exc).split("\n", 1)[0]
+            with contextlib.suppress(OSError):
+                write_json_atomic(os.path.join(node.data_dir, START_ERROR),
+                                  {"pid": os.getpid(), "error": [type(exc).__name__, first,
+                                                                 *error_payload(exc)[2:]]})
+            raise
         code = node.run()
     except Exception:
         log.exception("node failed")

@@ -202,3 +202,26 @@ def test_a_restore_stopped_by_a_full_disk_is_tried_again(tmp_path, monkeypatch):
         assert a.restores == 1 and len(calls) == 2
     finally:
         a.on_stop()
+
+
+def test_a_damaged_wal_is_a_corruption_error_at_open_not_a_rebuild_without_it(tmp_path):
+    """A WAL is the only copy of the writes it holds: damage in the middle
+    of one (not a torn tail) leaves the shard down, the open raising
+    CorruptionError naming the file, which stays where it is. Rebuilding
+    from the restore point without it would lose acknowledged writes."""
+    path = str(tmp_path / "db")
+    with ldb.open(path, shards=2) as db:
+        db.put_many({b"k%03d" % i: b"old" for i in range(100)})
+        db.flush()
+        db.put_many({b"k%03d" % i: b"new" for i in range(100)}, sync=True)
+        db.put(b"only-in-wal", b"x", sync=True)
+    wals = sorted(glob.glob(os.path.join(path, "shard-000", "*.log")), key=os.path.getmtime)
+    damaged = wals[-1]
+    with open(damaged, "r+b") as f:
+        f.seek(40)
+        b = f.read(1)
+        f.seek(40)
+        f.write(bytes([b[0] ^ 0xFF]))
+    with pytest.raises(ldb.CorruptionError, match=os.path.basename(damaged)):
+        ldb.open(path, shards=2)
+    assert os.path.exists(damaged) and not list_quarantined(os.path.join(path, "quarantine"))
