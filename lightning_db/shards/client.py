@@ -20,11 +20,11 @@ import psutil
 
 from ..actors import ActorRef
 from ..config import Config
-from ..errors import DatabaseShutdown, InvalidArgument, LightningError, PeerLost, TransientError
+from ..errors import DatabaseShutdown, InvalidArgument, LightningError, PeerLost, Timeout, TransientError
 from ..storage.format import CURRENT
 from .attach import SHARDS_FILE, attach
 from .gate import CommitGate
-from .node import published_path
+from .node import published_path, read_node_file
 from .ring import HashRing
 from .resolve import DEFAULT_TIMEOUT, settle_gone
 from .router import ShardRouter, _quiet_call, txid_pid
@@ -102,12 +102,29 @@ class ShardedDatabase(ShardRouter):
                 pass                           # a busy node: the retry goes on
 
     def _node_gone(self, exc: LightningError) -> None:
-        """Raise DatabaseShutdown (fatal: reopen) for a lost connection whose
-        node is gone: nothing restarts its workers, so the error would not
-        pass by itself, as a transient one should."""
-        if isinstance(exc, PeerLost) and not psutil.pid_exists(self._session.node_pid):
+        """Raise DatabaseShutdown (fatal: reopen) for a lost connection or a
+        call with no answer whose node is gone, or shut down (node.json says
+        so: restart intensity exceeded): nothing restarts its workers, so the
+        error would not pass by itself, as a transient one should."""
+        if not isinstance(exc, (PeerLost, Timeout)):
+            return
+        if not psutil.pid_exists(self._session.node_pid):
             raise DatabaseShutdown(f"the node of {self._path} (pid {self._session.node_pid}) exited; "
                                    "open the database again") from exc
+        info = read_node_file(self._path)
+        if info is not None and info.get("pid") == self._session.node_pid and info.get("status") == "shutdown":
+            raise DatabaseShutdown(f"the database at {self._path} shut down: {info.get('reason')}") from exc
+
+    def _gave_up(self, exc: LightningError) -> None:
+        self._node_gone(exc)
+
+    def _node_request(self, op: str) -> Any:
+        """A request to the node; a node that is gone or shut down is DatabaseShutdown."""
+        try:
+            return self._session.request(op)
+        except (PeerLost, Timeout) as exc:
+            self._node_gone(exc)
+            raise
 
     @contextlib.contextmanager
     def _unless_node_gone(self) -> Iterator[None]:
@@ -115,7 +132,7 @@ class ShardedDatabase(ShardRouter):
         commits) say DatabaseShutdown too when the node is gone."""
         try:
             yield
-        except PeerLost as exc:
+        except (PeerLost, Timeout) as exc:
             self._node_gone(exc)
             raise
 
@@ -147,7 +164,7 @@ class ShardedDatabase(ShardRouter):
         has its ``error`` instead of engine stats, and its worker and
         breaker all the same (the node answers for its workers)."""
         s = super().stats()
-        node = self._session.request("stats")
+        node = self._node_request("stats")
         s["node"] = node
         s["shard_count"] = self._session.shards
         workers = self._workers(node)
@@ -165,7 +182,7 @@ class ShardedDatabase(ShardRouter):
         state, restarts, missed heartbeats, hang kills, last exit): the
         node answers for them without asking the workers. *node*: its
         ``stats`` answer, where the caller has one."""
-        node = self._session.request("stats") if node is None else node
+        node = self._node_request("stats") if node is None else node
         by_id = {w.get("id"): w for w in node.get("shards", [])}
         return [{k: by_id.get(f"shard-{i:03d}", {}).get(k) for k in _WORKER_FIELDS}
                 for i in range(self._session.shards)]

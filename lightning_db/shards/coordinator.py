@@ -68,7 +68,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import FatalError, InvalidArgument, LightningError, TransactionConflict, TransientError
 from ..interrupts import held_interrupts
-from .resolve import _quiet, _send, _send_here
+from .resolve import _quiet, _send, _send_here, resolve_in_doubt
 
 if TYPE_CHECKING:
     from .router import ShardRouter
@@ -81,6 +81,7 @@ CLOSE_SETTLE_S = 5.0        # closing: how long the last syncs and forgets may t
 FORGET_BATCH = 32           # due forgets to one primary sent together (settle_forgets) ...
 FORGET_WAIT_S = 0.2         # ... or once the oldest of them committed this long ago
 MERGE_OPS = 64              # a primary's part of at most this many ops is prepared with its decision
+ABANDONED_RETRY_S = 1.0     # a commit given up on with its outcome unknown is settled again at most this often
 
 
 def make_txid(primary: int) -> bytes:
@@ -110,6 +111,10 @@ def two_phase(router: "ShardRouter", parts: dict[int, list[Op]], checks: dict[in
 def _two_phase(router: "ShardRouter", parts: dict[int, list[Op]], checks: dict[int, list[Any]],
                here: bool) -> None:
     shards = sorted(set(parts) | set(checks))
+    for s in shards:                # a shard known to be down: fail fast, before anything is prepared
+        router.breakers[s].refuse_if_open()
+    if router.abandoned:
+        settle_abandoned(router)
     primary = min(parts)
     txid = make_txid(primary)
     refs, timeout = router.refs, router.timeout
@@ -157,7 +162,8 @@ def _two_phase(router: "ShardRouter", parts: dict[int, list[Op]], checks: dict[i
             abort_all(router, txid, first)      # the primary's check failed: nothing written there
             raise
         outcome = _settle_primary(router, txid, primary, ask)
-        if outcome is None:          # unreachable primary: resolve_in_doubt decides later
+        if outcome is None:          # unreachable primary: decided later (settle_abandoned)
+            router.abandoned.add(txid)
             raise
         if outcome is False:
             abort_all(router, txid, [s for s in shards if s != primary])
@@ -183,6 +189,30 @@ def _two_phase(router: "ShardRouter", parts: dict[int, list[Op]], checks: dict[i
         # its own commit record comes before the forget in its WAL).
         router.forgets.append([primary, txid, committed, [s for s in parts if s != primary], None])
     # else: still unreachable; a snapshot or resolve_in_doubt commits the rest later
+
+
+def settle_abandoned(router: "ShardRouter", force: bool = False) -> None:
+    """Settle the two-phase commits this process gave up on with their
+    outcome unknown (``router.abandoned``: the primary did not answer, or
+    an abort did not reach a participant), whose intents would otherwise
+    hold their keys for as long as this process lives (nothing settles a
+    live coordinator's transactions but itself): decided at the primary ->
+    committed everywhere, else aborted (``resolve_in_doubt``). Tried at
+    most every ABANDONED_RETRY_S (*force*: now, as when closing), by one
+    thread at a time; kept for the next try while a shard does not answer."""
+    now = time.monotonic()
+    if not router.abandoned or (not force and now - router.abandoned_tried < ABANDONED_RETRY_S):
+        return
+    if not router.abandoned_lock.acquire(blocking=False):
+        return
+    try:
+        router.abandoned_tried = now
+        mine = set(router.abandoned)
+        counts = resolve_in_doubt(router.refs, router.attempt_timeout, only=mine.__contains__, gate=router.gate)
+        if not counts["failed"]:
+            router.abandoned -= mine
+    finally:
+        router.abandoned_lock.release()
 
 
 def _forgets_may_be_due(router: "ShardRouter", now: int) -> bool:
@@ -291,7 +321,9 @@ def abort_all(router: "ShardRouter", txid: bytes, shards: Iterable[int]) -> None
     futs = {s: _send_here(router.refs[s], "abort", [txid], router.timeout) for s in shards}
     for s, f in futs.items():
         if isinstance(_quiet(f), TransientError):
-            _quiet_call(lambda s=s: router._retry(lambda: router._ask(s, "abort", [txid])))
+            if isinstance(_quiet_call(lambda s=s: router._retry(lambda: router._ask(s, "abort", [txid]))),
+                          LightningError):
+                router.abandoned.add(txid)      # its intents there: released later (settle_abandoned)
 
 
 def commit_transaction(router: "ShardRouter", seqs: Sequence[int] | None, ops: list[Op], reads: list[bytes],

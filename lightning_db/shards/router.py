@@ -43,6 +43,7 @@ Checkpoint is never retried.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -54,8 +55,8 @@ from typing import Any
 from ..actors import ActorRef
 from ..config import Config
 from ..db import Batch, MappingSugar, _limited, _Limits, _scan_range
-from ..errors import (DatabaseClosed, InvalidArgument, LightningError, RecoverableError, Timeout, TransactionConflict,
-                      TransactionExpired, TransientError)
+from ..errors import (CircuitOpen, DatabaseClosed, InvalidArgument, LightningError, RecoverableError, Timeout,
+                      TransactionConflict, TransactionExpired, TransientError)
 from ..storage.bloom import key_hash
 from ..storage.format import Kind
 from ..storage.published import UNAVAILABLE, PublishedReader
@@ -68,10 +69,11 @@ from ..supervisor.breaker import CircuitBreaker
 from ..supervisor.retry import Backoff, retry
 from ..transaction import Transactional
 from .combine import WriteCombiner
-from .coordinator import FORGET_BATCH, MERGE_OPS, commit_transaction, settle_forgets, two_phase
+from .coordinator import (FORGET_BATCH, MERGE_OPS, commit_transaction, settle_abandoned, settle_forgets,
+                          two_phase)
 from .gate import CommitGate
 from .pipeline import TokenSource, WritePipeline
-from .resolve import _quiet, _send, resolve_in_doubt, txid_pid
+from .resolve import _failed, _quiet, _send, resolve_in_doubt, txid_pid
 from .ring import SLICE_SHIFT, HashRing
 from .snapshot import ScanIter, ShardSnapshot, TxView
 
@@ -144,6 +146,11 @@ class ShardRouter(Transactional, MappingSugar):
         # [primary, txid, commit time, other writing shards, future or None].
         self.forgets: deque[list[Any]] = deque()
         self.forget_batch = FORGET_BATCH    # due forgets to one primary sent as one message
+        # Two-phase commits this process gave up on with their outcome unknown
+        # (the primary did not answer): settled later (coordinator.settle_abandoned).
+        self.abandoned: set[bytes] = set()
+        self.abandoned_tried = 0.0
+        self.abandoned_lock = threading.Lock()
         self.merge_ops = MERGE_OPS          # a primary's part this small goes with its decision
         # Per shard: the send time (monotonic ns) of the latest answered
         # synced request, so every record written there before it is durable.
@@ -176,6 +183,21 @@ class ShardRouter(Transactional, MappingSugar):
 
     def _on_retry(self, calls: int, exc: TransientError, delay: float) -> None:
         self.retries += 1
+        if self.abandoned and isinstance(exc, TransactionConflict):
+            settle_abandoned(self)      # the intent met may be one of this process's own
+
+    def _refused(self, shard: int) -> Future | None:
+        """A failed future when *shard*'s breaker is open, else None."""
+        try:
+            self.breakers[shard].refuse_if_open()
+        except CircuitOpen as exc:
+            return _failed(exc)
+        return None
+
+    def _gave_up(self, exc: LightningError) -> None:
+        """An error about to reach the caller after its retries (a hook:
+        ShardedDatabase turns one of a node that shut down into
+        DatabaseShutdown)."""
 
     def _retry(self, fn: Callable[[], Any]) -> Any:
         return retry(fn, attempts=RETRY_ATTEMPTS, base=RETRY_BASE, cap=RETRY_CAP,
@@ -204,6 +226,8 @@ class ShardRouter(Transactional, MappingSugar):
         after them."""
         futs = []
         for s in shards:
+            if self.breakers[s].state == "open":
+                continue            # not asked at all (_refused): nothing to wait for there
             try:
                 f = self.refs[s].barrier_here(self.attempt_timeout)     # a hung worker: the ask itself fails
             except LightningError:
@@ -229,8 +253,10 @@ class ShardRouter(Transactional, MappingSugar):
         self._barrier(shards)
         while True:
             # The shared connection: these (stats, flush, ...) come after this
-            # process's tells (a snapshot's release), as they were sent.
-            futs = [_send(self.refs[s], op, None if payloads is None else payloads[s], self.timeout) for s in todo]
+            # process's tells (a snapshot's release), as they were sent. A
+            # shard whose breaker is open is not asked: CircuitOpen at once.
+            futs = [self._refused(s) or _send(self.refs[s], op, None if payloads is None else payloads[s],
+                                              self.timeout) for s in todo]
             failed: list[int] = []
             first: LightningError | None = None
             for s, r in zip(todo, map(_quiet, futs)):
@@ -244,10 +270,11 @@ class ShardRouter(Transactional, MappingSugar):
                 return {s: out[s] for s in shards}
             delay = next(backoff, None) if backoff is not None and isinstance(first, TransientError) else None
             if delay is None:
+                self._gave_up(first)
                 if partial and isinstance(first, (TransientError, RecoverableError)):
                     return {s: out[s] for s in shards}
                 raise first
-            self.retries += 1
+            self._on_retry(0, first, delay)       # type: ignore[arg-type]  # transient: retried
             time.sleep(delay)
             todo = failed
 
@@ -643,6 +670,7 @@ class ShardRouter(Transactional, MappingSugar):
         try:
             self._pipe.close()
         finally:
+            settle_abandoned(self, force=True)
             settle_forgets(self, True)
             for s in list(self._snapshots):
                 s.close()

@@ -216,10 +216,14 @@ def take_cut(router: "ShardRouter", tx: bool, token: int | None = None) -> list[
             delay = next(backoff, None)
             if delay is None:
                 if errors:
+                    router._gave_up(errors[0])
                     raise errors[0]
                 raise Timeout(f"a snapshot could not be cut: transactions {[t.hex() for t in half]} "
                               "stayed half committed")
-            router.retries += 1
+            if errors:
+                router._on_retry(0, errors[0], delay)   # type: ignore[arg-type]  # (a node shut down: raises)
+            else:
+                router.retries += 1
             time.sleep(delay)
 
 

@@ -103,6 +103,18 @@ class CircuitBreaker:
                        f"probe call(s) are in flight")
             raise CircuitOpen(msg, breaker=self.name, retry_after=wait)
 
+    def refuse_if_open(self) -> None:
+        """``CircuitOpen`` while open; else nothing (no probe is taken: for
+        calls that go around the breaker, such as a two-phase commit's
+        steps, so that they too fail fast on a shard known to be down)."""
+        with self._lock:
+            if self._refresh() != OPEN:
+                return
+            self._rejected += 1
+            wait = max(0.0, self._opened_at + self.reset_timeout - self._clock())
+        raise CircuitOpen(f"circuit breaker {self.name!r} is open after {self.failure_threshold} consecutive "
+                          f"failure(s); it turns half-open in {wait:.3f} s", breaker=self.name, retry_after=wait)
+
     def on_success(self) -> None:
         with self._lock:
             state = self._refresh()

@@ -43,6 +43,18 @@ def test_a_stopped_worker_opens_its_breaker_and_sigcont_closes_it(tmp_path):
         with pytest.raises(CircuitOpen):
             db.put(k0, b"lost", sync=True)
         assert time.monotonic() - started < 1.0            # open: fails fast, nothing sent
+        # Calls that go around the per-call breaker fail fast too: a
+        # cross-shard batch (nothing prepared), flush, and stats (which
+        # answers for the shard with its error).
+        for call in (lambda: db.put_many({k0: b"lost", k1: b"lost"}), db.flush):
+            started = time.monotonic()
+            with pytest.raises(CircuitOpen):
+                call()
+            assert time.monotonic() - started < 1.0
+        started = time.monotonic()
+        shards = db.stats()["shards"]
+        assert time.monotonic() - started < 5.0
+        assert "CircuitOpen" in shards[0]["error"] and "error" not in shards[1]
         reads = db.shared_reads
         assert db.get(k0) == b"zero"                       # reads need no worker
         assert db.shared_reads == reads + 1
@@ -63,3 +75,33 @@ def _answers(db, key: bytes) -> bool:
         return True
     except CircuitOpen:
         return False
+
+
+def test_a_batch_given_up_with_its_outcome_unknown_does_not_hold_its_keys(tmp_path, monkeypatch):
+    """The primary does not answer a batch's decision: the call fails, and
+    the other participant holds the batch prepared. This process settles
+    it later (decided or, here, aborted), so a plain write to its keys gets
+    through instead of meeting its intent for as long as the process lives."""
+    from lightning_db.errors import Timeout
+    from lightning_db.shards import coordinator
+
+    with ldb.open(str(tmp_path / "db"), shards=2) as db:
+        k0, k1 = key_on(db, 0), key_on(db, 1)
+        real_ask = db._ask
+
+        def ask(shard, op, payload=None):
+            if op == "decide":
+                raise Timeout("no answer from the primary (test)")
+            return real_ask(shard, op, payload)
+
+        monkeypatch.setattr(db, "_ask", ask)
+        monkeypatch.setattr(coordinator, "_settle_primary", lambda *a: None)      # unreachable
+        with pytest.raises(Timeout):
+            db.put_many({k0: b"batch", k1: b"batch"})
+        monkeypatch.undo()
+        assert db.abandoned
+        assert db.stats()["shards"][1]["prepared_transactions"] == 1
+        db.put(k1, b"after", sync=True)                    # meets the intent, settles it, goes on
+        assert not db.abandoned
+        assert db.get_many([k0, k1]) == [None, b"after"]
+        assert [s["prepared_transactions"] for s in db.stats()["shards"]] == [0, 0]

@@ -38,6 +38,15 @@ def test_restart_intensity_exceeded_gives_callers_database_shutdown(tmp_path):
         elapsed = time.monotonic() - started
         print(f"DatabaseShutdown reached the caller in {elapsed:.3f}s")
         assert elapsed < 5.0, f"DatabaseShutdown took {elapsed:.2f}s (ask timeout is 30s)"
+        # Every other path says so too (not PeerLost, a transient error a
+        # caller would retry for ever), while the node lingers and after.
+        for name, call in (("flush", db.flush), ("compact", db.compact), ("stats", db.stats),
+                           ("get_many", lambda: db.get_many([b"k001", b"k002"])),
+                           ("scan", lambda: list(db.scan())), ("put_many", lambda: db.put_many({b"k001": b"w"}))):
+            started = time.monotonic()
+            with pytest.raises(DatabaseShutdown):
+                call()
+            assert time.monotonic() - started < 5.0, name
     finally:
         try:
             db.close()
