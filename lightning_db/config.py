@@ -21,6 +21,34 @@ COMPRESSIONS = ("none", "zstd")
 CACHE_POLICIES = ("clock", "lru")
 
 
+MAX_LEVELS = 64         # num_levels at most (a manifest with a file deeper than this is damaged)
+
+# The largest value each integer option takes: past these the engine's
+# formats, the messages between processes or the memory of the machine give
+# out (or a setting is surely a mistake), and the option is refused at open.
+_MAXIMA = {
+    "max_key_size": 16 * MiB,
+    "max_value_size": 256 * MiB,          # a message between processes holds one, with room to spare
+    "sync_interval_ms": 3_600_000,        # an hour
+    "memtable_size": 16 * 1024 * MiB,
+    "max_immutable_memtables": 64,
+    "block_size": 256 * MiB,
+    "bloom_bits_per_key": 64,
+    "zstd_level": 22,
+    "target_file_size": 1 << 40,
+    "num_levels": MAX_LEVELS,
+    "l0_compaction_trigger": 10_000,
+    "l0_stop_writes_trigger": 10_000,
+    "max_bytes_for_level_base": 1 << 50,
+    "level_size_multiplier": 1_000,
+    "block_cache_size": 1 << 44,
+    "max_manifest_size": 1 << 40,
+    "restart_intensity": 1_000_000,
+    "heartbeat_misses": 1_000_000,
+    "transaction_max_keys": 1 << 32,
+}
+
+
 @dataclass(frozen=True)
 class Config:
     # --- limits (DESIGN §6) ---
@@ -79,8 +107,9 @@ class Config:
     def __post_init__(self) -> None:
         def positive(name: str, minimum: int = 1) -> None:
             v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < minimum:
-                raise InvalidArgument(f"config {name} must be an integer >= {minimum}, got {v!r}")
+            top = _MAXIMA[name]
+            if not isinstance(v, int) or isinstance(v, bool) or not minimum <= v <= top:
+                raise InvalidArgument(f"config {name} must be an integer from {minimum} to {top}, got {v!r:.40}")
 
         for name in ("max_key_size", "max_value_size", "sync_interval_ms", "block_size",
                      "target_file_size", "max_bytes_for_level_base", "max_manifest_size",
@@ -99,10 +128,10 @@ class Config:
         positive("heartbeat_misses")
         positive("transaction_max_keys")
         for name in ("restart_period", "heartbeat_interval", "shard_stop_timeout", "transaction_max_age",
-                     "ttl_sweep_interval"):
+                     "ttl_sweep_interval", "write_stall_timeout_s"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v < float("inf"):
-                raise InvalidArgument(f"config {name} must be a number of seconds > 0, got {v!r}")
+                raise InvalidArgument(f"config {name} must be a finite number of seconds > 0, got {v!r}")
         ri = self.restore_interval
         if not isinstance(ri, (int, float)) or isinstance(ri, bool) or not 0 <= ri < float("inf"):
             raise InvalidArgument(f"config restore_interval must be a number of seconds >= 0, got {ri!r}")
@@ -115,11 +144,6 @@ class Config:
         if self.block_cache_policy not in CACHE_POLICIES:
             raise InvalidArgument(f"config block_cache_policy must be one of {CACHE_POLICIES}, "
                                   f"got {self.block_cache_policy!r}")
-        if not (1 <= self.zstd_level <= 22):
-            raise InvalidArgument(f"config zstd_level must be 1..22, got {self.zstd_level!r}")
-        if (not isinstance(self.write_stall_timeout_s, (int, float)) or isinstance(self.write_stall_timeout_s, bool)
-                or self.write_stall_timeout_s <= 0):
-            raise InvalidArgument(f"config write_stall_timeout_s must be > 0, got {self.write_stall_timeout_s!r}")
         if self.shards is not None and (not isinstance(self.shards, int) or isinstance(self.shards, bool)
                                         or self.shards < 0):
             raise InvalidArgument(f"config shards must be None or an integer >= 0, got {self.shards!r}")
@@ -143,16 +167,39 @@ class Config:
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> "Config":
         """Load a YAML (.yaml/.yml) or TOML (.toml) file. Only the keys present
-        override the defaults; the ``storage`` section is read when present."""
+        override the defaults; they may stand at the top level or in a
+        ``storage`` section (not both for one key; beside a ``storage``
+        section, top-level keys that name no option are other programs'
+        sections). A file that cannot be read or parsed is InvalidArgument
+        naming it."""
+        if not isinstance(path, (str, os.PathLike)):
+            raise InvalidArgument(f"config file must be a str or path, got {type(path).__name__}")
         path = os.fspath(path)
-        with open(path, "rb") as f:
-            raw = f.read()
-        if path.endswith(".toml"):
-            import tomllib
-            data = tomllib.loads(raw.decode())
-        else:
-            import yaml
-            data = yaml.safe_load(raw) or {}
-        if isinstance(data, dict) and isinstance(data.get("storage"), dict):
-            data = data["storage"]
+        try:
+            with open(path, "rb") as f:
+                raw = f.read()
+        except OSError as exc:
+            raise InvalidArgument(f"config file {path}: {exc.strerror or exc}") from None
+        try:
+            if path.endswith(".toml"):
+                import tomllib
+                data = tomllib.loads(raw.decode())
+            else:
+                import yaml
+                data = yaml.safe_load(raw) or {}
+        except Exception as exc:      # noqa: BLE001 - the parsers' own errors (and a bad encoding)
+            raise InvalidArgument(f"config file {path} is not valid {'TOML' if path.endswith('.toml') else 'YAML'}: "
+                                  f"{exc}") from None
+        if isinstance(data, dict) and "storage" in data:
+            section = data["storage"]
+            if not isinstance(section, dict):
+                raise InvalidArgument(f"config file {path}: storage must be a mapping of options, "
+                                      f"got {type(section).__name__}")
+            names = {f.name for f in dataclasses.fields(cls)}
+            top = {k: v for k, v in data.items() if k in names}      # other sections are other programs'
+            both = sorted(set(top) & set(section))
+            if both:
+                raise InvalidArgument(f"config file {path}: {', '.join(map(str, both))} given both at the top "
+                                      "level and under storage")
+            data = {**top, **section}
         return cls.from_dict(data)

@@ -22,7 +22,8 @@ from typing import Any
 
 import msgpack
 
-from ..errors import CorruptionError, DiskFull, LightningError
+from ..config import MAX_LEVELS
+from ..errors import CorruptionError, DiskFull, InvalidArgument, LightningError
 from .format import CURRENT, MANIFEST_MAGIC, manifest_name
 from .fs import OSFileSystem
 from .log import LogWriter, read_log
@@ -150,15 +151,21 @@ class VersionSet:
         return n
 
     # --- applying edits --------------------------------------------------------
+    def _check_level(self, lvl: int, what: str, path: str) -> None:
+        if 0 <= lvl < self.num_levels:
+            return
+        if self.num_levels <= lvl < MAX_LEVELS:     # a deeper tree than this open's setting: the caller's mistake
+            raise InvalidArgument(f"the database holds files at level {lvl}: open it with num_levels > {lvl} "
+                                  f"(got num_levels={self.num_levels}; it cannot shrink)")
+        raise CorruptionError(f"manifest {what} a file at level {lvl}", path)
+
     def _apply(self, edit: VersionEdit, base: Version, path: str) -> Version:
         levels = [list(lvl) for lvl in base.levels]
         for lvl, number in edit.deleted:
-            if not 0 <= lvl < self.num_levels:
-                raise CorruptionError(f"manifest deletes a file at level {lvl}", path)
+            self._check_level(lvl, "deletes", path)
             levels[lvl] = [f for f in levels[lvl] if f.number != number]
         for lvl, meta in edit.added:
-            if not 0 <= lvl < self.num_levels:
-                raise CorruptionError(f"manifest adds a file at level {lvl}", path)
+            self._check_level(lvl, "adds", path)
             levels[lvl].append(meta)
         levels[0].sort(key=lambda f: f.max_seq, reverse=True)     # newest first
         for lvl in range(1, self.num_levels):

@@ -137,3 +137,51 @@ def test_config_file_with_bad_option_is_named(tmp_path, suffix, text):
 def test_open_rejects_non_config(tmp_path):
     with pytest.raises(InvalidArgument, match="config"):
         ldb.open(tmp_path / "db", shards=0, config={"sync": "never"})
+
+
+def test_config_file_errors_name_the_file(tmp_path):
+    cases = {"broken.yaml": "a: [1,\n", "broken.toml": "x = \n", "both.yaml": "sync: always\nstorage:\n  sync: never\n",
+             "section.yaml": "storage: 5\n"}
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text)
+    for name, says in (("broken.yaml", "is not valid YAML"), ("broken.toml", "is not valid TOML"),
+                       ("both.yaml", "sync given both at the top level and under storage"),
+                       ("section.yaml", "storage must be a mapping"), ("missing.yaml", "No such file"),
+                       (".", "Is a directory")):
+        with pytest.raises(InvalidArgument, match=says):
+            Config.from_file(tmp_path / name)
+    mixed = tmp_path / "mixed.yaml"
+    mixed.write_text("sync: always\nstorage:\n  memtable_size: 131072\nserver:\n  port: 1\n")
+    c = Config.from_file(mixed)                # top-level options and the section together
+    assert (c.sync, c.memtable_size) == ("always", 131072)
+
+
+@pytest.mark.parametrize("option, value, says", [
+    ("memtable_size", 2**63, "from 65536 to"), ("num_levels", 10**6, "from 2 to 64"),
+    ("block_size", 2**64, "from 1 to"), ("bloom_bits_per_key", 2**40, "from 0 to 64"),
+    ("max_value_size", 2**40, "from 1 to"), ("write_stall_timeout_s", float("nan"), "finite number of seconds"),
+    ("write_stall_timeout_s", float("inf"), "finite number of seconds"),
+])
+def test_options_past_their_maximum_are_refused_before_anything_is_made(tmp_path, option, value, says):
+    with pytest.raises(InvalidArgument, match=f"config {option} must be .*{says}"):
+        open_db(tmp_path / "db", **{option: value})
+    assert not (tmp_path / "db").exists()
+
+
+@pytest.mark.parametrize("shards", [0, 2], ids=["in-process", "two-shards"])
+def test_reopening_with_fewer_levels_than_hold_files_is_invalid_argument(tmp_path, shards):
+    """Not a damaged manifest (CorruptionError, and with shards a restore):
+    the caller's setting, refused, with the files left as they are."""
+    path = tmp_path / "db"
+    small = dict(max_bytes_for_level_base=4096, target_file_size=4096, level_size_multiplier=2,
+                 memtable_size=65536)
+    with ldb.open(path, shards=shards, **small) as db:
+        for r in range(4):
+            db.put_many({b"k%05d-%d" % (i, r): b"v" * 30 for i in range(1500)})
+            db.flush()
+        db.compact()
+    with pytest.raises(InvalidArgument, match="open it with num_levels > "):
+        ldb.open(path, shards=shards, num_levels=2)
+    assert not (path / "quarantine").exists()
+    with ldb.open(path, shards=shards) as db:
+        assert len(list(db.scan())) == 6000
