@@ -36,12 +36,15 @@ import psutil
 
 from ..errors import (
     ActorStartError,
+    CorruptionError,
     DatabaseLocked,
     DatabaseShutdown,
     InvalidArgument,
     LightningError,
 )
 from ..mailbox import MailboxClient, MalformedFrame, PeerLost, Timeout, error_from_payload
+from ..storage.format import CURRENT
+from ..storage.restore import swap_pending
 from .node import (
     EXIT_LOCKED,
     NODE_LOCK,
@@ -49,6 +52,7 @@ from .node import (
     START_ERROR,
     read_node_file,
     same_process,
+    shard_dir,
     write_json_atomic,
 )
 from .ring import DEFAULT_VNODES
@@ -157,7 +161,9 @@ def attach(path: str | os.PathLike[str], shards: int | None = None, config: dict
     deadline = time.monotonic() + timeout
     me = psutil.Process()
     with _flock(os.path.join(data, START_LOCK), deadline):
-        count = _shard_count(data, shards)
+        count, complete = _shard_count(data, shards)
+        if complete and actor is None:          # shards of the engine's own actor
+            _check_shard_dirs(data, count)
         while True:
             info = _live_node(data, deadline)
             if info is None:
@@ -175,6 +181,8 @@ def attach(path: str | os.PathLike[str], shards: int | None = None, config: dict
                 # in between (its last caller detached) and its socket went
                 # without a disconnect to see, or it is very slow. Look again.
                 _left(deadline)
+        if not complete:        # the node started every shard once: from now on each must be there
+            write_json_atomic(os.path.join(data, SHARDS_FILE), _shards_record(count, True))
     if len(reply["shards"]) != count:
         _request(info["control"], "detach", reply["session"], PING_TIMEOUT_S)
         raise InvalidArgument(f"the node of {data} serves {len(reply['shards'])} shard(s), "
@@ -220,25 +228,44 @@ def _flock(path: str, deadline: float, held: Callable[[], LightningError] | None
         os.close(fd)       # releases the lock
 
 
-def _shard_count(data: str, shards: int | None) -> int:
-    """Read DIR/SHARDS, or create it (caller holds START.lock)."""
+def _shards_record(count: int, complete: bool) -> dict[str, Any]:
+    return {"format": SHARDS_FORMAT, "shards": count, "vnodes": DEFAULT_VNODES, "complete": complete}
+
+
+def _shard_count(data: str, shards: int | None) -> tuple[int, bool]:
+    """Read DIR/SHARDS, or create it (caller holds START.lock): the shard
+    count, and whether a node started every shard once (``complete``; a
+    record without the flag predates it and is)."""
     path = os.path.join(data, SHARDS_FILE)
     try:
         with open(path, encoding="utf-8") as f:
             recorded = json.load(f)
-        count = recorded["shards"]
+        fmt, count = recorded.get("format"), recorded["shards"]
+        if not isinstance(fmt, int) or not 1 <= fmt <= SHARDS_FORMAT:
+            raise CorruptionError(f"{path} has format {fmt!r}; this version reads format {SHARDS_FORMAT}", path)
         if not isinstance(count, int) or not 1 <= count <= MAX_SHARDS:
             raise ValueError(f"bad shard count {count!r}")
+        complete = recorded.get("complete", True) is not False
     except FileNotFoundError:
         count = shards if shards is not None else len(os.sched_getaffinity(0))
-        write_json_atomic(path, {"format": SHARDS_FORMAT, "shards": count, "vnodes": DEFAULT_VNODES})
-        return count
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise InvalidArgument(f"{path} is unreadable: {exc}") from None
+        write_json_atomic(path, _shards_record(count, False))
+        return count, False
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise CorruptionError(f"{path} is unreadable: {exc}", path) from None
     if shards is not None and shards != count:
         raise InvalidArgument(f"{data} was created with {count} shard(s); cannot open it with shards={shards} "
                               f"(pass shards=None or {count})")
-    return count
+    return count, complete
+
+
+def _check_shard_dirs(data: str, count: int) -> None:
+    """Every shard a node once started still has its engine's files: one
+    gone is damage (its keys would read as absent), never a fresh shard."""
+    for i in range(count):
+        current = os.path.join(shard_dir(data, i), CURRENT)
+        if not os.path.exists(current) and not swap_pending(shard_dir(data, i)):
+            raise CorruptionError(f"shard {i} of {data} has lost its data ({current} is missing); restore the "
+                                  "directory from a checkpoint", current)
 
 
 def _live_node(data: str, deadline: float) -> dict[str, Any] | None:

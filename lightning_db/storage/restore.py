@@ -136,6 +136,12 @@ def make(engine: "Engine") -> dict[str, Any] | None:
     return {"tables": len(files), "tables_copied": copied, "sequence": last_seq, "time": time.time()}
 
 
+def swap_pending(shard_dir: str) -> bool:
+    """Whether a finished rebuild waits to replace *shard_dir* (``settle``
+    puts it in place; the shard directory may be missing until then)."""
+    return os.path.exists(os.path.join(shard_dir + _WORK, _COMPLETE))
+
+
 def settle(fs: OSFileSystem, shard_dir: str) -> None:
     """Finish or discard what an interrupted ``make`` or ``restore`` left."""
     work, replaced = shard_dir + _WORK, shard_dir + _REPLACED

@@ -226,3 +226,55 @@ def test_an_open_never_aborts_a_live_callers_batch(tmp_path, monkeypatch):
         finally:
             for other in opened:
                 other.close()
+
+
+def test_a_damaged_layout_is_a_corruption_error_not_an_empty_shard(tmp_path):
+    """Once a node started every shard (SHARDS says ``complete``), a shard
+    whose files are gone is damage: opening must not give it back empty,
+    its keys reading as absent. A SHARDS of a newer format, or unreadable,
+    is damage too. Put back, the directory opens whole."""
+    import json
+
+    path = str(tmp_path / "db")
+    with ldb.open(path, shards=2) as db:
+        db.put_many({b"k%d" % i: b"v" for i in range(500)})
+    shards_file = os.path.join(path, "SHARDS")
+    with open(shards_file) as f:
+        record = json.load(f)
+    assert record["complete"] is True
+    shutil.move(os.path.join(path, "shard-001"), os.path.join(path, "aside"))
+    with pytest.raises(ldb.CorruptionError, match="shard 1 of .* has lost its data"):
+        ldb.open(path)
+    shutil.move(os.path.join(path, "aside"), os.path.join(path, "shard-001"))
+    with ldb.open(path) as db:
+        assert len(list(db.scan())) == 500
+    for text, says in ((json.dumps({**record, "format": 9}), "has format 9"), ("garbage", "is unreadable")):
+        with open(shards_file, "w") as f:
+            f.write(text)
+        with pytest.raises(ldb.CorruptionError, match=says):
+            ldb.open(path)
+
+
+def test_a_first_start_that_failed_leaves_a_directory_that_opens(tmp_path, monkeypatch):
+    """SHARDS is ``complete`` only once a node started every shard: a first
+    open that failed before (here, its node never started) leaves shard
+    directories missing, and the next open creates them instead of calling
+    the directory damaged."""
+    import json
+
+    from lightning_db.shards import attach as attach_module
+
+    path = str(tmp_path / "db")
+
+    def refuse(*args, **kwargs):
+        raise ldb.IOFault("cannot start a node (test)")
+
+    monkeypatch.setattr(attach_module, "_start_node", refuse)
+    with pytest.raises(ldb.IOFault):
+        ldb.open(path, shards=2)
+    monkeypatch.undo()
+    with open(os.path.join(path, "SHARDS")) as f:
+        assert json.load(f)["complete"] is False
+    with ldb.open(path) as db:
+        db.put(b"k", b"v")
+        assert db.get(b"k") == b"v"
