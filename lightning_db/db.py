@@ -202,6 +202,10 @@ class MappingSugar(ReadSugar, KeyWrites):
 
     __slots__ = ()
 
+    def __enter__(self) -> Any:
+        self._check_open()  # type: ignore[attr-defined]   # a closed handle says so at the block's start
+        return self
+
     def __iter__(self) -> Iterator[bytes]:
         for k, _ in self.scan():  # type: ignore[attr-defined]
             yield k

@@ -206,3 +206,14 @@ def test_a_batch_of_more_keys_than_a_memtable_indexes_is_written_whole(tmp_path,
         assert len(list(d.scan(prefix=b"b"))) == n
     with ldb.open(tmp_path / "db", shards=shards) as d:
         assert len(list(d.scan())) == 2 * n and d.get(b"k00001") == b"z"
+
+
+@pytest.mark.parametrize("shards", [0, 2], ids=["in-process", "two-shards"])
+def test_a_with_block_on_a_closed_handle_says_database_closed_at_once(tmp_path, shards):
+    d = ldb.open(tmp_path / "db", shards=shards)
+    d.close()
+    entered = False
+    with pytest.raises(ldb.DatabaseClosed):
+        with d:
+            entered = True
+    assert not entered
