@@ -100,6 +100,10 @@ def default_shards() -> int:
     return max(1, default_frontends() // 2)
 
 
+MAX_FRONTENDS = 256         # front-end processes: past a few per CPU they only compete
+MAX_WORKERS = 1024          # database threads per front end
+
+
 def _plural(n: int | str, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
@@ -275,13 +279,18 @@ def serve(data_dir: str | os.PathLike[str], port: int = DEFAULT_PORT, shards: in
     path = os.path.abspath(os.fspath(data_dir))
     if not isinstance(port, int) or not 0 < port < 65536:
         raise InvalidArgument(f"port must be 1..65535, got {port!r}")
-    if shards is not None and (not isinstance(shards, int) or shards < 1):
-        raise InvalidArgument(f"serve needs shards >= 1 (front ends are processes of their own), got {shards!r}")
+    from lightning_db.shards.attach import MAX_SHARDS
+    if shards is not None and (not isinstance(shards, int) or isinstance(shards, bool)
+                               or not 1 <= shards <= MAX_SHARDS):
+        raise InvalidArgument(f"serve needs shards from 1 to {MAX_SHARDS} (front ends are processes of their "
+                              f"own), got {shards!r}")
     if os.path.exists(os.path.join(path, CURRENT)):
         raise InvalidArgument(f"{path} holds an in-process database (shards=0); serve needs a sharded one")
     count = default_frontends() if frontends is None else frontends
-    if not isinstance(count, int) or count < 1:
-        raise InvalidArgument(f"frontends must be >= 1, got {frontends!r}")
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_FRONTENDS:
+        raise InvalidArgument(f"frontends must be from 1 to {MAX_FRONTENDS}, got {frontends!r}")
+    if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= MAX_WORKERS:
+        raise InvalidArgument(f"workers must be from 1 to {MAX_WORKERS} threads per front end, got {workers!r}")
     config = config or Config()
     for what, p in (("http", http_port), ("native", native_port)):
         if not isinstance(p, int) or isinstance(p, bool) or not 0 <= p < 65536:

@@ -57,3 +57,20 @@ def test_a_new_directory_gets_the_default_and_an_existing_one_keeps_its_count(tm
         assert _recorded(old) == count
     finally:
         assert srv.stop() == 0, srv.output()
+
+
+def test_option_values_past_their_limits_are_usage_errors_that_start_nothing(tmp_path, capsys):
+    """Each names the option and its range, exits 2, and creates nothing
+    (a front-end count without a limit once started thousands of processes)."""
+    data = tmp_path / "data"
+    for args, says in ((["--frontends", "10000"], "frontends must be from 1 to 256"),
+                       (["--frontends", "0"], "frontends must be from 1 to 256"),
+                       (["--workers", "0"], "workers must be from 1 to 1024"),
+                       (["--workers", "5000"], "workers must be from 1 to 1024"),
+                       (["--shards", "2000"], "shards from 1 to 1024"),
+                       (["--port", "70000"], "port must be 1..65535"),
+                       (["--http-port", "-1"], "http port must be 0 (none) or 1..65535")):
+        assert serve_mod.main(["--data", str(data), "--port", "1", "--http-port", "0", "--native-port", "0",
+                               *args]) == 2, args
+        assert says in capsys.readouterr().err, args
+        assert not data.exists(), args
