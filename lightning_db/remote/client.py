@@ -167,8 +167,9 @@ class RemoteDatabase(MappingSugar):
             self._call("put_many", [ops, sync])
 
     def get_many(self, keys: Iterable[Any]) -> list[bytes | None]:
-        """Values in the order of *keys*, None for absent ones, all read at
-        one point in time."""
+        """Values in the order of *keys*, None for absent ones (each key as
+        a ``get`` reads it; a snapshot's ``get_many`` reads them all at one
+        point in time)."""
         self._check_open()
         keys = self._limits.keys(keys)
         return self._call("get_many", [keys]) if keys else []

@@ -117,6 +117,11 @@ class Registry:
             if s is not None:
                 s.last_seen = time.monotonic()
 
+    def sessions(self) -> set[bytes]:
+        """The sessions that hold objects now."""
+        with self._lock:
+            return set(self._sessions)
+
     def add(self, session: Any, kind: str, obj: Any, lock: threading.Lock | None = None) -> int:
         """Register *obj* for *session* (*lock*: shared with another object); its new id."""
         if type(session) is not bytes or not 0 < len(session) <= 64:

@@ -42,12 +42,15 @@ again and is replaced, since its server-side session may be gone.
 
 from __future__ import annotations
 
+import atexit
 import collections
 import contextlib
 import math
+import os
 import random
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any
@@ -73,6 +76,23 @@ def _seconds(value: Any, what: str, allow_none: bool = False) -> float:
         raise InvalidArgument(f"{what} must be a finite number of seconds > 0"
                               f"{' or None (no limit)' if allow_none else ''}, got {value!r:.40}")
     return float(value)
+
+
+# Every pool not closed yet: closed at interpreter exit, so that the
+# servers release their snapshots, transactions and scans at once (a
+# process killed with -9 leaves them to the server's idle timeout).
+_OPEN: "weakref.WeakSet[Pool]" = weakref.WeakSet()
+
+
+def _close_open_pools() -> None:
+    for pool in list(_OPEN):
+        with contextlib.suppress(Exception):
+            pool.close()
+
+
+atexit.register(_close_open_pools)
+# A forked child's copies are its parent's sessions: never closed from the child.
+os.register_at_fork(after_in_child=_OPEN.clear)
 
 
 class Pool:
@@ -128,6 +148,7 @@ class Pool:
         self._rng = random.Random()
         self._closed = False
         self._started = False
+        _OPEN.add(self)
         self._kick = threading.Event()
         # Releases from finalisers (__del__ may run inside any code of this
         # thread, even with the pool's or a client's lock held): queued here
@@ -179,6 +200,7 @@ class Pool:
             if self._closed:
                 return
             self._closed = True
+            _OPEN.discard(self)
             conns = self._idle + list(self._in_use) + list(self._retired)
             self._idle, self._in_use, self._retired = [], set(), set()
             self._cond.notify_all()

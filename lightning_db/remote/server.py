@@ -106,6 +106,10 @@ def _plain(x: Any, depth: int = 0) -> Any:
     return str(x)
 
 
+
+# Where a request names its session (the ops that make server-side objects).
+_SESSION_AT = {"snapshot": 0, "scan": 1, "tx": 1, "bye": 0}
+
 class NativeServer:
     """Serves *db* at *address* (``tcp://HOST:PORT``; port ``*`` picks a
     free one, ``address`` holds the bound endpoint after ``start``).
@@ -124,6 +128,9 @@ class NativeServer:
         self.address = address
         self.workers = workers
         self.registry = Registry(float(idle_timeout))
+        # The session each connection (zmq identity) names in its requests:
+        # any request on that connection counts as hearing from it.
+        self._session_of: dict[bytes, bytes] = {}
         self.error: LightningError | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -204,6 +211,8 @@ class NativeServer:
                     gone = self.registry.expire()
                     if gone:
                         self._pool.submit(lambda gone=gone: [release(e) for e in gone])
+                    live = self.registry.sessions()
+                    self._session_of = {i: t for i, t in self._session_of.items() if t in live}
                 if self._inflight:
                     batch = mbox.recv(0)
                     if not batch:
@@ -237,6 +246,14 @@ class NativeServer:
             self.dropped += 1
             return
         op = env.op
+        session = self._session_of.get(identity)
+        if session is not None:
+            self.registry.touch(session)
+        else:
+            at = _SESSION_AT.get(op)
+            p = env.payload
+            if at is not None and type(p) is list and len(p) > at and type(p[at]) is bytes:
+                self._session_of[identity] = p[at]
         if op in ("ping", "touch", CONTROL_PING):
             if type(env.payload) is list and env.payload:
                 self.registry.touch(env.payload[0])

@@ -146,6 +146,7 @@ class RemoteSnapshot(ReadSugar):
     def __init__(self, db: RemoteDatabase) -> None:
         self._db = db
         self._closed = True
+        self._why = "snapshot was released"
         pool = db.pool
         conn = pool.acquire()
         try:
@@ -159,17 +160,30 @@ class RemoteSnapshot(ReadSugar):
     def _check(self) -> None:
         self._db._check_open()
         if self._closed:
-            raise InvalidArgument("snapshot was released")
+            raise InvalidArgument(self._why)
+
+    def _call(self, op: str, args: list[Any]) -> Any:
+        """One round trip on the snapshot's connection. A link that failed
+        took the snapshot with it (the server dropped it, or restarted):
+        this call raises the link's error, later ones say it was lost."""
+        try:
+            return self._conn.call(op, args)
+        except LightningError as exc:
+            if is_link_error(exc) and not self._closed:
+                self._closed = True
+                self._why = "snapshot was lost with its connection to the server (take a new one)"
+                self._conn.pool.unpin(self._conn)
+            raise
 
     def get(self, key: Any, default: Any = None) -> Any:
         self._check()
-        v = self._conn.call("snap_get", [self._id, self._db._limits.key(key)])
+        v = self._call("snap_get", [self._id, self._db._limits.key(key)])
         return default if v is None else v
 
     def get_many(self, keys: Iterable[Any]) -> list[bytes | None]:
         self._check()
         keys = self._db._limits.keys(keys)
-        return self._conn.call("snap_get_many", [self._id, keys]) if keys else []
+        return self._call("snap_get_many", [self._id, keys]) if keys else []
 
     def scan(self, start: Any = None, end: Any = None, prefix: Any = None, reverse: bool = False,
              limit: int | None = None) -> Iterator[tuple[bytes, bytes]]:
@@ -179,7 +193,7 @@ class RemoteSnapshot(ReadSugar):
             return iter(())
         page = page_size(n)
         conn = self._conn
-        return _open_scan(conn, conn.call("scan", [self._id, conn.session, lo, hi, reverse, n, page]), page)
+        return _open_scan(conn, self._call("scan", [self._id, conn.session, lo, hi, reverse, n, page]), page)
 
     def close(self) -> None:
         if self._closed:

@@ -494,12 +494,18 @@ def test_server_going_away_raises_a_transient_error(local, tmp_path):
     db = connect(address, **{**FAST, "timeout": 2.0})
     try:
         db.put(b"k", b"v")
+        snap = db.snapshot()
         srv.stop()
         with pytest.raises(TransientError):
             db.get(b"k")
+        with pytest.raises(TransientError):
+            snap.get(b"k")                              # the link's error, once
         srv = NativeServer(local, address).start()
         wait_until(lambda: _answers(db), 30, "the client to reach the new server")
         assert db.get(b"k") == b"v"
+        with pytest.raises(InvalidArgument, match="snapshot was lost with its connection"):
+            snap.get(b"k")                              # not a transient error retrying would fix
+        snap.close()
         s = db.pool.stats()
         assert s["closed_broken"] >= 1 and s["created"] >= 2
     finally:

@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -134,6 +135,37 @@ def test_pings_keep_a_session_alive(local, monkeypatch):
                 wait_until(lambda: db.pool.stats()["health_checks"] >= checks + 15, 20, "several health checks")
                 assert snap.get(b"k") is None          # still there after 1.5 s of no use
             assert srv.registry.stats()["expired"] == 0
+
+
+def test_any_request_on_the_connection_keeps_its_session_alive(local, monkeypatch):
+    """No health checks: the client's plain gets and puts on the same
+    connection count as hearing from it, so its snapshot outlives the idle
+    timeout while the client keeps talking."""
+    monkeypatch.setattr(server_module, "REAP_EVERY", 0.05)
+    with NativeServer(local, "tcp://127.0.0.1:*", idle_timeout=0.6) as srv:
+        with connect(srv.address, health_check_interval=None, max_size=1, **FAST) as db:
+            with db.snapshot() as snap:
+                deadline = time.monotonic() + 1.8        # three idle timeouts of plain traffic
+                while time.monotonic() < deadline:
+                    db.get(b"a")
+                    db.put(b"c", b"1")
+                    time.sleep(0.05)
+                assert snap.get(b"c") is None
+            assert srv.registry.stats()["expired"] == 0
+
+
+def test_a_client_that_exits_without_close_releases_its_objects(server, tmp_path):
+    """Its pools close at interpreter exit (the server drops what they made)."""
+    script = tmp_path / "client.py"
+    script.write_text(
+        "import lightning_db as ldb\n"
+        f"db = ldb.connect({server.address!r}, connect_timeout=5, timeout=10)\n"
+        "snap = db.snapshot()\n"
+        "tx = db.transaction(); tx.get(b'k')\n"
+        "print('ready', flush=True)\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "ready" in out.stdout, out.stderr
+    assert server.registry.stats()["objects"] == {"snapshot": 0, "tx": 0, "cursor": 0}
 
 
 def test_start_errors(local, server):
