@@ -24,7 +24,9 @@ Two sides, two kinds of process:
   conflicts and expired values), with prometheus_client's metric families
   and text format; ``/health`` says 200 ``{"status": "ok", ...}`` while
   every shard worker runs and the database answers, 503 with the reason
-  otherwise (for load balancers). Anything else is 404.
+  otherwise (for load balancers); ``/`` (or ``/dashboard``) is a live
+  page over those two (dashboard.py). Other paths are 404, other methods
+  than GET and HEAD 405.
 
 Neither waits on a shard for long: the database's ``stats()`` asks every
 shard, and one that is hung (SIGSTOP) or busy would hold the request until
@@ -50,6 +52,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import psutil
+
+from .dashboard import DASHBOARD_HTML
 
 __all__ = ["BoundedStats", "FrontendCollector", "FrontendMetrics", "MetricsServer", "METRICS_DIR_ENV",
            "STATS_WAIT_S"]
@@ -310,16 +314,32 @@ class MetricsServer:
                 elif path == "/health":
                     code, doc = server.health()
                     self._send(code, "application/json", json.dumps(doc).encode())
+                elif path in ("/", "/dashboard"):
+                    self._send(200, "text/html; charset=utf-8", DASHBOARD_HTML.encode())
                 else:
-                    self._send(404, "text/plain; charset=utf-8", b"not found: try /metrics or /health\n")
+                    self._send(404, "text/plain; charset=utf-8",
+                               b"not found: try /metrics, /health or / (the dashboard)\n")
 
-            def _send(self, code: int, ctype: str, body: bytes) -> None:
+            def do_HEAD(self) -> None:     # noqa: N802
+                self._head = True
+                self.do_GET()
+
+            def _not_allowed(self) -> None:
+                self._send(405, "text/plain; charset=utf-8", b"method not allowed: GET or HEAD\n",
+                           {"Allow": "GET, HEAD"})
+
+            do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed   # noqa: N815
+
+            def _send(self, code: int, ctype: str, body: bytes, headers: dict[str, str] | None = None) -> None:
                 try:
                     self.send_response(code)
                     self.send_header("Content-Type", ctype)
                     self.send_header("Content-Length", str(len(body)))
+                    for k, v in (headers or {}).items():
+                        self.send_header(k, v)
                     self.end_headers()
-                    self.wfile.write(body)
+                    if not getattr(self, "_head", False):
+                        self.wfile.write(body)
                 except (BrokenPipeError, ConnectionResetError):
                     pass                      # the client went before its answer: nothing to tell
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import functools
 import json
 import logging
 import os
@@ -44,7 +45,7 @@ import psutil
 
 from ..config import Config
 from ..errors import InvalidArgument, LightningError
-from .metrics import METRICS_DIR_ENV, MetricsServer
+from .metrics import METRICS_DIR_ENV, STATS_WAIT_S, MetricsServer
 
 __all__ = ["DEFAULT_PORT", "EXIT_FATAL", "EXIT_USAGE", "add_arguments", "default_frontends", "default_shards", "main",
            "run_args", "serve"]
@@ -233,8 +234,10 @@ def _port_in_use(host: str, port: int) -> bool:
 
 def _workers_of(db: Any) -> Callable[[], list[dict[str, Any]]] | None:
     """The node's view of its workers (state, missed heartbeats, restarts),
-    which it answers without asking them; None for an in-process database."""
-    return getattr(db, "_workers", None)
+    which it answers without asking them, within STATS_WAIT_S (a stopped
+    node: Timeout, and /health says down); None for an in-process database."""
+    workers = getattr(db, "_workers", None)
+    return None if workers is None else functools.partial(workers, timeout=STATS_WAIT_S)
 
 
 def _node_of(db: Any) -> psutil.Process | None:
@@ -295,6 +298,15 @@ def serve(data_dir: str | os.PathLike[str], port: int = DEFAULT_PORT, shards: in
     for what, p in (("http", http_port), ("native", native_port)):
         if not isinstance(p, int) or isinstance(p, bool) or not 0 <= p < 65536:
             raise InvalidArgument(f"{what} port must be 0 (none) or 1..65535, got {p!r}")
+    named = [(what, p) for what, p in (("port", port), ("http port", http_port), ("native port", native_port)) if p]
+    for i, (what, p) in enumerate(named):
+        for other, q in named[i + 1:]:
+            if p == q:
+                raise InvalidArgument(f"the {what} and the {other} are both {p}: each needs a port of its own")
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        raise InvalidArgument(f"host {host!r} is not an address this machine can listen on: {exc}") from None
     for p in (port, http_port, native_port):
         if p and _port_in_use(host, p):
             log.error("%s:%d is in use by another process", host, p)

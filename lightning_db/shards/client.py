@@ -118,10 +118,10 @@ class ShardedDatabase(ShardRouter):
     def _gave_up(self, exc: LightningError) -> None:
         self._node_gone(exc)
 
-    def _node_request(self, op: str) -> Any:
+    def _node_request(self, op: str, timeout: float | None = None) -> Any:
         """A request to the node; a node that is gone or shut down is DatabaseShutdown."""
         try:
-            return self._session.request(op)
+            return self._session.request(op) if timeout is None else self._session.request(op, timeout=timeout)
         except (PeerLost, Timeout) as exc:
             self._node_gone(exc)
             raise
@@ -177,12 +177,13 @@ class ShardedDatabase(ShardRouter):
             shard["breaker"] = dataclasses.asdict(self.breakers[i].stats())
         return s
 
-    def _workers(self, node: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    def _workers(self, node: dict[str, Any] | None = None, timeout: float | None = None) -> list[dict[str, Any]]:
         """The node's view of each shard's worker, in shard order (pid,
         state, restarts, missed heartbeats, hang kills, last exit): the
         node answers for them without asking the workers. *node*: its
-        ``stats`` answer, where the caller has one."""
-        node = self._node_request("stats") if node is None else node
+        ``stats`` answer, where the caller has one; *timeout*: how long the
+        node may take to answer (Timeout past it)."""
+        node = self._node_request("stats", timeout) if node is None else node
         by_id = {w.get("id"): w for w in node.get("shards", [])}
         return [{k: by_id.get(f"shard-{i:03d}", {}).get(k) for k in _WORKER_FIELDS}
                 for i in range(self._session.shards)]

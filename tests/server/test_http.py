@@ -67,6 +67,36 @@ def test_health_and_unknown_paths(server):
     assert doc["status"] == "ok" and doc["shards"] == 2 and doc["workers_down"] == []
     code, _, body = _get(server, "/nope")
     assert code == 404 and b"/metrics" in body
+    for path in ("/", "/dashboard"):                  # the live page reads /health and /metrics
+        code, ctype, body = _get(server, path)
+        assert code == 200 and ctype.startswith("text/html")
+        assert b"Lightning DB" in body and b'fetch("/metrics")' in body and b'fetch("/health")' in body
+    head = urllib.request.Request(f"http://127.0.0.1:{server.http_port}/health", method="HEAD")
+    with urllib.request.urlopen(head, timeout=60) as resp:
+        assert resp.status == 200 and resp.read() == b""
+    post = urllib.request.Request(f"http://127.0.0.1:{server.http_port}/metrics", data=b"x", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(post, timeout=60)
+    assert info.value.code == 405 and info.value.headers["Allow"] == "GET, HEAD"
+
+
+def test_the_nodes_view_is_asked_with_the_same_bound():
+    """Past STATS_WAIT_S, /health asks the node for its workers' view, with
+    the same bound: a node that is stopped too makes /health say down after
+    about two bounds, not the node request's own timeout."""
+    from lightning_db.server.metrics import STATS_WAIT_S
+    from lightning_db.server.serve import _workers_of
+
+    asked = []
+
+    class FakeDb:
+        def _workers(self, node=None, timeout=None):
+            asked.append(timeout)
+            return []
+
+    _workers_of(FakeDb())()
+    assert asked == [STATS_WAIT_S]
+    assert _workers_of(object()) is None
 
 
 def test_a_shard_that_does_not_answer_shows_as_down_and_degraded():

@@ -69,7 +69,10 @@ def test_option_values_past_their_limits_are_usage_errors_that_start_nothing(tmp
                        (["--workers", "5000"], "workers must be from 1 to 1024"),
                        (["--shards", "2000"], "shards from 1 to 1024"),
                        (["--port", "70000"], "port must be 1..65535"),
-                       (["--http-port", "-1"], "http port must be 0 (none) or 1..65535")):
+                       (["--http-port", "-1"], "http port must be 0 (none) or 1..65535"),
+                       (["--port", "38001", "--http-port", "38001"], "the port and the http port are both 38001"),
+                       (["--native-port", "1"], "the port and the native port are both 1"),
+                       (["--host", "999.1.1.1"], "host '999.1.1.1' is not an address")):
         assert serve_mod.main(["--data", str(data), "--port", "1", "--http-port", "0", "--native-port", "0",
                                *args]) == 2, args
         assert says in capsys.readouterr().err, args
