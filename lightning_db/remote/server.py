@@ -106,9 +106,9 @@ def _plain(x: Any, depth: int = 0) -> Any:
     return str(x)
 
 
-
 # Where a request names its session (the ops that make server-side objects).
 _SESSION_AT = {"snapshot": 0, "scan": 1, "tx": 1, "bye": 0}
+
 
 class NativeServer:
     """Serves *db* at *address* (``tcp://HOST:PORT``; port ``*`` picks a
