@@ -481,11 +481,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             node.start()
         except LightningError as exc:       # a worker's own error (a damaged file, a full disk): the caller's too
-            first = str(exc).split("\n", 1)[0]
+            payload = error_payload(exc)
+            payload[1] = payload[1].split("\n", 1)[0]          # its first line: not the worker's traceback
             with contextlib.suppress(OSError):
-                write_json_atomic(os.path.join(node.data_dir, START_ERROR),
-                                  {"pid": os.getpid(), "error": [type(exc).__name__, first,
-                                                                 *error_payload(exc)[2:]]})
+                write_json_atomic(os.path.join(node.data_dir, START_ERROR), {"pid": os.getpid(), "error": payload})
             raise
         code = node.run()
     except Exception:
