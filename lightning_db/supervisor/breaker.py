@@ -94,14 +94,9 @@ class CircuitBreaker:
                 return
             self._rejected += 1
             if state == OPEN:
-                wait = max(0.0, self._opened_at + self.reset_timeout - self._clock())
-                msg = (f"circuit breaker {self.name!r} is open after {self.failure_threshold} consecutive "
-                       f"failure(s); it turns half-open in {wait:.3f} s")
-            else:
-                wait = 0.0
-                msg = (f"circuit breaker {self.name!r} is half-open and its {self.half_open_max_calls} "
-                       f"probe call(s) are in flight")
-            raise CircuitOpen(msg, breaker=self.name, retry_after=wait)
+                raise self._open_error()
+            raise CircuitOpen(f"circuit breaker {self.name!r} is half-open and its {self.half_open_max_calls} "
+                              f"probe call(s) are in flight", breaker=self.name, retry_after=0.0)
 
     def refuse_if_open(self) -> None:
         """``CircuitOpen`` while open; else nothing (no probe is taken: for
@@ -111,9 +106,13 @@ class CircuitBreaker:
             if self._refresh() != OPEN:
                 return
             self._rejected += 1
-            wait = max(0.0, self._opened_at + self.reset_timeout - self._clock())
-        raise CircuitOpen(f"circuit breaker {self.name!r} is open after {self.failure_threshold} consecutive "
-                          f"failure(s); it turns half-open in {wait:.3f} s", breaker=self.name, retry_after=wait)
+            raise self._open_error()
+
+    def _open_error(self) -> CircuitOpen:
+        """REQUIRES: the lock, the breaker open."""
+        wait = max(0.0, self._opened_at + self.reset_timeout - self._clock())
+        return CircuitOpen(f"circuit breaker {self.name!r} is open after {self.failure_threshold} consecutive "
+                           f"failure(s); it turns half-open in {wait:.3f} s", breaker=self.name, retry_after=wait)
 
     def on_success(self) -> None:
         with self._lock:
