@@ -57,6 +57,8 @@ def join_dashed_values(argv: Sequence[str]) -> list[str]:
     i = 0
     while i < len(argv):
         arg = argv[i]
+        if arg == "--":                     # the rest are values, as they are
+            return out + list(argv[i:])
         if arg in DURATION_OPTIONS and i + 1 < len(argv) and _DASHED.match(argv[i + 1]):
             out.append(f"{arg}={argv[i + 1]}")
             i += 2
