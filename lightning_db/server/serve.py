@@ -105,6 +105,23 @@ MAX_FRONTENDS = 256         # front-end processes: past a few per CPU they only 
 MAX_WORKERS = 1024          # database threads per front end
 
 
+METRICS_PREFIX = "ldb-metrics-"     # + the serve process's pid: its front ends' counters
+
+
+def _sweep_metrics_dirs() -> None:
+    """Remove the front ends' counter directories of serve processes that
+    are gone (one killed with -9 cannot remove its own)."""
+    base = tempfile.gettempdir()
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(METRICS_PREFIX):].partition("-")[0]
+        if name.startswith(METRICS_PREFIX) and pid.isdigit() and not psutil.pid_exists(int(pid)):
+            shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+
+
 def _plural(n: int | str, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
@@ -311,7 +328,8 @@ def serve(data_dir: str | os.PathLike[str], port: int = DEFAULT_PORT, shards: in
         if p and _port_in_use(host, p):
             log.error("%s:%d is in use by another process", host, p)
             return 1
-    metrics_dir = tempfile.mkdtemp(prefix="ldb-metrics-") if http_port else None
+    _sweep_metrics_dirs()
+    metrics_dir = tempfile.mkdtemp(prefix=f"{METRICS_PREFIX}{os.getpid()}-") if http_port else None
 
     stop = _StopFlag()
     previous = {sig: signal.signal(sig, lambda signum, frame: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}

@@ -77,3 +77,19 @@ def test_option_values_past_their_limits_are_usage_errors_that_start_nothing(tmp
                                *args]) == 2, args
         assert says in capsys.readouterr().err, args
         assert not data.exists(), args
+
+
+def test_counter_directories_of_serve_processes_that_are_gone_are_swept(tmp_path, monkeypatch):
+    """A serve killed with -9 leaves its front ends' counter directory; the
+    next serve removes it (and leaves those of live processes alone)."""
+    import os
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = tmp_path / f"{serve_mod.METRICS_PREFIX}999999999-abc"
+    mine = tmp_path / f"{serve_mod.METRICS_PREFIX}{os.getpid()}-xyz"
+    other = tmp_path / "ldb-metrics-notapid"
+    for d in (gone, mine, other):
+        d.mkdir()
+    serve_mod._sweep_metrics_dirs()
+    assert not gone.exists() and mine.exists() and other.exists()
