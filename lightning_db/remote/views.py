@@ -93,8 +93,6 @@ class RemoteScan:
         if not self._cursor or conn is None:
             return False
         try:
-            if conn.pool.is_closed:
-                raise DatabaseClosed("the remote database was closed before its scan ended")
             fut = self._next
             self._next = None
             if fut is None:
